@@ -1,0 +1,118 @@
+"""Decoding untrusted image bytes with limits, and the derived files we store.
+
+Every entry point (page, API, import, search query) decodes through `decode_image`, so
+every one refuses the same bad inputs with the same words."""
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"}
+FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageRejected(ValueError):
+    """The bytes are not an image we accept; the message is for the person who sent them."""
+
+
+@dataclass
+class DecodedImage:
+    image: Image.Image  # RGB or RGBA, orientation applied, no metadata
+    format: str
+    width: int
+    height: int
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _human_bytes(n: int) -> str:
+    return f"{n / (1024 * 1024):.0f} MB" if n >= 1024 * 1024 else f"{n // 1024} KB"
+
+
+def decode_image(
+    data: bytes, *, max_bytes: int, max_pixels: int, draft_size: int | None = None
+) -> DecodedImage:
+    """Fully decode `data`, refusing what is too big, not an image, unsupported or corrupt.
+
+    `draft_size` lets JPEG decode at a reduced scale (for search queries, not for storage)."""
+    if not data:
+        raise ImageRejected("The file is empty.")
+    if len(data) > max_bytes:
+        raise ImageRejected(
+            f"The file is too large ({_human_bytes(len(data))}); the limit is {_human_bytes(max_bytes)}."
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            fmt = im.format
+            if fmt not in ALLOWED_FORMATS:
+                raise ImageRejected(
+                    f"Unsupported image format ({fmt}); please upload a {FORMAT_NAMES} image."
+                )
+            width, height = im.size
+            if width * height > max_pixels:
+                raise ImageRejected(
+                    f"The image has too many pixels ({width}×{height}); the limit is "
+                    f"{max_pixels / 1e6:.0f} megapixels."
+                )
+            if width < 1 or height < 1:
+                raise ImageRejected("The image has no pixels.")
+            if draft_size and fmt in ("JPEG", "MPO"):
+                im.draft("RGB", (draft_size, draft_size))
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            im = _to_rgb(im)
+    except ImageRejected:
+        raise
+    except UnidentifiedImageError:
+        raise ImageRejected(f"This file is not an image we can read; please upload a {FORMAT_NAMES} image.")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageRejected("The image has too many pixels (it looks like a decompression bomb).")
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
+        raise ImageRejected(f"The image is truncated or corrupt and cannot be decoded ({exc}).")
+    return DecodedImage(image=im, format="JPEG" if fmt == "MPO" else fmt, width=width, height=height)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """RGBA when the image has transparency, RGB otherwise (the first frame of animations)."""
+    has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+    if has_alpha:
+        return im.convert("RGBA")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        im = im.point(lambda v: v / 256).convert("L")
+    return im.convert("RGB")
+
+
+def flatten(im: Image.Image, background=(255, 255, 255)) -> Image.Image:
+    """RGB on a white background: how a transparent product photo is seen."""
+    if im.mode == "RGB":
+        return im
+    base = Image.new("RGB", im.size, background)
+    base.paste(im, mask=im.getchannel("A") if im.mode == "RGBA" else None)
+    return base
+
+
+def encode_for_storage(im: Image.Image) -> tuple[bytes, str]:
+    """Re-encode (dropping EXIF, GPS and anything smuggled after the pixels): PNG keeps
+    transparency, everything else becomes a high-quality JPEG."""
+    buf = io.BytesIO()
+    if im.mode == "RGBA":
+        im.save(buf, "PNG", optimize=False)
+        return buf.getvalue(), "png"
+    im.save(buf, "JPEG", quality=92)
+    return buf.getvalue(), "jpg"
+
+
+def make_thumbnail(im: Image.Image, size: int) -> bytes:
+    thumb = flatten(im).copy()
+    thumb.thumbnail((size, size), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    thumb.save(buf, "JPEG", quality=85)
+    return buf.getvalue()

@@ -1,0 +1,221 @@
+"""The hnswlib (cosine) index: one writer, many readers, atomic saves.
+
+Files in INDEX_DIR: `index.bin` (hnswlib) and `meta.json` (model, dim, count, version).
+Both are replaced atomically (temporary file, fsync, rename, fsync of the folder), so a reader
+never sees half a file. Writers hold an exclusive `flock` on `write.lock`, so the Celery index
+worker and `manage.py rebuild_index` can never write at the same time. Readers (web processes)
+reload when `meta.json` changes; they never query an index that is being written, because the
+writer works on its own copy in memory.
+
+hnswlib traps handled here: `ef` is not saved (set after every load); adding past capacity
+raises (grow first); k larger than the live count raises (clamp and retry); re-adding a label
+marked deleted silently un-deletes it (callers check the database first)."""
+
+import contextlib
+import fcntl
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+
+INDEX_FILE = "index.bin"
+META_FILE = "meta.json"
+LOCK_FILE = "write.lock"
+MIN_CAPACITY = 1024
+
+
+@dataclass
+class IndexMeta:
+    model: str
+    dim: int
+    count: int = 0  # live (not deleted) items
+    capacity: int = MIN_CAPACITY
+    version: int = 0
+    deleted: list = field(default_factory=list)  # labels marked deleted in index.bin
+
+    @classmethod
+    def read(cls, directory: Path) -> "IndexMeta | None":
+        try:
+            return cls(**json.loads((directory / META_FILE).read_text()))
+        except (FileNotFoundError, json.JSONDecodeError, TypeError):
+            return None
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+class VectorIndex:
+    """An in-memory hnswlib index plus the bookkeeping hnswlib lacks (live count, deletes)."""
+
+    def __init__(self, meta: IndexMeta, hnsw: hnswlib.Index, ef: int):
+        self.meta = meta
+        self.hnsw = hnsw
+        self.ef = ef
+        self._deleted = set(meta.deleted)
+        hnsw.set_ef(ef)  # not persisted by hnswlib: set after every load
+
+    @classmethod
+    def create(cls, model: str, dim: int, *, capacity=MIN_CAPACITY, m=16, ef_construction=200, ef=128):
+        hnsw = hnswlib.Index(space="cosine", dim=dim)
+        hnsw.init_index(max_elements=capacity, M=m, ef_construction=ef_construction, allow_replace_deleted=False)
+        return cls(IndexMeta(model=model, dim=dim, capacity=capacity), hnsw, ef)
+
+    @classmethod
+    def load(cls, directory: Path, *, ef=128) -> "VectorIndex | None":
+        meta = IndexMeta.read(directory)
+        if meta is None or not (directory / INDEX_FILE).exists():
+            return None
+        hnsw = hnswlib.Index(space="cosine", dim=meta.dim)
+        hnsw.load_index(str(directory / INDEX_FILE), max_elements=meta.capacity)
+        return cls(meta, hnsw, ef)
+
+    def __len__(self) -> int:
+        return self.meta.count
+
+    def labels(self) -> set[int]:
+        """Live labels."""
+        return set(self.hnsw.get_ids_list()) - self._deleted
+
+    def add(self, labels: list[int], vectors: np.ndarray) -> None:
+        """Add or replace items. The caller has checked in the database that they are visible
+        (re-adding a deleted label makes it live again)."""
+        if not labels:
+            return
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(labels), self.meta.dim)
+        existing = set(self.hnsw.get_ids_list())
+        new = {int(x) for x in labels} - existing
+        needed = self.hnsw.get_current_count() + len(new)
+        if needed > self.hnsw.get_max_elements():
+            self.hnsw.resize_index(max(needed, 2 * self.hnsw.get_max_elements()))
+        self.hnsw.add_items(vectors, np.asarray(labels, dtype=np.int64))
+        self._deleted -= {int(x) for x in labels}
+        self._sync_meta()
+
+    def _sync_meta(self) -> None:
+        self.meta.capacity = self.hnsw.get_max_elements()
+        self.meta.count = self.hnsw.get_current_count() - len(self._deleted)
+        self.meta.deleted = sorted(self._deleted)
+
+    def remove(self, labels: list[int]) -> int:
+        """Mark items deleted (unknown or already deleted labels are ignored)."""
+        removed = 0
+        for label in labels:
+            label = int(label)
+            if label in self._deleted:
+                continue
+            try:
+                self.hnsw.mark_deleted(label)
+            except RuntimeError:
+                continue  # not in the index
+            self._deleted.add(label)
+            removed += 1
+        self._sync_meta()
+        return removed
+
+    def vector(self, label: int) -> np.ndarray | None:
+        if label in self._deleted:
+            return None
+        try:
+            return np.asarray(self.hnsw.get_items([label])[0], dtype=np.float32)
+        except RuntimeError:
+            return None
+
+    def query(self, vector: np.ndarray, k: int, allowed: set[int] | None = None) -> list[tuple[int, float]]:
+        """The k nearest live items as (label, cosine similarity), best first. `k` is clamped
+        to what the index (or the `allowed` subset) holds."""
+        limit = self.meta.count if allowed is None else min(self.meta.count, len(allowed))
+        k = min(k, limit)
+        if k <= 0:
+            return []
+        flt = None if allowed is None else (lambda label: label in allowed)
+        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        ef = max(self.ef, k)
+        while True:
+            self.hnsw.set_ef(ef)
+            try:
+                labels, distances = self.hnsw.knn_query(query, k=k, filter=flt)
+                break
+            except RuntimeError:
+                # Fewer than k reachable: widen the search, then ask for fewer.
+                if ef < 4 * max(self.meta.capacity, 1) and ef < 4096:
+                    ef *= 4
+                elif k > 1:
+                    k = max(1, k // 2)
+                else:
+                    return []
+            finally:
+                self.hnsw.set_ef(self.ef)
+        return [(int(label), float(1.0 - d)) for label, d in zip(labels[0], distances[0])]
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.meta.version += 1
+        self.meta.capacity = self.hnsw.get_max_elements()
+        _atomic_write(directory / INDEX_FILE, lambda tmp: self.hnsw.save_index(str(tmp)))
+        _atomic_write(directory / META_FILE, lambda tmp: tmp.write_text(json.dumps(self.meta.__dict__)))
+
+
+@contextlib.contextmanager
+def write_lock(directory: Path):
+    """Exclusive across processes: the single-writer rule."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / LOCK_FILE, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class IndexReader:
+    """Per-process read-only view that picks up newer saved versions without a restart."""
+
+    def __init__(self, directory: Path, ef: int = 128, check_interval: float = 0.2):
+        self.directory = Path(directory)
+        self.ef = ef
+        self.check_interval = check_interval
+        self._index: VectorIndex | None = None
+        self._stamp = None
+        self._checked_at = 0.0
+        self._lock = threading.Lock()
+
+    def _meta_stamp(self):
+        try:
+            st = os.stat(self.directory / META_FILE)
+            return (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            return None
+
+    def get(self) -> VectorIndex | None:
+        now = time.monotonic()
+        if now - self._checked_at < self.check_interval:
+            return self._index
+        with self._lock:
+            self._checked_at = now
+            stamp = self._meta_stamp()
+            if stamp != self._stamp:
+                self._index = VectorIndex.load(self.directory, ef=self.ef) if stamp else None
+                self._stamp = stamp
+            return self._index

@@ -1,0 +1,125 @@
+"""python manage.py runapp: the web server, the Celery workers and (when needed) a broker,
+started together and stopped together by Ctrl-C.
+
+Broker: CELERY_BROKER_URL / REDIS_URL when reachable; otherwise a private `redis-server`
+when one is installed; otherwise Kombu's filesystem transport (embedded, no server)."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+
+def redis_reachable(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+    except Exception:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Command(BaseCommand):
+    help = "Run the web server on 127.0.0.1:PORT with the Celery workers (and a broker if none is reachable)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8000)))
+        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+
+    def handle(self, port, host, **options):
+        self.children: list[tuple[str, subprocess.Popen]] = []
+        env = os.environ.copy()
+        env["DJANGO_SETTINGS_MODULE"] = "searchsite.settings"
+        env["CELERY_BROKER_URL"] = self.choose_broker(env)
+        python = sys.executable
+        bindir = Path(python).parent
+        celery = [str(bindir / "celery"), "-A", "searchsite", "worker", "--loglevel", "INFO"]
+        try:
+            self.start(
+                "web",
+                [str(bindir / "gunicorn"), "-c", str(Path(settings.BASE_DIR) / "searchsite" / "gunicorn.conf.py"),
+                 "--bind", f"{host}:{port}", "searchsite.wsgi"],
+                env,
+            )
+            self.start("embed-worker", celery + ["-Q", "embed", "-c", "1", "-n", "embed@%h"], env)
+            # The index has a single writer: its own queue, one process.
+            self.start("index-worker", celery + ["-Q", "index", "-c", "1", "-n", "index@%h"], env)
+            self.stdout.write(self.style.SUCCESS(f"Search by image: http://{host}:{port}/  (Ctrl-C stops everything)"))
+            self.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop_all()
+
+    def choose_broker(self, env) -> str:
+        url = env.get("CELERY_BROKER_URL") or settings.REDIS_URL
+        if not url.startswith("redis"):
+            return url
+        if redis_reachable(url):
+            self.stdout.write(f"Broker: Redis at {url}")
+            return url
+        self.stdout.write(self.style.WARNING(f"Redis is not reachable at {url}."))
+        server = shutil.which("redis-server")
+        if server:
+            port = free_port()
+            data_dir = Path(settings.VAR_DIR) / "redis"
+            data_dir.mkdir(parents=True, exist_ok=True)
+            self.start(
+                "redis",
+                [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+                 "--dir", str(data_dir)],
+                env,
+                quiet=True,
+            )
+            url = f"redis://127.0.0.1:{port}/0"
+            for _ in range(50):
+                if redis_reachable(url):
+                    self.stdout.write(f"Broker: started a private redis-server at {url}")
+                    return url
+                time.sleep(0.1)
+            self.stdout.write(self.style.WARNING("The private redis-server did not start."))
+        broker_dir = Path(settings.VAR_DIR) / "broker"
+        for sub in ("out", "processed"):
+            (broker_dir / sub).mkdir(parents=True, exist_ok=True)
+        env["BROKER_DIR"] = str(broker_dir)
+        self.stdout.write("Broker: embedded (files under var/broker); install Redis for production use.")
+        return "filesystem://"
+
+    def start(self, name, cmd, env, quiet=False):
+        out = subprocess.DEVNULL if quiet else None
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out, start_new_session=True)
+        self.children.append((name, proc))
+        return proc
+
+    def wait(self):
+        while True:
+            for name, proc in self.children:
+                code = proc.poll()
+                if code is not None:
+                    self.stderr.write(f"{name} exited with code {code}; stopping everything.")
+                    raise SystemExit(1)
+            time.sleep(0.5)
+
+    def stop_all(self):
+        for _, proc in reversed(self.children):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for _, proc in reversed(self.children):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)

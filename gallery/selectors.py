@@ -1,0 +1,122 @@
+"""Reads: search by image, similar items, browsing. Searches run in the web process: the
+query is decoded and embedded here (model loaded once per process) and the saved index is
+read through a per-process `IndexReader` that follows the writer's new versions."""
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from django.conf import settings
+from django.core.paginator import Paginator
+
+from .embedders import embedder_identity, get_embedder
+from .imaging import decode_image
+from .index import IndexReader
+from .models import Embedding, Image
+
+_readers: dict[str, IndexReader] = {}
+
+
+def index_reader() -> IndexReader:
+    key = str(settings.INDEX_DIR)
+    if key not in _readers:
+        _readers[key] = IndexReader(settings.INDEX_DIR, ef=settings.INDEX_EF_SEARCH)
+    return _readers[key]
+
+
+@dataclass
+class SearchHit:
+    image: Image
+    score: float
+
+
+@dataclass
+class SearchResult:
+    hits: list[SearchHit]
+    took_ms: float
+
+
+def clamp_k(k) -> int:
+    try:
+        k = int(k)
+    except (TypeError, ValueError):
+        k = settings.SEARCH_DEFAULT_K
+    return max(1, min(k, settings.SEARCH_MAX_K))
+
+
+def visible_images():
+    return Image.objects.filter(status=Image.Status.INDEXED)
+
+
+def search_vector(vector: np.ndarray, k: int, *, category: str = "", exclude_id: int | None = None) -> list[SearchHit]:
+    """Nearest visible items. Over-fetches, then keeps only rows the database says are
+    indexed, so an item hidden a moment ago never shows even before the index drops it."""
+    index = index_reader().get()
+    if index is None or len(index) == 0:
+        return []
+    allowed = None
+    if category:
+        allowed = set(visible_images().filter(category=category).values_list("pk", flat=True))
+        if not allowed:
+            return []
+    wanted = k + (1 if exclude_id is not None else 0)
+    fetch = wanted + max(10, wanted // 2)
+    hits = index.query(vector, fetch, allowed)
+    rows = visible_images().in_bulk([label for label, _ in hits])
+    result = []
+    for label, score in hits:
+        if label == exclude_id or label not in rows:
+            continue
+        result.append(SearchHit(rows[label], max(-1.0, min(1.0, score))))
+        if len(result) == k:
+            break
+    return result
+
+
+def image_search_by_image(data: bytes, *, k: int = 20, category: str = "") -> SearchResult:
+    """Raises `ImageRejected` for bad query files, exactly like an upload."""
+    started = time.perf_counter()
+    embedder = get_embedder()
+    decoded = decode_image(
+        data,
+        max_bytes=settings.UPLOAD_MAX_BYTES,
+        max_pixels=settings.UPLOAD_MAX_PIXELS,
+        draft_size=2 * settings.EMBEDDER_IMAGE_SIZE,
+    )
+    vector = embedder.embed([decoded.image])[0]
+    hits = search_vector(vector, clamp_k(k), category=category)
+    return SearchResult(hits, (time.perf_counter() - started) * 1000)
+
+
+def image_vector(image: Image) -> np.ndarray | None:
+    index = index_reader().get()
+    vector = index.vector(image.pk) if index is not None else None
+    if vector is None:
+        row = Embedding.objects.filter(image=image, model_name=embedder_identity()[0]).first()
+        vector = row.as_array() if row else None
+    return vector
+
+
+def image_similar(image: Image, *, k: int = 20) -> SearchResult:
+    started = time.perf_counter()
+    vector = image_vector(image)
+    hits = [] if vector is None else search_vector(vector, clamp_k(k), exclude_id=image.pk)
+    return SearchResult(hits, (time.perf_counter() - started) * 1000)
+
+
+def image_list(*, category: str = "", page: int | str = 1):
+    qs = visible_images()
+    if category:
+        qs = qs.filter(category=category)
+    return Paginator(qs, settings.BROWSE_PAGE_SIZE).get_page(page)
+
+
+def category_list() -> list[str]:
+    return list(
+        visible_images().exclude(category="").order_by("category").values_list("category", flat=True).distinct()
+    )
+
+
+def image_get_public(pk: int) -> Image | None:
+    """Any image by id (the status endpoint shows processing/failed/hidden ones too)."""
+    return Image.objects.filter(pk=pk).first()

@@ -1,0 +1,47 @@
+"""Thin Celery tasks: take ids, call services, retry with back-off. Late acknowledgement
+with reject-on-worker-lost; `images_embed` counts attempts in the database so a task that
+keeps killing its worker still ends, with the error recorded on the image."""
+
+from celery import shared_task
+from celery.signals import worker_ready
+from django.conf import settings
+
+from . import services
+
+
+@shared_task(bind=True, acks_late=True, max_retries=None)
+def embed_images(self, image_ids: list[int]):
+    try:
+        return services.images_embed(image_ids)
+    except Exception as exc:
+        services.images_record_error(image_ids, f"Embedding failed: {exc}")
+        if self.request.retries + 1 >= settings.EMBED_MAX_ATTEMPTS:
+            services.images_mark_failed(
+                image_ids, f"Gave up after {settings.EMBED_MAX_ATTEMPTS} attempts: {exc}"
+            )
+            return 0
+        raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1)))
+
+
+@shared_task(bind=True, acks_late=True, max_retries=5)
+def index_sync(self):
+    try:
+        return services.index_sync()
+    except Exception as exc:
+        raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1)))
+
+
+@shared_task(bind=True, acks_late=True, max_retries=5)
+def index_remove(self, image_ids: list[int]):
+    try:
+        return services.index_remove(image_ids)
+    except Exception as exc:
+        raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1)))
+
+
+@worker_ready.connect
+def _queue_pending_work(sender=None, **kwargs):
+    """When an embedding worker starts, pick up images whose task was lost (broker outage)."""
+    queues = {q.name for q in sender.consumer.task_consumer.queues} if sender and sender.consumer else set()
+    if "embed" in queues:
+        services.images_enqueue_pending()

@@ -1,0 +1,46 @@
+"""Pages. Searching and uploading from the browser go through the JSON API (gallery/api.py)
+from static/gallery/app.js; these views only render."""
+
+from django.conf import settings
+from django.http import Http404
+from django.shortcuts import render
+
+from . import selectors
+
+
+def home(request):
+    return render(
+        request,
+        "gallery/home.html",
+        {
+            "categories": selectors.category_list(),
+            "max_upload_mb": settings.UPLOAD_MAX_BYTES // (1024 * 1024),
+            "indexed_count": selectors.visible_images().count(),
+        },
+    )
+
+
+def browse(request):
+    category = request.GET.get("category", "").strip()
+    page = selectors.image_list(category=category, page=request.GET.get("page", 1))
+    return render(
+        request,
+        "gallery/browse.html",
+        {"page": page, "category": category, "categories": selectors.category_list()},
+    )
+
+
+def item(request, pk: int):
+    image = selectors.image_get_public(pk)
+    if image is None or (image.status == image.Status.HIDDEN and not request.user.is_staff):
+        raise Http404("No such image.")
+    similar = selectors.image_similar(image, k=settings.SEARCH_DEFAULT_K) if image.status == image.Status.INDEXED else None
+    return render(request, "gallery/item.html", {"image": image, "similar": similar})
+
+
+def upload(request):
+    return render(
+        request,
+        "gallery/upload.html",
+        {"categories": selectors.category_list(), "max_upload_mb": settings.UPLOAD_MAX_BYTES // (1024 * 1024)},
+    )

@@ -1,0 +1,21 @@
+"""Gunicorn settings for `manage.py runapp`. Threads share one copy of the model; torch
+releases the GIL while it computes."""
+
+import os
+
+workers = int(os.environ.get("WEB_WORKERS", 1))
+threads = int(os.environ.get("WEB_THREADS", 8))
+worker_class = "gthread"
+timeout = 120
+accesslog = os.environ.get("ACCESS_LOG") or None
+
+
+def post_worker_init(worker):
+    """Load the model and the index before the first request, not during it."""
+    from PIL import Image
+
+    from gallery.embedders import get_embedder
+    from gallery.selectors import index_reader
+
+    get_embedder().embed([Image.new("RGB", (64, 64))])
+    index_reader().get()

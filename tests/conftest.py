@@ -1,0 +1,146 @@
+"""Shared fixtures. Pipeline tests use a real Redis and a real Celery worker process that
+works on the test database (file-based SQLite, or PostgreSQL when DATABASE_URL says so)."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATASETS = ROOT.parent / "shared" / "datasets"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_files(settings, tmp_path_factory, request):
+    """Media and the index live in one temporary folder per session (the worker shares it)."""
+    base = request.getfixturevalue("session_dirs")
+    settings.MEDIA_ROOT = base["media"]
+    settings.INDEX_DIR = base["index"]
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_broker():
+    """Tasks dispatched by tests go to the test Redis database, never the app's."""
+    from searchsite.celery import app
+
+    app.conf.broker_url = _redis_url()
+
+
+@pytest.fixture(scope="session")
+def session_dirs():
+    base = Path(tempfile.mkdtemp(prefix="searchsite-test-"))
+    dirs = {"media": base / "media", "index": base / "index", "base": base}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    yield dirs
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def clean_index(session_dirs):
+    """Start a test with no index on disk (the worker then rebuilds from the database)."""
+    from gallery import selectors
+
+    for path in session_dirs["index"].glob("*"):
+        if path.name != "write.lock":
+            path.unlink()
+    selectors._readers.clear()
+    yield session_dirs["index"]
+
+
+def _redis_url() -> str:
+    return os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    import redis
+
+    url = _redis_url()
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2)
+        client.ping()
+    except Exception as exc:
+        pytest.skip(f"Redis is not reachable at {url} ({exc}); pipeline tests need a real Redis.")
+    client.flushdb()  # stale tasks of an earlier run
+    return url
+
+
+def _database_url(settings_dict) -> str:
+    engine = settings_dict["ENGINE"]
+    if engine.endswith("sqlite3"):
+        return f"sqlite:///{settings_dict['NAME']}"
+    if engine.endswith("postgresql"):
+        user = settings_dict.get("USER") or "postgres"
+        password = f":{settings_dict['PASSWORD']}" if settings_dict.get("PASSWORD") else ""
+        host = settings_dict.get("HOST") or "127.0.0.1"
+        port = settings_dict.get("PORT") or 5432
+        return f"postgres://{user}{password}@{host}:{port}/{settings_dict['NAME']}"
+    raise RuntimeError(f"No worker URL for {engine}")
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup, django_db_blocker, redis_url, session_dirs):
+    """A real `celery worker` process consuming both queues (solo pool: one task at a time,
+    so it is also the index's single writer)."""
+    from django.db import connection
+
+    env = os.environ.copy()
+    env.update(
+        DATABASE_URL=_database_url(connection.settings_dict),
+        CELERY_BROKER_URL=redis_url,
+        MEDIA_ROOT=str(session_dirs["media"]),
+        INDEX_DIR=str(session_dirs["index"]),
+        VAR_DIR=str(session_dirs["base"]),
+    )
+    log_path = session_dirs["base"] / "worker.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "searchsite", "worker", "-Q", "embed,index", "--pool", "solo",
+         "-n", f"test-{os.getpid()}@%h", "--without-mingle", "--without-gossip", "-l", "INFO"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 90
+    while "ready." not in log_path.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"The Celery worker did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
+    yield {"process": proc, "log": log_path, "env": env}
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture
+def pipeline(transactional_db, celery_worker, clean_index):
+    """Everything an upload needs to become searchable: a committed database, the worker."""
+    return celery_worker
+
+
+def wait_for_status(ids, status="indexed", timeout=90):
+    from gallery.models import Image
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        statuses = dict(Image.objects.filter(pk__in=ids).values_list("pk", "status"))
+        if all(statuses.get(i) == status for i in ids):
+            return statuses
+        time.sleep(0.2)
+    raise AssertionError(f"Not all {status} after {timeout}s: {statuses}")
+
+
+def dataset(name: str) -> Path:
+    path = DATASETS / name
+    if not path.exists():
+        pytest.skip(f"{path} is absent (the shared datasets are not beside the project).")
+    return path
