@@ -60,10 +60,13 @@ def _iter_zip(archive: Path, category: str, max_bytes: int) -> Iterator[ImportEn
                 continue
             name = info.filename
             parts = PurePosixPath(name).parts
-            if not parts or not _is_candidate(parts):
+            if not parts:
+                continue
+            unsafe = name.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]
+            if not unsafe and not _is_candidate(parts):
                 continue
             entry = ImportEntry(name, _category(parts, category), lambda info=info: zf.read(info), info.file_size)
-            if name.startswith("/") or ".." in parts or ":" in parts[0]:
+            if unsafe:
                 entry.error = "unsafe path in the archive"
             elif info.file_size > max_bytes:
                 entry.error = f"too large ({info.file_size} bytes; the limit is {max_bytes})"

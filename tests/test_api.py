@@ -1,0 +1,108 @@
+"""The JSON API contract: shapes, status codes, and a clear error for each bad input."""
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from gallery import services
+from gallery.models import Image
+from tests.images import encode, make_image_bytes, make_picture
+from tests.test_imaging import _png_header_only
+
+pytestmark = pytest.mark.django_db
+
+
+def upload_file(data, name="photo.jpg"):
+    return SimpleUploadedFile(name, data)
+
+
+@pytest.fixture
+def indexed(clean_index):
+    """Five items indexed in-process (the worker path is covered by test_pipeline)."""
+    images = [
+        services.image_create(data=make_image_bytes(seed), title=f"item {seed}", category="odd" if seed % 2 else "even")[0]
+        for seed in range(5)
+    ]
+    services.images_embed([im.pk for im in images])
+    services.index_sync()
+    return images
+
+
+def test_create_then_get_status(client):
+    response = client.post("/api/images", {"image": upload_file(make_image_bytes(1)), "title": "One", "category": "c"})
+    assert response.status_code == 201
+    body = response.json()
+    assert body["status"] == "processing" and body["duplicate"] is False
+    detail = client.get(f"/api/images/{body['id']}").json()
+    assert detail["title"] == "One" and detail["category"] == "c" and detail["status"] == "processing"
+    assert detail["error"] == ""
+    assert detail["thumbnail_url"].startswith("http://testserver/media/thumbs/")
+    assert detail["url"] == f"http://testserver/items/{body['id']}/"
+    assert client.get(detail["thumbnail_url"]).status_code == 200
+
+
+def test_identical_upload_returns_existing(client):
+    first = client.post("/api/images", {"image": upload_file(make_image_bytes(2))}).json()
+    second = client.post("/api/images", {"image": upload_file(make_image_bytes(2))})
+    assert second.status_code == 200 and second.json()["id"] == first["id"] and second.json()["duplicate"]
+
+
+BAD_INPUTS = {
+    "not an image": (b"%PDF-1.4 hello", "not an image"),
+    "unsupported format": (encode(make_picture(3), "PPM"), "Unsupported image format"),
+    "truncated": (make_image_bytes(3, size=(640, 480))[:2000], "truncated or corrupt"),
+    "decompression bomb": (_png_header_only(40000, 40000), "too many pixels"),
+}
+
+
+@pytest.mark.parametrize("endpoint", ["/api/images", "/api/search"])
+@pytest.mark.parametrize("kind", BAD_INPUTS)
+def test_bad_inputs_give_400_with_a_message_and_create_nothing(client, endpoint, kind):
+    data, message = BAD_INPUTS[kind]
+    response = client.post(endpoint, {"image": upload_file(data)})
+    assert response.status_code == 400
+    assert message in response.json()["error"]
+    assert Image.objects.count() == 0
+
+
+def test_too_many_bytes(client, settings):
+    settings.UPLOAD_MAX_BYTES = 1000
+    response = client.post("/api/images", {"image": upload_file(make_image_bytes(4))})
+    assert response.status_code == 400 and "too large" in response.json()["error"]
+
+
+def test_missing_file(client):
+    response = client.post("/api/search", {"k": "3"})
+    assert response.status_code == 400 and "attach an image" in response.json()["error"]
+
+
+def test_unknown_ids_give_404(client):
+    assert client.get("/api/images/999999").status_code == 404
+    assert "error" in client.get("/api/images/999999/similar").json()
+
+
+def test_search_on_an_empty_gallery(client, clean_index):
+    body = client.post("/api/search", {"image": upload_file(make_image_bytes(5))}).json()
+    assert body["results"] == [] and body["took_ms"] >= 0
+
+
+def test_search_shape_order_k_and_category(client, indexed):
+    body = client.post("/api/search", {"image": upload_file(make_image_bytes(3)), "k": "3"}).json()
+    results = body["results"]
+    assert len(results) == 3
+    assert results[0]["id"] == indexed[3].pk and results[0]["score"] > 0.99
+    assert set(results[0]) >= {"id", "score", "title", "category", "url", "thumbnail_url"}
+    assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+    everything = client.post("/api/search", {"image": upload_file(make_image_bytes(3)), "k": "500"}).json()
+    assert len(everything["results"]) == 5  # k clamped to what the gallery holds
+    evens = client.post("/api/search", {"image": upload_file(make_image_bytes(3)), "category": "even"}).json()
+    assert {r["category"] for r in evens["results"]} == {"even"} and len(evens["results"]) == 3
+
+
+def test_similar_excludes_the_item_and_hidden_items(client, indexed):
+    body = client.get(f"/api/images/{indexed[0].pk}/similar?k=10").json()
+    ids = [r["id"] for r in body["results"]]
+    assert indexed[0].pk not in ids and len(ids) == 4
+    Image.objects.filter(pk=indexed[1].pk).update(status=Image.Status.HIDDEN)
+    ids = [r["id"] for r in client.get(f"/api/images/{indexed[0].pk}/similar?k=10").json()["results"]]
+    assert indexed[1].pk not in ids and len(ids) == 3
+    assert client.get(f"/api/images/{indexed[1].pk}").json()["status"] == "hidden"

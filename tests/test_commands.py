@@ -1,0 +1,78 @@
+"""import_images and rebuild_index, as a user runs them."""
+
+import io
+import zipfile
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from gallery.index import VectorIndex
+from gallery.models import Image
+from tests.images import make_image_bytes
+
+
+def make_tree(root):
+    (root / "shoes").mkdir(parents=True)
+    (root / "bags").mkdir()
+    (root / "shoes" / "red-shoe.jpg").write_bytes(make_image_bytes(1))
+    (root / "shoes" / "blue-shoe.png").write_bytes(make_image_bytes(2, "PNG"))
+    (root / "bags" / "tote.jpg").write_bytes(make_image_bytes(3))
+    (root / "bags" / "broken.jpg").write_bytes(b"definitely not a jpeg")
+    (root / "notes.txt").write_text("not an image")
+    (root / ".hidden.jpg").write_bytes(make_image_bytes(4))
+    return root
+
+
+def run(*args):
+    out, err = io.StringIO(), io.StringIO()
+    call_command("import_images", *args, stdout=out, stderr=err, verbosity=0)
+    return out.getvalue(), err.getvalue()
+
+
+@pytest.mark.django_db
+def test_import_folder_without_waiting(tmp_path):
+    out, err = run(str(make_tree(tmp_path / "catalogue")), "--no-wait")
+    rows = {im.title: im.category for im in Image.objects.all()}
+    assert rows == {"red-shoe": "shoes", "blue-shoe": "shoes", "tote": "bags"}
+    assert "3 new images" in out and "1 refused" in out
+    assert "broken.jpg" in err and "not an image" in err
+    out, _ = run(str(tmp_path / "catalogue"), "--no-wait")  # running it twice adds nothing twice
+    assert "0 new images, 3 already present" in out and Image.objects.count() == 3
+
+
+@pytest.mark.django_db
+def test_import_zip_with_category_override_and_unsafe_entries(tmp_path):
+    archive = tmp_path / "c.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("tops/shirt.jpg", make_image_bytes(5))
+        zf.writestr("../escape.jpg", make_image_bytes(6))
+        zf.writestr("nested.zip", b"PK...")
+        zf.writestr("__MACOSX/tops/._shirt.jpg", b"junk")
+    out, err = run(str(archive), "--category", "sale", "--no-wait")
+    assert list(Image.objects.values_list("title", "category")) == [("shirt", "sale")]
+    assert "unsafe path" in err
+
+
+@pytest.mark.django_db
+def test_import_refuses_what_is_not_a_folder_or_zip(tmp_path):
+    (tmp_path / "x.txt").write_text("hello")
+    with pytest.raises(CommandError, match="neither a folder nor a ZIP"):
+        run(str(tmp_path / "x.txt"))
+    with pytest.raises(CommandError, match="does not exist"):
+        run(str(tmp_path / "missing"))
+
+
+def test_import_waits_until_everything_is_searchable(pipeline, tmp_path):
+    out, _ = run(str(make_tree(tmp_path / "catalogue")), "--timeout", "120")
+    assert "All 3 images are searchable" in out
+    assert set(Image.objects.values_list("status", flat=True)) == {"indexed"}
+
+
+def test_rebuild_index_command(pipeline, tmp_path, clean_index):
+    run(str(make_tree(tmp_path / "catalogue")), "--timeout", "120")
+    for path in clean_index.glob("*.*"):
+        path.unlink()
+    out = io.StringIO()
+    call_command("rebuild_index", stdout=out)
+    assert "3 images" in out.getvalue()
+    assert VectorIndex.load(clean_index).labels() == set(Image.objects.values_list("pk", flat=True))

