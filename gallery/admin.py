@@ -1,6 +1,7 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.utils.html import format_html
 
+from . import services
 from .models import Embedding, Image
 
 
@@ -27,6 +28,17 @@ class ImageAdmin(admin.ModelAdmin):
         "indexed_at",
     )
     fields = ("thumb", "title", "category") + readonly_fields[1:]
+    actions = ["hide", "unhide"]
+
+    @admin.action(description="Hide from search")
+    def hide(self, request, queryset):
+        count = services.images_hide(list(queryset.values_list("pk", flat=True)))
+        self.message_user(request, f"{count} images hidden.", messages.SUCCESS)
+
+    @admin.action(description="Show in search again")
+    def unhide(self, request, queryset):
+        count = services.images_unhide(list(queryset.values_list("pk", flat=True)))
+        self.message_user(request, f"{count} images will be searchable again in a moment.", messages.SUCCESS)
 
     @admin.display(description="")
     def thumb(self, obj):

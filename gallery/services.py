@@ -127,7 +127,7 @@ def images_embed(image_ids: list[int]) -> int:
         except (OSError, ValueError) as exc:
             images_mark_failed([image.pk], f"The stored file cannot be read: {exc}")
     if ready:
-        vectors = embedder.embed(pictures)
+        vectors = embedder.embed_gallery(pictures)
         with transaction.atomic():
             Embedding.objects.bulk_create(
                 [
@@ -152,6 +152,35 @@ def images_mark_failed(image_ids: list[int], error: str) -> None:
     Image.objects.filter(pk__in=image_ids, status=Image.Status.PROCESSING).update(
         status=Image.Status.FAILED, error=error[:2000]
     )
+
+
+def images_hide(image_ids: list[int]) -> int:
+    """Take images out of search: at once for readers (they re-check the status), and out
+    of the index by the single writer right after the commit."""
+    ids = list(
+        Image.objects.filter(pk__in=image_ids)
+        .exclude(status=Image.Status.HIDDEN)
+        .values_list("pk", flat=True)
+    )
+    if ids:
+        Image.objects.filter(pk__in=ids).update(status=Image.Status.HIDDEN)
+        transaction.on_commit(lambda: _enqueue_index_remove(ids), robust=True)
+    return len(ids)
+
+
+def images_unhide(image_ids: list[int]) -> int:
+    """Back to search: the stored embedding is reused, so this is only an index update."""
+    ids = list(Image.objects.filter(pk__in=image_ids, status=Image.Status.HIDDEN).values_list("pk", flat=True))
+    if ids:
+        Image.objects.filter(pk__in=ids).update(status=Image.Status.PROCESSING, embed_attempts=0, error="")
+        transaction.on_commit(lambda: enqueue_embedding(ids), robust=True)
+    return len(ids)
+
+
+def _enqueue_index_remove(image_ids: list[int]) -> None:
+    from .tasks import index_remove as index_remove_task
+
+    index_remove_task.delay(image_ids)
 
 
 # --- the index (single writer) ---------------------------------------------------------

@@ -81,7 +81,7 @@ def test_embed_and_sync_make_images_searchable(clean_index):
     assert meta.count == 4 and meta.model == selectors.get_embedder().name
     result = selectors.image_search_by_image(make_image_bytes(2), k=2)
     assert [hit.image.pk for hit in result.hits][0] == images[2].pk
-    assert result.hits[0].score > 0.99
+    assert result.hits[0].score > 0.95  # gallery vectors also cover a centre crop
 
 
 def test_hidden_items_are_not_added_and_removed_ones_stay_out(clean_index):

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 from django.conf import settings
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from ..imaging import flatten
 
@@ -17,6 +17,10 @@ class Embedder:
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         raise NotImplementedError
 
+    def embed_gallery(self, images: list[Image.Image]) -> np.ndarray:
+        """Vectors for gallery items (may differ from query vectors, e.g. by augmentation)."""
+        return self.embed(images)
+
 
 class TorchEmbedder(Embedder):
     """A torch module + preprocessing; batches, runs on CPU without autograd."""
@@ -25,6 +29,7 @@ class TorchEmbedder(Embedder):
     mean = (0.485, 0.456, 0.406)
     std = (0.229, 0.224, 0.225)
     batch_size = 32
+    blur_radius = 0.0
 
     def __init__(self):
         torch.set_num_threads(max(1, settings.TORCH_THREADS))
@@ -41,6 +46,8 @@ class TorchEmbedder(Embedder):
     def preprocess(self, im: Image.Image) -> np.ndarray:
         """The whole picture, squashed to a square: crops would lose the edges of products."""
         im = flatten(im).resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
+        if self.blur_radius:
+            im = im.filter(ImageFilter.GaussianBlur(self.blur_radius))
         a = np.asarray(im, dtype=np.float32) / 255.0
         return (a - self._mean) / self._std
 

@@ -106,8 +106,17 @@
   /** Drop zone: click / Enter / Space opens the picker, drops anywhere on the page and pastes deliver files. */
   function setupDropzone(zone, input, onFiles) {
     zone.addEventListener("click", () => input.click());
+    // Like a native button: Enter activates on keydown, Space on keyup (and must not scroll).
     zone.addEventListener("keydown", (event) => {
-      if (event.key === "Enter" || event.key === " ") {
+      if (event.key === "Enter" && !event.repeat) {
+        event.preventDefault();
+        input.click();
+      } else if (event.key === " ") {
+        event.preventDefault();
+      }
+    });
+    zone.addEventListener("keyup", (event) => {
+      if (event.key === " ") {
         event.preventDefault();
         input.click();
       }
@@ -386,7 +395,14 @@
       const previewUrl = URL.createObjectURL(file);
       const img = el("img", { src: previewUrl, alt: "" });
       img.addEventListener("load", () => URL.revokeObjectURL(previewUrl), { once: true });
-      img.addEventListener("error", () => URL.revokeObjectURL(previewUrl), { once: true });
+      img.addEventListener(
+        "error",
+        () => {
+          URL.revokeObjectURL(previewUrl);
+          img.hidden = true; // the browser cannot show it either: keep the grey placeholder
+        },
+        { once: true },
+      );
       const card = el(
         "li",
         { class: "upload-item", dataset: { status: "uploading" } },
@@ -428,6 +444,7 @@
         const img = $(".upload-thumb img", card);
         img.src = item.thumbnail_url;
         img.alt = name;
+        img.hidden = false;
       }
       const links = $(".upload-links", card);
       if (item.status === "indexed") {

@@ -2,7 +2,8 @@
 started together and stopped together by Ctrl-C.
 
 Broker: CELERY_BROKER_URL / REDIS_URL when reachable; otherwise a private `redis-server`
-when one is installed; otherwise Kombu's filesystem transport (embedded, no server)."""
+when one is installed (REDIS_SERVER names the binary; empty disables it); otherwise Kombu's
+filesystem transport (embedded, no server)."""
 
 import os
 import shutil
@@ -72,7 +73,7 @@ class Command(BaseCommand):
             self.stdout.write(f"Broker: Redis at {url}")
             return url
         self.stdout.write(self.style.WARNING(f"Redis is not reachable at {url}."))
-        server = shutil.which("redis-server")
+        server = shutil.which(env.get("REDIS_SERVER", "redis-server") or "-")
         if server:
             port = free_port()
             data_dir = Path(settings.VAR_DIR) / "redis"

@@ -1,0 +1,262 @@
+"""Near-duplicate (copy) search on the fashion catalogue: recall@1 and recall@10.
+
+Imports the 6,000 product photos of fashion-products-6k.zip through `manage.py import_images`
+(which returns once they are searchable), then queries `POST /api/search` (k=10) with edited
+copies of catalogue photos chosen with a fixed seed. Each edit kind gets the same share of the
+queries. The original (matched by title = file stem; import titles are file stems and the
+fashion ids are unique) must come first.
+
+    .venv/bin/python bench/neardup.py                      # full size: 6,000 photos, 500 queries
+    .venv/bin/python bench/neardup.py --limit 300 --queries 50
+
+Queries without the JPEG edit are sent as PNG so that only the named edit applies. Catalogue
+photos whose decoded pixels are identical count as the same original (the import stores
+byte-identical files once; the report says how many such groups there are)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import random
+import sys
+import time
+import zipfile
+from collections import defaultdict
+from pathlib import PurePosixPath
+
+import _harness as h
+from PIL import Image, ImageEnhance, ImageOps
+
+DATASET = "fashion-products-6k.zip"
+TARGET_R1, TARGET_R10 = 0.95, 0.99
+
+
+# --- edits ---------------------------------------------------------------------------------------
+
+
+def resize2x(im):
+    return im.resize((im.width * 2, im.height * 2), Image.Resampling.BICUBIC)
+
+
+def crop85(im):
+    w, h = round(im.width * 0.85), round(im.height * 0.85)
+    left, top = (im.width - w) // 2, (im.height - h) // 2
+    return im.crop((left, top, left + w, top + h))
+
+
+def bright20(im):
+    return ImageEnhance.Brightness(im).enhance(1.2)
+
+
+def mirror(im):
+    return ImageOps.mirror(im)
+
+
+STEPS = {"resize": resize2x, "crop": crop85, "bright": bright20, "mirror": mirror}
+# Each kind: geometric/colour steps in order, then whether it is re-compressed as JPEG q40.
+EDIT_KINDS = [
+    "resize",
+    "jpeg",
+    "crop",
+    "bright",
+    "mirror",
+    "crop+jpeg",
+    "resize+bright+jpeg",
+    "mirror+crop",
+    "mirror+crop+bright+jpeg",
+    "resize+crop+mirror",
+]
+
+
+def apply_edit(data: bytes, kind: str) -> tuple[bytes, str]:
+    """Returns (encoded bytes, file name extension)."""
+    with Image.open(io.BytesIO(data)) as src:
+        im = src.convert("RGB")
+    steps = kind.split("+")
+    for step in steps:
+        if step != "jpeg":
+            im = STEPS[step](im)
+    buf = io.BytesIO()
+    if "jpeg" in steps:
+        im.save(buf, "JPEG", quality=40)
+        return buf.getvalue(), "jpg"
+    im.save(buf, "PNG")
+    return buf.getvalue(), "png"
+
+
+# --- catalogue -----------------------------------------------------------------------------------
+
+
+def pixel_groups(files: dict[str, bytes]) -> dict[str, set[str]]:
+    """stem -> stems of every catalogue photo with identical decoded pixels (itself included)."""
+    by_hash = defaultdict(set)
+    for name, data in files.items():
+        with Image.open(io.BytesIO(data)) as im:
+            rgb = im.convert("RGB")
+            digest = hashlib.sha1(rgb.tobytes() + repr(rgb.size).encode()).hexdigest()
+        by_hash[digest].add(PurePosixPath(name).stem)
+    return {stem: group for group in by_hash.values() for stem in group}
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--limit", type=int, default=0, help="import only N catalogue photos (seeded sample)")
+    parser.add_argument(
+        "--queries", type=int, default=500, help="number of edited queries (default: %(default)s)"
+    )
+    parser.add_argument("--k", type=int, default=10, help="results asked per query (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=0, help="give up the import after this many seconds")
+    h.common_arguments(parser, redis_db=9)
+    args = parser.parse_args(argv)
+    h.install_signal_handlers()
+
+    zip_path = h.require_dataset(args.datasets, DATASET)
+    names = h.zip_image_names(zip_path)
+    rng = random.Random(args.seed)
+    catalogue = sorted(rng.sample(names, args.limit)) if 0 < args.limit < len(names) else names
+    with zipfile.ZipFile(zip_path) as zf:
+        files = {name: zf.read(name) for name in catalogue}
+    same = pixel_groups(files)
+    dup_groups = len({frozenset(g) for g in same.values() if len(g) > 1})
+
+    # Queries: distinct catalogue photos (seeded), edit kinds in turn so each gets an equal share.
+    qrng = random.Random(args.seed + 1)
+    order = qrng.sample(catalogue, len(catalogue))
+    picked = [order[i % len(order)] for i in range(args.queries)]
+    queries = []
+    for i, name in enumerate(picked):
+        kind = EDIT_KINDS[i % len(EDIT_KINDS)]
+        data, ext = apply_edit(files[name], kind)
+        stem = PurePosixPath(name).stem
+        queries.append({"stem": stem, "kind": kind, "data": data, "filename": f"q{i}-{stem}.{ext}"})
+    h.log(
+        f"Catalogue: {len(catalogue)} photos from {zip_path.name} ({dup_groups} groups of pixel-identical "
+        f"photos); {len(queries)} edited queries over {len(EDIT_KINDS)} edit kinds."
+    )
+
+    with h.BenchApp("neardup", args) as app:
+        app.prepare()
+        app.start()
+        source = (
+            zip_path
+            if len(catalogue) == len(names)
+            else h.write_subset_zip(zip_path, catalogue, app.tmp / "catalogue.zip")
+        )
+        h.log(f"Importing {len(catalogue)} photos with import_images ...")
+        imported = app.import_images(source, extra=["--timeout", str(args.timeout)] if args.timeout else None)
+        h.log(
+            f"Import: {imported['seconds']:.1f} s until searchable "
+            f"(new {imported.get('new')}, already present {imported.get('duplicates')}, "
+            f"refused {imported.get('refused')}, failed {imported.get('failed')})."
+        )
+
+        api = h.Api(app.base_url)
+        for q in queries[:3]:  # warm-up, not counted
+            api.search(q["data"], q["filename"], k=args.k)
+        h.log(f"Querying {len(queries)} edited copies (k={args.k}) ...")
+        started = time.perf_counter()
+        for q in queries:
+            body = api.search(q["data"], q["filename"], k=args.k)
+            results = body["results"]
+            titles = [r["title"] for r in results]
+            good = same.get(q["stem"], {q["stem"]})
+            q["rank"] = next((i + 1 for i, t in enumerate(titles) if t in good), None)
+            q["top1"] = (titles[0], results[0]["score"]) if results else (None, None)
+            q["took_ms"] = body.get("took_ms")
+        query_seconds = time.perf_counter() - started
+        api.close()
+
+    # --- figures ---
+    def recall(items, n):
+        return (
+            sum(1 for q in items if q["rank"] is not None and q["rank"] <= n) / len(items) if items else 0.0
+        )
+
+    per_kind = {}
+    for kind in EDIT_KINDS:
+        items = [q for q in queries if q["kind"] == kind]
+        if items:
+            per_kind[kind] = {
+                "n": len(items),
+                "recall@1": round(recall(items, 1), 4),
+                "recall@10": round(recall(items, 10), 4),
+            }
+    r1, r10 = recall(queries, 1), recall(queries, 10)
+    mrr = sum(1 / q["rank"] for q in queries if q["rank"]) / len(queries)
+    passed = r1 >= TARGET_R1 and r10 >= TARGET_R10
+    failures = [
+        {
+            "kind": q["kind"],
+            "query": q["stem"],
+            "rank": q["rank"],
+            "top1": q["top1"][0],
+            "top1_score": q["top1"][1],
+        }
+        for q in queries
+        if q["rank"] != 1
+    ]
+
+    h.log(f"\nNear-duplicate search: {len(queries)} queries, catalogue {len(catalogue)}, k={args.k}")
+    h.log(f"{'edit':<26}{'n':>5}{'recall@1':>11}{'recall@10':>11}")
+    for kind, f in per_kind.items():
+        h.log(f"{kind:<26}{f['n']:>5}{f['recall@1']:>11.3f}{f['recall@10']:>11.3f}")
+    h.log(f"{'ALL':<26}{len(queries):>5}{r1:>11.3f}{r10:>11.3f}   (MRR@{args.k} {mrr:.3f})")
+    h.log(
+        f"Targets: recall@1 >= {TARGET_R1} [{'PASS' if r1 >= TARGET_R1 else 'FAIL'}], "
+        f"recall@10 >= {TARGET_R10} [{'PASS' if r10 >= TARGET_R10 else 'FAIL'}]  => {'PASS' if passed else 'FAIL'}"
+    )
+    if failures:
+        h.log(f"First misses (of {len(failures)} queries not ranked first):")
+        for f in failures[:10]:
+            h.log(
+                f"  {f['kind']:<26} {f['query']:>8}: rank {f['rank']}, top-1 {f['top1']} ({f['top1_score']})"
+            )
+    h.log(f"Import {imported['seconds']:.1f} s; {len(queries)} queries in {query_seconds:.1f} s.")
+
+    figures = {
+        "catalogue": len(catalogue),
+        "queries": len(queries),
+        "recall@1": round(r1, 4),
+        "recall@10": round(r10, 4),
+        "mrr@k": round(mrr, 4),
+        "per_kind": per_kind,
+        "pass": passed,
+        "targets": {"recall@1": TARGET_R1, "recall@10": TARGET_R10},
+        "pixel_duplicate_groups": dup_groups,
+        "import": {
+            k: imported.get(k)
+            for k in ("seconds", "stored_seconds", "new", "duplicates", "refused", "searchable", "failed")
+        },
+        "query_seconds": round(query_seconds, 2),
+        "server_took_ms": h.summarize_ms(
+            [q["took_ms"] / 1000 for q in queries if q.get("took_ms") is not None]
+        ),
+        "misses": failures[:50],
+    }
+    params = {
+        "limit": args.limit or None,
+        "queries": args.queries,
+        "k": args.k,
+        "seed": args.seed,
+        "edit_kinds": EDIT_KINDS,
+        "dataset": DATASET,
+    }
+    h.write_result(
+        args.results,
+        "neardup",
+        params,
+        figures,
+        full_size=len(catalogue) == len(names) and args.queries >= 500,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit("Interrupted.")

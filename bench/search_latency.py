@@ -1,0 +1,484 @@
+"""Latency of `POST /api/search` with a 1024x768 JPEG query: p50/p95/p99, mean, throughput.
+
+Measured with 1 and 8 concurrent clients (threads, one keep-alive connection each) against
+(a) the 6,000-item fashion gallery (imported with `manage.py import_images`) and
+(b) a 200,000-item index: the gallery (or, with --skip-gallery, one real image) plus synthetic
+    items, i.e. `Image` rows written in bulk (status indexed, all pointing at one real stored
+    file and thumbnail) and random unit vectors of the embedder's dimension added to the app's
+    index with gallery.index.VectorIndex under `write_lock`, saved while the app runs (the web
+    process reloads the index when meta.json changes). One synthetic item (the probe) gets the
+    query's own vector, so the run knows when the web process serves the new index.
+Beside it, in the same run, the embedder alone: decode + embed of the same query in-process,
+as the web process does it, so that the HTTP/search overhead shows as a ratio.
+
+    .venv/bin/python bench/search_latency.py                       # full size
+    .venv/bin/python bench/search_latency.py --limit 500 --synthetic 20000 --requests 50
+
+Random vectors are a hard case for HNSW (no clusters), so (b) is pessimistic for the graph
+search; synthetic items have no `Embedding` rows (nothing reads them during a search)."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import io
+import random
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import _harness as h
+import numpy as np
+from PIL import Image
+
+FASHION = "fashion-products-6k.zip"
+CIFAR = "cifar10-jpg.zip"
+QUERY_SIZE = (1024, 768)
+TARGET_P95_MS = 100.0
+
+
+# --- the query -----------------------------------------------------------------------------------
+
+
+def source_photo(datasets: Path, seed: int) -> tuple[bytes, str]:
+    """A real small photo (fashion, else CIFAR-10), or a synthetic picture when neither is there."""
+    rng = random.Random(seed)
+    for name in (FASHION, CIFAR):
+        path = Path(datasets) / name
+        if path.is_file():
+            names = h.zip_image_names(path)
+            pick = rng.choice(names)
+            with zipfile.ZipFile(path) as zf:
+                return zf.read(pick), f"{name}:{pick}"
+    im = Image.new("RGB", (240, 180), (200, 180, 160))
+    for _ in range(12):
+        x, y = rng.randrange(240), rng.randrange(180)
+        box = (x, y, x + rng.randrange(20, 120), y + rng.randrange(20, 90))
+        im.paste(tuple(rng.randrange(256) for _ in range(3)), box)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=90)
+    return buf.getvalue(), "synthetic"
+
+
+def make_query(small: bytes, seed: int) -> bytes:
+    """The photo fitted into 1024x768 on white (product photos have white backgrounds), with
+    mild sensor-like noise so the JPEG is as costly to decode as a real photo; quality 90."""
+    with Image.open(io.BytesIO(small)) as im:
+        im = im.convert("RGB")
+    scale = min(QUERY_SIZE[0] / im.width, QUERY_SIZE[1] / im.height)
+    size = (round(im.width * scale), round(im.height * scale))
+    big = im.resize(size, Image.Resampling.BICUBIC)
+    canvas = Image.new("RGB", QUERY_SIZE, (255, 255, 255))
+    canvas.paste(big, ((QUERY_SIZE[0] - size[0]) // 2, (QUERY_SIZE[1] - size[1]) // 2))
+    pixels = np.asarray(canvas, dtype=np.float32)
+    noise = np.random.default_rng(seed).normal(0.0, 3.0, pixels.shape).astype(np.float32)
+    noisy = Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8))
+    buf = io.BytesIO()
+    noisy.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+# --- in-process baseline ---------------------------------------------------------------------------
+
+
+def embedder_baseline(query: bytes, reps: int) -> tuple[dict, np.ndarray, list[float]]:
+    """Decode (with the same reduced-scale draft as a search) + embed, in this process.
+    Returns the summary, the query's vector and the raw decode+embed durations."""
+    from django.conf import settings
+
+    from gallery.embedders import get_embedder
+    from gallery.imaging import decode_image
+
+    embedder = get_embedder()
+
+    def decode():
+        return decode_image(
+            query,
+            max_bytes=settings.UPLOAD_MAX_BYTES,
+            max_pixels=settings.UPLOAD_MAX_PIXELS,
+            draft_size=2 * settings.EMBEDDER_IMAGE_SIZE,
+        ).image
+
+    for _ in range(3):
+        vector = embedder.embed([decode()])[0]
+    dec, emb, tot = [], [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        im = decode()
+        t1 = time.perf_counter()
+        embedder.embed([im])
+        t2 = time.perf_counter()
+        dec.append(t1 - t0)
+        emb.append(t2 - t1)
+        tot.append(t2 - t0)
+    return (
+        {
+            "embedder": embedder.name,
+            "dim": embedder.dim,
+            "torch_threads": settings.TORCH_THREADS,
+            "decode": h.summarize_ms(dec),
+            "embed": h.summarize_ms(emb),
+            "decode_embed": h.summarize_ms(tot),
+        },
+        vector,
+        tot,
+    )
+
+
+# --- the synthetic index -----------------------------------------------------------------------------
+
+
+def fill_synthetic(target: int, probe_vector: np.ndarray, template_bytes: bytes, seed: int) -> dict:
+    """Grow the app's index (and the Image table) to `target` live items with synthetic ones.
+    Holds the index's write lock, like the app's single writer."""
+    from django.conf import settings
+    from django.db import transaction
+    from django.utils import timezone
+
+    from gallery import services
+    from gallery.embedders import embedder_identity, get_embedder
+    from gallery.imaging import decode_image
+    from gallery.index import VectorIndex, write_lock
+    from gallery.models import Embedding
+    from gallery.models import Image as Item
+
+    model, dim = embedder_identity()
+    directory = Path(settings.INDEX_DIR)
+    figures = {}
+    started = time.perf_counter()
+    with write_lock(directory):
+        index = VectorIndex.load(directory, ef=settings.INDEX_EF_SEARCH)
+        if index is None:
+            index = VectorIndex.create(
+                model,
+                dim,
+                capacity=max(target, 1024),
+                m=settings.INDEX_M,
+                ef_construction=settings.INDEX_EF_CONSTRUCTION,
+                ef=settings.INDEX_EF_SEARCH,
+            )
+        elif (index.meta.model, index.meta.dim) != (model, dim):
+            raise RuntimeError(
+                f"The index holds {index.meta.model}/{index.meta.dim}, the embedder is {model}/{dim}"
+            )
+        template = Item.objects.filter(status=Item.Status.INDEXED).order_by("pk").first()
+        if template is None:  # --skip-gallery: one real, searchable image to point the rows at
+            template, _ = services.image_create(
+                data=template_bytes,
+                title="bench template",
+                category="bench",
+                original_name="template.jpg",
+                enqueue=False,
+            )
+            decoded = decode_image(
+                template_bytes, max_bytes=settings.UPLOAD_MAX_BYTES, max_pixels=settings.UPLOAD_MAX_PIXELS
+            )
+            vec = get_embedder().embed([decoded.image])[0]
+            Embedding.objects.create(image=template, model_name=model, dim=dim, vector=vec.tobytes())
+            Item.objects.filter(pk=template.pk).update(status=Item.Status.INDEXED, indexed_at=timezone.now())
+            index.add([template.pk], vec[None, :])
+        existing = len(index)
+        n_new = max(0, target - existing)
+        figures.update(real_items=existing, synthetic_items=n_new)
+        if n_new == 0:
+            h.log(f"The index already holds {existing} items (>= --synthetic {target}); nothing added.")
+            return figures
+        needed = index.hnsw.get_current_count() + n_new
+        if needed > index.hnsw.get_max_elements():
+            index.hnsw.resize_index(needed)
+        h.log(
+            f"Adding {n_new} synthetic items ({dim}-d random unit vectors) to the {existing}-item index ..."
+        )
+        rng = np.random.default_rng(seed)
+        now = timezone.now()
+        rows_s = index_s = 0.0
+        done, probe_id, chunk = 0, None, 10000
+        while done < n_new:
+            m = min(chunk, n_new - done)
+            t0 = time.perf_counter()
+            rows = [
+                Item(
+                    title=f"synthetic {done + i}",
+                    category=f"synthetic-{(done + i) % 10}",
+                    file=template.file.name,
+                    thumbnail=template.thumbnail.name,
+                    original_name=f"synthetic-{done + i}.jpg",
+                    original_format=template.original_format,
+                    width=template.width,
+                    height=template.height,
+                    byte_size=template.byte_size,
+                    sha256=hashlib.sha256(f"bench-synthetic-{seed}-{done + i}".encode()).hexdigest(),
+                    status=Item.Status.INDEXED,
+                    indexed_at=now,
+                )
+                for i in range(m)
+            ]
+            if done == 0:
+                rows[0].title = "bench probe"
+            with transaction.atomic():
+                ids = [row.pk for row in Item.objects.bulk_create(rows, batch_size=2000)]
+            t1 = time.perf_counter()
+            vectors = rng.standard_normal((m, dim), dtype=np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            if done == 0:
+                vectors[0] = probe_vector
+                probe_id = ids[0]
+            index.add(ids, vectors)
+            t2 = time.perf_counter()
+            rows_s += t1 - t0
+            index_s += t2 - t1
+            done += m
+            h.log(f"  {done}/{n_new}  (rows {done / rows_s:.0f}/s, HNSW inserts {done / index_s:.0f}/s)")
+        t0 = time.perf_counter()
+        index.save(directory)
+        save_s = time.perf_counter() - t0
+        total = len(index)
+    del index
+    gc.collect()
+    figures.update(
+        probe_id=probe_id,
+        index_items=total,
+        rows_seconds=round(rows_s, 2),
+        hnsw_insert_seconds=round(index_s, 2),
+        hnsw_inserts_per_s=round(n_new / index_s, 1) if index_s else None,
+        save_seconds=round(save_s, 2),
+        index_bytes=(directory / "index.bin").stat().st_size,
+        total_seconds=round(time.perf_counter() - started, 2),
+    )
+    h.log(f"Index saved: {total} items, {figures['index_bytes'] / 2**20:.0f} MiB, {save_s:.1f} s to save.")
+    return figures
+
+
+def wait_for_probe(app: h.BenchApp, query: bytes, probe_id: int, timeout: float = 900) -> float:
+    """Until the web process answers with the new index (the probe among the results)."""
+    api = h.Api(app.base_url, timeout=timeout)
+    started = time.perf_counter()
+    try:
+        while time.perf_counter() - started < timeout:
+            body = api.search(query, "query.jpg", k=10)
+            if probe_id in [r["id"] for r in body["results"]]:
+                return time.perf_counter() - started
+            time.sleep(0.3)
+    finally:
+        api.close()
+    raise RuntimeError(f"The web process did not serve the synthetic index within {timeout:.0f} s")
+
+
+# --- load -----------------------------------------------------------------------------------------
+
+
+def measure(app: h.BenchApp, query: bytes, *, clients: int, requests: int, warmup: int, k: int) -> dict:
+    apis = [h.Api(app.base_url) for _ in range(clients)]
+
+    def one(n: int):
+        t0 = time.perf_counter()
+        body = apis[n].search(query, "query.jpg", k=k)
+        elapsed = time.perf_counter() - t0
+        if not body["results"]:
+            raise h.ApiError("no results")
+        return elapsed, body["took_ms"]
+
+    try:
+        h.run_concurrent(clients, max(warmup, clients), one)  # warm-up: opens every connection
+        results, wall = h.run_concurrent(clients, requests, one)
+    finally:
+        for api in apis:
+            api.close()
+    errors = [r for r in results if isinstance(r, Exception)]
+    ok = [r for r in results if not isinstance(r, Exception)]
+    figures = {
+        "clients": clients,
+        "requests": requests,
+        "errors": len(errors),
+        "wall_seconds": round(wall, 3),
+        "throughput_rps": round(len(ok) / wall, 2) if wall else None,
+        "latency": h.summarize_ms([r[0] for r in ok]),
+        "server_took": h.summarize_ms([r[1] / 1000 for r in ok]),
+    }
+    if errors:
+        figures["first_error"] = repr(errors[0])[:300]
+    return figures
+
+
+def log_baseline(b: dict) -> None:
+    h.log(f"  {b['embedder']} ({b['dim']}-d, {b['torch_threads']} torch threads)")
+    h.log(f"  decode       {h.fmt_summary(b['decode'])}")
+    h.log(f"  embed        {h.fmt_summary(b['embed'])}")
+    h.log(f"  decode+embed {h.fmt_summary(b['decode_embed'])}")
+
+
+def run_levels(app, query, args, label: str) -> dict:
+    levels = {}
+    for clients in args.clients:
+        h.log(f"[{label}] {clients} client(s): {args.requests} requests after {args.warmup} warm-up ...")
+        f = measure(app, query, clients=clients, requests=args.requests, warmup=args.warmup, k=args.k)
+        levels[str(clients)] = f
+        h.log(
+            f"  {f['throughput_rps']:.1f} req/s, errors {f['errors']}; client {h.fmt_summary(f['latency'])}"
+        )
+        h.log(f"  server took_ms: {h.fmt_summary(f['server_took'])}")
+    return levels
+
+
+def report(label: str, items: int, levels: dict, baseline: dict) -> dict:
+    base = baseline["decode_embed"]["p50_ms"]
+    h.log(f"\n{label}: {items} items")
+    h.log(
+        f"  {'clients':>7} {'req/s':>7} {'p50':>8} {'p95':>8} {'p99':>8} {'mean':>8} {'server p50':>11} {'p50/embed':>10}"
+    )
+    for c, f in levels.items():
+        lat = f["latency"]
+        h.log(
+            f"  {c:>7} {f['throughput_rps']:>7.1f} {lat['p50_ms']:>8.1f} {lat['p95_ms']:>8.1f} "
+            f"{lat['p99_ms']:>8.1f} {lat['mean_ms']:>8.1f} {f['server_took']['p50_ms']:>11.1f} "
+            f"{lat['p50_ms'] / base:>9.2f}x"
+        )
+    one = levels.get("1")
+    verdict = None
+    if one:
+        verdict = one["latency"]["p95_ms"] < TARGET_P95_MS and not one["errors"]
+        h.log(
+            f"  Target p95 < {TARGET_P95_MS:.0f} ms with 1 client: {one['latency']['p95_ms']:.1f} ms "
+            f"[{'PASS' if verdict else 'FAIL'}]"
+        )
+    return {
+        "items": items,
+        "levels": levels,
+        "pass": verdict,
+        "http_over_embed_p50": round(one["latency"]["p50_ms"] / base, 3) if one else None,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=300, help="measured requests per client level")
+    parser.add_argument("--warmup", type=int, default=10, help="warm-up requests before each level")
+    parser.add_argument(
+        "--clients",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1, 8],
+        help="concurrency levels, comma-separated (default: 1,8)",
+    )
+    parser.add_argument("--k", type=int, default=20, help="results per search (the API default: 20)")
+    parser.add_argument(
+        "--synthetic",
+        type=int,
+        default=200_000,
+        help="size of index (b), real items included; 0 skips (b) (default: %(default)s)",
+    )
+    parser.add_argument("--skip-gallery", action="store_true", help="skip (a): no fashion import")
+    parser.add_argument(
+        "--limit", type=int, default=0, help="import only N fashion photos for (a) (seeded sample)"
+    )
+    parser.add_argument("--baseline-reps", type=int, default=50, help="in-process decode+embed repetitions")
+    h.common_arguments(parser, redis_db=10)
+    args = parser.parse_args(argv)
+    h.install_signal_handlers()
+    if args.skip_gallery and not args.synthetic:
+        parser.error("--skip-gallery with --synthetic 0 leaves nothing to measure")
+
+    fashion = None if args.skip_gallery else h.require_dataset(args.datasets, FASHION)
+    small, source = source_photo(args.datasets, args.seed)
+    query = make_query(small, args.seed)
+    h.log(
+        f"Query: {QUERY_SIZE[0]}x{QUERY_SIZE[1]} JPEG q90, {len(query) / 1024:.0f} KiB, upscaled from {source}"
+    )
+    figures: dict = {"query_bytes": len(query), "query_source": source}
+
+    with h.BenchApp("search-latency", args) as app:
+        app.prepare()
+        app.setup_django()
+        h.log(f"Embedder alone (in-process decode + embed, {args.baseline_reps} reps) ...")
+        before, query_vector, samples = embedder_baseline(query, args.baseline_reps)
+        log_baseline(before)
+
+        if fashion:
+            names = h.zip_image_names(fashion)
+            if 0 < args.limit < len(names):
+                subset = sorted(random.Random(args.seed).sample(names, args.limit))
+                src = h.write_subset_zip(fashion, subset, app.tmp / "gallery.zip")
+                count = len(subset)
+            else:
+                src, count = fashion, len(names)
+            app.start()
+            h.log(f"(a) importing {count} fashion photos ...")
+            imported = app.import_images(src)
+            h.log(f"    {imported['seconds']:.1f} s until searchable")
+            figures["gallery"] = {
+                "import_seconds": round(imported["seconds"], 2),
+                "imported": imported.get("new"),
+                "levels": run_levels(app, query, args, "gallery"),
+            }
+        if args.synthetic:
+            if app.proc is None:  # --skip-gallery: build first, the web loads it at start-up
+                synth = fill_synthetic(args.synthetic, query_vector, small, args.seed)
+                app.start()
+            else:
+                synth = fill_synthetic(args.synthetic, query_vector, small, args.seed)
+            if synth.get("probe_id"):
+                waited = wait_for_probe(app, query, synth["probe_id"])
+                synth["web_reload_seconds"] = round(waited, 2)
+                h.log(
+                    f"The web process serves the {synth['index_items']}-item index ({waited:.1f} s after save)."
+                )
+            figures["synthetic"] = {"build": synth, "levels": run_levels(app, query, args, "synthetic")}
+
+        # Again at the end, with the app idle: the two together say how steady the machine was.
+        h.log(f"Embedder alone again, app idle ({args.baseline_reps} reps) ...")
+        after, _, more = embedder_baseline(query, args.baseline_reps)
+        log_baseline(after)
+        baseline = {key: before[key] for key in ("embedder", "dim", "torch_threads")}
+        baseline.update(decode_embed=h.summarize_ms(samples + more), first_pass=before, second_pass=after)
+        figures["embedder_baseline"] = baseline
+
+    h.log(f"\n=== Search latency, POST /api/search with a 1024x768 JPEG, k={args.k} ===")
+    h.log(
+        f"Embedder alone (decode+embed in-process, both passes): p50 {baseline['decode_embed']['p50_ms']:.1f} ms, "
+        f"p95 {baseline['decode_embed']['p95_ms']:.1f} ms (first pass p50 "
+        f"{before['decode_embed']['p50_ms']:.1f}, second {after['decode_embed']['p50_ms']:.1f})"
+    )
+    verdicts = []
+    if "gallery" in figures:
+        summary = report(
+            "(a) fashion gallery", figures["gallery"]["imported"] or 0, figures["gallery"]["levels"], baseline
+        )
+        figures["gallery"].update(summary)
+        verdicts.append(summary["pass"])
+    if "synthetic" in figures:
+        build = figures["synthetic"]["build"]
+        items = build.get("index_items") or (build.get("real_items", 0) + build.get("synthetic_items", 0))
+        summary = report(
+            f"(b) synthetic index ({build.get('real_items')} real + {build.get('synthetic_items')} "
+            "synthetic)",
+            items,
+            figures["synthetic"]["levels"],
+            baseline,
+        )
+        figures["synthetic"].update(summary)
+        verdicts.append(summary["pass"])
+    figures["pass"] = all(v is True for v in verdicts) if verdicts else None
+    h.log(f"Overall: {'PASS' if figures['pass'] else 'FAIL'} (p95 < {TARGET_P95_MS:.0f} ms with one client)")
+
+    params = {
+        "requests": args.requests,
+        "warmup": args.warmup,
+        "clients": args.clients,
+        "k": args.k,
+        "synthetic": args.synthetic,
+        "skip_gallery": args.skip_gallery,
+        "limit": args.limit or None,
+        "baseline_reps": args.baseline_reps,
+        "seed": args.seed,
+    }
+    full = not args.skip_gallery and not args.limit and args.synthetic >= 200_000 and args.requests >= 300
+    h.write_result(args.results, "search_latency", params, figures, full_size=full)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit("Interrupted.")

@@ -1,0 +1,77 @@
+"""The Celery tasks on a real worker process: failures are recorded, stale tasks never bring a
+hidden item back, and lost tasks are picked up again."""
+
+import time
+
+from django.core.files.storage import default_storage
+
+from gallery import services, tasks
+from gallery.index import VectorIndex
+from gallery.models import Image
+from tests.conftest import wait_for_status
+from tests.images import make_image_bytes
+
+
+def test_unreadable_file_is_marked_failed_with_the_reason(pipeline):
+    image, _ = services.image_create(data=make_image_bytes(100), enqueue=False)
+    default_storage.delete(image.file.name)
+    tasks.embed_images.delay([image.pk])
+    wait_for_status([image.pk], "failed")
+    image.refresh_from_db()
+    assert "cannot be read" in image.error
+
+
+def test_stale_tasks_do_not_bring_a_hidden_item_back(pipeline, clean_index):
+    keep, _ = services.image_create(data=make_image_bytes(101))
+    gone, _ = services.image_create(data=make_image_bytes(102))
+    wait_for_status([keep.pk, gone.pk])
+    Image.objects.filter(pk=gone.pk).update(status=Image.Status.HIDDEN)
+    tasks.index_remove.delay([gone.pk])
+    # replayed (stale) tasks for the hidden item
+    tasks.embed_images.delay([gone.pk])
+    tasks.index_sync.delay()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        index = VectorIndex.load(clean_index)
+        if index is not None and gone.pk not in index.labels():
+            break
+        time.sleep(0.2)
+    time.sleep(1)  # let the replayed tasks run too
+    index = VectorIndex.load(clean_index)
+    assert index.labels() == {keep.pk}
+    assert Image.objects.get(pk=gone.pk).status == Image.Status.HIDDEN
+
+
+def test_lost_tasks_are_queued_again(pipeline):
+    images = [services.image_create(data=make_image_bytes(seed), enqueue=False)[0] for seed in (103, 104)]
+    time.sleep(1)
+    assert set(Image.objects.filter(pk__in=[i.pk for i in images]).values_list("status", flat=True)) == {"processing"}
+    assert services.images_enqueue_pending() == 2
+    wait_for_status([i.pk for i in images])
+
+
+def test_embedding_twice_is_harmless(pipeline):
+    image, _ = services.image_create(data=make_image_bytes(105))
+    tasks.embed_images.delay([image.pk])
+    tasks.embed_images.delay([image.pk])
+    wait_for_status([image.pk])
+    time.sleep(1)
+    assert image.embeddings.count() == 1
+
+
+def test_hide_and_unhide_through_the_services(pipeline, clean_index):
+    from django.db import transaction
+
+    image, _ = services.image_create(data=make_image_bytes(106))
+    wait_for_status([image.pk])
+    with transaction.atomic():
+        assert services.images_hide([image.pk]) == 1
+    deadline = time.monotonic() + 30
+    while image.pk in VectorIndex.load(clean_index).labels():
+        assert time.monotonic() < deadline, "hidden item still in the index"
+        time.sleep(0.2)
+    with transaction.atomic():
+        assert services.images_unhide([image.pk]) == 1
+    wait_for_status([image.pk])
+    assert image.pk in VectorIndex.load(clean_index).labels()
+    assert image.embeddings.count() == 1  # the stored embedding was reused
