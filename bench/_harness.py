@@ -95,7 +95,10 @@ def require_dataset(datasets: Path, name: str) -> Path:
 
 
 def install_signal_handlers() -> None:
-    """SIGTERM/SIGHUP behave like Ctrl-C, so `finally` blocks stop the app and remove temp dirs."""
+    """SIGTERM/SIGHUP behave like Ctrl-C, so `finally` blocks stop the app and remove temp dirs.
+    SIGINT gets Python's handler even when the shell started us with it ignored (a background
+    job): otherwise runapp would inherit the ignored SIGINT and could not be stopped cleanly."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def _raise(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -379,6 +382,16 @@ def _alive(pid: int, start: str) -> bool:
     return rest[19] == start and rest[0] != "Z"
 
 
+def _cmd_name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = fh.read().split(b"\0")
+    except OSError:
+        return "?"
+    words = [Path(a.decode(errors="replace")).name for a in argv[:6] if a]
+    return " ".join(w for w in words if not w.startswith("python"))[:60]
+
+
 def stop_process_group(proc: subprocess.Popen, *, first=signal.SIGTERM, grace: float = 20.0) -> None:
     """`first` to the group of a process started with start_new_session=True, then SIGKILL."""
     if proc.poll() is not None:
@@ -609,10 +622,14 @@ class BenchApp:
         self._remember_children()
         if self.proc.poll() is None:
             stop_process_group(self.proc, first=signal.SIGINT, grace=30)
-        leftovers = {pgid for pid, (pgid, start) in self._children.items() if _alive(pid, start)}
-        leftovers.discard(self.proc.pid)
+        alive = {pid: pgid for pid, (pgid, start) in self._children.items() if _alive(pid, start)}
+        leftovers = set(alive.values()) - {self.proc.pid}
         if leftovers:
-            log(f"(runapp left {len(leftovers)} process group(s) running; terminating them)")
+            names = ", ".join(f"{pid} {_cmd_name(pid)}" for pid in sorted(alive))
+            log(
+                f"(runapp exited with code {self.proc.returncode} and left {len(leftovers)} process group(s) "
+                f"running: {names}; terminating them)"
+            )
             for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
                 for pgid in leftovers:
                     with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -28,17 +28,27 @@ class ImageAdmin(admin.ModelAdmin):
         "indexed_at",
     )
     fields = ("thumb", "title", "category") + readonly_fields[1:]
-    actions = ["hide", "unhide"]
+    actions = ["approve", "reject", "hide", "unhide"]
+
+    def _moderate(self, request, queryset, action):
+        count = services.images_moderate(list(queryset.values_list("pk", flat=True)), action, actor=request.user)
+        self.message_user(request, f"{action.capitalize()}: {count} images.", messages.SUCCESS)
+
+    @admin.action(description="Approve")
+    def approve(self, request, queryset):
+        self._moderate(request, queryset, "approve")
+
+    @admin.action(description="Reject")
+    def reject(self, request, queryset):
+        self._moderate(request, queryset, "reject")
 
     @admin.action(description="Hide from search")
     def hide(self, request, queryset):
-        count = services.images_hide(list(queryset.values_list("pk", flat=True)))
-        self.message_user(request, f"{count} images hidden.", messages.SUCCESS)
+        self._moderate(request, queryset, "hide")
 
     @admin.action(description="Show in search again")
     def unhide(self, request, queryset):
-        count = services.images_unhide(list(queryset.values_list("pk", flat=True)))
-        self.message_user(request, f"{count} images will be searchable again in a moment.", messages.SUCCESS)
+        self._moderate(request, queryset, "unhide")
 
     @admin.display(description="")
     def thumb(self, obj):

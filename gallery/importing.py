@@ -1,75 +1,213 @@
-"""Reading a folder or a ZIP of images for import: yields (relative path, category, bytes or
-an error), never extracting anything to disk. Entries that could not be images (other
-extensions, hidden files, nested archives) are skipped; unsafe or oversized ones are
-reported as errors and the rest goes on."""
+"""Listing and reading the files of an import source: a folder, a ZIP archive, or a manifest
+(CSV or JSON lines with file, title, category, tags, external_id). Nothing is extracted to
+disk. Entries that can never be imported are listed with the reason (unsafe paths, links,
+nested archives, other files, archive bombs), so a job reports them and goes on."""
 
+import csv
+import io
+import json
+import stat
 import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-MAX_COMPRESSION_RATIO = 200
+ARCHIVE_EXTENSIONS = {".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar"}
+
+
+class SourceError(ValueError):
+    """The source as a whole cannot be read (missing, not a ZIP, bad manifest)."""
 
 
 @dataclass
-class ImportEntry:
-    path: str  # as written in the folder or archive
-    category: str
-    read: callable  # -> bytes
-    size: int
+class Limits:
+    max_file_bytes: int
+    max_total_bytes: int
+    max_ratio: int
+
+
+@dataclass
+class Entry:
+    path: str  # relative to the source (folder, archive, or the manifest's folder)
+    title: str = ""
+    category: str = ""
+    tags: list = field(default_factory=list)
+    external_id: str = ""
     error: str = ""
 
 
-def _is_candidate(parts: tuple[str, ...]) -> bool:
-    if any(p.startswith(".") or p == "__MACOSX" for p in parts):
-        return False
-    return PurePosixPath(parts[-1]).suffix.lower() in IMAGE_EXTENSIONS
+def _ignored(parts) -> bool:
+    """Operating-system litter, not worth a line in the report."""
+    return any(p == "__MACOSX" or p in (".DS_Store", "Thumbs.db") or p.startswith("._") for p in parts)
 
 
-def _category(parts: tuple[str, ...], default: str) -> str:
-    return default or (parts[-2] if len(parts) > 1 else "")
+def _classify(parts) -> str:
+    suffix = PurePosixPath(parts[-1]).suffix.lower()
+    if suffix in IMAGE_EXTENSIONS:
+        return ""
+    if suffix in ARCHIVE_EXTENSIONS:
+        return "nested archive (skipped)"
+    return "not an image file (skipped)"
 
 
-def iter_entries(source: str | Path, *, category: str = "", max_bytes: int) -> Iterator[ImportEntry]:
-    source = Path(source)
-    if source.is_dir():
-        yield from _iter_folder(source, category, max_bytes)
-    elif zipfile.is_zipfile(source):
-        yield from _iter_zip(source, category, max_bytes)
-    else:
-        raise ValueError(f"{source} is neither a folder nor a ZIP archive.")
+def _entry(parts, category: str, error: str = "") -> Entry:
+    return Entry(
+        path="/".join(parts),
+        title=PurePosixPath(parts[-1]).stem,
+        category=category or (parts[-2] if len(parts) > 1 else ""),
+        error=error,
+    )
 
 
-def _iter_folder(root: Path, category: str, max_bytes: int) -> Iterator[ImportEntry]:
+def list_entries(kind: str, path: str | Path, *, category: str = "", limits: Limits) -> list[Entry]:
+    path = Path(path)
+    if kind == "folder":
+        return _list_folder(path, category, limits)
+    if kind == "zip":
+        return _list_zip(path, category, limits)
+    if kind == "manifest":
+        return _list_manifest(path, category, limits)
+    raise SourceError(f"Unknown source kind {kind!r}")
+
+
+def guess_kind(path: Path) -> str:
+    if path.is_dir():
+        return "folder"
+    if zipfile.is_zipfile(path):
+        return "zip"
+    if path.suffix.lower() in (".csv", ".jsonl", ".ndjson"):
+        return "manifest"
+    raise SourceError(f"{path} is neither a folder nor a ZIP archive (nor a .csv/.jsonl manifest).")
+
+
+def _list_folder(root: Path, category: str, limits: Limits) -> list[Entry]:
+    if not root.is_dir():
+        raise SourceError(f"{root} is not a folder.")
+    entries, total = [], 0
     for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root)
-        if path.is_symlink() or not path.is_file() or not _is_candidate(rel.parts):
+        rel = path.relative_to(root).parts
+        if _ignored(rel) or any(p.startswith(".") for p in rel) or path.is_dir():
             continue
-        size = path.stat().st_size
-        entry = ImportEntry(str(rel), _category(rel.parts, category), path.read_bytes, size)
-        if size > max_bytes:
-            entry.error = f"too large ({size} bytes; the limit is {max_bytes})"
-        yield entry
+        if path.is_symlink():
+            entries.append(_entry(rel, category, "symbolic link (refused)"))
+            continue
+        error = _classify(rel)
+        if not error:
+            size = path.stat().st_size
+            total += size
+            if size > limits.max_file_bytes:
+                error = f"too large ({size} bytes; the limit is {limits.max_file_bytes})"
+            elif total > limits.max_total_bytes:
+                error = "the import exceeds its total size limit"
+        entries.append(_entry(rel, category, error))
+    return entries
 
 
-def _iter_zip(archive: Path, category: str, max_bytes: int) -> Iterator[ImportEntry]:
-    with zipfile.ZipFile(archive) as zf:
+def _list_zip(archive: Path, category: str, limits: Limits) -> list[Entry]:
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise SourceError(f"{archive.name} is not a readable ZIP archive ({exc}).") from exc
+    entries, total = [], 0
+    with zf:
         for info in zf.infolist():
             if info.is_dir():
                 continue
             name = info.filename
-            parts = PurePosixPath(name).parts
-            if not parts:
+            parts = tuple(p for p in PurePosixPath(name.replace("\\", "/")).parts if p not in ("", "/"))
+            if not parts or _ignored(parts):
                 continue
-            unsafe = name.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]
-            if not unsafe and not _is_candidate(parts):
-                continue
-            entry = ImportEntry(name, _category(parts, category), lambda info=info: zf.read(info), info.file_size)
-            if unsafe:
-                entry.error = "unsafe path in the archive"
-            elif info.file_size > max_bytes:
-                entry.error = f"too large ({info.file_size} bytes; the limit is {max_bytes})"
-            elif info.compress_size and info.file_size / info.compress_size > MAX_COMPRESSION_RATIO:
-                entry.error = "suspicious compression ratio (archive bomb?)"
-            yield entry
+            mode = info.external_attr >> 16
+            if name.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
+                error = "unsafe path (escapes the archive; refused)"
+            elif stat.S_ISLNK(mode):
+                error = "symbolic link (refused)"
+            else:
+                error = _classify(parts)
+            if not error:
+                total += info.file_size
+                if info.file_size > limits.max_file_bytes:
+                    error = f"too large ({info.file_size} bytes; the limit is {limits.max_file_bytes})"
+                elif info.compress_size and info.file_size / info.compress_size > limits.max_ratio:
+                    error = f"compression ratio over {limits.max_ratio} (archive bomb?; refused)"
+                elif total > limits.max_total_bytes:
+                    error = "the archive exceeds the total uncompressed size limit (refused)"
+            entry = _entry(parts, category, error)
+            entry.path = name  # read back by its exact name
+            entries.append(entry)
+    return entries
+
+
+def _list_manifest(manifest: Path, category: str, limits: Limits) -> list[Entry]:
+    try:
+        text = manifest.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError(f"Cannot read the manifest {manifest.name}: {exc}") from exc
+    if manifest.suffix.lower() == ".csv":
+        rows = list(csv.DictReader(io.StringIO(text)))
+    else:
+        rows = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise SourceError(f"{manifest.name} line {number} is not JSON: {exc}") from exc
+    base = manifest.parent.resolve()
+    entries = []
+    for row in rows:
+        file = str(row.get("file") or "").strip()
+        tags = row.get("tags") or []
+        if isinstance(tags, str):
+            tags = [t.strip() for t in tags.replace(";", ",").split(",") if t.strip()]
+        entry = Entry(
+            path=file,
+            title=str(row.get("title") or PurePosixPath(file).stem),
+            category=category or str(row.get("category") or ""),
+            tags=tags,
+            external_id=str(row.get("external_id") or ""),
+        )
+        target = (base / file).resolve() if file else None
+        if not file:
+            entry.error = "no file given"
+        elif not target.is_relative_to(base):
+            entry.error = "unsafe path (outside the manifest's folder; refused)"
+        elif (base / file).is_symlink():
+            entry.error = "symbolic link (refused)"
+        elif not target.is_file():
+            entry.error = "file not found"
+        else:
+            entry.error = _classify(PurePosixPath(file).parts)
+            if not entry.error and target.stat().st_size > limits.max_file_bytes:
+                entry.error = f"too large ({target.stat().st_size} bytes; the limit is {limits.max_file_bytes})"
+        entries.append(entry)
+    return entries
+
+
+class SourceReader:
+    """Reads entries' bytes; open once per batch of entries."""
+
+    def __init__(self, kind: str, path: str | Path):
+        self.kind, self.path = kind, Path(path)
+        self._zip = None
+
+    def __enter__(self):
+        if self.kind == "zip":
+            self._zip = zipfile.ZipFile(self.path)
+        return self
+
+    def __exit__(self, *exc):
+        if self._zip:
+            self._zip.close()
+
+    def read(self, entry_path: str, max_bytes: int) -> bytes:
+        if self._zip:
+            with self._zip.open(entry_path) as fh:  # never trust the header's size: cap the read
+                data = fh.read(max_bytes + 1)
+        else:
+            base = self.path if self.kind == "folder" else self.path.parent
+            with open(base / entry_path, "rb") as fh:
+                data = fh.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise ValueError(f"too large (over {max_bytes} bytes)")
+        return data

@@ -192,7 +192,7 @@ def write_lock(directory: Path):
 class IndexReader:
     """Per-process read-only view that picks up newer saved versions without a restart."""
 
-    def __init__(self, directory: Path, ef: int = 128, check_interval: float = 0.2):
+    def __init__(self, directory: Path, ef: int = 128, check_interval: float = 0.0):
         self.directory = Path(directory)
         self.ef = ef
         self.check_interval = check_interval

@@ -1,7 +1,10 @@
 """Gallery items and their embeddings. The database is the source of truth; the HNSW index
 is a derived, rebuildable copy of the embeddings of visible items."""
 
+import secrets
+
 import numpy as np
+from django.conf import settings
 from django.db import models
 from django.urls import reverse
 
@@ -11,7 +14,12 @@ class Image(models.Model):
         PROCESSING = "processing"  # stored, waiting for its embedding / index entry
         INDEXED = "indexed"  # searchable
         FAILED = "failed"  # embedding gave up; `error` says why
-        HIDDEN = "hidden"  # taken out of search by staff
+        HIDDEN = "hidden"  # taken out of search by staff (or rejected)
+
+    class Moderation(models.TextChoices):
+        APPROVED = "approved"
+        PENDING = "pending"  # pre-moderation: waits for staff before it can be searched
+        REJECTED = "rejected"
 
     title = models.CharField(max_length=200, blank=True)
     category = models.CharField(max_length=100, blank=True, db_index=True)
@@ -25,6 +33,18 @@ class Image(models.Model):
     sha256 = models.CharField(max_length=64, unique=True, help_text="Hash of the uploaded bytes.")
     status = models.CharField(
         max_length=12, choices=Status.choices, default=Status.PROCESSING, db_index=True
+    )
+    moderation = models.CharField(
+        max_length=10, choices=Moderation.choices, default=Moderation.APPROVED, db_index=True
+    )
+    tags = models.JSONField(default=list, blank=True)
+    external_id = models.CharField(max_length=200, null=True, blank=True, unique=True)
+    near_duplicate_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The most similar existing item when it is above NEAR_DUPLICATE_THRESHOLD.",
+    )
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     error = models.TextField(blank=True)
     embed_attempts = models.PositiveSmallIntegerField(default=0)
@@ -59,3 +79,116 @@ class Embedding(models.Model):
 
     def as_array(self) -> np.ndarray:
         return np.frombuffer(bytes(self.vector), dtype=np.float32)
+
+
+class ImportJob(models.Model):
+    """A bulk import: its files are ImportItem rows, so a job resumes where it stopped and
+    running it again adds nothing twice. Counts (imported, duplicates, failed) are derived
+    from the items' states (selectors.import_job_progress)."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    class Source(models.TextChoices):
+        ZIP = "zip", "Uploaded ZIP"
+        FOLDER = "folder", "Folder on the server"
+        MANIFEST = "manifest", "Manifest (CSV or JSON lines)"
+
+    source_kind = models.CharField(max_length=10, choices=Source.choices)
+    source_path = models.CharField(max_length=1000)
+    category = models.CharField(max_length=100, blank=True, help_text="Overrides folder names.")
+    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED, db_index=True)
+    total = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    started_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"Import {self.pk} ({self.get_source_kind_display()})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in (self.State.QUEUED, self.State.RUNNING)
+
+
+class ImportItem(models.Model):
+    class State(models.TextChoices):
+        PENDING = "pending"
+        IMPORTED = "imported"
+        DUPLICATE = "duplicate"
+        FAILED = "failed"
+
+    job = models.ForeignKey(ImportJob, on_delete=models.CASCADE, related_name="items")
+    position = models.PositiveIntegerField()
+    path = models.CharField(max_length=1000)
+    title = models.CharField(max_length=200, blank=True)
+    category = models.CharField(max_length=100, blank=True)
+    tags = models.JSONField(default=list, blank=True)
+    external_id = models.CharField(max_length=200, blank=True)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING, db_index=True)
+    error = models.TextField(blank=True)
+    image = models.ForeignKey(Image, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [models.UniqueConstraint(fields=["job", "position"], name="one_item_per_position")]
+
+
+class ModerationAction(models.Model):
+    """The moderation log: who did what to which image, when and why."""
+
+    class Action(models.TextChoices):
+        APPROVE = "approve"
+        REJECT = "reject"
+        HIDE = "hide"
+        UNHIDE = "unhide"
+        REPORT = "report"
+        DISMISS = "dismiss"
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="moderation_actions")
+    action = models.CharField(max_length=10, choices=Action.choices)
+    reason = models.CharField(max_length=500, blank=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+
+class Report(models.Model):
+    """A visitor's report of an item; open reports land in the moderation queue."""
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="reports")
+    reason = models.CharField(max_length=500)
+    created_at = models.DateTimeField(auto_now_add=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+
+def _new_token() -> str:
+    return secrets.token_hex(24)
+
+
+class ApiToken(models.Model):
+    """A bearer token for scripts acting as a staff user on the JSON API."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    key = models.CharField(max_length=64, unique=True, default=_new_token)
+    name = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return f"{self.name or 'token'} for {self.user}"

@@ -45,7 +45,8 @@ def clamp_k(k) -> int:
 
 
 def visible_images():
-    return Image.objects.filter(status=Image.Status.INDEXED)
+    """What the public may find: indexed and approved."""
+    return Image.objects.filter(status=Image.Status.INDEXED, moderation=Image.Moderation.APPROVED)
 
 
 def search_vector(vector: np.ndarray, k: int, *, category: str = "", exclude_id: int | None = None) -> list[SearchHit]:
@@ -120,3 +121,40 @@ def category_list() -> list[str]:
 def image_get_public(pk: int) -> Image | None:
     """Any image by id (the status endpoint shows processing/failed/hidden ones too)."""
     return Image.objects.filter(pk=pk).first()
+
+
+def import_job_progress(job) -> dict:
+    """Counts derived from the items, the rate so far and the time left."""
+    from django.db.models import Count
+    from django.utils import timezone
+
+    from .models import ImportItem
+
+    counts = dict(job.items.values_list("state").annotate(n=Count("pk")).values_list("state", "n"))
+    imported = counts.get(ImportItem.State.IMPORTED, 0)
+    duplicates = counts.get(ImportItem.State.DUPLICATE, 0)
+    failed = counts.get(ImportItem.State.FAILED, 0)
+    pending = counts.get(ImportItem.State.PENDING, 0)
+    searchable = Image.objects.filter(
+        pk__in=job.items.filter(state=ImportItem.State.IMPORTED).values("image_id"), status=Image.Status.INDEXED
+    ).count()
+    processed = imported + duplicates + failed
+    elapsed = ((job.finished_at or timezone.now()) - job.started_at).total_seconds() if job.started_at else 0.0
+    worked = processed - job.items.filter(state=ImportItem.State.FAILED, image__isnull=True, error__endswith="refused)").count()
+    rate = worked / elapsed if elapsed > 0 else 0.0
+    return {
+        "id": job.pk,
+        "state": job.state,
+        "total": job.total,
+        "imported": imported,
+        "duplicates": duplicates,
+        "failed": failed,
+        "pending": pending,
+        "searchable": searchable,
+        "percent": round(100.0 * processed / job.total, 1) if job.total else 100.0,
+        "rate": round(rate, 2),
+        "seconds_left": round(pending / rate) if rate > 0 and pending else (0 if not pending else None),
+        "error": job.error,
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }

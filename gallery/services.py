@@ -3,6 +3,9 @@ import command; the index is only ever written through `index_sync`, `index_remo
 `index_rebuild`, which hold the single-writer lock."""
 
 import logging
+import os
+import uuid
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +16,11 @@ from django.db.models import F
 from django.utils import timezone
 from PIL import Image as PILImage
 
+from . import importing
 from .embedders import embedder_identity, get_embedder
-from .imaging import decode_image, encode_for_storage, make_thumbnail, sha256_of
+from .imaging import ImageRejected, decode_image, encode_for_storage, make_thumbnail, sha256_of
 from .index import IndexMeta, VectorIndex, write_lock
-from .models import Embedding, Image
+from .models import Embedding, Image, ImportItem, ImportJob, ModerationAction, Report
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +30,33 @@ def _clean_text(value: str | None, max_length: int) -> str:
 
 
 def image_create(
-    *, data: bytes, title: str = "", category: str = "", original_name: str = "", enqueue: bool = True
+    *,
+    data: bytes,
+    title: str = "",
+    category: str = "",
+    original_name: str = "",
+    tags: list[str] | None = None,
+    external_id: str = "",
+    uploaded_by=None,
+    trusted: bool = False,
+    enqueue: bool = True,
 ) -> tuple[Image, bool]:
     """Validate, store a re-encoded copy and a thumbnail, record the image, and (after the
     transaction commits) queue its embedding. Returns (image, created); identical bytes
-    return the existing image. Raises `ImageRejected` and leaves nothing behind."""
+    return the existing image, and a known `external_id` updates that item's metadata.
+    `trusted` (staff, imports) skips pre-moderation. Raises `ImageRejected` and leaves
+    nothing behind."""
+    external_id = _clean_text(external_id, 200)
+    if external_id:
+        known = Image.objects.filter(external_id=external_id).first()
+        if known:
+            return _image_update_metadata(known, title=title, category=category, tags=tags), False
     decoded = decode_image(data, max_bytes=settings.UPLOAD_MAX_BYTES, max_pixels=settings.UPLOAD_MAX_PIXELS)
     digest = sha256_of(data)
     existing = Image.objects.filter(sha256=digest).first()
     if existing:
         return existing, False
+    pre_moderated = settings.MODERATION == "pre" and not trusted and not getattr(uploaded_by, "is_staff", False)
     stored, ext = encode_for_storage(decoded.image)
     thumb = make_thumbnail(decoded.image, settings.THUMBNAIL_SIZE)
     image = Image(
@@ -47,6 +68,10 @@ def image_create(
         height=decoded.height,
         byte_size=len(data),
         sha256=digest,
+        tags=_clean_tags(tags),
+        external_id=external_id or None,
+        uploaded_by=uploaded_by if getattr(uploaded_by, "is_authenticated", False) else None,
+        moderation=Image.Moderation.PENDING if pre_moderated else Image.Moderation.APPROVED,
     )
     try:
         with transaction.atomic():
@@ -65,6 +90,28 @@ def image_create(
     return image, True
 
 
+def _clean_tags(tags) -> list[str]:
+    if isinstance(tags, str):
+        tags = tags.split(",")
+    cleaned = [_clean_text(t, 50) for t in (tags or [])]
+    return list(dict.fromkeys(t for t in cleaned if t))[:50]
+
+
+def _image_update_metadata(image: Image, *, title="", category="", tags=None) -> Image:
+    changed = {}
+    if _clean_text(title, 200):
+        changed["title"] = _clean_text(title, 200)
+    if _clean_text(category, 100):
+        changed["category"] = _clean_text(category, 100)
+    if tags:
+        changed["tags"] = _clean_tags(tags)
+    if changed:
+        for field, value in changed.items():
+            setattr(image, field, value)
+        image.save(update_fields=[*changed, "updated_at"])
+    return image
+
+
 def _delete_files(image: Image) -> None:
     for field in (image.file, image.thumbnail):
         if field.name:
@@ -78,10 +125,10 @@ def enqueue_embedding(image_ids: list[int]) -> None:
         embed_images.delay(image_ids[start : start + settings.EMBED_BATCH_SIZE])
 
 
-def enqueue_index_sync() -> None:
+def enqueue_index_sync(image_ids: list[int] | None = None) -> None:
     from .tasks import index_sync as index_sync_task
 
-    index_sync_task.delay()
+    index_sync_task.delay(image_ids)
 
 
 def images_enqueue_pending() -> int:
@@ -128,6 +175,7 @@ def images_embed(image_ids: list[int]) -> int:
             images_mark_failed([image.pk], f"The stored file cannot be read: {exc}")
     if ready:
         vectors = embedder.embed_gallery(pictures)
+        _note_near_duplicates(ready, vectors)
         with transaction.atomic():
             Embedding.objects.bulk_create(
                 [
@@ -144,6 +192,20 @@ def images_embed(image_ids: list[int]) -> int:
     return len(ready)
 
 
+def _note_near_duplicates(images: list[Image], vectors: np.ndarray) -> None:
+    """Record the closest existing item when it is nearly identical (for staff and uploaders)."""
+    from .selectors import index_reader
+
+    index = index_reader().get()
+    if index is None or len(index) == 0:
+        return
+    for image, vector in zip(images, vectors):
+        hits = [(label, score) for label, score in index.query(vector, 2) if label != image.pk]
+        if hits and hits[0][1] >= settings.NEAR_DUPLICATE_THRESHOLD:
+            image.near_duplicate_of_id = hits[0][0]
+            Image.objects.filter(pk=image.pk).update(near_duplicate_of_id=hits[0][0])
+
+
 def images_record_error(image_ids: list[int], error: str) -> None:
     Image.objects.filter(pk__in=image_ids, status=Image.Status.PROCESSING).update(error=error[:2000])
 
@@ -154,27 +216,67 @@ def images_mark_failed(image_ids: list[int], error: str) -> None:
     )
 
 
-def images_hide(image_ids: list[int]) -> int:
-    """Take images out of search: at once for readers (they re-check the status), and out
-    of the index by the single writer right after the commit."""
-    ids = list(
-        Image.objects.filter(pk__in=image_ids)
-        .exclude(status=Image.Status.HIDDEN)
-        .values_list("pk", flat=True)
-    )
-    if ids:
-        Image.objects.filter(pk__in=ids).update(status=Image.Status.HIDDEN)
-        transaction.on_commit(lambda: _enqueue_index_remove(ids), robust=True)
-    return len(ids)
+MODERATION_ACTIONS = ("approve", "reject", "hide", "unhide", "dismiss")
 
 
-def images_unhide(image_ids: list[int]) -> int:
-    """Back to search: the stored embedding is reused, so this is only an index update."""
-    ids = list(Image.objects.filter(pk__in=image_ids, status=Image.Status.HIDDEN).values_list("pk", flat=True))
-    if ids:
-        Image.objects.filter(pk__in=ids).update(status=Image.Status.PROCESSING, embed_attempts=0, error="")
-        transaction.on_commit(lambda: enqueue_embedding(ids), robust=True)
-    return len(ids)
+def images_moderate(image_ids: list[int], action: str, *, actor=None, reason: str = "") -> int:
+    """Approve, reject, hide, unhide or dismiss reports, logging each change. Readers
+    re-check the database, so a hidden item leaves search results at once; the single
+    index writer drops it right after the commit, and never re-adds it (it re-checks too)."""
+    if action not in MODERATION_ACTIONS:
+        raise ValueError(f"Unknown moderation action {action!r}")
+    images = list(Image.objects.filter(pk__in=image_ids))
+    to_index, to_remove, to_embed = [], [], []
+    with transaction.atomic():
+        for image in images:
+            if action == "approve":
+                image.moderation = Image.Moderation.APPROVED
+                if image.status == Image.Status.HIDDEN:
+                    image.status = Image.Status.PROCESSING
+                    to_embed.append(image.pk)
+                elif image.status == Image.Status.INDEXED:
+                    to_index.append(image.pk)
+            elif action == "reject":
+                image.moderation = Image.Moderation.REJECTED
+                if image.status != Image.Status.FAILED:
+                    image.status = Image.Status.HIDDEN
+                to_remove.append(image.pk)
+            elif action == "hide":
+                if image.status != Image.Status.FAILED:
+                    image.status = Image.Status.HIDDEN
+                to_remove.append(image.pk)
+            elif action == "unhide" and image.status == Image.Status.HIDDEN:
+                image.moderation = Image.Moderation.APPROVED
+                image.status = Image.Status.PROCESSING
+                to_embed.append(image.pk)
+            image.embed_attempts = 0 if image.pk in to_embed else image.embed_attempts
+            image.save(update_fields=["moderation", "status", "embed_attempts", "updated_at"])
+            ModerationAction.objects.create(image=image, action=action, reason=reason[:500], actor=_user(actor))
+            if action != "unhide":
+                Report.objects.filter(image=image, resolved_at__isnull=True).update(
+                    resolved_at=timezone.now(), resolved_by=_user(actor)
+                )
+        if to_remove:
+            transaction.on_commit(lambda: _enqueue_index_remove(to_remove), robust=True)
+        if to_index:
+            transaction.on_commit(lambda: enqueue_index_sync(to_index), robust=True)
+        if to_embed:  # the stored embedding is reused: this is only an index update
+            transaction.on_commit(lambda: enqueue_embedding(to_embed), robust=True)
+    return len(images)
+
+
+def _user(user):
+    return user if getattr(user, "is_authenticated", False) else None
+
+
+def report_create(image: Image, reason: str) -> Report:
+    reason = _clean_text(reason, 500)
+    if not reason:
+        raise ValueError("Please say what is wrong with this item.")
+    with transaction.atomic():
+        report = Report.objects.create(image=image, reason=reason)
+        ModerationAction.objects.create(image=image, action="report", reason=reason)
+    return report
 
 
 def _enqueue_index_remove(image_ids: list[int]) -> None:
@@ -227,8 +329,9 @@ def _embeddings_of(queryset, model_name: str):
     return ids, vectors
 
 
-def index_sync() -> int:
-    """Add every embedded image still marked processing to the index, save, mark indexed.
+def index_sync(image_ids: list[int] | None = None) -> int:
+    """Add every embedded image still marked processing (and the given indexed ones, e.g.
+    just approved) to the index if it may be searched, save, and mark them indexed.
     With no usable index on disk, rebuild it from the database instead."""
     model, dim = embedder_identity()
     directory = Path(settings.INDEX_DIR)
@@ -236,20 +339,33 @@ def index_sync() -> int:
         index = _writer_index(model, dim)
         if index is None:
             return _index_rebuild_locked(model, dim)
-        pending = Image.objects.filter(status=Image.Status.PROCESSING)
-        ids, vectors = _embeddings_of(pending, model)
-        if not ids:
-            return 0
-        index.add(ids, np.stack(vectors))
-        index.save(directory)
-        Image.objects.filter(pk__in=ids, status=Image.Status.PROCESSING).update(
+        processing = list(
+            Image.objects.filter(status=Image.Status.PROCESSING, embeddings__model_name=model).values_list(
+                "pk", flat=True
+            )
+        )
+        candidates = Image.objects.filter(pk__in=processing + list(image_ids or []), moderation=Image.Moderation.APPROVED)
+        candidates = candidates.filter(status__in=[Image.Status.PROCESSING, Image.Status.INDEXED])
+        ids, vectors = _embeddings_of(candidates, model)
+        if ids:
+            index.add(ids, np.stack(vectors))
+            index.save(directory)
+        Image.objects.filter(pk__in=processing, status=Image.Status.PROCESSING).update(
             status=Image.Status.INDEXED, indexed_at=timezone.now(), error=""
         )
-        # A hide that committed while we were adding: take it out again at once.
-        hidden = list(Image.objects.filter(pk__in=ids).exclude(status=Image.Status.INDEXED).values_list("pk", flat=True))
-        if hidden and index.remove(hidden):
+        # A hide or rejection that committed while we were adding: take it out again at once.
+        gone = list(_invisible(ids))
+        if gone and index.remove(gone):
             index.save(directory)
         return len(ids)
+
+
+def _invisible(ids):
+    return (
+        Image.objects.filter(pk__in=ids)
+        .exclude(status=Image.Status.INDEXED, moderation=Image.Moderation.APPROVED)
+        .values_list("pk", flat=True)
+    )
 
 
 def index_remove(image_ids: list[int]) -> int:
@@ -258,10 +374,7 @@ def index_remove(image_ids: list[int]) -> int:
         index = _writer_index(*embedder_identity())
         if index is None:
             return 0
-        visible = set(
-            Image.objects.filter(pk__in=image_ids, status=Image.Status.INDEXED).values_list("pk", flat=True)
-        )
-        removed = index.remove([pk for pk in image_ids if pk not in visible])
+        removed = index.remove(list(_invisible(image_ids)))
         if removed:
             index.save(directory)
         return removed
@@ -275,7 +388,9 @@ def index_rebuild() -> int:
 
 def _index_rebuild_locked(model: str, dim: int) -> int:
     directory = Path(settings.INDEX_DIR)
-    visible = Image.objects.filter(status__in=[Image.Status.INDEXED, Image.Status.PROCESSING])
+    visible = Image.objects.filter(
+        status__in=[Image.Status.INDEXED, Image.Status.PROCESSING], moderation=Image.Moderation.APPROVED
+    )
     ids, vectors = _embeddings_of(visible, model)
     previous = IndexMeta.read(directory)
     index = _new_index(model, dim, capacity=int(len(ids) * 1.25))
@@ -285,14 +400,193 @@ def _index_rebuild_locked(model: str, dim: int) -> int:
         index.add(ids[start : start + 10000], np.stack(vectors[start : start + 10000]))
     index.save(directory)
     _writer_cache["index"] = index
-    Image.objects.filter(pk__in=ids, status=Image.Status.PROCESSING).update(
+    embedded = Image.objects.filter(status=Image.Status.PROCESSING, embeddings__model_name=model)
+    Image.objects.filter(pk__in=list(embedded.values_list("pk", flat=True))).update(
         status=Image.Status.INDEXED, indexed_at=timezone.now(), error=""
     )
     # Indexed images without an embedding for this model (a new embedder): embed them again.
     missing = list(
-        Image.objects.filter(status=Image.Status.INDEXED).exclude(pk__in=ids).values_list("pk", flat=True)
+        Image.objects.filter(status=Image.Status.INDEXED).exclude(embeddings__model_name=model).values_list("pk", flat=True)
     )
     if missing:
         Image.objects.filter(pk__in=missing).update(status=Image.Status.PROCESSING, embed_attempts=0)
         transaction.on_commit(lambda: enqueue_embedding(missing), robust=True)
     return len(ids)
+
+
+# --- bulk imports ------------------------------------------------------------------------
+
+
+def import_limits() -> importing.Limits:
+    return importing.Limits(
+        max_file_bytes=settings.UPLOAD_MAX_BYTES,
+        max_total_bytes=settings.IMPORT_MAX_TOTAL_BYTES,
+        max_ratio=settings.IMPORT_MAX_COMPRESSION_RATIO,
+    )
+
+
+def import_job_create(*, kind: str, path: str | Path, category: str = "", started_by=None) -> ImportJob:
+    """List the source's entries into a job (one ImportItem per file, refused ones already
+    failed with their reason). Raises `importing.SourceError` when the source is unusable."""
+    entries = importing.list_entries(kind, path, category=_clean_text(category, 100), limits=import_limits())
+    with transaction.atomic():
+        job = ImportJob.objects.create(
+            source_kind=kind,
+            source_path=str(path),
+            category=_clean_text(category, 100),
+            total=len(entries),
+            started_by=_user(started_by),
+        )
+        ImportItem.objects.bulk_create(
+            [
+                ImportItem(
+                    job=job,
+                    position=position,
+                    path=entry.path[:1000],
+                    title=_clean_text(entry.title, 200),
+                    category=_clean_text(entry.category, 100),
+                    tags=_clean_tags(entry.tags),
+                    external_id=_clean_text(entry.external_id, 200),
+                    state=ImportItem.State.FAILED if entry.error else ImportItem.State.PENDING,
+                    error=entry.error,
+                )
+                for position, entry in enumerate(entries)
+            ],
+            batch_size=2000,
+        )
+    return job
+
+
+def import_job_start(job: ImportJob) -> None:
+    """Queue the job's pending items as batch tasks (after the commit). Also resumes a job
+    whose tasks were lost: items already done are never done again."""
+    from .tasks import import_batch
+
+    pending = list(job.items.filter(state=ImportItem.State.PENDING).values_list("pk", flat=True))
+    if not pending:
+        import_job_finish_if_done(job.pk)
+        return
+    ImportJob.objects.filter(pk=job.pk).update(updated_at=timezone.now())
+    size = settings.EMBED_BATCH_SIZE
+
+    def dispatch():
+        for start in range(0, len(pending), size):
+            import_batch.delay(job.pk, pending[start : start + size])
+
+    transaction.on_commit(dispatch, robust=True)
+
+
+def import_job_resume_stalled(job: ImportJob) -> bool:
+    """An active job with no progress for IMPORT_STALL_SECONDS lost its tasks (a Redis or
+    worker restart): queue its pending items again."""
+    stalled_since = timezone.now() - timezone.timedelta(seconds=settings.IMPORT_STALL_SECONDS)
+    if job.is_active and job.updated_at < stalled_since:
+        import_job_start(job)
+        return True
+    return False
+
+
+def import_jobs_resume_all() -> int:
+    jobs = list(ImportJob.objects.filter(state__in=[ImportJob.State.QUEUED, ImportJob.State.RUNNING]))
+    for job in jobs:
+        import_job_start(job)
+    return len(jobs)
+
+
+def import_job_cancel(job: ImportJob) -> bool:
+    return bool(
+        ImportJob.objects.filter(pk=job.pk, state__in=[ImportJob.State.QUEUED, ImportJob.State.RUNNING]).update(
+            state=ImportJob.State.CANCELLED, finished_at=timezone.now()
+        )
+    )
+
+
+def import_job_process(job_id: int, item_ids: list[int], *, embed: bool = True) -> int:
+    """Store a batch of a job's pending items through the one upload path, then embed the new
+    images in one batch (or queue them). Idempotent: done items are skipped, and a retried
+    batch embeds whatever of it is still waiting."""
+    job = ImportJob.objects.select_related("started_by").get(pk=job_id)
+    if not job.is_active:
+        return 0
+    if job.state == ImportJob.State.QUEUED:
+        ImportJob.objects.filter(pk=job.pk, state=ImportJob.State.QUEUED).update(
+            state=ImportJob.State.RUNNING, started_at=timezone.now()
+        )
+    items = list(job.items.filter(pk__in=item_ids, state=ImportItem.State.PENDING))
+    done = 0
+    try:
+        reader = importing.SourceReader(job.source_kind, job.source_path).__enter__()
+    except (OSError, zipfile.BadZipFile) as exc:
+        ImportJob.objects.filter(pk=job.pk).update(
+            state=ImportJob.State.FAILED, error=f"The source cannot be read: {exc}", finished_at=timezone.now()
+        )
+        return 0
+    try:
+        for item in items:
+            try:
+                data = reader.read(item.path, settings.UPLOAD_MAX_BYTES)
+                image, created = image_create(
+                    data=data,
+                    title=item.title,
+                    category=item.category,
+                    original_name=item.path,
+                    tags=item.tags,
+                    external_id=item.external_id,
+                    uploaded_by=job.started_by,
+                    trusted=True,
+                    enqueue=False,
+                )
+                state, error = (ImportItem.State.IMPORTED if created else ImportItem.State.DUPLICATE), ""
+            except ImageRejected as exc:
+                image, state, error = None, ImportItem.State.FAILED, str(exc)
+            except (OSError, KeyError, ValueError, zipfile.BadZipFile, RuntimeError) as exc:
+                image, state, error = None, ImportItem.State.FAILED, f"cannot be read: {exc}"
+            ImportItem.objects.filter(pk=item.pk, state=ImportItem.State.PENDING).update(
+                state=state, error=error[:2000], image=image
+            )
+            done += 1
+    finally:
+        reader.__exit__(None, None, None)
+    waiting = list(
+        Image.objects.filter(
+            pk__in=ImportItem.objects.filter(pk__in=item_ids, state=ImportItem.State.IMPORTED).values("image_id"),
+            status=Image.Status.PROCESSING,
+        ).values_list("pk", flat=True)
+    )
+    if waiting:
+        images_embed(waiting) if embed else enqueue_embedding(waiting)
+    ImportJob.objects.filter(pk=job.pk).update(updated_at=timezone.now())
+    import_job_finish_if_done(job.pk)
+    return done
+
+
+def import_job_finish_if_done(job_id: int) -> None:
+    if not ImportItem.objects.filter(job_id=job_id, state=ImportItem.State.PENDING).exists():
+        ImportJob.objects.filter(
+            pk=job_id, state__in=[ImportJob.State.QUEUED, ImportJob.State.RUNNING]
+        ).update(state=ImportJob.State.DONE, finished_at=timezone.now())
+
+
+def import_upload_store(upload) -> Path:
+    """Stream an uploaded ZIP (Django already spooled it to a temporary file in chunks) to
+    IMPORT_UPLOAD_DIR under a fresh name."""
+    directory = Path(settings.IMPORT_UPLOAD_DIR)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"{uuid.uuid4().hex}.zip"
+    with open(target, "wb") as out:
+        for chunk in upload.chunks(chunk_size=4 * 1024 * 1024):
+            out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    return target
+
+
+def import_root_path(relative: str) -> Path:
+    """A folder or manifest named by staff must lie inside IMPORT_ROOT."""
+    root = Path(settings.IMPORT_ROOT).resolve()
+    target = (root / relative.strip().lstrip("/")).resolve()
+    if not target.is_relative_to(root):
+        raise importing.SourceError(f"{relative} is outside the import root {root}.")
+    if not target.exists():
+        raise importing.SourceError(f"{relative} does not exist under the import root {root}.")
+    return target

@@ -24,9 +24,9 @@ def embed_images(self, image_ids: list[int]):
 
 
 @shared_task(bind=True, acks_late=True, max_retries=5)
-def index_sync(self):
+def index_sync(self, image_ids: list[int] | None = None):
     try:
-        return services.index_sync()
+        return services.index_sync(image_ids)
     except Exception as exc:
         raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1)))
 
@@ -41,7 +41,17 @@ def index_remove(self, image_ids: list[int]):
 
 @worker_ready.connect
 def _queue_pending_work(sender=None, **kwargs):
-    """When an embedding worker starts, pick up images whose task was lost (broker outage)."""
+    """When an embedding worker starts, pick up images and import jobs whose tasks were lost
+    (a broker outage, a killed worker)."""
     queues = {q.name for q in sender.consumer.task_consumer.queues} if sender and sender.consumer else set()
     if "embed" in queues:
         services.images_enqueue_pending()
+        services.import_jobs_resume_all()
+
+
+@shared_task(bind=True, acks_late=True, max_retries=5)
+def import_batch(self, job_id: int, item_ids: list[int]):
+    try:
+        return services.import_job_process(job_id, item_ids, embed=True)
+    except Exception as exc:
+        raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1)))

@@ -150,3 +150,17 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {"django.server": {"level": "WARNING"}},
 }
+
+# Moderation: "post" (uploads appear at once and can be hidden) or "pre" (public uploads wait
+# for staff approval). Staff uploads and imports are always approved.
+MODERATION = env("MODERATION", default="post")
+NEAR_DUPLICATE_THRESHOLD = env.float("NEAR_DUPLICATE_THRESHOLD", default=0.95)
+
+# Bulk imports: server folders and manifests must lie under IMPORT_ROOT; uploaded ZIPs are
+# streamed to IMPORT_UPLOAD_DIR.
+IMPORT_ROOT = Path(env("IMPORT_ROOT", default=str(VAR_DIR / "import-root")))
+IMPORT_UPLOAD_DIR = Path(env("IMPORT_UPLOAD_DIR", default=str(VAR_DIR / "imports")))
+IMPORT_MAX_TOTAL_BYTES = env.int("IMPORT_MAX_TOTAL_BYTES", default=50 * 1024**3)
+IMPORT_MAX_COMPRESSION_RATIO = env.int("IMPORT_MAX_COMPRESSION_RATIO", default=100)
+IMPORT_STALL_SECONDS = env.int("IMPORT_STALL_SECONDS", default=30)
+FILE_UPLOAD_TEMP_DIR = env("FILE_UPLOAD_TEMP_DIR", default=None)

@@ -34,8 +34,9 @@ def test_import_folder_without_waiting(tmp_path):
     out, err = run(str(make_tree(tmp_path / "catalogue")), "--no-wait")
     rows = {im.title: im.category for im in Image.objects.all()}
     assert rows == {"red-shoe": "shoes", "blue-shoe": "shoes", "tote": "bags"}
-    assert "3 new images" in out and "1 refused" in out
+    assert "3 new images" in out and "2 refused" in out
     assert "broken.jpg" in err and "not an image" in err
+    assert "notes.txt: not an image file" in err
     out, _ = run(str(tmp_path / "catalogue"), "--no-wait")  # running it twice adds nothing twice
     assert "0 new images, 3 already present" in out and Image.objects.count() == 3
 
@@ -50,7 +51,8 @@ def test_import_zip_with_category_override_and_unsafe_entries(tmp_path):
         zf.writestr("__MACOSX/tops/._shirt.jpg", b"junk")
     out, err = run(str(archive), "--category", "sale", "--no-wait")
     assert list(Image.objects.values_list("title", "category")) == [("shirt", "sale")]
-    assert "unsafe path" in err
+    assert "../escape.jpg: unsafe path" in err and "nested.zip: nested archive" in err
+    assert "__MACOSX" not in err
 
 
 @pytest.mark.django_db

@@ -65,13 +65,13 @@ def test_hide_and_unhide_through_the_services(pipeline, clean_index):
     image, _ = services.image_create(data=make_image_bytes(106))
     wait_for_status([image.pk])
     with transaction.atomic():
-        assert services.images_hide([image.pk]) == 1
+        assert services.images_moderate([image.pk], "hide") == 1
     deadline = time.monotonic() + 30
     while image.pk in VectorIndex.load(clean_index).labels():
         assert time.monotonic() < deadline, "hidden item still in the index"
         time.sleep(0.2)
     with transaction.atomic():
-        assert services.images_unhide([image.pk]) == 1
+        assert services.images_moderate([image.pk], "unhide") == 1
     wait_for_status([image.pk])
     assert image.pk in VectorIndex.load(clean_index).labels()
     assert image.embeddings.count() == 1  # the stored embedding was reused

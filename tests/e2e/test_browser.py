@@ -201,8 +201,13 @@ def test_bad_files_on_home_page_show_an_error(page: Page):
 
     # Keyboard: the drop zone opens the file picker with Enter (and Space).
     page.focus("#dropzone")
-    with page.expect_file_chooser() as chooser:
-        page.keyboard.press("Enter")
+    page.evaluate("""() => { window.dbg = []; document.addEventListener('keydown', e => dbg.push('kd:' + e.key + ':' + e.isTrusted + ':' + document.activeElement.id + ':' + navigator.userActivation.isActive + ':' + document.hasFocus()), true);
+      document.querySelector('#file-input').addEventListener('click', e => dbg.push('click:' + navigator.userActivation.isActive)); }""")
+    try:
+        with page.expect_file_chooser(timeout=5000) as chooser:
+            page.keyboard.press("Enter")
+    finally:
+        print("DBG", page.evaluate("window.dbg"))
     chooser.value.set_files(files=[payload("broken.jpg", NOT_AN_IMAGE)])
     # Checked by the server: its message is shown as it is.
     expect(error).to_be_visible()

@@ -1,22 +1,25 @@
-"""python manage.py import_images PATH [--category NAME] [--no-wait]"""
+"""python manage.py import_images PATH [--category NAME] [--no-wait]
+
+The same import service as the admin's bulk import: the source is listed into an ImportJob,
+its files are stored here batch by batch (progress bar), and the workers embed and index them."""
 
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from gallery import services
-from gallery.imaging import ImageRejected
-from gallery.importing import iter_entries
-from gallery.models import Image
+from gallery import selectors, services
+from gallery.importing import SourceError, guess_kind
+from gallery.models import Image, ImportItem, ImportJob
 
 
 class Command(BaseCommand):
     help = (
-        "Import a folder or ZIP of images (sub-folder names become categories, file names the "
-        "titles) and, unless --no-wait, return once every imported image is searchable."
+        "Import a folder, a ZIP or a manifest (.csv/.jsonl) of images (sub-folder names become "
+        "categories, file names the titles) and, unless --no-wait, return once every imported "
+        "image is searchable."
     )
 
     def add_arguments(self, parser):
@@ -26,51 +29,35 @@ class Command(BaseCommand):
         parser.add_argument("--timeout", type=float, default=0, help="Give up waiting after this many seconds.")
 
     def handle(self, path, category, no_wait, timeout, **options):
-        source = Path(path)
+        source = Path(path).expanduser()
         if not source.exists():
             raise CommandError(f"{source} does not exist.")
-        try:  # a first pass over the names only, for the progress bar's total
-            total = sum(1 for _ in iter_entries(source, category=category, max_bytes=settings.UPLOAD_MAX_BYTES))
-        except ValueError as exc:
+        try:
+            job = services.import_job_create(kind=guess_kind(source), path=source.resolve(), category=category)
+        except SourceError as exc:
             raise CommandError(str(exc)) from exc
-        entries = iter_entries(source, category=category, max_bytes=settings.UPLOAD_MAX_BYTES)
-
-        ids, batch, errors, duplicates = [], [], [], 0
         show = options["verbosity"] > 0
-        with tqdm(total=total, desc="Importing", unit="img", disable=not show) as bar:
-            for entry in entries:
-                bar.update(1)
-                if entry.error:
-                    errors.append((entry.path, entry.error))
-                    continue
-                try:
-                    image, created = services.image_create(
-                        data=entry.read(),
-                        title=PurePosixPath(entry.path).stem,
-                        category=entry.category,
-                        original_name=entry.path,
-                        enqueue=False,
-                    )
-                except ImageRejected as exc:
-                    errors.append((entry.path, str(exc)))
-                    continue
-                ids.append(image.pk)
-                if created:
-                    batch.append(image.pk)
-                else:
-                    duplicates += 1
-                if len(batch) >= settings.EMBED_BATCH_SIZE:
-                    services.enqueue_embedding(batch)
-                    batch = []
-        if batch:
-            services.enqueue_embedding(batch)
-
-        for name, error in errors:
-            self.stderr.write(f"skipped {name}: {error}")
+        pending = list(job.items.filter(state=ImportItem.State.PENDING).values_list("pk", flat=True))
+        size = settings.EMBED_BATCH_SIZE
+        with tqdm(total=job.total, desc="Importing", unit="img", disable=not show) as bar:
+            bar.update(job.total - len(pending))
+            for start in range(0, len(pending), size):
+                services.import_job_process(job.pk, pending[start : start + size], embed=False)
+                bar.update(min(size, len(pending) - start))
+        job.refresh_from_db()
+        progress = selectors.import_job_progress(job)
+        for item in job.items.filter(state=ImportItem.State.FAILED):
+            self.stderr.write(f"skipped {item.path}: {item.error}")
         self.stdout.write(
-            f"Imported {len(ids) - duplicates} new images, {duplicates} already present, {len(errors)} refused."
+            f"Imported {progress['imported']} new images, {progress['duplicates']} already present, "
+            f"{progress['failed']} refused (import job {job.pk})."
         )
-        if no_wait or not ids:
+        ids = list(
+            job.items.filter(state__in=[ImportItem.State.IMPORTED, ImportItem.State.DUPLICATE]).values_list(
+                "image_id", flat=True
+            )
+        )
+        if no_wait or not ids or job.state != ImportJob.State.DONE:
             return
         self._wait_until_searchable(ids, timeout, show)
 
