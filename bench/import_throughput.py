@@ -49,7 +49,9 @@ def pick_test_files(names: list[str], limit: int) -> list[str]:
 
 
 def raw_embedder_throughput(blobs: list[bytes], batch: int) -> dict:
-    """Decode like the embed worker (draft, RGB), then embed in batches; each phase timed."""
+    """Decode like the embed worker (draft, RGB), then `embed` in batches; each phase timed.
+    When the embedder has `embed_gallery` (what the worker calls for gallery items; it may do
+    more work than a query embedding, e.g. crop averaging), that is timed as well."""
     from django.conf import settings
 
     from gallery.embedders import get_embedder
@@ -63,13 +65,17 @@ def raw_embedder_throughput(blobs: list[bytes], batch: int) -> dict:
             im.draft("RGB", draft)
             pictures.append(im.convert("RGB"))
     decode_s = time.perf_counter() - t0
-    embedder.embed(pictures[:batch])  # warm-up, not timed
-    t0 = time.perf_counter()
-    for start in range(0, len(pictures), batch):
-        embedder.embed(pictures[start : start + batch])
-    embed_s = time.perf_counter() - t0
     n = len(pictures)
-    return {
+
+    def timed(fn) -> float:
+        fn(pictures[:batch])  # warm-up, not timed
+        t0 = time.perf_counter()
+        for start in range(0, n, batch):
+            fn(pictures[start : start + batch])
+        return time.perf_counter() - t0
+
+    embed_s = timed(embedder.embed)
+    figures = {
         "embedder": embedder.name,
         "torch_threads": settings.TORCH_THREADS,
         "images": n,
@@ -79,6 +85,12 @@ def raw_embedder_throughput(blobs: list[bytes], batch: int) -> dict:
         "embed_images_per_s": round(n / embed_s, 1),
         "decode_embed_images_per_s": round(n / (decode_s + embed_s), 1),
     }
+    if hasattr(embedder, "embed_gallery"):
+        gallery_s = timed(embedder.embed_gallery)
+        figures.update(
+            embed_gallery_seconds=round(gallery_s, 3), embed_gallery_images_per_s=round(n / gallery_s, 1)
+        )
+    return figures
 
 
 def upload_until_searchable(
@@ -164,6 +176,11 @@ def main(argv=None) -> int:
             f"{raw['embed_images_per_s']:.1f} img/s embedding, {raw['decode_embed_images_per_s']:.1f} img/s "
             "decode+embed"
         )
+        if "embed_gallery_images_per_s" in raw:
+            h.log(
+                f"  embed_gallery (what the worker runs for gallery items): {raw['embed_gallery_seconds']:.2f} s, "
+                f"{raw['embed_gallery_images_per_s']:.1f} img/s"
+            )
 
         app.start()
         api = h.Api(app.base_url)
@@ -172,6 +189,8 @@ def main(argv=None) -> int:
         while warm is None and pending:  # warm-up: model loaded in the worker, index created
             name, data = pending.pop(0)
             warm = upload_until_searchable(api, data, name, poll=args.poll, timeout=args.upload_timeout)
+        if warm is None:
+            raise RuntimeError("no fresh image for the warm-up upload")
         h.log(f"Warm-up upload searchable after {warm['searchable_s']:.2f} s (not counted).")
 
         h.log(f"Importing {len(blobs)} images with import_images (until searchable) ...")
@@ -195,6 +214,10 @@ def main(argv=None) -> int:
         }
         figures["ratio_import_over_raw_embed"] = round(rate / raw["embed_images_per_s"], 3)
         figures["ratio_import_over_raw_decode_embed"] = round(rate / raw["decode_embed_images_per_s"], 3)
+        if "embed_gallery_images_per_s" in raw:
+            figures["ratio_import_over_raw_embed_gallery"] = round(
+                rate / raw["embed_gallery_images_per_s"], 3
+            )
 
         h.log(f"Timing {args.uploads} single uploads until searchable ...")
         timed = []
@@ -241,10 +264,16 @@ def main(argv=None) -> int:
         f"Raw embedder: {raw['embed_images_per_s']:.1f} img/s (embed only), "
         f"{raw['decode_embed_images_per_s']:.1f} img/s (decode+embed), batches of {args.batch}"
     )
+    if "embed_gallery_images_per_s" in raw:
+        h.log(
+            f"Raw embed_gallery (the worker's call for gallery items): {raw['embed_gallery_images_per_s']:.1f} img/s"
+        )
     h.log(
         f"Ratio import / raw embed: {figures['ratio_import_over_raw_embed']:.2f} "
         f"(/ decode+embed: {figures['ratio_import_over_raw_decode_embed']:.2f})"
     )
+    if "ratio_import_over_raw_embed_gallery" in figures:
+        h.log(f"Ratio import / raw embed_gallery: {figures['ratio_import_over_raw_embed_gallery']:.2f}")
     if u["median_s"] is not None:
         h.log(
             f"Upload -> searchable ({u['uploads']} uploads into a {u['gallery_size']}-item gallery, polling every "

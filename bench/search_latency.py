@@ -192,29 +192,12 @@ def fill_synthetic(target: int, probe_vector: np.ndarray, template_bytes: bytes,
             f"Adding {n_new} synthetic items ({dim}-d random unit vectors) to the {existing}-item index ..."
         )
         rng = np.random.default_rng(seed)
-        now = timezone.now()
         rows_s = index_s = 0.0
         done, probe_id, chunk = 0, None, 10000
         while done < n_new:
             m = min(chunk, n_new - done)
             t0 = time.perf_counter()
-            rows = [
-                Item(
-                    title=f"synthetic {done + i}",
-                    category=f"synthetic-{(done + i) % 10}",
-                    file=template.file.name,
-                    thumbnail=template.thumbnail.name,
-                    original_name=f"synthetic-{done + i}.jpg",
-                    original_format=template.original_format,
-                    width=template.width,
-                    height=template.height,
-                    byte_size=template.byte_size,
-                    sha256=hashlib.sha256(f"bench-synthetic-{seed}-{done + i}".encode()).hexdigest(),
-                    status=Item.Status.INDEXED,
-                    indexed_at=now,
-                )
-                for i in range(m)
-            ]
+            rows = [Item(**synthetic_fields(Item, template, seed, done + i)) for i in range(m)]
             if done == 0:
                 rows[0].title = "bench probe"
             with transaction.atomic():
@@ -249,6 +232,33 @@ def fill_synthetic(target: int, probe_vector: np.ndarray, template_bytes: bytes,
     )
     h.log(f"Index saved: {total} items, {figures['index_bytes'] / 2**20:.0f} MiB, {save_s:.1f} s to save.")
     return figures
+
+
+def synthetic_fields(model, template, seed: int, n: int) -> dict:
+    """Field values of synthetic item n: the template's (so a field the model gains keeps a
+    valid value), with its own title, hash and unique values, status indexed."""
+    from django.utils import timezone
+
+    own = {
+        "title": f"synthetic {n}",
+        "category": f"synthetic-{n % 10}",
+        "original_name": f"synthetic-{n}.jpg",
+        "sha256": hashlib.sha256(f"bench-synthetic-{seed}-{n}".encode()).hexdigest(),
+        "status": model.Status.INDEXED,
+        "indexed_at": timezone.now(),
+    }
+    values = {}
+    for field in model._meta.concrete_fields:
+        if field.primary_key or getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
+            continue
+        if field.attname in own:
+            values[field.attname] = own[field.attname]
+        elif field.unique:
+            values[field.attname] = None if field.null else f"bench-synthetic-{seed}-{n}"
+        else:
+            value = getattr(template, field.attname)
+            values[field.attname] = value.name if hasattr(value, "storage") else value
+    return values
 
 
 def wait_for_probe(app: h.BenchApp, query: bytes, probe_id: int, timeout: float = 900) -> float:

@@ -525,25 +525,24 @@ def import_job_process(job_id: int, item_ids: list[int], *, embed: bool = True) 
         for item in items:
             try:
                 data = reader.read(item.path, settings.UPLOAD_MAX_BYTES)
-                image, created = image_create(
+                with transaction.atomic():  # the image and its item's state commit together
+                    image, created = image_create(
                     data=data,
                     title=item.title,
                     category=item.category,
                     original_name=item.path,
                     tags=item.tags,
                     external_id=item.external_id,
-                    uploaded_by=job.started_by,
-                    trusted=True,
-                    enqueue=False,
-                )
-                state, error = (ImportItem.State.IMPORTED if created else ImportItem.State.DUPLICATE), ""
+                        uploaded_by=job.started_by,
+                        trusted=True,
+                        enqueue=False,
+                    )
+                    state = ImportItem.State.IMPORTED if created else ImportItem.State.DUPLICATE
+                    _import_item_done(item, state, image=image)
             except ImageRejected as exc:
-                image, state, error = None, ImportItem.State.FAILED, str(exc)
+                _import_item_done(item, ImportItem.State.FAILED, error=str(exc))
             except (OSError, KeyError, ValueError, zipfile.BadZipFile, RuntimeError) as exc:
-                image, state, error = None, ImportItem.State.FAILED, f"cannot be read: {exc}"
-            ImportItem.objects.filter(pk=item.pk, state=ImportItem.State.PENDING).update(
-                state=state, error=error[:2000], image=image
-            )
+                _import_item_done(item, ImportItem.State.FAILED, error=f"cannot be read: {exc}")
             done += 1
     finally:
         reader.__exit__(None, None, None)
@@ -558,6 +557,12 @@ def import_job_process(job_id: int, item_ids: list[int], *, embed: bool = True) 
     ImportJob.objects.filter(pk=job.pk).update(updated_at=timezone.now())
     import_job_finish_if_done(job.pk)
     return done
+
+
+def _import_item_done(item: ImportItem, state: str, *, image=None, error: str = "") -> None:
+    ImportItem.objects.filter(pk=item.pk, state=ImportItem.State.PENDING).update(
+        state=state, error=error[:2000], image=image
+    )
 
 
 def import_job_finish_if_done(job_id: int) -> None:

@@ -43,7 +43,8 @@ def index_remove(self, image_ids: list[int]):
 def _queue_pending_work(sender=None, **kwargs):
     """When an embedding worker starts, pick up images and import jobs whose tasks were lost
     (a broker outage, a killed worker)."""
-    queues = {q.name for q in sender.consumer.task_consumer.queues} if sender and sender.consumer else set()
+    task_consumer = getattr(sender, "task_consumer", None)  # the sender is the worker's Consumer
+    queues = {q.name for q in task_consumer.queues} if task_consumer else set()
     if "embed" in queues:
         services.images_enqueue_pending()
         services.import_jobs_resume_all()

@@ -85,25 +85,23 @@ def _database_url(settings_dict) -> str:
     raise RuntimeError(f"No worker URL for {engine}")
 
 
-@pytest.fixture(scope="session")
-def celery_worker(django_db_setup, django_db_blocker, redis_url, session_dirs):
-    """A real `celery worker` process consuming both queues (solo pool: one task at a time,
-    so it is also the index's single writer)."""
+def start_worker(broker_url: str, session_dirs, log_path: Path, name: str) -> subprocess.Popen:
+    """A real `celery worker` process on the test database, consuming both queues (solo
+    pool: one task at a time, so it is also the index's single writer)."""
     from django.db import connection
 
     env = os.environ.copy()
     env.update(
         DATABASE_URL=_database_url(connection.settings_dict),
-        CELERY_BROKER_URL=redis_url,
+        CELERY_BROKER_URL=broker_url,
         MEDIA_ROOT=str(session_dirs["media"]),
         INDEX_DIR=str(session_dirs["index"]),
         VAR_DIR=str(session_dirs["base"]),
     )
-    log_path = session_dirs["base"] / "worker.log"
     log = open(log_path, "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "searchsite", "worker", "-Q", "embed,index", "--pool", "solo",
-         "-n", f"test-{os.getpid()}@%h", "--without-mingle", "--without-gossip", "-l", "INFO"],
+         "-n", f"{name}-{os.getpid()}@%h", "--without-mingle", "--without-gossip", "-l", "INFO"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 90
@@ -112,13 +110,24 @@ def celery_worker(django_db_setup, django_db_blocker, redis_url, session_dirs):
             proc.kill()
             pytest.fail(f"The Celery worker did not start:\n{log_path.read_text()[-3000:]}")
         time.sleep(0.2)
-    yield {"process": proc, "log": log_path, "env": env}
+    return proc
+
+
+def stop_worker(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
-    log.close()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup, django_db_blocker, redis_url, session_dirs):
+    log_path = session_dirs["base"] / "worker.log"
+    proc = start_worker(redis_url, session_dirs, log_path, "test")
+    yield {"process": proc, "log": log_path}
+    stop_worker(proc)
 
 
 @pytest.fixture
