@@ -6,10 +6,11 @@ from django.http import HttpRequest
 from ninja import File, Form, NinjaAPI
 from ninja.errors import HttpError, ValidationError
 from ninja.files import UploadedFile
+from ninja.security import HttpBearer, django_auth
 
 from . import selectors, services
 from .imaging import ImageRejected
-from .models import Image
+from .models import ApiToken, Image
 
 api = NinjaAPI(title="Search by image", version="1", urls_namespace="api")
 
@@ -81,9 +82,9 @@ def similar(request, image_id: int, k: int = 20):
 def create_image(request, image: File[UploadedFile], title: Form[str] = "", category: Form[str] = ""):
     data = read_upload(image)
     item, created = services.image_create(
-        data=data, title=title, category=category, original_name=image.name or ""
+        data=data, title=title, category=category, original_name=image.name or "", uploaded_by=request.user
     )
-    body = {"id": item.pk, "status": item.status, "duplicate": not created}
+    body = {"id": item.pk, "status": item.status, "moderation": item.moderation, "duplicate": not created}
     return api.create_response(request, body, status=201 if created else 200)
 
 
@@ -92,4 +93,53 @@ def image_detail(request, image_id: int):
     image = selectors.image_get_public(image_id)
     if image is None:
         raise HttpError(404, "No image with this id.")
-    return {"status": image.status, "error": image.error, **image_summary(request, image)}
+    return {
+        "status": image.status,
+        "moderation": image.moderation,
+        "error": image.error,
+        "near_duplicate_of": image.near_duplicate_of_id,
+        **image_summary(request, image),
+    }
+
+
+@api.post("/images/{image_id}/report", response={201: dict})
+def report(request, image_id: int, reason: Form[str] = ""):
+    image = selectors.visible_images().filter(pk=image_id).first()
+    if image is None:
+        raise HttpError(404, "No searchable image with this id.")
+    try:
+        services.report_create(image, reason)
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from exc
+    return 201, {"id": image.pk, "reported": True}
+
+
+class BearerToken(HttpBearer):
+    """`Authorization: Bearer <key>` with a key from the admin's API tokens."""
+
+    def authenticate(self, request, token):
+        row = ApiToken.objects.select_related("user").filter(key=token, user__is_active=True).first()
+        if row is None:
+            return None
+        request.user = row.user
+        return row.user
+
+
+def _moderation_endpoint(action: str):
+    def moderate(request, image_id: int, reason: Form[str] = ""):
+        if not request.auth.is_staff:
+            raise HttpError(403, "Only staff can moderate.")
+        if not Image.objects.filter(pk=image_id).exists():
+            raise HttpError(404, "No image with this id.")
+        services.images_moderate([image_id], action, actor=request.auth, reason=reason)
+        image = Image.objects.get(pk=image_id)
+        return {"id": image.pk, "status": image.status, "moderation": image.moderation}
+
+    moderate.__name__ = f"moderate_{action}"
+    api.post(f"/images/{{image_id}}/{action}", auth=[BearerToken(), django_auth], summary=f"{action.capitalize()} (staff)")(
+        moderate
+    )
+
+
+for _action in ("approve", "reject", "hide", "unhide"):
+    _moderation_endpoint(_action)

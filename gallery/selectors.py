@@ -158,3 +158,63 @@ def import_job_progress(job) -> dict:
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
     }
+
+
+def moderation_queue(show: str = "pending"):
+    """Staff queue: pending approval, reported (open reports), hidden, or everything recent."""
+    from django.db.models import Count, Q
+
+    qs = Image.objects.annotate(open_reports=Count("reports", filter=Q(reports__resolved_at__isnull=True)))
+    if show == "pending":
+        qs = qs.filter(moderation=Image.Moderation.PENDING)
+    elif show == "reported":
+        qs = qs.filter(open_reports__gt=0)
+    elif show == "hidden":
+        qs = qs.filter(status=Image.Status.HIDDEN)
+    return qs.order_by("-open_reports", "-created_at")
+
+
+def moderation_counts() -> dict:
+    from .models import Report
+
+    return {
+        "pending": Image.objects.filter(moderation=Image.Moderation.PENDING).count(),
+        "reported": Report.objects.filter(resolved_at__isnull=True).values("image").distinct().count(),
+        "hidden": Image.objects.filter(status=Image.Status.HIDDEN).count(),
+    }
+
+
+def near_duplicate_groups(threshold: float, *, neighbours: int = 10, limit: int = 200) -> list[list]:
+    """Clusters of near-identical visible items: link every pair whose cosine similarity is
+    at least `threshold` (k nearest neighbours from the index), take connected components."""
+    index = index_reader().get()
+    if index is None or len(index) < 2:
+        return []
+    labels = sorted(index.labels())
+    parent = {label: label for label in labels}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for start in range(0, len(labels), 2048):
+        chunk = labels[start : start + 2048]
+        vectors = index.hnsw.get_items(chunk)
+        found, distances = index.hnsw.knn_query(np.asarray(vectors, dtype=np.float32), k=min(neighbours, len(index)))
+        for label, row, dist in zip(chunk, found, distances):
+            for other, d in zip(row, dist):
+                if int(other) != label and 1.0 - d >= threshold:
+                    parent[find(label)] = find(int(other))
+    groups: dict[int, list[int]] = {}
+    for label in labels:
+        groups.setdefault(find(label), []).append(label)
+    clusters = [members for members in groups.values() if len(members) > 1]
+    rows = visible_images().in_bulk([pk for members in clusters for pk in members])
+    result = []
+    for members in sorted(clusters, key=len, reverse=True)[:limit]:
+        images = sorted((rows[pk] for pk in members if pk in rows), key=lambda im: im.created_at)
+        if len(images) > 1:
+            result.append(images)
+    return result

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import staff_views, views
 
 app_name = "gallery"
 
@@ -9,4 +9,9 @@ urlpatterns = [
     path("browse/", views.browse, name="browse"),
     path("items/<int:pk>/", views.item, name="item"),
     path("upload/", views.upload, name="upload"),
+    path("items/<int:pk>/report/", views.report, name="report"),
+    path("moderation/", staff_views.moderation_queue, name="moderation"),
+    path("moderation/act/", staff_views.moderation_act, name="moderation-act"),
+    path("moderation/log/", staff_views.moderation_log, name="moderation-log"),
+    path("moderation/duplicates/", staff_views.near_duplicates, name="duplicates"),
 ]

@@ -2,10 +2,12 @@
 from static/gallery/app.js; these views only render."""
 
 from django.conf import settings
+from django.contrib import messages
 from django.http import Http404
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
 
-from . import selectors
+from . import selectors, services
 
 
 def home(request):
@@ -32,7 +34,8 @@ def browse(request):
 
 def item(request, pk: int):
     image = selectors.image_get_public(pk)
-    if image is None or (image.status == image.Status.HIDDEN and not request.user.is_staff):
+    public = image is not None and image.status != image.Status.HIDDEN and image.moderation == image.Moderation.APPROVED
+    if image is None or not (public or request.user.is_staff):
         raise Http404("No such image.")
     similar = selectors.image_similar(image, k=settings.SEARCH_DEFAULT_K) if image.status == image.Status.INDEXED else None
     return render(request, "gallery/item.html", {"image": image, "similar": similar})
@@ -44,3 +47,18 @@ def upload(request):
         "gallery/upload.html",
         {"categories": selectors.category_list(), "max_upload_mb": settings.UPLOAD_MAX_BYTES // (1024 * 1024)},
     )
+
+
+@require_POST
+def report(request, pk: int):
+    """A visitor reports an item; it lands in the staff moderation queue."""
+    image = selectors.visible_images().filter(pk=pk).first()
+    if image is None:
+        raise Http404("No such image.")
+    try:
+        services.report_create(image, request.POST.get("reason", ""))
+    except ValueError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, "Thank you: staff will look at this item.")
+    return redirect(image.get_absolute_url())

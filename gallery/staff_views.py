@@ -1,0 +1,59 @@
+"""Staff pages: the moderation queue, the moderation log and near-duplicate groups. Thin:
+they call selectors and services.moderate; every form is CSRF-protected."""
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.admin.views.decorators import staff_member_required
+from django.core.paginator import Paginator
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from . import selectors, services
+from .models import ModerationAction
+
+
+@staff_member_required
+def moderation_queue(request):
+    show = request.GET.get("show", "pending")
+    if show not in ("pending", "reported", "hidden", "all"):
+        show = "pending"
+    page = Paginator(selectors.moderation_queue(show).prefetch_related("reports"), 60).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "gallery/moderation.html",
+        {"page": page, "show": show, "counts": selectors.moderation_counts()},
+    )
+
+
+@staff_member_required
+@require_POST
+def moderation_act(request):
+    action = request.POST.get("action", "")
+    ids = [int(x) for x in request.POST.getlist("ids") if x.isdigit()]
+    single = request.POST.get("single", "")  # a per-item button: "<id>:<action>"
+    if ":" in single and single.split(":")[0].isdigit():
+        ids, action = [int(single.split(":")[0])], single.split(":")[1]
+    if action not in services.MODERATION_ACTIONS or not ids:
+        messages.error(request, "Choose at least one item and an action.")
+    else:
+        count = services.images_moderate(ids, action, actor=request.user, reason=request.POST.get("reason", ""))
+        messages.success(request, f"{action.capitalize()}: {count} item{'s' if count != 1 else ''}.")
+    return redirect(request.POST.get("next") or "gallery:moderation")
+
+
+@staff_member_required
+def moderation_log(request):
+    actions = ModerationAction.objects.select_related("image", "actor")
+    page = Paginator(actions, 100).get_page(request.GET.get("page"))
+    return render(request, "gallery/moderation_log.html", {"page": page})
+
+
+@staff_member_required
+def near_duplicates(request):
+    try:
+        threshold = float(request.GET.get("threshold", settings.NEAR_DUPLICATE_THRESHOLD))
+    except ValueError:
+        threshold = settings.NEAR_DUPLICATE_THRESHOLD
+    threshold = min(max(threshold, 0.5), 1.0)
+    groups = selectors.near_duplicate_groups(threshold)
+    return render(request, "gallery/duplicates.html", {"groups": groups, "threshold": threshold})
