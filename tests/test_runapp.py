@@ -44,12 +44,13 @@ def start_app(tmp_path, extra_env):
                 return proc, base
         except requests.RequestException:
             time.sleep(0.5)
-    proc.kill()
+    stop_app(proc, tmp_path, signal.SIGTERM)
     pytest.fail("runapp did not serve the home page:\n" + (tmp_path / "runapp.log").read_text()[-3000:])
 
 
-def stop_app(proc, tmp_path):
-    os.killpg(proc.pid, signal.SIGINT)
+def stop_app(proc, tmp_path, sig=signal.SIGINT):
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
     assert proc.wait(timeout=40) is not None
     return (tmp_path / "runapp.log").read_text()
 
@@ -90,10 +91,14 @@ def test_starts_a_private_redis_when_none_is_reachable(tmp_path):
     assert not [c for c in children if Path(f"/proc/{c}").exists()], "child processes survived Ctrl-C"
 
 
-def test_falls_back_to_the_embedded_broker(tmp_path):
+def test_falls_back_to_the_embedded_broker_and_stops_on_sigterm(tmp_path):
     proc, base = start_app(tmp_path, {"REDIS_SERVER": ""})  # as if no redis-server were installed
+    children = children_of(proc.pid)
     try:
         upload_and_wait(base)
     finally:
-        log = stop_app(proc, tmp_path)
+        log = stop_app(proc, tmp_path, signal.SIGTERM)
     assert "Broker: embedded" in log
+    time.sleep(1)
+    assert not [c for c in children if Path(f"/proc/{c}").exists()], "child processes survived SIGTERM"
+    assert not (ROOT / "control").exists()

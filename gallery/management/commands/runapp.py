@@ -42,18 +42,22 @@ class Command(BaseCommand):
 
     def handle(self, port, host, **options):
         self.children: list[tuple[str, subprocess.Popen]] = []
+        # Ctrl-C, SIGTERM and SIGHUP all stop every child (they run in their own sessions).
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, self._interrupt)
         env = os.environ.copy()
         env["DJANGO_SETTINGS_MODULE"] = "searchsite.settings"
         env["CELERY_BROKER_URL"] = self.choose_broker(env)
         python = sys.executable
         bindir = Path(python).parent
+        web_env = {**env, "TORCH_THREADS": env.get("WEB_TORCH_THREADS", "1")}  # one query, many threads
         celery = [str(bindir / "celery"), "-A", "searchsite", "worker", "--loglevel", "INFO"]
         try:
             self.start(
                 "web",
                 [str(bindir / "gunicorn"), "-c", str(Path(settings.BASE_DIR) / "searchsite" / "gunicorn.conf.py"),
                  "--bind", f"{host}:{port}", "searchsite.wsgi"],
-                env,
+                web_env,
             )
             self.start("embed-worker", celery + ["-Q", "embed", "-c", "1", "-n", "embed@%h"], env)
             # The index has a single writer: its own queue, one process.
@@ -64,6 +68,9 @@ class Command(BaseCommand):
             pass
         finally:
             self.stop_all()
+
+    def _interrupt(self, signum, frame):
+        raise KeyboardInterrupt
 
     def choose_broker(self, env) -> str:
         url = env.get("CELERY_BROKER_URL") or settings.REDIS_URL
