@@ -146,6 +146,31 @@ def images_enqueue_pending() -> int:
     return len(ids)
 
 
+def recover_lost_work(stale_after_seconds: int = 600) -> dict:
+    """Periodic safety net (Celery beat): resume import jobs that stopped moving and queue
+    again images that have waited too long for an embedding (tasks lost with a Redis restart).
+    Duplicate tasks are harmless: every task re-checks what is still to do."""
+    resumed = sum(
+        import_job_resume_stalled(job)
+        for job in ImportJob.objects.filter(state__in=[ImportJob.State.QUEUED, ImportJob.State.RUNNING])
+    )
+    name, _ = embedder_identity()
+    cutoff = timezone.now() - timezone.timedelta(seconds=stale_after_seconds)
+    stale = list(
+        Image.objects.filter(status=Image.Status.PROCESSING, updated_at__lt=cutoff)
+        .exclude(embeddings__model_name=name)
+        .values_list("pk", flat=True)
+    )
+    if stale:
+        Image.objects.filter(pk__in=stale).update(updated_at=timezone.now())
+        enqueue_embedding(stale)
+    if Image.objects.filter(
+        status=Image.Status.PROCESSING, embeddings__model_name=name, updated_at__lt=cutoff
+    ).exists():
+        enqueue_index_sync()
+    return {"jobs": resumed, "images": len(stale)}
+
+
 def images_embed(image_ids: list[int]) -> int:
     """Compute and store embeddings for the given images that still need one, then queue an
     index update. Idempotent; counts attempts so that a task that keeps crashing its worker

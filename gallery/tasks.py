@@ -39,6 +39,11 @@ def index_remove(self, image_ids: list[int]):
         raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1)))
 
 
+@shared_task
+def recover_lost_work():
+    return services.recover_lost_work()
+
+
 @worker_ready.connect
 def _queue_pending_work(sender=None, **kwargs):
     """When an embedding worker starts, pick up images and import jobs whose tasks were lost

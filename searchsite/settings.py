@@ -139,6 +139,10 @@ CELERY_TASK_SOFT_TIME_LIMIT = 300
 CELERY_TASK_TIME_LIMIT = 360
 CELERY_WORKER_MAX_MEMORY_PER_CHILD = env.int("CELERY_WORKER_MAX_MEMORY_PER_CHILD", default=3_000_000)
 CELERY_TASK_DEFAULT_QUEUE = "embed"
+# Beat (embedded in the embed worker by `runapp`) runs the safety net for lost tasks.
+CELERY_BEAT_SCHEDULE = {
+    "recover-lost-work": {"task": "gallery.tasks.recover_lost_work", "schedule": 60.0},
+}
 CELERY_TASK_ROUTES = {
     "gallery.tasks.index_sync": {"queue": "index"},
     "gallery.tasks.index_remove": {"queue": "index"},

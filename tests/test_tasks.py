@@ -75,3 +75,22 @@ def test_hide_and_unhide_through_the_services(pipeline, clean_index):
     wait_for_status([image.pk])
     assert image.pk in VectorIndex.load(clean_index).labels()
     assert image.embeddings.count() == 1  # the stored embedding was reused
+
+
+def test_recover_lost_work_requeues_stale_images_and_stalled_jobs(pipeline, tmp_path, settings):
+    from django.utils import timezone
+
+    from gallery.models import ImportJob
+
+    image, _ = services.image_create(data=make_image_bytes(107), enqueue=False)  # its task was "lost"
+    Image.objects.filter(pk=image.pk).update(updated_at=timezone.now() - timezone.timedelta(hours=1))
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "a.jpg").write_bytes(make_image_bytes(108))
+    job = services.import_job_create(kind="folder", path=tmp_path / "cat")  # never dispatched
+    ImportJob.objects.filter(pk=job.pk).update(updated_at=timezone.now() - timezone.timedelta(hours=1))
+    assert services.recover_lost_work() == {"jobs": 1, "images": 1}
+    wait_for_status([image.pk])
+    deadline = time.monotonic() + 60
+    while ImportJob.objects.get(pk=job.pk).state != "done":
+        assert time.monotonic() < deadline
+        time.sleep(0.3)

@@ -59,7 +59,8 @@ class Command(BaseCommand):
                  "--bind", f"{host}:{port}", "searchsite.wsgi"],
                 web_env,
             )
-            self.start("embed-worker", celery + ["-Q", "embed", "-c", "1", "-n", "embed@%h"], env)
+            beat = ["-B", "-s", str(Path(settings.VAR_DIR) / "celerybeat-schedule")]
+            self.start("embed-worker", celery + ["-Q", "embed", "-c", "1", "-n", "embed@%h", *beat], env)
             # The index has a single writer: its own queue, one process.
             self.start("index-worker", celery + ["-Q", "index", "-c", "1", "-n", "index@%h"], env)
             self.stdout.write(self.style.SUCCESS(f"Search by image: http://{host}:{port}/  (Ctrl-C stops everything)"))
