@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import datetime as dt
 import http.client
+import http.cookies
 import json
 import math
 import os
@@ -274,6 +275,7 @@ class Api:
         url = urllib.parse.urlsplit(base_url)
         self.host, self.port, self.timeout = url.hostname, url.port, timeout
         self.conn: http.client.HTTPConnection | None = None
+        self.last_headers: http.client.HTTPMessage | None = None
 
     def close(self) -> None:
         if self.conn is not None:
@@ -287,6 +289,7 @@ class Api:
             try:
                 self.conn.request(method, path, body=body, headers=headers or {})
                 resp = self.conn.getresponse()
+                self.last_headers = resp.headers
                 data = resp.read()
                 if resp.will_close:
                     self.close()
@@ -336,6 +339,60 @@ class Api:
 
     def image(self, image_id: int) -> dict:
         return self.json("GET", f"/api/images/{image_id}")[1]
+
+
+class Session(Api):
+    """An Api that keeps cookies like a browser (enough for Django's session and CSRF cookies),
+    for the admin pages. One instance per thread."""
+
+    def __init__(self, base_url: str, timeout: float = 300):
+        super().__init__(base_url, timeout)
+        self.cookies: dict[str, str] = {}
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+        headers = dict(headers or {})
+        if self.cookies:
+            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        self.last_headers = None
+        status, data = super().request(method, path, body, headers)
+        for raw in (self.last_headers.get_all("Set-Cookie") if self.last_headers else None) or []:
+            jar = http.cookies.SimpleCookie()
+            jar.load(raw)
+            for name, morsel in jar.items():
+                if not morsel.value or morsel["max-age"] == "0":
+                    self.cookies.pop(name, None)
+                else:
+                    self.cookies[name] = morsel.value
+        return status, data
+
+    def location(self) -> str:
+        """The Location header of the last response (a redirect's target), or ''."""
+        return (self.last_headers.get("Location") if self.last_headers else None) or ""
+
+    def csrf_token(self, path: str) -> str:
+        """The `csrfmiddlewaretoken` of the form on the page at `path`."""
+        status, data = self.request("GET", path)
+        m = re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', data)
+        if status != 200 or not m:
+            raise ApiError(f"GET {path} -> HTTP {status}: no CSRF token in the page")
+        return m[1].decode()
+
+    def post_form(self, path: str, fields: dict) -> tuple[int, bytes]:
+        body = urllib.parse.urlencode(fields).encode()
+        return self.request("POST", path, body, {"Content-Type": "application/x-www-form-urlencoded"})
+
+    def post_multipart(self, path: str, fields: dict, files: dict) -> tuple[int, bytes]:
+        body, ctype = encode_multipart(fields, files)
+        return self.request("POST", path, body, {"Content-Type": ctype})
+
+    def admin_login(self, username: str, password: str, prefix: str = "/admin/") -> None:
+        token = self.csrf_token(f"{prefix}login/")
+        status, data = self.post_form(
+            f"{prefix}login/",
+            {"csrfmiddlewaretoken": token, "username": username, "password": password, "next": prefix},
+        )
+        if status != 302 or "sessionid" not in self.cookies:
+            raise ApiError(f"admin login as {username!r} failed (HTTP {status}): {data[:300]!r}")
 
 
 # --- processes ----------------------------------------------------------------------------------
@@ -392,6 +449,27 @@ def _cmd_name(pid: int) -> str:
     return " ".join(w for w in words if not w.startswith("python"))[:60]
 
 
+def _argv(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def proc_memory_kb(pid: int) -> dict[str, int] | None:
+    """VmHWM (peak resident set) and VmRSS of a live process, in kB; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    found = dict(re.findall(r"^(VmHWM|VmRSS):\s+(\d+) kB", text, re.M))
+    if "VmHWM" not in found:
+        return None  # a zombie has no memory lines
+    return {k: int(v) for k, v in found.items()}
+
+
 def stop_process_group(proc: subprocess.Popen, *, first=signal.SIGTERM, grace: float = 20.0) -> None:
     """`first` to the group of a process started with start_new_session=True, then SIGKILL."""
     if proc.poll() is not None:
@@ -430,6 +508,8 @@ class BenchApp:
         self._log_fh = None
         self._children: dict[int, tuple[int, str]] = {}
         self._subprocs: list[subprocess.Popen] = []
+        self._pool_pids: dict[int, set[int]] = {}  # Celery worker main pid -> its pool children
+        self._beat_pids: set[int] = set()  # beat processes embedded in a worker (-B)
         self.env = self._build_env()
         self._django = False
 
@@ -490,12 +570,14 @@ class BenchApp:
         self.flush_redis()
         self.run_manage(["migrate", "--noinput"], quiet=True)
 
-    def run_manage(self, argv: list[str], *, quiet: bool = False, timeout: float | None = None):
+    def run_manage(
+        self, argv: list[str], *, quiet: bool = False, timeout: float | None = None, env: dict | None = None
+    ):
         cmd = [venv_python(), "manage.py", *argv]
         proc = subprocess.Popen(
             cmd,
             cwd=PROJECT_ROOT,
-            env=self.env,
+            env={**self.env, **(env or {})},
             start_new_session=True,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT if quiet else None,
@@ -606,6 +688,84 @@ class BenchApp:
     def _children_alive(self) -> bool:
         return any(_alive(pid, start) for pid, (_, start) in self._children.items())
 
+    def identify_pool_children(self, timeout: float = 10) -> dict[int, set[int]]:
+        """Ask the Celery workers (`celery inspect stats`) which of their child processes are
+        the prefork pool, so that app_processes() can tell them from a beat process embedded
+        with -B (also a child of the worker). Returns worker main pid -> pool pids ({} when the
+        workers do not answer; children then stay "child")."""
+        cmd = [str(Path(venv_python()).parent / "celery"), "-A", "searchsite", "inspect", "stats", "--json"]
+        try:
+            out = subprocess.run(
+                [*cmd, "-t", str(timeout)],
+                cwd=PROJECT_ROOT,
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=timeout + 60,
+            )
+            stats = json.loads(out.stdout) if out.returncode == 0 else {}
+        except (OSError, subprocess.SubprocessError, json.JSONDecodeError):
+            stats = {}
+        pools = {
+            int(s["pid"]): {int(x) for x in s.get("pool", {}).get("processes", [])}
+            for s in stats.values()
+            if isinstance(s, dict) and s.get("pid")
+        }
+        self._pool_pids.update(pools)
+        for role, procs in self.app_processes().items():
+            main = next((pid for pid, _, kind in procs if kind == "main"), None)
+            if main in pools and role.endswith("_worker"):
+                self._beat_pids |= {
+                    pid for pid, _, kind in procs if kind == "child" and pid not in pools[main]
+                }
+        return pools
+
+    def app_processes(self) -> dict[str, list[tuple[int, str, str]]]:
+        """The app's processes by role, from runapp's children: "web" (the gunicorn worker
+        processes), "web_master", "embed_worker" and "index_worker" (each Celery worker's main
+        process and its prefork children), "embed_beat" (a beat embedded in a worker with -B,
+        once identify_pool_children() has told it apart; before that it counts as a "child" of
+        its worker), "redis" (a private broker, if runapp started one). Each as (pid, start
+        time, kind) with kind "main", "pool" or "child" (a child not identified)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return {}
+        table = _proc_table()
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _, _) in table.items():
+            children.setdefault(ppid, []).append(pid)
+
+        def below(pid: int) -> list[int]:
+            found, todo = [], [pid]
+            while todo:
+                for child in children.get(todo.pop(), []):
+                    found.append(child)
+                    todo.append(child)
+            return sorted(found)
+
+        roles: dict[str, list[tuple[int, str, str]]] = {}
+        for pid in sorted(children.get(self.proc.pid, [])):
+            argv = _argv(pid)
+            names = [Path(a).name for a in argv[:2]]
+            if "gunicorn" in names:
+                roles["web_master"] = [(pid, table[pid][2], "main")]
+                roles["web"] = [(c, table[c][2], "child") for c in below(pid) if c in table]
+            elif "celery" in names and "-Q" in argv[:-1]:
+                queue = argv[argv.index("-Q") + 1]
+                # Without -B every child is the pool's; with it, only once the beat is known.
+                known = pid in self._pool_pids or not ({"-B", "--beat"} & set(argv))
+                procs = [(pid, table[pid][2], "main")]
+                for c in below(pid):
+                    if c not in table:
+                        continue
+                    if c in self._beat_pids:
+                        roles.setdefault(f"{queue}_beat", []).append((c, table[c][2], "main"))
+                    else:
+                        procs.append((c, table[c][2], "pool" if known else "child"))
+                roles[f"{queue}_worker"] = procs
+            elif names and names[0] == "redis-server":
+                roles["redis"] = [(pid, table[pid][2], "main")]
+        return roles
+
     def log_tail(self, n: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
@@ -677,6 +837,95 @@ class BenchApp:
 
         django.setup()
         self._django = True
+
+
+# --- memory of the app's processes ---------------------------------------------------------------
+
+
+class MemorySampler:
+    """Samples VmHWM and VmRSS (/proc/<pid>/status) of the app's processes by role every
+    `interval` seconds in a thread (call `sample()` once more at the end, before the app stops).
+
+    Per role: `peak_hwm_kb` is the largest sum, at one sample, of the VmHWM of the role's live
+    processes (a Celery worker's main process plus its prefork children; the gunicorn worker
+    processes); VmHWM only grows, so this is the end-of-run sum unless a process was replaced,
+    in which case the replaced process's peak is still kept. It counts pages shared between a
+    parent and its forked child twice, so it bounds the real peak from above. `peak_rss_kb` is
+    the largest sampled sum of VmRSS (a lower bound between samples)."""
+
+    def __init__(self, app: BenchApp, interval: float = 1.0):
+        self.app, self.interval = app, interval
+        self.lock = threading.Lock()
+        self.processes: dict[tuple[int, str], dict] = {}
+        self.peak_hwm: dict[str, int] = {}
+        self.peak_rss: dict[str, int] = {}
+        self.current: dict[str, dict] = {}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sample(self) -> dict[str, dict]:
+        """One sample; returns role -> {"hwm_kb", "rss_kb", "processes"} of the live processes."""
+        roles = self.app.app_processes()
+        current = {}
+        with self.lock:
+            for role, procs in roles.items():
+                hwm = rss = alive = 0
+                for pid, start, kind in procs:
+                    mem = proc_memory_kb(pid)
+                    if mem is None:
+                        continue
+                    alive += 1
+                    hwm += mem["VmHWM"]
+                    rss += mem.get("VmRSS", 0)
+                    rec = self.processes.setdefault(
+                        (pid, start), {"role": role, "pid": pid, "kind": kind, "cmd": _cmd_name(pid)}
+                    )
+                    rec["hwm_kb"] = max(rec.get("hwm_kb", 0), mem["VmHWM"])
+                    rec["rss_kb_max"] = max(rec.get("rss_kb_max", 0), mem.get("VmRSS", 0))
+                if alive:
+                    self.peak_hwm[role] = max(self.peak_hwm.get(role, 0), hwm)
+                    self.peak_rss[role] = max(self.peak_rss.get(role, 0), rss)
+                    current[role] = {"hwm_kb": hwm, "rss_kb": rss, "processes": alive}
+            self.current = current
+            self.samples += 1
+        return current
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with contextlib.suppress(Exception):  # a process vanishing mid-read: next sample
+                self.sample()
+
+    def start(self) -> MemorySampler:
+        self.sample()
+        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def summary(self) -> dict:
+        """role -> peak figures in MiB, with every process seen."""
+        mib = lambda kb: round(kb / 1024, 1)  # noqa: E731
+        with self.lock:
+            out = {}
+            for role in sorted(self.peak_hwm):
+                procs = [p for p in self.processes.values() if p["role"] == role]
+                out[role] = {
+                    "peak_hwm_mib": mib(self.peak_hwm[role]),
+                    "peak_rss_mib": mib(self.peak_rss.get(role, 0)),
+                    "max_process_hwm_mib": mib(max((p["hwm_kb"] for p in procs), default=0)),
+                    "processes": [
+                        {"pid": p["pid"], "kind": p["kind"], "hwm_mib": mib(p["hwm_kb"]), "cmd": p["cmd"]}
+                        for p in sorted(procs, key=lambda p: (p["kind"] != "main", p["pid"]))
+                    ],
+                }
+            out["samples"] = self.samples
+            out["interval_s"] = self.interval
+            return out
 
 
 # --- concurrency --------------------------------------------------------------------------------

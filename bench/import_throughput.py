@@ -10,13 +10,26 @@ distinct CIFAR-10 `train/` photos, uploaded one after the other into the importe
 
 The selected `test/` files are written to a temporary folder `<class>/<name>.jpg` (so the
 class becomes the category). One upload before the import warms the workers up (model loaded,
-index created); it is not counted."""
+index created); it is not counted.
+
+`--admin` measures the admin's bulk import instead: the whole `cifar10-jpg.zip` (60,000
+files) uploaded through the form at /admin/gallery/importjob/add/ by a staff user, on a freshly
+started app (no warm-up: the first batch loads the model), then `progress.json` polled every
+second until the job is done and every imported image is searchable. It records images per
+second (stored; until searchable), upload -> all searchable, the total wall time, failed and
+duplicate counts, and the peak memory (VmHWM) of the gunicorn worker and of each Celery
+worker (main process plus prefork children), sampled every second and read again at the end.
+
+    .venv/bin/python bench/import_throughput.py --admin               # full size: 60,000 files
+    .venv/bin/python bench/import_throughput.py --admin --limit 500   # the first 500 files"""
 
 from __future__ import annotations
 
 import argparse
 import io
 import random
+import re
+import secrets
 import statistics
 import sys
 import time
@@ -120,10 +133,294 @@ def upload_until_searchable(
     raise RuntimeError(f"upload {name} (id {image_id}) was not searchable after {timeout:.0f} s")
 
 
+# --- --admin: the admin's bulk import of the whole ZIP ------------------------------------------
+
+
+def _mib(kb: int) -> str:
+    return f"{kb / 1024:.0f} MiB"
+
+
+def _fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds:.0f} s ({int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d})"
+
+
+def _failure_reasons(app: h.BenchApp, job_id: int, top: int = 8) -> dict:
+    """The failed items' errors, counted (read from the run's database in this process)."""
+    from collections import Counter
+
+    app.setup_django()
+    from gallery.models import ImportItem
+
+    errors = ImportItem.objects.filter(job_id=job_id, state=ImportItem.State.FAILED).values_list(
+        "error", flat=True
+    )
+    return dict(Counter(e[:200] for e in errors).most_common(top))
+
+
+def run_admin(args) -> int:
+    run_started = time.perf_counter()
+    zip_path = h.require_dataset(args.datasets, DATASET)
+    with zipfile.ZipFile(zip_path) as zf:
+        files = [i.filename for i in zf.infolist() if not i.is_dir()]
+    full = not args.limit or args.limit >= len(files)
+    figures: dict = {}
+    with h.BenchApp("import-admin", args) as app:
+        app.prepare()
+        if full:
+            archive = zip_path
+        else:  # the first N files in the archive's own order
+            archive = h.write_subset_zip(
+                zip_path, files[: args.limit], app.tmp / f"cifar10-first-{args.limit}.zip"
+            )
+        files_sent = len(files) if full else args.limit
+        payload = archive.read_bytes()
+        zip_bytes = len(payload)
+        h.log(f"Admin bulk import of {archive.name}: {files_sent} files, {len(payload) / 1e6:.1f} MB.")
+
+        password = secrets.token_urlsafe(18)
+        app.run_manage(
+            ["createsuperuser", "--noinput", "--username", "bench", "--email", "b@example.com"],
+            quiet=True,
+            env={"DJANGO_SUPERUSER_PASSWORD": password},
+        )
+        t = time.perf_counter()
+        app.start()
+        app_start_s = time.perf_counter() - t
+        if not app.identify_pool_children():  # before sampling, so a -B beat gets its own line
+            h.log(
+                "WARNING: the Celery workers did not report their pool processes: children stay unlabelled."
+            )
+        memory = h.MemorySampler(app, interval=args.memory_interval).start()
+        roles = app.app_processes()
+        h.log(
+            "Processes: "
+            + "; ".join(
+                f"{role} {', '.join(f'{pid} ({kind})' for pid, _, kind in procs)}"
+                for role, procs in sorted(roles.items())
+            )
+        )
+        missing = {"web", "embed_worker", "index_worker"} - {r for r, procs in roles.items() if procs}
+        if missing:
+            h.log(
+                f"WARNING: no process found for {', '.join(sorted(missing))}: their memory is not measured."
+            )
+
+        session = h.Session(app.base_url, timeout=max(600.0, args.upload_timeout))
+        session.admin_login("bench", password)
+        add_path = "/admin/gallery/importjob/add/"
+        token = session.csrf_token(add_path)
+
+        h.log(f"Uploading {archive.name} through {add_path} ...")
+        t0 = time.perf_counter()
+        status, body = session.post_multipart(
+            add_path,
+            {"csrfmiddlewaretoken": token, "source_kind": "zip", "category": "", "path": ""},
+            {"archive": (archive.name, payload, "application/zip")},
+        )
+        t_up = time.perf_counter()
+        del payload
+        m = re.search(r"/admin/gallery/importjob/(\d+)/change/", session.location())
+        if status != 302 or not m:
+            errors = re.findall(rb'class="errornote">(.*?)<|class="errorlist[^"]*"><li>(.*?)<', body)
+            raise RuntimeError(f"The import form was not accepted (HTTP {status}): {errors or body[:500]!r}")
+        job_id = int(m[1])
+        upload_s = t_up - t0
+        h.log(
+            f"Job {job_id} started; the upload request took {upload_s:.2f} s. Polling progress.json every second."
+        )
+
+        progress_path = f"/admin/gallery/importjob/{job_id}/progress.json"
+        t_done = t_searchable = None
+        p: dict = {}
+        timeline = []
+        next_print = next_point = t_up
+        last_key, last_change = None, t_up
+        poll_errors: list[str] = []
+        failing = 0
+        while True:
+            try:
+                _, p = session.json("GET", progress_path)
+                failing = 0
+            except (h.ApiError, OSError, ValueError) as exc:  # counted; the run goes on
+                failing += 1
+                poll_errors.append(f"{time.perf_counter() - t0:.0f}s {exc}"[:300])
+                h.log(f"  progress.json failed ({failing} in a row): {str(exc)[:200]}")
+                if failing >= 60:
+                    raise RuntimeError(
+                        f"progress.json failed 60 times in a row:\n{app.log_tail(20)}"
+                    ) from exc
+                session.close()
+                time.sleep(1.0)
+                continue
+            now = time.perf_counter()
+            processed = p["imported"] + p["duplicates"] + p["failed"]
+            if p["state"] == "done" and t_done is None:
+                t_done = now
+            if p["state"] in ("failed", "cancelled"):
+                raise RuntimeError(f"The import job ended in state {p['state']}: {p.get('error')}")
+            finished = p["state"] == "done" and p["searchable"] >= p["imported"]
+            if finished:
+                t_searchable = now
+            if now >= next_point or finished:
+                timeline.append([round(now - t0, 1), processed, p["searchable"]])
+                next_point = now + args.timeline_interval
+            if now >= next_print or finished:
+                cur = memory.current
+                mem = "  ".join(
+                    f"{role} {_mib(cur[role]['rss_kb'])}"
+                    for role in ("web", "embed_worker", "index_worker")
+                    if role in cur
+                )
+                left = p.get("seconds_left")
+                h.log(
+                    f"  [{_fmt_duration(now - t0):>8}] {p['percent']:5.1f} %  {p['state']:<7} stored {processed}/{p['total']} "
+                    f"({p['rate']:.1f} img/s, ~{left if left is not None else '?'} s left)  searchable "
+                    f"{p['searchable']}/{p['imported']} ({p['searchable'] / (now - t0):.1f} img/s)  RSS: {mem}"
+                )
+                next_print = now + args.print_interval
+            if finished:
+                break
+            key = (processed, p["searchable"], p["state"])
+            if key != last_key:
+                last_key, last_change = key, now
+            elif now - last_change > args.stall_timeout:
+                h.log(
+                    f"WARNING: no progress for {args.stall_timeout:.0f} s (state {p['state']}, "
+                    f"{p['searchable']}/{p['imported']} searchable); giving up waiting. Log tail:\n{app.log_tail(15)}"
+                )
+                break
+            time.sleep(max(0.0, 1.0 - (time.perf_counter() - now)))
+        session.close()
+        memory.stop()
+        memory.sample()  # the final read, before the app stops
+        reasons = _failure_reasons(app, job_id) if p.get("failed") else {}
+    run_wall_s = time.perf_counter() - run_started
+
+    processed = p["imported"] + p["duplicates"] + p["failed"]
+    total_s = t_searchable - t0 if t_searchable else None
+    done_s = t_done - t0 if t_done else None
+    server_s = None
+    if p.get("started_at") and p.get("finished_at"):
+        import datetime as dt
+
+        server_s = (
+            dt.datetime.fromisoformat(p["finished_at"]) - dt.datetime.fromisoformat(p["started_at"])
+        ).total_seconds()
+    mem = memory.summary()
+    figures = {
+        "files": files_sent,
+        "zip_bytes": zip_bytes,
+        "complete": bool(t_searchable),
+        "job": {
+            k: p.get(k)
+            for k in ("state", "total", "imported", "duplicates", "failed", "pending", "searchable")
+        },
+        "failure_reasons": reasons,
+        "app_start_seconds": round(app_start_s, 2),
+        "upload_request_seconds": round(upload_s, 2),
+        "upload_start_to_done_seconds": round(done_s, 2) if done_s else None,
+        "upload_finish_to_searchable_seconds": round(t_searchable - t_up, 2) if t_searchable else None,
+        "done_to_searchable_seconds": round(t_searchable - t_done, 2) if t_searchable and t_done else None,
+        "total_seconds": round(total_s, 2) if total_s else None,
+        "stored_images_per_s": round(processed / done_s, 2) if done_s else None,
+        "searchable_images_per_s": round(p["imported"] / total_s, 2) if total_s else None,
+        "server_job_seconds": round(server_s, 2) if server_s else None,
+        "server_rate": p.get("rate"),
+        "run_wall_seconds": round(run_wall_s, 1),
+        "progress_errors": len(poll_errors),
+        "progress_error_samples": poll_errors[:10],
+        "memory": mem,
+        "timeline": timeline,  # [seconds since the upload started, stored, searchable]
+    }
+
+    j = figures["job"]
+    h.log("\n=== Admin bulk import (CIFAR-10 ZIP through /admin/gallery/importjob/add/) ===")
+    h.log(
+        f"{files_sent} files: {j['imported']} new, {j['duplicates']} duplicates, {j['failed']} failed, "
+        f"{j['pending']} pending; {j['searchable']} searchable; job state {j['state']}"
+        + ("" if figures["complete"] else "  ** INCOMPLETE (stalled) **")
+    )
+    for reason, n in reasons.items():
+        h.log(f"  failed x{n}: {reason}")
+    if poll_errors:
+        h.log(f"progress.json failed {len(poll_errors)} times, e.g. {poll_errors[0]}")
+    h.log(f"Upload request (transfer, listing, queueing): {_fmt_duration(upload_s)}")
+    h.log(
+        f"Stored (job done) {_fmt_duration(done_s)} after the upload started => "
+        f"{figures['stored_images_per_s']} img/s (server: {_fmt_duration(server_s)}, {p.get('rate')} img/s)"
+    )
+    h.log(
+        f"All searchable {_fmt_duration(total_s)} after the upload started => {figures['searchable_images_per_s']} img/s"
+    )
+    h.log(
+        f"Upload finished -> all searchable: {_fmt_duration(figures['upload_finish_to_searchable_seconds'])}"
+        f"  (job done -> all searchable: {_fmt_duration(figures['done_to_searchable_seconds'])})"
+    )
+    h.log(
+        f"Total wall time: {_fmt_duration(total_s)} (upload start -> all searchable); whole run incl. app start/stop "
+        f"{_fmt_duration(run_wall_s)}, app start {app_start_s:.1f} s"
+    )
+    h.log(
+        f"Peak memory (VmHWM; sampled every {args.memory_interval:g} s, {mem['samples']} samples, and at the end):"
+    )
+    for role in ("web", "embed_worker", "index_worker", "embed_beat", "index_beat", "web_master", "redis"):
+        if role in mem:
+            r = mem[role]
+            parts = ", ".join(f"{x['kind']} {x['pid']} {x['hwm_mib']:.0f}" for x in r["processes"])
+            h.log(
+                f"  {role:<13} {r['peak_hwm_mib']:7.0f} MiB (sum; peak sampled RSS {r['peak_rss_mib']:.0f} MiB)  [{parts}]"
+            )
+
+    params = {
+        "mode": "admin",
+        "limit": args.limit or None,
+        "dataset": DATASET,
+        "poll_s": 1.0,
+        "seed": args.seed,
+    }
+    h.write_result(args.results, "import_throughput", params, figures, full_size=full and figures["complete"])
+    return 0 if figures["complete"] else 1
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--limit", type=int, default=0, help="import only N test/ images (spread over classes)"
+        "--limit",
+        type=int,
+        default=0,
+        help="import only N test/ images (spread over classes); with --admin, the first N files of the ZIP",
+    )
+    admin = parser.add_argument_group("--admin mode")
+    admin.add_argument(
+        "--admin", action="store_true", help="measure the admin bulk import of the whole ZIP instead"
+    )
+    admin.add_argument(
+        "--print-interval",
+        type=float,
+        default=10,
+        help="seconds between progress lines (default: %(default)s)",
+    )
+    admin.add_argument(
+        "--memory-interval",
+        type=float,
+        default=1.0,
+        help="seconds between memory samples (default: %(default)s)",
+    )
+    admin.add_argument(
+        "--timeline-interval",
+        type=float,
+        default=60,
+        help="seconds between the progress points kept in the results (default: %(default)s)",
+    )
+    admin.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=900,
+        help="give up when nothing moves for N seconds (default: %(default)s)",
     )
     parser.add_argument(
         "--uploads", type=int, default=10, help="single uploads timed to searchable (default: 10)"
@@ -138,6 +435,8 @@ def main(argv=None) -> int:
     h.common_arguments(parser, redis_db=11)
     args = parser.parse_args(argv)
     h.install_signal_handlers()
+    if args.admin:
+        return run_admin(args)
 
     zip_path = h.require_dataset(args.datasets, DATASET)
     test_names = h.zip_image_names(zip_path, "test/")

@@ -72,11 +72,13 @@ def decode_image(
     except ImageRejected:
         raise
     except UnidentifiedImageError:
-        raise ImageRejected(f"This file is not an image we can read; please upload a {FORMAT_NAMES} image.")
+        raise ImageRejected(
+            f"This file is not an image we can read; please upload a {FORMAT_NAMES} image."
+        ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageRejected("The image has too many pixels (it looks like a decompression bomb).")
+        raise ImageRejected("The image has too many pixels (it looks like a decompression bomb).") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
-        raise ImageRejected(f"The image is truncated or corrupt and cannot be decoded ({exc}).")
+        raise ImageRejected(f"The image is truncated or corrupt and cannot be decoded ({exc}).") from exc
     return DecodedImage(image=im, format="JPEG" if fmt == "MPO" else fmt, width=width, height=height)
 
 

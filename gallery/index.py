@@ -192,13 +192,17 @@ def write_lock(directory: Path):
 class IndexReader:
     """Per-process read-only view that picks up newer saved versions without a restart."""
 
-    def __init__(self, directory: Path, ef: int = 128, check_interval: float = 0.0):
+    def __init__(self, directory: Path, ef: int = 128, check_interval: float = 0.0, min_reload_interval: float = 1.0):
         self.directory = Path(directory)
         self.ef = ef
         self.check_interval = check_interval
+        # During a bulk import the writer saves often; a large index is reloaded at most this
+        # often (hidden items do not wait for it: results are re-checked in the database).
+        self.min_reload_interval = min_reload_interval
         self._index: VectorIndex | None = None
         self._stamp = None
         self._checked_at = 0.0
+        self._loaded_at = float("-inf")
         self._lock = threading.Lock()
 
     def _meta_stamp(self):
@@ -216,6 +220,10 @@ class IndexReader:
             self._checked_at = now
             stamp = self._meta_stamp()
             if stamp != self._stamp:
+                large = self._index is not None and len(self._index) > 20000
+                if large and now - self._loaded_at < self.min_reload_interval:
+                    return self._index
                 self._index = VectorIndex.load(self.directory, ef=self.ef) if stamp else None
                 self._stamp = stamp
+                self._loaded_at = now
             return self._index

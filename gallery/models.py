@@ -77,6 +77,9 @@ class Embedding(models.Model):
             models.UniqueConstraint(fields=["image", "model_name"], name="one_embedding_per_model")
         ]
 
+    def __str__(self):
+        return f"{self.model_name} vector of image {self.image_id}"
+
     def as_array(self) -> np.ndarray:
         return np.frombuffer(bytes(self.vector), dtype=np.float32)
 
@@ -143,6 +146,9 @@ class ImportItem(models.Model):
         ordering = ["position"]
         constraints = [models.UniqueConstraint(fields=["job", "position"], name="one_item_per_position")]
 
+    def __str__(self):
+        return f"{self.path} ({self.state})"
+
 
 class ModerationAction(models.Model):
     """The moderation log: who did what to which image, when and why."""
@@ -164,6 +170,9 @@ class ModerationAction(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
 
+    def __str__(self):
+        return f"{self.action} image {self.image_id}"
+
 
 class Report(models.Model):
     """A visitor's report of an item; open reports land in the moderation queue."""
@@ -176,6 +185,9 @@ class Report(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"Report on image {self.image_id}: {self.reason}"
 
 
 def _new_token() -> str:

@@ -4,6 +4,7 @@ import command; the index is only ever written through `index_sync`, `index_remo
 
 import logging
 import os
+import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -360,6 +361,7 @@ def index_sync(image_ids: list[int] | None = None) -> int:
     With no usable index on disk, rebuild it from the database instead."""
     model, dim = embedder_identity()
     directory = Path(settings.INDEX_DIR)
+    _pace_large_saves()
     with write_lock(directory):
         index = _writer_index(model, dim)
         if index is None:
@@ -383,6 +385,21 @@ def index_sync(image_ids: list[int] | None = None) -> int:
         if gone and index.remove(gone):
             index.save(directory)
         return len(ids)
+
+
+def _pace_large_saves() -> None:
+    """Every save rewrites the whole index file and makes every web process reload it. A
+    large index is saved at most every few seconds (one second per 20,000 items, at most 5):
+    updates queued meanwhile are taken by the next save, so a bulk import is not slowed down
+    by rewriting hundreds of megabytes for every batch."""
+    meta = IndexMeta.read(Path(settings.INDEX_DIR))
+    if meta is None:
+        return
+    interval = min(5.0, meta.count / 20000)
+    last_save = (Path(settings.INDEX_DIR) / "meta.json").stat().st_mtime
+    wait = last_save + interval - time.time()
+    if wait > 0:
+        time.sleep(wait)
 
 
 def _invisible(ids):

@@ -20,7 +20,7 @@ def embed_images(self, image_ids: list[int]):
                 image_ids, f"Gave up after {settings.EMBED_MAX_ATTEMPTS} attempts: {exc}"
             )
             return 0
-        raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1)))
+        raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1))) from exc
 
 
 @shared_task(bind=True, acks_late=True, max_retries=5)
@@ -28,7 +28,7 @@ def index_sync(self, image_ids: list[int] | None = None):
     try:
         return services.index_sync(image_ids)
     except Exception as exc:
-        raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1)))
+        raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1))) from exc
 
 
 @shared_task(bind=True, acks_late=True, max_retries=5)
@@ -36,7 +36,7 @@ def index_remove(self, image_ids: list[int]):
     try:
         return services.index_remove(image_ids)
     except Exception as exc:
-        raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1)))
+        raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1))) from exc
 
 
 @shared_task
@@ -60,4 +60,4 @@ def import_batch(self, job_id: int, item_ids: list[int]):
     try:
         return services.import_job_process(job_id, item_ids, embed=True)
     except Exception as exc:
-        raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1)))
+        raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1))) from exc

@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 from gallery.embedders import embedder_identity, get_embedder
-from gallery.embedders.efficientnet_lite import EfficientNetLiteEmbedder, load_lite0_weights
+from gallery.embedders.efficientnet_lite import EfficientNetLiteEmbedder
 from gallery.embedders.torchvision_backbones import TorchvisionEmbedder, WeightsNotFound
 from tests.images import make_picture
 

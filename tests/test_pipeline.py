@@ -1,11 +1,10 @@
 """Upload → real Celery worker embeds → index → search, end to end through the API."""
 
-import pytest
 from django.test import Client
 
 from gallery.models import Image
 from tests.conftest import wait_for_status
-from tests.images import make_image_bytes, make_picture, encode
+from tests.images import encode, make_image_bytes, make_picture
 
 
 def upload(client, seed, **fields):

@@ -332,6 +332,7 @@
     hidden: "Hidden from search by staff.",
     rejected: "Not uploaded.",
   };
+  const MODERATION_NOTE = "A moderator will review it before it shows up in searches.";
 
   function initUpload() {
     const form = $("#upload-form");
@@ -418,6 +419,7 @@
           ),
           el("p", { class: "upload-note muted" }, STATUS_NOTES.uploading),
           el("p", { class: "upload-duplicate", hidden: true }),
+          el("p", { class: "upload-near muted", hidden: true }),
           el("p", { class: "upload-links", hidden: true }),
         ),
       );
@@ -435,11 +437,18 @@
       noteBox.classList.toggle("error-text", status === "failed" || status === "rejected");
     }
 
+    /** Public: searchable and its page is open to everyone (not waiting for or refused by a moderator). */
+    const isPublic = (item) => item.status === "indexed" && (item.moderation || "approved") === "approved";
+
     function showDetails(card, item) {
       card.dataset.id = String(item.id);
+      card.dataset.moderation = item.moderation || "approved";
       const name = item.title || `Image ${item.id}`;
       const titleBox = $(".upload-title", card);
-      titleBox.replaceWith(el("a", { class: "upload-title", href: item.url }, name));
+      const viewable = isPublic(item) || item.status === "processing" || item.status === "failed";
+      titleBox.replaceWith(
+        viewable ? el("a", { class: "upload-title", href: item.url }, name) : el("span", { class: "upload-title" }, name),
+      );
       if (item.status !== "processing" && item.thumbnail_url) {
         const img = $(".upload-thumb img", card);
         img.src = item.thumbnail_url;
@@ -447,14 +456,23 @@
         img.hidden = false;
       }
       const links = $(".upload-links", card);
-      if (item.status === "indexed") {
+      if (isPublic(item)) {
         links.replaceChildren(
           el("a", { href: item.url }, "View item"),
           " · ",
           el("a", { href: `${homeUrl}?item=${item.id}` }, "Find similar images"),
         );
-        links.hidden = false;
       }
+      links.hidden = !isPublic(item);
+      const near = $(".upload-near", card);
+      if (item.near_duplicate_of) {
+        near.replaceChildren(
+          "Looks like a near-duplicate of ",
+          el("a", { href: itemUrl(item.near_duplicate_of) }, `item #${item.near_duplicate_of}`),
+          ".",
+        );
+      }
+      near.hidden = !item.near_duplicate_of;
     }
 
     function addCategoryOption(value) {
@@ -482,13 +500,20 @@
       }
       const name = `“${item.title || `Image ${item.id}`}”`;
       const previous = card.dataset.status;
+      const moderation = item.moderation || "approved";
       showDetails(card, item);
-      if (item.status === "failed") setStatus(card, "failed", item.error || STATUS_NOTES.failed);
-      else setStatus(card, item.status);
+      let note = STATUS_NOTES[item.status];
+      if (item.status === "failed") note = item.error || STATUS_NOTES.failed;
+      else if (moderation === "pending") note = `${item.status === "indexed" ? "Indexed. " : ""}${MODERATION_NOTE}`;
+      else if (moderation === "rejected") note = "Rejected by a moderator.";
+      setStatus(card, item.status, note);
       if (item.status !== previous) {
         const words = {
           processing: `${name} is uploaded and processing…`,
-          indexed: `${name} is indexed and searchable.`,
+          indexed:
+            moderation === "pending"
+              ? `${name} is indexed and waits for a moderator's approval.`
+              : `${name} is indexed and searchable.`,
           failed: `${name} failed: ${item.error || "it could not be processed."}`,
           hidden: `${name} is hidden from search.`,
         };
@@ -496,7 +521,7 @@
       }
       if (item.status === "processing") {
         setTimeout(() => follow(card, id, 0), POLL_MS);
-      } else if (item.status === "indexed") {
+      } else if (isPublic(item)) {
         addCategoryOption(item.category);
       }
     }

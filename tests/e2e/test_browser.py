@@ -192,6 +192,21 @@ def test_upload_page_follows_status_without_reloading(pipeline, page: Page):
     assert page.evaluate("window.samePage") is True
 
 
+def test_upload_page_says_when_an_item_waits_for_a_moderator(pipeline, page: Page, settings):
+    settings.MODERATION = "pre"
+    page.goto("/upload/")
+    page.set_input_files("#file-input", files=[payload("moon.jpg", make_image_bytes(31))])
+    page.click("#upload-submit")
+    card = page.locator("#uploads .upload-item").first
+    expect(card.locator(".status")).to_have_text("indexed", timeout=90_000)
+    expect(card).to_have_attribute("data-moderation", "pending")
+    expect(card.locator(".upload-note")).to_contain_text("A moderator will review it")
+    expect(page.locator("#upload-status")).to_contain_text("“moon” is indexed and waits for a moderator")
+    expect(card.locator(".upload-links")).to_be_hidden()  # its page is not public yet
+    expect(card.locator("a.upload-title")).to_have_count(0)
+    assert Image.objects.get(pk=int(card.get_attribute("data-id"))).moderation == "pending"
+
+
 def test_bad_files_on_home_page_show_an_error(page: Page):
     # Playwright turns on file-chooser interception lazily, when the first listener is added;
     # if the key press wins that race the chooser opens natively and no event arrives. A
