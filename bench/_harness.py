@@ -716,7 +716,7 @@ class BenchApp:
             main = next((pid for pid, _, kind in procs if kind == "main"), None)
             if main in pools and role.endswith("_worker"):
                 self._beat_pids |= {
-                    pid for pid, _, kind in procs if kind == "child" and pid not in pools[main]
+                    pid for pid, _, kind in procs if kind != "main" and pid not in pools[main]
                 }
         return pools
 

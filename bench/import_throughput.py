@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import random
 import re
 import secrets
@@ -161,6 +162,23 @@ def _failure_reasons(app: h.BenchApp, job_id: int, top: int = 8) -> dict:
     return dict(Counter(e[:200] for e in errors).most_common(top))
 
 
+def _task_counts(log_text: str, total: int, batch: int) -> dict:
+    """From the app's log: how many import_batch tasks ran against how many batches the job
+    needs (more means items were queued again: a "stalled" job resumed), how many found
+    nothing left to do, retries, and error lines."""
+    received = re.findall(r"Task gallery\.tasks\.(\w+)\[[^\]]+\] received", log_text)
+    return {
+        "import_batch_needed": math.ceil(total / batch) if batch else None,
+        "import_batch_received": received.count("import_batch"),
+        "import_batch_noop": len(re.findall(r"import_batch\[[^\]]+\] succeeded in \S+: 0$", log_text, re.M)),
+        "index_sync_received": received.count("index_sync"),
+        "embed_images_received": received.count("embed_images"),
+        "recover_lost_work_received": received.count("recover_lost_work"),
+        "retries": len(re.findall(r"\] retry: ", log_text)),
+        "error_lines": len(re.findall(r"ERROR/|Traceback \(most recent call last\)", log_text)),
+    }
+
+
 def run_admin(args) -> int:
     run_started = time.perf_counter()
     zip_path = h.require_dataset(args.datasets, DATASET)
@@ -241,6 +259,9 @@ def run_admin(args) -> int:
         last_key, last_change = None, t_up
         poll_errors: list[str] = []
         failing = 0
+        broker = app._redis()
+        queue_max = {"embed": 0, "index": 0}
+        queues = dict(queue_max)
         while True:
             try:
                 _, p = session.json("GET", progress_path)
@@ -258,6 +279,11 @@ def run_admin(args) -> int:
                 continue
             now = time.perf_counter()
             processed = p["imported"] + p["duplicates"] + p["failed"]
+            try:  # tasks waiting in the broker (Kombu's Redis lists are named after the queues)
+                queues = {q: int(broker.llen(q)) for q in queue_max}
+                queue_max = {q: max(queue_max[q], queues[q]) for q in queue_max}
+            except Exception:  # noqa: BLE001 - a diagnostic only
+                pass
             if p["state"] == "done" and t_done is None:
                 t_done = now
             if p["state"] in ("failed", "cancelled"):
@@ -279,7 +305,8 @@ def run_admin(args) -> int:
                 h.log(
                     f"  [{_fmt_duration(now - t0):>8}] {p['percent']:5.1f} %  {p['state']:<7} stored {processed}/{p['total']} "
                     f"({p['rate']:.1f} img/s, ~{left if left is not None else '?'} s left)  searchable "
-                    f"{p['searchable']}/{p['imported']} ({p['searchable'] / (now - t0):.1f} img/s)  RSS: {mem}"
+                    f"{p['searchable']}/{p['imported']} ({p['searchable'] / (now - t0):.1f} img/s)  "
+                    f"queued tasks {queues['embed']}+{queues['index']}  RSS: {mem}"
                 )
                 next_print = now + args.print_interval
             if finished:
@@ -298,6 +325,11 @@ def run_admin(args) -> int:
         memory.stop()
         memory.sample()  # the final read, before the app stops
         reasons = _failure_reasons(app, job_id) if p.get("failed") else {}
+        broker.close()
+        tasks = _task_counts(
+            app.log_path.read_text(errors="replace"), p["total"], int(app.env.get("EMBED_BATCH_SIZE", 32))
+        )
+        tasks["queue_max"] = queue_max
     run_wall_s = time.perf_counter() - run_started
 
     processed = p["imported"] + p["duplicates"] + p["failed"]
@@ -334,6 +366,7 @@ def run_admin(args) -> int:
         "progress_errors": len(poll_errors),
         "progress_error_samples": poll_errors[:10],
         "memory": mem,
+        "tasks": tasks,
         "timeline": timeline,  # [seconds since the upload started, stored, searchable]
     }
 
@@ -364,6 +397,14 @@ def run_admin(args) -> int:
         f"Total wall time: {_fmt_duration(total_s)} (upload start -> all searchable); whole run incl. app start/stop "
         f"{_fmt_duration(run_wall_s)}, app start {app_start_s:.1f} s"
     )
+    h.log(
+        f"Tasks: import_batch {tasks['import_batch_received']} run for {tasks['import_batch_needed']} batches "
+        f"({tasks['import_batch_noop']} found nothing to do), index_sync {tasks['index_sync_received']}, "
+        f"retries {tasks['retries']}, error lines in the app log {tasks['error_lines']}; most tasks queued: "
+        f"embed {queue_max['embed']}, index {queue_max['index']}"
+    )
+    if tasks["import_batch_received"] > (tasks["import_batch_needed"] or 0):
+        h.log("  NOTE: more import_batch tasks than batches: pending items were queued again (stall resume).")
     h.log(
         f"Peak memory (VmHWM; sampled every {args.memory_interval:g} s, {mem['samples']} samples, and at the end):"
     )

@@ -39,7 +39,9 @@ class ImageAdmin(admin.ModelAdmin):
     actions = ["approve", "reject", "hide", "unhide"]
 
     def _moderate(self, request, queryset, action):
-        count = services.images_moderate(list(queryset.values_list("pk", flat=True)), action, actor=request.user)
+        count = services.images_moderate(
+            list(queryset.values_list("pk", flat=True)), action, actor=request.user
+        )
         self.message_user(request, f"{action.capitalize()}: {count} images.", messages.SUCCESS)
 
     @admin.action(description="Approve")

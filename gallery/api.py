@@ -19,7 +19,11 @@ api = NinjaAPI(title="Search by image", version="1", urls_namespace="api")
 def _validation_error(request, exc: ValidationError):
     fields = sorted({str(err.get("loc", ["?"])[-1]) for err in exc.errors})
     missing = [f for f in fields if f == "image"]
-    message = "Please attach an image file (form field 'image')." if missing else f"Invalid value for: {', '.join(fields)}."
+    message = (
+        "Please attach an image file (form field 'image')."
+        if missing
+        else f"Invalid value for: {', '.join(fields)}."
+    )
     return api.create_response(request, {"error": message}, status=400)
 
 
@@ -84,7 +88,13 @@ def create_image(request, image: File[UploadedFile], title: Form[str] = "", cate
     item, created = services.image_create(
         data=data, title=title, category=category, original_name=image.name or "", uploaded_by=request.user
     )
-    body = {"id": item.pk, "status": item.status, "moderation": item.moderation, "duplicate": not created}
+    body = {
+        "id": item.pk,
+        "title": item.title,
+        "status": item.status,
+        "moderation": item.moderation,
+        "duplicate": not created,
+    }
     return api.create_response(request, body, status=201 if created else 200)
 
 
@@ -93,6 +103,10 @@ def image_detail(request, image_id: int):
     image = selectors.image_get_public(image_id)
     if image is None:
         raise HttpError(404, "No image with this id.")
+    public = image.status != Image.Status.HIDDEN and image.moderation == Image.Moderation.APPROVED
+    if not public and not request.user.is_staff:
+        # the uploader may follow its status, but a hidden or unapproved item is not shown
+        return {"id": image.pk, "status": image.status, "moderation": image.moderation, "error": image.error}
     return {
         "status": image.status,
         "moderation": image.moderation,
@@ -136,9 +150,11 @@ def _moderation_endpoint(action: str):
         return {"id": image.pk, "status": image.status, "moderation": image.moderation}
 
     moderate.__name__ = f"moderate_{action}"
-    api.post(f"/images/{{image_id}}/{action}", auth=[BearerToken(), django_auth], summary=f"{action.capitalize()} (staff)")(
-        moderate
-    )
+    api.post(
+        f"/images/{{image_id}}/{action}",
+        auth=[BearerToken(), django_auth],
+        summary=f"{action.capitalize()} (staff)",
+    )(moderate)
 
 
 for _action in ("approve", "reject", "hide", "unhide"):

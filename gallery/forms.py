@@ -5,13 +5,17 @@ from .models import ImportJob
 
 class ImportJobForm(forms.Form):
     source_kind = forms.ChoiceField(choices=ImportJob.Source.choices, label="Import from")
-    archive = forms.FileField(required=False, label="ZIP archive", help_text="Streamed to disk; several GB are fine.")
+    archive = forms.FileField(
+        required=False, label="ZIP archive", help_text="Streamed to disk; several GB are fine."
+    )
     path = forms.CharField(
         required=False,
         label="Folder or manifest",
         help_text="Relative to the import root on the server (a folder, or a .csv / .jsonl manifest).",
     )
-    category = forms.CharField(required=False, max_length=100, help_text="Optional: overrides sub-folder names.")
+    category = forms.CharField(
+        required=False, max_length=100, help_text="Optional: overrides sub-folder names."
+    )
 
     def clean(self):
         data = super().clean()

@@ -179,7 +179,9 @@ def _list_manifest(manifest: Path, category: str, limits: Limits) -> list[Entry]
         else:
             entry.error = _classify(PurePosixPath(file).parts)
             if not entry.error and target.stat().st_size > limits.max_file_bytes:
-                entry.error = f"too large ({target.stat().st_size} bytes; the limit is {limits.max_file_bytes})"
+                entry.error = (
+                    f"too large ({target.stat().st_size} bytes; the limit is {limits.max_file_bytes})"
+                )
         entries.append(entry)
     return entries
 

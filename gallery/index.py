@@ -79,7 +79,9 @@ class VectorIndex:
     @classmethod
     def create(cls, model: str, dim: int, *, capacity=MIN_CAPACITY, m=16, ef_construction=200, ef=128):
         hnsw = hnswlib.Index(space="cosine", dim=dim)
-        hnsw.init_index(max_elements=capacity, M=m, ef_construction=ef_construction, allow_replace_deleted=False)
+        hnsw.init_index(
+            max_elements=capacity, M=m, ef_construction=ef_construction, allow_replace_deleted=False
+        )
         return cls(IndexMeta(model=model, dim=dim, capacity=capacity), hnsw, ef)
 
     @classmethod
@@ -192,7 +194,9 @@ def write_lock(directory: Path):
 class IndexReader:
     """Per-process read-only view that picks up newer saved versions without a restart."""
 
-    def __init__(self, directory: Path, ef: int = 128, check_interval: float = 0.0, min_reload_interval: float = 1.0):
+    def __init__(
+        self, directory: Path, ef: int = 128, check_interval: float = 0.0, min_reload_interval: float = 1.0
+    ):
         self.directory = Path(directory)
         self.ef = ef
         self.check_interval = check_interval

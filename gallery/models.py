@@ -31,16 +31,18 @@ class Image(models.Model):
     height = models.PositiveIntegerField()
     byte_size = models.PositiveIntegerField(help_text="Size of the uploaded file in bytes.")
     sha256 = models.CharField(max_length=64, unique=True, help_text="Hash of the uploaded bytes.")
-    status = models.CharField(
-        max_length=12, choices=Status.choices, default=Status.PROCESSING, db_index=True
-    )
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PROCESSING, db_index=True)
     moderation = models.CharField(
         max_length=10, choices=Moderation.choices, default=Moderation.APPROVED, db_index=True
     )
     tags = models.JSONField(default=list, blank=True)
     external_id = models.CharField(max_length=200, null=True, blank=True, unique=True)
     near_duplicate_of = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
         help_text="The most similar existing item when it is above NEAR_DUPLICATE_THRESHOLD.",
     )
     uploaded_by = models.ForeignKey(
@@ -181,7 +183,9 @@ class Report(models.Model):
     reason = models.CharField(max_length=500)
     created_at = models.DateTimeField(auto_now_add=True)
     resolved_at = models.DateTimeField(null=True, blank=True)
-    resolved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
 
     class Meta:
         ordering = ["-created_at"]

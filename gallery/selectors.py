@@ -49,7 +49,9 @@ def visible_images():
     return Image.objects.filter(status=Image.Status.INDEXED, moderation=Image.Moderation.APPROVED)
 
 
-def search_vector(vector: np.ndarray, k: int, *, category: str = "", exclude_id: int | None = None) -> list[SearchHit]:
+def search_vector(
+    vector: np.ndarray, k: int, *, category: str = "", exclude_id: int | None = None
+) -> list[SearchHit]:
     """Nearest visible items. Over-fetches, then keeps only rows the database says are
     indexed, so an item hidden a moment ago never shows even before the index drops it."""
     index = index_reader().get()
@@ -77,14 +79,13 @@ def search_vector(vector: np.ndarray, k: int, *, category: str = "", exclude_id:
 def image_search_by_image(data: bytes, *, k: int = 20, category: str = "") -> SearchResult:
     """Raises `ImageRejected` for bad query files, exactly like an upload."""
     started = time.perf_counter()
-    embedder = get_embedder()
     decoded = decode_image(
         data,
         max_bytes=settings.UPLOAD_MAX_BYTES,
         max_pixels=settings.UPLOAD_MAX_PIXELS,
         draft_size=2 * settings.EMBEDDER_IMAGE_SIZE,
     )
-    vector = embedder.embed([decoded.image])[0]
+    vector = get_embedder().embed([decoded.image])[0]
     hits = search_vector(vector, clamp_k(k), category=category)
     return SearchResult(hits, (time.perf_counter() - started) * 1000)
 
@@ -114,7 +115,11 @@ def image_list(*, category: str = "", page: int | str = 1):
 
 def category_list() -> list[str]:
     return list(
-        visible_images().exclude(category="").order_by("category").values_list("category", flat=True).distinct()
+        visible_images()
+        .exclude(category="")
+        .order_by("category")
+        .values_list("category", flat=True)
+        .distinct()
     )
 
 
@@ -136,11 +141,19 @@ def import_job_progress(job) -> dict:
     failed = counts.get(ImportItem.State.FAILED, 0)
     pending = counts.get(ImportItem.State.PENDING, 0)
     searchable = Image.objects.filter(
-        pk__in=job.items.filter(state=ImportItem.State.IMPORTED).values("image_id"), status=Image.Status.INDEXED
+        pk__in=job.items.filter(state=ImportItem.State.IMPORTED).values("image_id"),
+        status=Image.Status.INDEXED,
     ).count()
     processed = imported + duplicates + failed
-    elapsed = ((job.finished_at or timezone.now()) - job.started_at).total_seconds() if job.started_at else 0.0
-    worked = processed - job.items.filter(state=ImportItem.State.FAILED, image__isnull=True, error__endswith="refused)").count()
+    elapsed = (
+        ((job.finished_at or timezone.now()) - job.started_at).total_seconds() if job.started_at else 0.0
+    )
+    worked = (
+        processed
+        - job.items.filter(
+            state=ImportItem.State.FAILED, image__isnull=True, error__endswith="refused)"
+        ).count()
+    )
     rate = worked / elapsed if elapsed > 0 else 0.0
     return {
         "id": job.pk,
@@ -202,7 +215,9 @@ def near_duplicate_groups(threshold: float, *, neighbours: int = 10, limit: int 
     for start in range(0, len(labels), 2048):
         chunk = labels[start : start + 2048]
         vectors = index.hnsw.get_items(chunk)
-        found, distances = index.hnsw.knn_query(np.asarray(vectors, dtype=np.float32), k=min(neighbours, len(index)))
+        found, distances = index.hnsw.knn_query(
+            np.asarray(vectors, dtype=np.float32), k=min(neighbours, len(index))
+        )
         for label, row, dist in zip(chunk, found, distances):
             for other, d in zip(row, dist):
                 if int(other) != label and 1.0 - d >= threshold:

@@ -57,7 +57,9 @@ def image_create(
     existing = Image.objects.filter(sha256=digest).first()
     if existing:
         return existing, False
-    pre_moderated = settings.MODERATION == "pre" and not trusted and not getattr(uploaded_by, "is_staff", False)
+    pre_moderated = (
+        settings.MODERATION == "pre" and not trusted and not getattr(uploaded_by, "is_staff", False)
+    )
     stored, ext = encode_for_storage(decoded.image)
     thumb = make_thumbnail(decoded.image, settings.THUMBNAIL_SIZE)
     image = Image(
@@ -277,7 +279,9 @@ def images_moderate(image_ids: list[int], action: str, *, actor=None, reason: st
                 to_embed.append(image.pk)
             image.embed_attempts = 0 if image.pk in to_embed else image.embed_attempts
             image.save(update_fields=["moderation", "status", "embed_attempts", "updated_at"])
-            ModerationAction.objects.create(image=image, action=action, reason=reason[:500], actor=_user(actor))
+            ModerationAction.objects.create(
+                image=image, action=action, reason=reason[:500], actor=_user(actor)
+            )
             if action != "unhide":
                 Report.objects.filter(image=image, resolved_at__isnull=True).update(
                     resolved_at=timezone.now(), resolved_by=_user(actor)
@@ -371,7 +375,9 @@ def index_sync(image_ids: list[int] | None = None) -> int:
                 "pk", flat=True
             )
         )
-        candidates = Image.objects.filter(pk__in=processing + list(image_ids or []), moderation=Image.Moderation.APPROVED)
+        candidates = Image.objects.filter(
+            pk__in=processing + list(image_ids or []), moderation=Image.Moderation.APPROVED
+        )
         candidates = candidates.filter(status__in=[Image.Status.PROCESSING, Image.Status.INDEXED])
         ids, vectors = _embeddings_of(candidates, model)
         if ids:
@@ -448,7 +454,9 @@ def _index_rebuild_locked(model: str, dim: int) -> int:
     )
     # Indexed images without an embedding for this model (a new embedder): embed them again.
     missing = list(
-        Image.objects.filter(status=Image.Status.INDEXED).exclude(embeddings__model_name=model).values_list("pk", flat=True)
+        Image.objects.filter(status=Image.Status.INDEXED)
+        .exclude(embeddings__model_name=model)
+        .values_list("pk", flat=True)
     )
     if missing:
         Image.objects.filter(pk__in=missing).update(status=Image.Status.PROCESSING, embed_attempts=0)
@@ -537,9 +545,9 @@ def import_jobs_resume_all() -> int:
 
 def import_job_cancel(job: ImportJob) -> bool:
     return bool(
-        ImportJob.objects.filter(pk=job.pk, state__in=[ImportJob.State.QUEUED, ImportJob.State.RUNNING]).update(
-            state=ImportJob.State.CANCELLED, finished_at=timezone.now()
-        )
+        ImportJob.objects.filter(
+            pk=job.pk, state__in=[ImportJob.State.QUEUED, ImportJob.State.RUNNING]
+        ).update(state=ImportJob.State.CANCELLED, finished_at=timezone.now())
     )
 
 
@@ -560,7 +568,9 @@ def import_job_process(job_id: int, item_ids: list[int], *, embed: bool = True) 
         reader = importing.SourceReader(job.source_kind, job.source_path).__enter__()
     except (OSError, zipfile.BadZipFile) as exc:
         ImportJob.objects.filter(pk=job.pk).update(
-            state=ImportJob.State.FAILED, error=f"The source cannot be read: {exc}", finished_at=timezone.now()
+            state=ImportJob.State.FAILED,
+            error=f"The source cannot be read: {exc}",
+            finished_at=timezone.now(),
         )
         return 0
     try:
@@ -569,12 +579,12 @@ def import_job_process(job_id: int, item_ids: list[int], *, embed: bool = True) 
                 data = reader.read(item.path, settings.UPLOAD_MAX_BYTES)
                 with transaction.atomic():  # the image and its item's state commit together
                     image, created = image_create(
-                    data=data,
-                    title=item.title,
-                    category=item.category,
-                    original_name=item.path,
-                    tags=item.tags,
-                    external_id=item.external_id,
+                        data=data,
+                        title=item.title,
+                        category=item.category,
+                        original_name=item.path,
+                        tags=item.tags,
+                        external_id=item.external_id,
                         uploaded_by=job.started_by,
                         trusted=True,
                         enqueue=False,
@@ -590,7 +600,9 @@ def import_job_process(job_id: int, item_ids: list[int], *, embed: bool = True) 
         reader.__exit__(None, None, None)
     waiting = list(
         Image.objects.filter(
-            pk__in=ImportItem.objects.filter(pk__in=item_ids, state=ImportItem.State.IMPORTED).values("image_id"),
+            pk__in=ImportItem.objects.filter(pk__in=item_ids, state=ImportItem.State.IMPORTED).values(
+                "image_id"
+            ),
             status=Image.Status.PROCESSING,
         ).values_list("pk", flat=True)
     )

@@ -17,7 +17,9 @@ def moderation_queue(request):
     show = request.GET.get("show", "pending")
     if show not in ("pending", "reported", "hidden", "all"):
         show = "pending"
-    page = Paginator(selectors.moderation_queue(show).prefetch_related("reports"), 60).get_page(request.GET.get("page"))
+    page = Paginator(selectors.moderation_queue(show).prefetch_related("reports"), 60).get_page(
+        request.GET.get("page")
+    )
     return render(
         request,
         "gallery/moderation.html",
@@ -36,7 +38,9 @@ def moderation_act(request):
     if action not in services.MODERATION_ACTIONS or not ids:
         messages.error(request, "Choose at least one item and an action.")
     else:
-        count = services.images_moderate(ids, action, actor=request.user, reason=request.POST.get("reason", ""))
+        count = services.images_moderate(
+            ids, action, actor=request.user, reason=request.POST.get("reason", "")
+        )
         messages.success(request, f"{action.capitalize()}: {count} item{'s' if count != 1 else ''}.")
     return redirect(request.POST.get("next") or "gallery:moderation")
 

@@ -16,7 +16,7 @@ def home(request):
         "gallery/home.html",
         {
             "categories": selectors.category_list(),
-            "max_upload_mb": settings.UPLOAD_MAX_BYTES // (1024 * 1024),
+            "max_upload_mb": max(1, settings.UPLOAD_MAX_BYTES // (1024 * 1024)),
             "indexed_count": selectors.visible_images().count(),
         },
     )
@@ -34,10 +34,18 @@ def browse(request):
 
 def item(request, pk: int):
     image = selectors.image_get_public(pk)
-    public = image is not None and image.status != image.Status.HIDDEN and image.moderation == image.Moderation.APPROVED
+    public = (
+        image is not None
+        and image.status != image.Status.HIDDEN
+        and image.moderation == image.Moderation.APPROVED
+    )
     if image is None or not (public or request.user.is_staff):
         raise Http404("No such image.")
-    similar = selectors.image_similar(image, k=settings.SEARCH_DEFAULT_K) if image.status == image.Status.INDEXED else None
+    similar = (
+        selectors.image_similar(image, k=settings.SEARCH_DEFAULT_K)
+        if image.status == image.Status.INDEXED
+        else None
+    )
     return render(request, "gallery/item.html", {"image": image, "similar": similar})
 
 
@@ -45,7 +53,10 @@ def upload(request):
     return render(
         request,
         "gallery/upload.html",
-        {"categories": selectors.category_list(), "max_upload_mb": settings.UPLOAD_MAX_BYTES // (1024 * 1024)},
+        {
+            "categories": selectors.category_list(),
+            "max_upload_mb": max(1, settings.UPLOAD_MAX_BYTES // (1024 * 1024)),
+        },
     )
 
 

@@ -5,6 +5,12 @@ from django.views.static import serve
 
 from gallery.api import api
 
+
+def serve_media(request, path):
+    """MEDIA_ROOT read at request time, not when the URLconf is imported."""
+    return serve(request, path, document_root=settings.MEDIA_ROOT)
+
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", api.urls),
@@ -13,4 +19,4 @@ urlpatterns = [
 
 if settings.SERVE_MEDIA:
     # Stored files are re-encoded by us; SecurityMiddleware adds nosniff to every response.
-    urlpatterns += [re_path(r"^media/(?P<path>.*)$", serve, {"document_root": settings.MEDIA_ROOT})]
+    urlpatterns += [re_path(r"^media/(?P<path>.*)$", serve_media)]

@@ -100,9 +100,28 @@ def start_worker(broker_url: str, session_dirs, log_path: Path, name: str) -> su
     )
     log = open(log_path, "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "searchsite", "worker", "-Q", "embed,index", "--pool", "solo",
-         "-n", f"{name}-{os.getpid()}@%h", "--without-mingle", "--without-gossip", "-l", "INFO"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "searchsite",
+            "worker",
+            "-Q",
+            "embed,index",
+            "--pool",
+            "solo",
+            "-n",
+            f"{name}-{os.getpid()}@%h",
+            "--without-mingle",
+            "--without-gossip",
+            "-l",
+            "INFO",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 90
     while "ready." not in log_path.read_text():

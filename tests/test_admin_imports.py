@@ -21,7 +21,9 @@ def make_zip(count, start=0, extra=None):
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for i in range(start, start + count):
-            zf.writestr(f"{'odd' if i % 2 else 'even'}/item-{i}.jpg", make_image_bytes(1000 + i, size=(96, 72)))
+            zf.writestr(
+                f"{'odd' if i % 2 else 'even'}/item-{i}.jpg", make_image_bytes(1000 + i, size=(96, 72))
+            )
         for name, data in (extra or {}).items():
             zf.writestr(name, data)
     buf.seek(0)
@@ -63,7 +65,12 @@ def test_admin_zip_import_reports_progress_and_refusals(pipeline, staff_client, 
             break
         assert time.monotonic() < deadline, progress
         time.sleep(0.5)
-    assert (progress["imported"], progress["failed"], progress["duplicates"], progress["percent"]) == (6, 2, 0, 100.0)
+    assert (progress["imported"], progress["failed"], progress["duplicates"], progress["percent"]) == (
+        6,
+        2,
+        0,
+        100.0,
+    )
     page = staff_client.get(reverse("admin:gallery_importjob_change", args=[job.pk])).content.decode()
     assert "unsafe path" in page and "readme.txt" in page and 'id="import-bar"' in page
     assert set(Image.objects.values_list("category", flat=True)) == {"odd", "even"}
@@ -76,9 +83,13 @@ def test_admin_zip_import_reports_progress_and_refusals(pipeline, staff_client, 
 def test_folder_import_must_stay_under_the_import_root(staff_client, settings, tmp_path):
     settings.IMPORT_ROOT = tmp_path / "root"
     (tmp_path / "root" / "cat").mkdir(parents=True)
-    response = staff_client.post(reverse("admin:gallery_importjob_add"), {"source_kind": "folder", "path": "../"})
+    response = staff_client.post(
+        reverse("admin:gallery_importjob_add"), {"source_kind": "folder", "path": "../"}
+    )
     assert "outside the import root" in response.content.decode()
-    response = staff_client.post(reverse("admin:gallery_importjob_add"), {"source_kind": "folder", "path": "cat"})
+    response = staff_client.post(
+        reverse("admin:gallery_importjob_add"), {"source_kind": "folder", "path": "cat"}
+    )
     assert response.status_code == 302 and ImportJob.objects.count() == 1
 
 
@@ -103,7 +114,9 @@ def test_cancel_stops_a_job(staff_client, tmp_path, django_capture_on_commit_cal
     assert Image.objects.count() == 0
 
 
-def test_job_survives_a_killed_worker_and_a_lost_queue(transactional_db, redis_url, session_dirs, clean_index, tmp_path):
+def test_job_survives_a_killed_worker_and_a_lost_queue(
+    transactional_db, redis_url, session_dirs, clean_index, tmp_path
+):
     """A real worker is killed (SIGKILL) mid-job and the queue is wiped, as after a Redis
     restart; a new worker resumes the job: every file imported once, all searchable."""
     url = redis_url.rsplit("/", 1)[0] + "/13"
@@ -112,7 +125,9 @@ def test_job_survives_a_killed_worker_and_a_lost_queue(transactional_db, redis_u
     (tmp_path / "cat").mkdir()
     for i in range(160):
         (tmp_path / "cat" / f"{i}.jpg").write_bytes(make_image_bytes(2000 + i, size=(96, 72)))
-    job = services.import_job_create(kind="folder", path=tmp_path / "cat")  # not dispatched: the worker resumes it
+    job = services.import_job_create(
+        kind="folder", path=tmp_path / "cat"
+    )  # not dispatched: the worker resumes it
     first = start_worker(url, session_dirs, tmp_path / "w1.log", "killed")
     try:
         wait_job(job, lambda j: j.items.exclude(state="pending").count() >= 40, timeout=120)

@@ -19,7 +19,9 @@ def upload_file(data, name="photo.jpg"):
 def indexed(clean_index):
     """Five items indexed in-process (the worker path is covered by test_pipeline)."""
     images = [
-        services.image_create(data=make_image_bytes(seed), title=f"item {seed}", category="odd" if seed % 2 else "even")[0]
+        services.image_create(
+            data=make_image_bytes(seed), title=f"item {seed}", category="odd" if seed % 2 else "even"
+        )[0]
         for seed in range(5)
     ]
     services.images_embed([im.pk for im in images])
@@ -28,7 +30,9 @@ def indexed(clean_index):
 
 
 def test_create_then_get_status(client):
-    response = client.post("/api/images", {"image": upload_file(make_image_bytes(1)), "title": "One", "category": "c"})
+    response = client.post(
+        "/api/images", {"image": upload_file(make_image_bytes(1)), "title": "One", "category": "c"}
+    )
     assert response.status_code == 201
     body = response.json()
     assert body["status"] == "processing" and body["duplicate"] is False

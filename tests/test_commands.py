@@ -84,10 +84,15 @@ def test_rebuild_index_command(pipeline, tmp_path, clean_index):
 def test_manifest_import_and_known_external_id_updates_metadata(tmp_path):
     (tmp_path / "a.jpg").write_bytes(make_image_bytes(11))
     manifest = tmp_path / "list.csv"
-    manifest.write_text("file,title,category,tags,external_id\na.jpg,Red bag,bags,\"red,leather\",SKU-9\n")
+    manifest.write_text('file,title,category,tags,external_id\na.jpg,Red bag,bags,"red,leather",SKU-9\n')
     out, _ = run(str(manifest), "--no-wait")
     image = Image.objects.get()
-    assert (image.title, image.category, image.tags, image.external_id) == ("Red bag", "bags", ["red", "leather"], "SKU-9")
+    assert (image.title, image.category, image.tags, image.external_id) == (
+        "Red bag",
+        "bags",
+        ["red", "leather"],
+        "SKU-9",
+    )
     manifest.write_text("file,title,category,tags,external_id\na.jpg,Crimson bag,handbags,sale,SKU-9\n")
     out, _ = run(str(manifest), "--no-wait")
     image.refresh_from_db()

@@ -88,13 +88,19 @@ def test_manifests_csv_and_jsonl(tmp_path):
     csv_path = sub / "list.csv"
     csv_path.write_text(
         "file,title,category,tags,external_id\n"
-        "real.jpg,Real one,shoes,\"red, leather\",SKU-1\n"
+        'real.jpg,Real one,shoes,"red, leather",SKU-1\n'
         "../outside.jpg,Out,x,,\n"
         "missing.jpg,Missing,x,,\n"
     )
     entries = list_entries("manifest", csv_path, limits=LIMITS)
     ok = entries[0]
-    assert (ok.title, ok.category, ok.tags, ok.external_id, ok.error) == ("Real one", "shoes", ["red", "leather"], "SKU-1", "")
+    assert (ok.title, ok.category, ok.tags, ok.external_id, ok.error) == (
+        "Real one",
+        "shoes",
+        ["red", "leather"],
+        "SKU-1",
+        "",
+    )
     assert "unsafe path" in entries[1].error and entries[2].error == "file not found"
     jsonl = sub / "list.jsonl"
     jsonl.write_text(json.dumps({"file": "real.jpg", "tags": ["a"], "external_id": 7}) + "\n\n")

@@ -19,7 +19,9 @@ pytestmark = pytest.mark.django_db
 
 
 def api_upload(client, seed, **fields):
-    return client.post("/api/images", {"image": SimpleUploadedFile(f"{seed}.jpg", make_image_bytes(seed)), **fields})
+    return client.post(
+        "/api/images", {"image": SimpleUploadedFile(f"{seed}.jpg", make_image_bytes(seed)), **fields}
+    )
 
 
 def search_ids(client, seed):
@@ -74,7 +76,9 @@ def test_post_moderation_hide_is_immediate_and_unhide_restores(client, token, cl
     client.post(f"/api/images/{ids[0]}/unhide", HTTP_AUTHORIZATION=f"Bearer {token}")
     process(ids[0])
     assert search_ids(client, 3)[0] == ids[0]
-    log = list(ModerationAction.objects.filter(image_id=ids[0]).values_list("action", "reason", "actor__username"))
+    log = list(
+        ModerationAction.objects.filter(image_id=ids[0]).values_list("action", "reason", "actor__username")
+    )
     assert log == [("unhide", "", "mod"), ("hide", "spam", "mod")]
 
 
@@ -124,7 +128,9 @@ def test_reports_land_in_the_queue_and_bulk_actions_resolve_them(staff, clean_in
     process(*ids)
     page = visitor.get(f"/items/{ids[0]}/").content.decode()
     csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
-    visitor.post(reverse("gallery:report", args=[ids[0]]), {"reason": "offensive", "csrfmiddlewaretoken": csrf})
+    visitor.post(
+        reverse("gallery:report", args=[ids[0]]), {"reason": "offensive", "csrfmiddlewaretoken": csrf}
+    )
     assert visitor.post(f"/api/images/{ids[1]}/report", {"reason": ""}).status_code == 400
     assert Report.objects.filter(image_id=ids[0], resolved_at__isnull=True).count() == 1
     moderator = Client(enforce_csrf_checks=True)
@@ -169,3 +175,12 @@ def test_hidden_item_leaves_search_within_a_second_on_the_real_worker(pipeline, 
     assert ids[0] not in search_ids(client, 11)
     assert time.monotonic() - started < 1.0
     assert client.get(f"/api/images/{ids[1]}/similar").json()["results"] == []
+
+
+def test_status_of_unpublished_items_hides_their_content(client, staff, settings):
+    settings.MODERATION = "pre"
+    image_id = api_upload(client, 13, title="secret").json()["id"]
+    body = client.get(f"/api/images/{image_id}").json()
+    assert body == {"id": image_id, "status": "processing", "moderation": "pending", "error": ""}
+    client.force_login(staff)
+    assert client.get(f"/api/images/{image_id}").json()["title"] == "secret"

@@ -16,7 +16,10 @@ def upload(client, seed, **fields):
 
 def test_uploaded_images_become_searchable(pipeline):
     client = Client()
-    ids = [upload(client, seed, title=f"pic {seed}", category="odd" if seed % 2 else "even").json()["id"] for seed in range(6)]
+    ids = [
+        upload(client, seed, title=f"pic {seed}", category="odd" if seed % 2 else "even").json()["id"]
+        for seed in range(6)
+    ]
     wait_for_status(ids)
     from django.core.files.uploadedfile import SimpleUploadedFile
 

@@ -29,11 +29,22 @@ def start_app(tmp_path, extra_env):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "CELERY_", "REDIS_URL"))}
     env.update(VAR_DIR=str(tmp_path / "var"), REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", **extra_env)
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     log = open(tmp_path / "runapp.log", "w")
-    proc = subprocess.Popen([sys.executable, "manage.py", "runapp", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "runapp", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -57,7 +68,9 @@ def stop_app(proc, tmp_path, sig=signal.SIGINT):
 
 def upload_and_wait(base):
     data = make_image_bytes(77)
-    created = requests.post(base + "/api/images", files={"image": ("x.jpg", data)}, data={"title": "x"}, timeout=30)
+    created = requests.post(
+        base + "/api/images", files={"image": ("x.jpg", data)}, data={"title": "x"}, timeout=30
+    )
     assert created.status_code == 201, created.text
     image_id = created.json()["id"]
     deadline = time.monotonic() + 120

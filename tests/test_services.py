@@ -25,7 +25,9 @@ def index_now(*images):
 def test_create_stores_reencoded_copy_thumbnail_and_metadata(settings, django_capture_on_commit_callbacks):
     data = make_image_bytes(1, "PNG")
     with django_capture_on_commit_callbacks() as callbacks:
-        image, created = services.image_create(data=data, title="  Red  shoe ", category="shoes", original_name="x/red.png")
+        image, created = services.image_create(
+            data=data, title="  Red  shoe ", category="shoes", original_name="x/red.png"
+        )
     assert created and len(callbacks) == 1  # embedding queued only after commit
     assert image.status == Image.Status.PROCESSING
     assert (image.title, image.category, image.original_format) == ("Red shoe", "shoes", "PNG")
@@ -129,8 +131,13 @@ def test_unreadable_stored_file_fails_with_reason():
 
 def test_gives_up_after_max_attempts(settings):
     image, _ = services.image_create(data=make_image_bytes(41))
-    Image.objects.filter(pk=image.pk).update(embed_attempts=settings.EMBED_MAX_ATTEMPTS, error="Embedding failed: boom")
+    Image.objects.filter(pk=image.pk).update(
+        embed_attempts=settings.EMBED_MAX_ATTEMPTS, error="Embedding failed: boom"
+    )
     services.images_embed([image.pk])
     image.refresh_from_db()
     assert image.status == Image.Status.FAILED
-    assert image.error.startswith(f"Gave up after {settings.EMBED_MAX_ATTEMPTS} attempts") and "boom" in image.error
+    assert (
+        image.error.startswith(f"Gave up after {settings.EMBED_MAX_ATTEMPTS} attempts")
+        and "boom" in image.error
+    )

@@ -45,7 +45,9 @@ def test_stale_tasks_do_not_bring_a_hidden_item_back(pipeline, clean_index):
 def test_lost_tasks_are_queued_again(pipeline):
     images = [services.image_create(data=make_image_bytes(seed), enqueue=False)[0] for seed in (103, 104)]
     time.sleep(1)
-    assert set(Image.objects.filter(pk__in=[i.pk for i in images]).values_list("status", flat=True)) == {"processing"}
+    assert set(Image.objects.filter(pk__in=[i.pk for i in images]).values_list("status", flat=True)) == {
+        "processing"
+    }
     assert services.images_enqueue_pending() == 2
     wait_for_status([i.pk for i in images])
 

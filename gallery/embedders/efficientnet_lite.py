@@ -31,7 +31,9 @@ def load_lite0_weights(model: torch.nn.Module, path=None) -> None:
     paired = {}
     for (name, tensor), (src_name, src_tensor) in zip(target.items(), source.items()):
         if tensor.shape != src_tensor.shape:
-            raise ValueError(f"{path}: {src_name} {tuple(src_tensor.shape)} does not fit {name} {tuple(tensor.shape)}")
+            raise ValueError(
+                f"{path}: {src_name} {tuple(src_tensor.shape)} does not fit {name} {tuple(tensor.shape)}"
+            )
         paired[name] = src_tensor
     model.load_state_dict(paired)
 

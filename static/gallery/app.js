@@ -443,9 +443,10 @@
     function showDetails(card, item) {
       card.dataset.id = String(item.id);
       card.dataset.moderation = item.moderation || "approved";
-      const name = item.title || `Image ${item.id}`;
       const titleBox = $(".upload-title", card);
-      const viewable = isPublic(item) || item.status === "processing" || item.status === "failed";
+      // Items that are not public yet come back without their details: keep what we know.
+      const name = item.title || titleBox.textContent || `Image ${item.id}`;
+      const viewable = Boolean(item.url) && (isPublic(item) || item.status === "processing" || item.status === "failed");
       titleBox.replaceWith(
         viewable ? el("a", { class: "upload-title", href: item.url }, name) : el("span", { class: "upload-title" }, name),
       );
@@ -498,7 +499,7 @@
         setTimeout(() => follow(card, id, failures + 1), POLL_MS * 2);
         return;
       }
-      const name = `“${item.title || `Image ${item.id}`}”`;
+      const name = `“${item.title || $(".upload-title", card).textContent || `Image ${item.id}`}”`;
       const previous = card.dataset.status;
       const moderation = item.moderation || "approved";
       showDetails(card, item);
@@ -535,6 +536,7 @@
       try {
         const { body } = await requestJSON(form.action, { method: "POST", body: data });
         card.dataset.id = String(body.id);
+        if (body.title) $(".upload-title", card).textContent = body.title;
         if (body.duplicate) {
           card.dataset.duplicate = "true";
           const dup = $(".upload-duplicate", card);

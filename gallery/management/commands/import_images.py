@@ -24,16 +24,24 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("path")
-        parser.add_argument("--category", default="", help="Category for every image (overrides folder names).")
-        parser.add_argument("--no-wait", action="store_true", help="Return once stored, before indexing ends.")
-        parser.add_argument("--timeout", type=float, default=0, help="Give up waiting after this many seconds.")
+        parser.add_argument(
+            "--category", default="", help="Category for every image (overrides folder names)."
+        )
+        parser.add_argument(
+            "--no-wait", action="store_true", help="Return once stored, before indexing ends."
+        )
+        parser.add_argument(
+            "--timeout", type=float, default=0, help="Give up waiting after this many seconds."
+        )
 
     def handle(self, path, category, no_wait, timeout, **options):
         source = Path(path).expanduser()
         if not source.exists():
             raise CommandError(f"{source} does not exist.")
         try:
-            job = services.import_job_create(kind=guess_kind(source), path=source.resolve(), category=category)
+            job = services.import_job_create(
+                kind=guess_kind(source), path=source.resolve(), category=category
+            )
         except SourceError as exc:
             raise CommandError(str(exc)) from exc
         show = options["verbosity"] > 0

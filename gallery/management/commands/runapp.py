@@ -55,15 +55,23 @@ class Command(BaseCommand):
         try:
             self.start(
                 "web",
-                [str(bindir / "gunicorn"), "-c", str(Path(settings.BASE_DIR) / "searchsite" / "gunicorn.conf.py"),
-                 "--bind", f"{host}:{port}", "searchsite.wsgi"],
+                [
+                    str(bindir / "gunicorn"),
+                    "-c",
+                    str(Path(settings.BASE_DIR) / "searchsite" / "gunicorn.conf.py"),
+                    "--bind",
+                    f"{host}:{port}",
+                    "searchsite.wsgi",
+                ],
                 web_env,
             )
             beat = ["-B", "-s", str(Path(settings.VAR_DIR) / "celerybeat-schedule")]
             self.start("embed-worker", celery + ["-Q", "embed", "-c", "1", "-n", "embed@%h", *beat], env)
             # The index has a single writer: its own queue, one process.
             self.start("index-worker", celery + ["-Q", "index", "-c", "1", "-n", "index@%h"], env)
-            self.stdout.write(self.style.SUCCESS(f"Search by image: http://{host}:{port}/  (Ctrl-C stops everything)"))
+            self.stdout.write(
+                self.style.SUCCESS(f"Search by image: http://{host}:{port}/  (Ctrl-C stops everything)")
+            )
             self.wait()
         except KeyboardInterrupt:
             pass
@@ -88,8 +96,19 @@ class Command(BaseCommand):
             data_dir.mkdir(parents=True, exist_ok=True)
             self.start(
                 "redis",
-                [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-                 "--dir", str(data_dir)],
+                [
+                    server,
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(data_dir),
+                ],
                 env,
                 quiet=True,
             )
