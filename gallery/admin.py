@@ -142,7 +142,6 @@ class ImportJobAdmin(admin.ModelAdmin):
 
     def progress_json(self, request, pk):
         job = get_object_or_404(ImportJob, pk=pk)
-        services.import_job_resume_stalled(job)  # a job whose tasks were lost picks up again
         return JsonResponse(selectors.import_job_progress(job))
 
     def cancel_view(self, request, pk):

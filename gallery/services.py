@@ -174,10 +174,11 @@ def recover_lost_work(stale_after_seconds: int = 600) -> dict:
     return {"jobs": resumed, "images": len(stale)}
 
 
-def images_embed(image_ids: list[int]) -> int:
+def images_embed(image_ids: list[int], *, note_near_duplicates: bool = True) -> int:
     """Compute and store embeddings for the given images that still need one, then queue an
     index update. Idempotent; counts attempts so that a task that keeps crashing its worker
-    gives up with the error recorded."""
+    gives up with the error recorded. Bulk imports skip the near-duplicate note (staff see
+    near-duplicate groups instead), so the embed worker does not reload the index per batch."""
     embedder = get_embedder()
     Image.objects.filter(pk__in=image_ids, status=Image.Status.PROCESSING).update(
         embed_attempts=F("embed_attempts") + 1
@@ -203,7 +204,8 @@ def images_embed(image_ids: list[int]) -> int:
             images_mark_failed([image.pk], f"The stored file cannot be read: {exc}")
     if ready:
         vectors = embedder.embed_gallery(pictures)
-        _note_near_duplicates(ready, vectors)
+        if note_near_duplicates:
+            _note_near_duplicates(ready, vectors)
         with transaction.atomic():
             Embedding.objects.bulk_create(
                 [
@@ -527,13 +529,29 @@ def import_job_start(job: ImportJob) -> None:
 
 
 def import_job_resume_stalled(job: ImportJob) -> bool:
-    """An active job with no progress for IMPORT_STALL_SECONDS lost its tasks (a Redis or
-    worker restart): queue its pending items again."""
+    """An active job lost its tasks (a Redis or worker restart) when nothing waits in the
+    embed queue and none of its batches finished for IMPORT_STALL_SECONDS: queue its pending
+    items again. A job merely waiting behind other work is left alone."""
     stalled_since = timezone.now() - timezone.timedelta(seconds=settings.IMPORT_STALL_SECONDS)
-    if job.is_active and job.updated_at < stalled_since:
+    if job.is_active and job.updated_at < stalled_since and not _queue_has_work("embed"):
         import_job_start(job)
         return True
     return False
+
+
+def _queue_has_work(queue: str, broker_url: str | None = None) -> bool:
+    """Messages waiting in a broker queue (True when the broker cannot be asked)."""
+    from amqp.exceptions import ChannelError
+
+    from searchsite.celery import app
+
+    try:
+        with app.connection_for_write(broker_url) as conn, conn.channel() as channel:
+            return channel.queue_declare(queue=queue, passive=True).message_count > 0
+    except ChannelError:  # no such queue: Redis drops an empty list
+        return False
+    except Exception:
+        return True
 
 
 def import_jobs_resume_all() -> int:
@@ -607,7 +625,10 @@ def import_job_process(job_id: int, item_ids: list[int], *, embed: bool = True) 
         ).values_list("pk", flat=True)
     )
     if waiting:
-        images_embed(waiting) if embed else enqueue_embedding(waiting)
+        if embed:
+            images_embed(waiting, note_near_duplicates=False)
+        else:
+            enqueue_embedding(waiting)
     ImportJob.objects.filter(pk=job.pk).update(updated_at=timezone.now())
     import_job_finish_if_done(job.pk)
     return done

@@ -96,3 +96,19 @@ def test_recover_lost_work_requeues_stale_images_and_stalled_jobs(pipeline, tmp_
     while ImportJob.objects.get(pk=job.pk).state != "done":
         assert time.monotonic() < deadline
         time.sleep(0.3)
+
+
+def test_stall_check_sees_messages_waiting_in_the_queue(redis_url):
+    """A job waiting behind queued work is not stalled: the check looks at the queue."""
+    import redis as redis_client
+
+    from searchsite.celery import app
+
+    url = redis_url.rsplit("/", 1)[0] + "/12"  # a broker database no worker consumes
+    redis_client.Redis.from_url(url).flushdb()
+    assert services._queue_has_work("embed", url) is False
+    with app.connection_for_write(url) as conn:
+        conn.SimpleQueue("embed").put({"waiting": True})
+    assert services._queue_has_work("embed", url) is True
+    assert services._queue_has_work("embed", "redis://127.0.0.1:1/0") is True  # cannot ask: assume busy
+    redis_client.Redis.from_url(url).flushdb()
