@@ -3,23 +3,27 @@
 `get_embedder()` returns the configured embedder, loaded once per process under a lock."""
 
 import threading
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 
-from .base import Embedder
+from .catalog import LITE0_DIM, TORCHVISION_BACKBONES, lite0_model_name
+
+if TYPE_CHECKING:  # torch is imported only by processes that embed
+    from .base import Embedder
 
 _lock = threading.Lock()
-_cache: dict[str, Embedder] = {}
+_cache: dict[str, "Embedder"] = {}
 
 
-def build_embedder(name: str) -> Embedder:
+def build_embedder(name: str) -> "Embedder":
     if name == "efficientnet_lite0":
         from .efficientnet_lite import EfficientNetLiteEmbedder
 
         return EfficientNetLiteEmbedder(image_size=settings.EMBEDDER_IMAGE_SIZE)
-    from .torchvision_backbones import BACKBONES, TorchvisionEmbedder
+    from .torchvision_backbones import TorchvisionEmbedder
 
-    if name in BACKBONES:
+    if name in TORCHVISION_BACKBONES:
         return TorchvisionEmbedder(name, weights_dir=settings.EMBEDDER_WEIGHTS_DIR)
     raise ValueError(f"Unknown embedder {name!r}")
 
@@ -29,17 +33,13 @@ def embedder_identity(name: str | None = None) -> tuple[str, int]:
     only these, and should not hold a copy of the network in memory."""
     name = name or settings.EMBEDDER
     if name == "efficientnet_lite0":
-        from .efficientnet_lite import EfficientNetLiteEmbedder
-
-        return EfficientNetLiteEmbedder.model_name(settings.EMBEDDER_IMAGE_SIZE), EfficientNetLiteEmbedder.dim
-    from .torchvision_backbones import BACKBONES
-
-    if name in BACKBONES:
-        return f"{name}-avg", BACKBONES[name][1]
+        return lite0_model_name(settings.EMBEDDER_IMAGE_SIZE), LITE0_DIM
+    if name in TORCHVISION_BACKBONES:
+        return f"{name}-avg", TORCHVISION_BACKBONES[name][1]
     raise ValueError(f"Unknown embedder {name!r}")
 
 
-def get_embedder(name: str | None = None) -> Embedder:
+def get_embedder(name: str | None = None) -> "Embedder":
     name = name or settings.EMBEDDER
     with _lock:
         if name not in _cache:
@@ -47,4 +47,4 @@ def get_embedder(name: str | None = None) -> Embedder:
         return _cache[name]
 
 
-__all__ = ["Embedder", "build_embedder", "embedder_identity", "get_embedder"]
+__all__ = ["build_embedder", "embedder_identity", "get_embedder"]

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .base import TorchEmbedder
+from .catalog import LITE0_DIM, LITE0_MID_STAGE, lite0_model_name
 from .torchvision_backbones import gem
 
 
@@ -41,11 +42,11 @@ def load_lite0_weights(model: torch.nn.Module, path=None) -> None:
 class EfficientNetLiteEmbedder(TorchEmbedder):
     mean = (0.5, 0.5, 0.5)
     std = (0.5, 0.5, 0.5)
-    mid_stage = 5
+    mid_stage = LITE0_MID_STAGE
     final_weight = 0.5
     gallery_crop = 0.85
     blur_radius = 1.0
-    dim = 1280 + 192
+    dim = LITE0_DIM
 
     def __init__(self, image_size: int = 128, weights_path=None):
         self.image_size = image_size
@@ -55,7 +56,7 @@ class EfficientNetLiteEmbedder(TorchEmbedder):
 
     @classmethod
     def model_name(cls, image_size: int) -> str:
-        return f"efficientnet_lite0-ms{cls.mid_stage}-{image_size}"
+        return lite0_model_name(image_size)
 
     def build_model(self) -> torch.nn.Module:
         import timm

@@ -10,15 +10,7 @@ import torch
 import torchvision
 
 from .base import TorchEmbedder
-
-# name -> (torchvision builder, feature dimension)
-BACKBONES = {
-    "resnet18": ("resnet18", 512),
-    "resnet50": ("resnet50", 2048),
-    "vgg16": ("vgg16", 512),
-    "mobilenet_v3_large": ("mobilenet_v3_large", 960),
-    "efficientnet_b0": ("efficientnet_b0", 1280),
-}
+from .catalog import TORCHVISION_BACKBONES as BACKBONES
 
 
 class WeightsNotFound(FileNotFoundError):
