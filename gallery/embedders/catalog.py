@@ -15,4 +15,4 @@ LITE0_DIM = 1280 + 192  # last feature map + stage-5 output
 
 
 def lite0_model_name(image_size: int) -> str:
-    return f"efficientnet_lite0-ms{LITE0_MID_STAGE}-{image_size}"
+    return f"efficientnet_lite0-ms{LITE0_MID_STAGE}-3view-{image_size}"
