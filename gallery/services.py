@@ -367,6 +367,9 @@ def index_sync(image_ids: list[int] | None = None) -> int:
     With no usable index on disk, rebuild it from the database instead."""
     model, dim = embedder_identity()
     directory = Path(settings.INDEX_DIR)
+    waiting = Image.objects.filter(status=Image.Status.PROCESSING, embeddings__model_name=model)
+    if not image_ids and IndexMeta.read(directory) is not None and not waiting.exists():
+        return 0  # a duplicate update: an earlier one took everything
     _pace_large_saves()
     with write_lock(directory):
         index = _writer_index(model, dim)
