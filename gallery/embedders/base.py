@@ -1,5 +1,7 @@
 """The interface every embedder implements, and the shared torch plumbing."""
 
+import abc
+
 import numpy as np
 import torch
 from django.conf import settings
@@ -8,14 +10,15 @@ from PIL import Image, ImageFilter
 from ..imaging import flatten
 
 
-class Embedder:
+class Embedder(abc.ABC):
     """Maps images to L2-normalised float32 vectors; cosine similarity = dot product."""
 
     name: str
     dim: int
 
+    @abc.abstractmethod
     def embed(self, images: list[Image.Image]) -> np.ndarray:
-        raise NotImplementedError
+        """One vector per image, for queries."""
 
     def embed_gallery(self, images: list[Image.Image]) -> np.ndarray:
         """Vectors for gallery items (may differ from query vectors, e.g. by augmentation)."""
@@ -37,8 +40,9 @@ class TorchEmbedder(Embedder):
         self._mean = np.asarray(self.mean, dtype=np.float32)
         self._std = np.asarray(self.std, dtype=np.float32)
 
+    @abc.abstractmethod
     def build_model(self) -> torch.nn.Module:
-        raise NotImplementedError
+        """The network, with its weights loaded."""
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
