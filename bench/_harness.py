@@ -35,6 +35,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = PROJECT_ROOT / "bench"
 RESULTS_FILE = BENCH_DIR / "results.jsonl"
 DEFAULT_DATASETS = PROJECT_ROOT.parent / "shared" / "datasets"
+if str(PROJECT_ROOT) not in sys.path:  # benches import shared helpers from the project
+    sys.path.insert(0, str(PROJECT_ROOT))
 DEFAULT_REDIS = "redis://127.0.0.1:6379"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 

@@ -26,64 +26,15 @@ from collections import defaultdict
 from pathlib import PurePosixPath
 
 import _harness as h
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image
 
 DATASET = "fashion-products-6k.zip"
 TARGET_R1, TARGET_R10 = 0.95, 0.99
 
 
-# --- edits ---------------------------------------------------------------------------------------
+# --- edits: shared with `evaluate_model --protocol neardup` ------------------------------------
 
-
-def resize2x(im):
-    return im.resize((im.width * 2, im.height * 2), Image.Resampling.BICUBIC)
-
-
-def crop85(im):
-    w, h = round(im.width * 0.85), round(im.height * 0.85)
-    left, top = (im.width - w) // 2, (im.height - h) // 2
-    return im.crop((left, top, left + w, top + h))
-
-
-def bright20(im):
-    return ImageEnhance.Brightness(im).enhance(1.2)
-
-
-def mirror(im):
-    return ImageOps.mirror(im)
-
-
-STEPS = {"resize": resize2x, "crop": crop85, "bright": bright20, "mirror": mirror}
-# Each kind: geometric/colour steps in order, then whether it is re-compressed as JPEG q40.
-EDIT_KINDS = [
-    "resize",
-    "jpeg",
-    "crop",
-    "bright",
-    "mirror",
-    "crop+jpeg",
-    "resize+bright+jpeg",
-    "mirror+crop",
-    "mirror+crop+bright+jpeg",
-    "resize+crop+mirror",
-]
-
-
-def apply_edit(data: bytes, kind: str) -> tuple[bytes, str]:
-    """Returns (encoded bytes, file name extension)."""
-    with Image.open(io.BytesIO(data)) as src:
-        im = src.convert("RGB")
-    steps = kind.split("+")
-    for step in steps:
-        if step != "jpeg":
-            im = STEPS[step](im)
-    buf = io.BytesIO()
-    if "jpeg" in steps:
-        im.save(buf, "JPEG", quality=40)
-        return buf.getvalue(), "jpg"
-    im.save(buf, "PNG")
-    return buf.getvalue(), "png"
-
+from gallery.learning.edits import EDIT_KINDS, apply_edit  # noqa: E402
 
 # --- catalogue -----------------------------------------------------------------------------------
 

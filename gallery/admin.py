@@ -1,6 +1,10 @@
+from pathlib import Path
+
 from django.conf import settings
 from django.contrib import admin, messages
-from django.http import JsonResponse
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -8,9 +12,18 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from . import selectors, services
-from .forms import ImportJobForm
+from .forms import ImportJobForm, ModelEvaluateForm, ModelTrainingForm
 from .importing import SourceError
-from .models import ApiToken, Embedding, Image, ImportItem, ImportJob, ModerationAction, Report
+from .models import (
+    ApiToken,
+    Embedding,
+    Image,
+    ImportItem,
+    ImportJob,
+    ModelVersion,
+    ModerationAction,
+    Report,
+)
 
 
 @admin.register(Image)
@@ -187,3 +200,195 @@ class ReportAdmin(admin.ModelAdmin):
 class ApiTokenAdmin(admin.ModelAdmin):
     list_display = ("name", "user", "created_at")
     readonly_fields = ("key",)
+
+
+# --- embedding models: display helpers (presentation only; the work is in services) --------
+
+
+def _evaluations_summary(version: ModelVersion) -> dict:
+    out = {}
+    for protocol, figures in (version.evaluations or {}).items():
+        summary = {k: v for k, v in figures.items() if k not in ("confusion", "confusion_png")}
+        summary["rows"] = selectors.model_evaluation_rows(figures)
+        summary["confusion_url"] = (
+            reverse("admin:gallery_modelversion_confusion", args=[version.pk, protocol])
+            if figures.get("confusion_png")
+            else None
+        )
+        out[protocol] = summary
+    return out
+
+
+def _model_status(version: ModelVersion) -> dict:
+    """What the progress page shows and polls."""
+    return {
+        "name": version.name,
+        "state": version.state,
+        "is_active": version.is_active,
+        "cancel_requested": version.cancel_requested,
+        "progress": version.progress,
+        "percent": selectors.model_training_percent(version),
+        "activation": version.activation,
+        "activation_progress": version.activation_progress,
+        "activation_percent": selectors.model_activation_percent(version),
+        "metrics": version.metrics,
+        "evaluations": _evaluations_summary(version),
+        "error": version.error,
+        "log": version.log,
+        "has_loss_chart": (version.workdir / "loss.png").is_file(),
+    }
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(admin.ModelAdmin):
+    """Embedding models: the add page starts a training run, the change page is its live
+    progress, results and the buttons that act on it (all through `services`)."""
+
+    list_display = ("name", "kind", "state", "summary", "bits", "active", "created_at")
+    list_filter = ("state", "kind", "is_active")
+    search_fields = ("name",)
+
+    @admin.display(description="progress / result")
+    def summary(self, obj):
+        return selectors.model_version_headline(obj)
+
+    @admin.display(description="active", boolean=True, ordering="is_active")
+    def active(self, obj):
+        return obj.is_active
+
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        name = "gallery_modelversion_"
+        return [
+            path("<int:pk>/progress.json", wrap(self.progress_json), name=name + "progress"),
+            path("<int:pk>/loss.png", wrap(self.loss_png), name=name + "loss"),
+            path("<int:pk>/confusion/<str:protocol>.png", wrap(self.confusion_png), name=name + "confusion"),
+            path("<int:pk>/cancel/", wrap(require_POST(self.cancel_view)), name=name + "cancel"),
+            path("<int:pk>/resume/", wrap(require_POST(self.resume_view)), name=name + "resume"),
+            path("<int:pk>/activate/", wrap(require_POST(self.activate_view)), name=name + "activate"),
+            path("<int:pk>/evaluate/", wrap(require_POST(self.evaluate_view)), name=name + "evaluate"),
+        ] + super().get_urls()
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # no service removes a version's vectors, index and files
+
+    def changelist_view(self, request, extra_context=None):
+        services.model_version_default()
+        return super().changelist_view(request, extra_context)
+
+    def _get(self, request, pk, *, change=False) -> ModelVersion:
+        version = get_object_or_404(ModelVersion, pk=pk)
+        allowed = (
+            self.has_change_permission(request, version)
+            if change
+            else self.has_view_or_change_permission(request, version)
+        )
+        if not allowed:
+            raise PermissionDenied
+        return version
+
+    def _back(self, pk):
+        return redirect(reverse("admin:gallery_modelversion_change", args=[pk]))
+
+    def add_view(self, request, form_url="", extra_context=None):
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = ModelTrainingForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                version = services.model_version_create(**form.service_kwargs(), created_by=request.user)
+            except ValueError as exc:
+                form.add_error(None, str(exc))
+            else:
+                return self._back(version.pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Train a model",
+            "form": form,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/gallery/modelversion/train.html", context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        version = self._get(request, object_id)
+        status = _model_status(version)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Model {version.name}",
+            "version": version,
+            "status": status,
+            "evaluate_form": ModelEvaluateForm(),
+            "can_change": self.has_change_permission(request, version),
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/gallery/modelversion/progress.html", context)
+
+    def progress_json(self, request, pk):
+        return JsonResponse(_model_status(self._get(request, pk)))
+
+    def _png(self, path):
+        if not path.is_file():
+            raise Http404("No such chart yet.")
+        response = FileResponse(path.open("rb"), content_type="image/png")
+        response["Cache-Control"] = "no-cache"
+        return response
+
+    def loss_png(self, request, pk):
+        return self._png(self._get(request, pk).workdir / "loss.png")
+
+    def confusion_png(self, request, pk, protocol):
+        version = self._get(request, pk)
+        figures = (version.evaluations or {}).get(protocol) or {}
+        if not figures.get("confusion_png"):
+            raise Http404("No confusion matrix for this protocol.")
+        return self._png(Path(figures["confusion_png"]))
+
+    def cancel_view(self, request, pk):
+        if services.model_train_cancel(self._get(request, pk, change=True)):
+            self.message_user(request, "Training cancelled.", messages.SUCCESS)
+        else:
+            self.message_user(request, "Nothing to cancel.", messages.WARNING)
+        return self._back(pk)
+
+    def resume_view(self, request, pk):
+        if services.model_train_resume(self._get(request, pk, change=True)):
+            self.message_user(request, "Training resumed from its last checkpoint.", messages.SUCCESS)
+        else:
+            self.message_user(request, "Only a cancelled or failed run can be resumed.", messages.WARNING)
+        return self._back(pk)
+
+    def activate_view(self, request, pk):
+        version = self._get(request, pk, change=True)
+        try:
+            services.model_activate_start(version)
+        except ValueError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+        else:
+            self.message_user(
+                request,
+                "Activation queued: searches use the current model until it is done.",
+                messages.SUCCESS,
+            )
+        return self._back(pk)
+
+    def evaluate_view(self, request, pk):
+        from .tasks import evaluate_model
+
+        version = self._get(request, pk, change=True)
+        form = ModelEvaluateForm(request.POST)
+        if not version.is_ready:
+            self.message_user(request, f"{version.name} is not ready.", messages.ERROR)
+        elif not form.is_valid():
+            errors = "; ".join(e for errs in form.errors.values() for e in errs)
+            self.message_user(request, f"Evaluation not started: {errors}", messages.ERROR)
+        else:
+            protocol, data, limits = form.cleaned_data["protocol"], form.cleaned_data["data"], form.limits()
+            transaction.on_commit(
+                lambda: evaluate_model.delay(version.pk, protocol, data, limits), robust=True
+            )
+            self.message_user(
+                request,
+                f"Evaluation {protocol} queued; its figures appear below when done.",
+                messages.SUCCESS,
+            )
+        return self._back(pk)

@@ -27,6 +27,7 @@ INDEX_FILE = "index.bin"
 META_FILE = "meta.json"
 LOCK_FILE = "write.lock"
 MIN_CAPACITY = 1024
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
 @dataclass
@@ -74,6 +75,7 @@ class VectorIndex:
         self.hnsw = hnsw
         self.ef = ef
         self._deleted = set(meta.deleted)
+        self._codes = None  # (labels, packed sign bits, vectors), for hamming_query
         hnsw.set_ef(ef)  # not persisted by hnswlib: set after every load
 
     @classmethod
@@ -170,6 +172,33 @@ class VectorIndex:
             finally:
                 self.hnsw.set_ef(self.ef)
         return [(int(label), float(1.0 - d)) for label, d in zip(labels[0], distances[0])]
+
+    def hamming_query(
+        self, vector: np.ndarray, k: int, allowed: set[int] | None = None, candidates: int = 200
+    ) -> list[tuple[int, float]]:
+        """Binary-code search for hash models (vector = normalised 2h - 1, so its signs are
+        the bits): every live item ranked by Hamming distance of packed codes, the best
+        `candidates` re-ranked by cosine. Codes are built once per loaded index."""
+        if self._codes is None:
+            labels = np.array(sorted(self.labels()), dtype=np.int64)
+            vectors = (
+                np.asarray(self.hnsw.get_items(labels), dtype=np.float32)
+                if len(labels)
+                else np.zeros((0, self.meta.dim), dtype=np.float32)
+            )
+            self._codes = (labels, np.packbits(vectors > 0, axis=1), vectors)
+        labels, codes, vectors = self._codes
+        if allowed is not None:
+            keep = np.isin(labels, np.fromiter(allowed, dtype=np.int64, count=len(allowed)))
+            labels, codes, vectors = labels[keep], codes[keep], vectors[keep]
+        if not len(labels):
+            return []
+        query = np.asarray(vector, dtype=np.float32)
+        distance = _POPCOUNT[codes ^ np.packbits(query > 0)].sum(axis=1, dtype=np.int32)
+        best = np.argsort(distance, kind="stable")[: max(k, candidates)]
+        scores = vectors[best] @ query
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [(int(labels[best[i]]), float(scores[i])) for i in order]
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

@@ -208,3 +208,84 @@ class ApiToken(models.Model):
 
     def __str__(self):
         return f"{self.name or 'token'} for {self.user}"
+
+
+class ModelVersion(models.Model):
+    """One embedding model: a pretrained backbone or a network trained here. Its `name` is the
+    `Embedding.model_name` of its vectors; its files live in MODELS_DIR/<name>/ (weights,
+    checkpoints, loss curve, confusion matrix). At most one version is active: the one whose
+    vectors and index serve searches."""
+
+    class Kind(models.TextChoices):
+        PRETRAINED = "pretrained", "Pretrained backbone"
+        AUTOENCODER = "autoencoder", "Convolutional autoencoder"
+        METRIC = "metric", "Metric learning (softmax over pairs)"
+        TRIPLET = "triplet", "Metric learning (triplet loss)"
+        CONTRASTIVE = "contrastive", "Self-supervised contrastive"
+
+    class State(models.TextChoices):
+        QUEUED = "queued"
+        TRAINING = "training"
+        READY = "ready"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    class Activation(models.TextChoices):
+        NONE = "none"
+        ACTIVATING = "activating"
+        ACTIVE = "active"
+        FAILED = "failed"
+
+    name = models.SlugField(max_length=100, unique=True)
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    spec = models.JSONField(default=dict, help_text="Everything needed to rebuild the network.")
+    data_source = models.CharField(
+        max_length=1000, blank=True, help_text="Folder or ZIP; empty: the gallery."
+    )
+    minutes = models.FloatField(default=10.0)
+    epochs = models.FloatField(null=True, blank=True)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED, db_index=True)
+    progress = models.JSONField(default=dict, blank=True)
+    history = models.JSONField(default=list, blank=True, help_text="[seconds, epoch, loss] rows.")
+    log = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    dim = models.PositiveIntegerField(default=0)
+    bits = models.PositiveSmallIntegerField(default=0)
+    metrics = models.JSONField(default=dict, blank=True, help_text="Training summary.")
+    evaluations = models.JSONField(default=dict, blank=True, help_text="Figures per protocol.")
+    cancel_requested = models.BooleanField(default=False)
+    is_active = models.BooleanField(default=False)
+    activation = models.CharField(max_length=10, choices=Activation.choices, default=Activation.NONE)
+    activation_progress = models.JSONField(default=dict, blank=True)
+    activation_started_at = models.DateTimeField(null=True, blank=True)
+    activated_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_active"], condition=models.Q(is_active=True), name="one_active_model"
+            )
+        ]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def workdir(self):
+        from pathlib import Path
+
+        return Path(settings.MODELS_DIR) / self.name
+
+    @property
+    def weights_path(self):
+        return self.workdir / "model.pt"
+
+    @property
+    def is_ready(self) -> bool:
+        return self.state == self.State.READY

@@ -9,18 +9,20 @@ import numpy as np
 from django.conf import settings
 from django.core.paginator import Paginator
 
-from .embedders import embedder_identity, get_embedder
+from .embedders import ModelRef, active_model, get_embedder
 from .imaging import decode_image
 from .index import IndexReader
-from .models import Embedding, Image
+from .models import Embedding, Image, ModelVersion
 
 _readers: dict[str, IndexReader] = {}
 
 
-def index_reader() -> IndexReader:
-    key = str(settings.INDEX_DIR)
+def index_reader(ref: ModelRef | None = None) -> IndexReader:
+    """The reader of a model's index (the active model's by default)."""
+    directory = (ref or active_model()).index_dir
+    key = str(directory)
     if key not in _readers:
-        _readers[key] = IndexReader(settings.INDEX_DIR, ef=settings.INDEX_EF_SEARCH)
+        _readers[key] = IndexReader(directory, ef=settings.INDEX_EF_SEARCH)
     return _readers[key]
 
 
@@ -50,11 +52,18 @@ def visible_images():
 
 
 def search_vector(
-    vector: np.ndarray, k: int, *, category: str = "", exclude_id: int | None = None
+    vector: np.ndarray,
+    k: int,
+    *,
+    category: str = "",
+    exclude_id: int | None = None,
+    ref: ModelRef | None = None,
 ) -> list[SearchHit]:
     """Nearest visible items. Over-fetches, then keeps only rows the database says are
-    indexed, so an item hidden a moment ago never shows even before the index drops it."""
-    index = index_reader().get()
+    indexed, so an item hidden a moment ago never shows even before the index drops it.
+    A hash model's index is searched by Hamming distance, re-ranked by cosine."""
+    ref = ref or active_model()
+    index = index_reader(ref).get()
     if index is None or len(index) == 0:
         return []
     allowed = None
@@ -64,7 +73,10 @@ def search_vector(
             return []
     wanted = k + (1 if exclude_id is not None else 0)
     fetch = wanted + max(10, wanted // 2)
-    hits = index.query(vector, fetch, allowed)
+    if ref.bits:
+        hits = index.hamming_query(vector, fetch, allowed, candidates=max(200, 10 * fetch))
+    else:
+        hits = index.query(vector, fetch, allowed)
     rows = visible_images().in_bulk([label for label, _ in hits])
     result = []
     for label, score in hits:
@@ -85,24 +97,27 @@ def image_search_by_image(data: bytes, *, k: int = 20, category: str = "") -> Se
         max_pixels=settings.UPLOAD_MAX_PIXELS,
         draft_size=2 * settings.EMBEDDER_IMAGE_SIZE,
     )
-    vector = get_embedder().embed([decoded.image])[0]
-    hits = search_vector(vector, clamp_k(k), category=category)
+    ref = active_model()  # one model for the query vector and the index, even mid-switch
+    vector = get_embedder(ref).embed([decoded.image])[0]
+    hits = search_vector(vector, clamp_k(k), category=category, ref=ref)
     return SearchResult(hits, (time.perf_counter() - started) * 1000)
 
 
-def image_vector(image: Image) -> np.ndarray | None:
-    index = index_reader().get()
+def image_vector(image: Image, ref: ModelRef | None = None) -> np.ndarray | None:
+    ref = ref or active_model()
+    index = index_reader(ref).get()
     vector = index.vector(image.pk) if index is not None else None
     if vector is None:
-        row = Embedding.objects.filter(image=image, model_name=embedder_identity()[0]).first()
+        row = Embedding.objects.filter(image=image, model_name=ref.name).first()
         vector = row.as_array() if row else None
     return vector
 
 
 def image_similar(image: Image, *, k: int = 20) -> SearchResult:
     started = time.perf_counter()
-    vector = image_vector(image)
-    hits = [] if vector is None else search_vector(vector, clamp_k(k), exclude_id=image.pk)
+    ref = active_model()
+    vector = image_vector(image, ref)
+    hits = [] if vector is None else search_vector(vector, clamp_k(k), exclude_id=image.pk, ref=ref)
     return SearchResult(hits, (time.perf_counter() - started) * 1000)
 
 
@@ -233,3 +248,68 @@ def near_duplicate_groups(threshold: float, *, neighbours: int = 10, limit: int 
         if len(images) > 1:
             result.append(images)
     return result
+
+
+# --- model versions: what the admin shows -------------------------------------------------
+
+_HIDDEN_FIGURES = {"confusion", "confusion_png", "classes", "protocol", "data", "evaluated_at"}
+
+
+def _fraction(done, total):
+    return round(100.0 * done / total, 1) if total else 0.0
+
+
+def model_training_percent(version) -> float:
+    if version.state == ModelVersion.State.READY:
+        return 100.0
+    p = version.progress or {}
+    elapsed, eta = p.get("elapsed"), p.get("eta_seconds")
+    if eta is not None and elapsed is not None:
+        return min(100.0, _fraction(elapsed, elapsed + eta))
+    return min(100.0, _fraction(p.get("done") or 0, p.get("total") or 0))
+
+
+def model_activation_percent(version) -> float:
+    if version.activation == ModelVersion.Activation.ACTIVE:
+        return 100.0
+    p = version.activation_progress or {}
+    return min(100.0, _fraction(p.get("done") or 0, p.get("total") or 0))
+
+
+def model_evaluation_rows(figures: dict) -> list:
+    """[label, value] rows of a protocol's scalar figures; nested dicts one level deep."""
+    rows = []
+    for key, value in figures.items():
+        if key in _HIDDEN_FIGURES:
+            continue
+        if isinstance(value, dict):
+            rows += [[f"{key} {k}", v] for k, v in value.items() if not isinstance(v, dict | list)]
+        elif not isinstance(value, list):
+            rows.append([key, value])
+    return rows
+
+
+def model_version_headline(version) -> str:
+    p = version.progress or {}
+    if version.state == ModelVersion.State.QUEUED:
+        return "queued"
+    if version.state == ModelVersion.State.TRAINING:
+        if p.get("stage") == "training" or p.get("epoch"):
+            loss = p.get("loss")
+            return f"epoch {p.get('epoch', 0):.1f}" + (f", loss {loss:.3g}" if loss is not None else "")
+        return f"{p.get('stage') or 'starting'} {p.get('done', 0)}/{p.get('total', 0)}"
+    if version.state == ModelVersion.State.FAILED:
+        return f"failed: {version.error[:80]}"
+    if version.state == ModelVersion.State.CANCELLED:
+        return f"cancelled at epoch {p.get('epoch', 0):.1f}" if p.get("epoch") else "cancelled"
+    parts = []
+    evaluations = version.evaluations or {}
+    if "cifar10" in evaluations and "map@1000" in evaluations["cifar10"]:
+        parts.append(f"mAP@1000 {evaluations['cifar10']['map@1000']:.3f}")
+    if "neardup" in evaluations and "recall@1" in evaluations["neardup"]:
+        parts.append(f"recall@1 {evaluations['neardup']['recall@1']:.3f}")
+    if not parts and version.metrics.get("final_loss") is not None:
+        parts.append(f"{version.metrics.get('epochs', 0)} epochs, loss {version.metrics['final_loss']:.3g}")
+    if version.activation == ModelVersion.Activation.ACTIVATING:
+        parts.append(f"activating {model_activation_percent(version):.0f}%")
+    return ", ".join(parts) or "ready"

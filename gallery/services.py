@@ -2,8 +2,10 @@
 import command; the index is only ever written through `index_sync`, `index_remove` and
 `index_rebuild`, which hold the single-writer lock."""
 
+import json
 import logging
 import os
+import shutil
 import time
 import uuid
 import zipfile
@@ -18,10 +20,18 @@ from django.utils import timezone
 from PIL import Image as PILImage
 
 from . import importing
-from .embedders import embedder_identity, get_embedder
+from .embedders import (
+    ModelRef,
+    active_model,
+    embedder_identity,
+    forget_active_model,
+    get_embedder,
+    model_ref,
+    pretrained_ref,
+)
 from .imaging import ImageRejected, decode_image, encode_for_storage, make_thumbnail, sha256_of
 from .index import IndexMeta, VectorIndex, write_lock
-from .models import Embedding, Image, ImportItem, ImportJob, ModerationAction, Report
+from .models import Embedding, Image, ImportItem, ImportJob, ModelVersion, ModerationAction, Report
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +181,7 @@ def recover_lost_work(stale_after_seconds: int = 600) -> dict:
         status=Image.Status.PROCESSING, embeddings__model_name=name, updated_at__lt=cutoff
     ).exists():
         enqueue_index_sync()
-    return {"jobs": resumed, "images": len(stale)}
+    return {"jobs": resumed, "images": len(stale), "models": models_resume_stalled()}
 
 
 def images_embed(image_ids: list[int], *, note_near_duplicates: bool = True) -> int:
@@ -179,7 +189,8 @@ def images_embed(image_ids: list[int], *, note_near_duplicates: bool = True) -> 
     index update. Idempotent; counts attempts so that a task that keeps crashing its worker
     gives up with the error recorded. Bulk imports skip the near-duplicate note (staff see
     near-duplicate groups instead), so the embed worker does not reload the index per batch."""
-    embedder = get_embedder()
+    ref = active_model()
+    embedder = get_embedder(ref)
     Image.objects.filter(pk__in=image_ids, status=Image.Status.PROCESSING).update(
         embed_attempts=F("embed_attempts") + 1
     )
@@ -204,8 +215,10 @@ def images_embed(image_ids: list[int], *, note_near_duplicates: bool = True) -> 
             images_mark_failed([image.pk], f"The stored file cannot be read: {exc}")
     if ready:
         vectors = embedder.embed_gallery(pictures)
-        if note_near_duplicates:
-            _note_near_duplicates(ready, vectors)
+        # Copies are told by the pretrained features; a model trained to gather a whole
+        # category would call every item of it a near-duplicate.
+        if note_near_duplicates and ref.backbone != "learned":
+            _note_near_duplicates(ready, vectors, ref)
         with transaction.atomic():
             Embedding.objects.bulk_create(
                 [
@@ -222,11 +235,11 @@ def images_embed(image_ids: list[int], *, note_near_duplicates: bool = True) -> 
     return len(ready)
 
 
-def _note_near_duplicates(images: list[Image], vectors: np.ndarray) -> None:
+def _note_near_duplicates(images: list[Image], vectors: np.ndarray, ref: ModelRef) -> None:
     """Record the closest existing item when it is nearly identical (for staff and uploaders)."""
     from .selectors import index_reader
 
-    index = index_reader().get()
+    index = index_reader(ref).get()
     if index is None or len(index) == 0:
         return
     for image, vector in zip(images, vectors):
@@ -333,19 +346,20 @@ def _new_index(model: str, dim: int, capacity: int) -> VectorIndex:
     )
 
 
-def _writer_index(model: str, dim: int) -> VectorIndex | None:
+def _writer_index(ref: ModelRef) -> VectorIndex | None:
     """The writer's in-memory index, reloaded when another writer saved a newer version.
     Call with the write lock held."""
-    directory = Path(settings.INDEX_DIR)
+    directory = ref.index_dir
+    key = str(directory)
     on_disk = IndexMeta.read(directory)
-    cached = _writer_cache.get("index")
+    cached = _writer_cache.get(key)
     if on_disk is None:
-        _writer_cache.pop("index", None)
+        _writer_cache.pop(key, None)
         return None
     if cached is None or cached.meta.version != on_disk.version:
         cached = VectorIndex.load(directory, ef=settings.INDEX_EF_SEARCH)
-        _writer_cache["index"] = cached
-    if cached is None or cached.meta.model != model or cached.meta.dim != dim:
+        _writer_cache[key] = cached
+    if cached is None or cached.meta.model != ref.name or cached.meta.dim != ref.dim:
         return None
     return cached
 
@@ -365,16 +379,16 @@ def index_sync(image_ids: list[int] | None = None) -> int:
     """Add every embedded image still marked processing (and the given indexed ones, e.g.
     just approved) to the index if it may be searched, save, and mark them indexed.
     With no usable index on disk, rebuild it from the database instead."""
-    model, dim = embedder_identity()
-    directory = Path(settings.INDEX_DIR)
+    ref = active_model()
+    model, directory = ref.name, ref.index_dir
     waiting = Image.objects.filter(status=Image.Status.PROCESSING, embeddings__model_name=model)
     if not image_ids and IndexMeta.read(directory) is not None and not waiting.exists():
         return 0  # a duplicate update: an earlier one took everything
-    _pace_large_saves()
+    _pace_large_saves(directory)
     with write_lock(directory):
-        index = _writer_index(model, dim)
+        index = _writer_index(ref)
         if index is None:
-            return _index_rebuild_locked(model, dim)
+            return _index_rebuild_locked(ref)
         processing = list(
             Image.objects.filter(status=Image.Status.PROCESSING, embeddings__model_name=model).values_list(
                 "pk", flat=True
@@ -398,16 +412,16 @@ def index_sync(image_ids: list[int] | None = None) -> int:
         return len(ids)
 
 
-def _pace_large_saves() -> None:
+def _pace_large_saves(directory: Path) -> None:
     """Every save rewrites the whole index file and makes every web process reload it. A
     large index is saved at most every few seconds (one second per 20,000 items, at most 5):
     updates queued meanwhile are taken by the next save, so a bulk import is not slowed down
     by rewriting hundreds of megabytes for every batch."""
-    meta = IndexMeta.read(Path(settings.INDEX_DIR))
+    meta = IndexMeta.read(directory)
     if meta is None:
         return
     interval = min(5.0, meta.count / 20000)
-    last_save = (Path(settings.INDEX_DIR) / "meta.json").stat().st_mtime
+    last_save = (directory / "meta.json").stat().st_mtime
     wait = last_save + interval - time.time()
     if wait > 0:
         time.sleep(wait)
@@ -422,9 +436,10 @@ def _invisible(ids):
 
 
 def index_remove(image_ids: list[int]) -> int:
-    directory = Path(settings.INDEX_DIR)
+    ref = active_model()
+    directory = ref.index_dir
     with write_lock(directory):
-        index = _writer_index(*embedder_identity())
+        index = _writer_index(ref)
         if index is None:
             return 0
         removed = index.remove(list(_invisible(image_ids)))
@@ -435,24 +450,34 @@ def index_remove(image_ids: list[int]) -> int:
 
 def index_rebuild() -> int:
     """Build a fresh index from the embeddings in the database and switch to it atomically."""
-    with write_lock(Path(settings.INDEX_DIR)):
-        return _index_rebuild_locked(*embedder_identity())
+    ref = active_model()
+    with write_lock(ref.index_dir):
+        return _index_rebuild_locked(ref)
 
 
-def _index_rebuild_locked(model: str, dim: int) -> int:
-    directory = Path(settings.INDEX_DIR)
+def _index_build(ref: ModelRef) -> int:
+    """A fresh index of `ref`'s vectors of every visible image, saved atomically in its own
+    folder. Call with that folder's write lock held."""
+    directory = ref.index_dir
+    directory.mkdir(parents=True, exist_ok=True)
     visible = Image.objects.filter(
         status__in=[Image.Status.INDEXED, Image.Status.PROCESSING], moderation=Image.Moderation.APPROVED
     )
-    ids, vectors = _embeddings_of(visible, model)
+    ids, vectors = _embeddings_of(visible, ref.name)
     previous = IndexMeta.read(directory)
-    index = _new_index(model, dim, capacity=int(len(ids) * 1.25))
+    index = _new_index(ref.name, ref.dim, capacity=int(len(ids) * 1.25))
     if previous:
         index.meta.version = previous.version
     for start in range(0, len(ids), 10000):
         index.add(ids[start : start + 10000], np.stack(vectors[start : start + 10000]))
     index.save(directory)
-    _writer_cache["index"] = index
+    _writer_cache[str(directory)] = index
+    return len(ids)
+
+
+def _index_rebuild_locked(ref: ModelRef) -> int:
+    model = ref.name
+    count = _index_build(ref)
     embedded = Image.objects.filter(status=Image.Status.PROCESSING, embeddings__model_name=model)
     Image.objects.filter(pk__in=list(embedded.values_list("pk", flat=True))).update(
         status=Image.Status.INDEXED, indexed_at=timezone.now(), error=""
@@ -466,7 +491,7 @@ def _index_rebuild_locked(model: str, dim: int) -> int:
     if missing:
         Image.objects.filter(pk__in=missing).update(status=Image.Status.PROCESSING, embed_attempts=0)
         transaction.on_commit(lambda: enqueue_embedding(missing), robust=True)
-    return len(ids)
+    return count
 
 
 # --- bulk imports ------------------------------------------------------------------------
@@ -673,3 +698,403 @@ def import_root_path(relative: str) -> Path:
     if not target.exists():
         raise importing.SourceError(f"{relative} does not exist under the import root {root}.")
     return target
+
+
+# --- embedding models: training, evaluation, activation ----------------------------------
+
+MODEL_KINDS_TRAINED = ("autoencoder", "metric", "triplet", "contrastive")
+
+
+def model_version_default() -> ModelVersion:
+    """The record of the configured default embedder (created on first use, active when no
+    other model is), so it can be evaluated and re-activated like any other."""
+    ref = pretrained_ref(settings.EMBEDDER)
+    version, _ = ModelVersion.objects.get_or_create(
+        name=ref.name,
+        defaults={
+            "kind": ModelVersion.Kind.PRETRAINED,
+            "spec": {"backbone": ref.backbone, "pooling": ref.pooling},
+            "state": ModelVersion.State.READY,
+            "dim": ref.dim,
+        },
+    )
+    if not ModelVersion.objects.filter(is_active=True).exists():
+        with transaction.atomic():
+            if not ModelVersion.objects.select_for_update().filter(is_active=True).exists():
+                ModelVersion.objects.filter(pk=version.pk).update(
+                    is_active=True, activation=ModelVersion.Activation.ACTIVE
+                )
+        version.refresh_from_db()
+    return version
+
+
+def _unique_model_name(base: str) -> str:
+    existing = set(ModelVersion.objects.filter(name__startswith=base).values_list("name", flat=True))
+    n = 1
+    while f"{base}-v{n}" in existing:
+        n += 1
+    return f"{base}-v{n}"
+
+
+def model_version_create(
+    kind: str,
+    *,
+    data: str = "",
+    minutes: float = 10.0,
+    epochs: float | None = None,
+    bits: int = 0,
+    options: dict | None = None,
+    name: str = "",
+    created_by=None,
+    start: bool = True,
+) -> ModelVersion:
+    """A new model version. Pretrained backbones are ready at once; the others are queued
+    for training (dispatched after commit). `options` override the kind's defaults
+    (dim, image_size, frozen_stages, arch, batch_size, lr, noise, margin, temperature, ...)."""
+    from .learning.trainer import make_spec
+
+    options = dict(options or {})
+    bits = int(bits or options.pop("bits", 0) or 0)
+    if kind == ModelVersion.Kind.PRETRAINED:
+        backbone = options.get("backbone") or settings.EMBEDDER
+        ref = pretrained_ref(backbone, options.get("pooling", "avg"))
+        version, _ = ModelVersion.objects.get_or_create(
+            name=ref.name,
+            defaults={
+                "kind": kind,
+                "spec": {"backbone": ref.backbone, "pooling": ref.pooling},
+                "state": ModelVersion.State.READY,
+                "dim": ref.dim,
+                "created_by": _user(created_by),
+            },
+        )
+        return version
+    if data and not Path(data).exists():
+        raise ValueError(f"{data} does not exist")
+    if minutes <= 0 and not epochs:
+        raise ValueError("Give a positive number of minutes or epochs")
+    if bits and not 8 <= bits <= 256:
+        raise ValueError("bits must be between 8 and 256")
+    spec = make_spec(kind, bits=bits or None, **options)
+    dim = bits or int(spec["dim"])
+    base = f"{kind}-{bits}bit" if bits else kind
+    version = ModelVersion.objects.create(
+        name=name or _unique_model_name(base),
+        kind=kind,
+        spec=spec,
+        data_source=str(data or ""),
+        minutes=minutes,
+        epochs=epochs,
+        dim=dim,
+        bits=bits or 0,
+        created_by=_user(created_by),
+    )
+    shutil.rmtree(version.workdir, ignore_errors=True)  # left by a deleted version of that name
+    if start:
+        model_train_start(version)
+    return version
+
+
+def model_train_start(version: ModelVersion) -> None:
+    from .tasks import train_model
+
+    transaction.on_commit(lambda: train_model.delay(version.pk), robust=True)
+
+
+def _model_log(version_id: int, line: str) -> None:
+    stamp = timezone.now().strftime("%H:%M:%S")
+    version = ModelVersion.objects.get(pk=version_id)
+    ModelVersion.objects.filter(pk=version_id).update(log=(version.log + f"{stamp} {line}\n")[-20000:])
+
+
+def model_train(version_id: int, *, on_progress=None) -> ModelVersion:
+    """Train (or continue training) a queued version. Idempotent: a finished or cancelled
+    version is left as it is; a run cut by a restart resumes from its last checkpoint."""
+    from .learning import charts
+    from .learning.data import load
+    from .learning.trainer import Cancelled, Trainer
+
+    version = ModelVersion.objects.get(pk=version_id)
+    if version.state not in (ModelVersion.State.QUEUED, ModelVersion.State.TRAINING):
+        return version
+    if version.cancel_requested:
+        ModelVersion.objects.filter(pk=version_id).update(state=ModelVersion.State.CANCELLED)
+        return ModelVersion.objects.get(pk=version_id)
+    resumed = version.state == ModelVersion.State.TRAINING
+    ModelVersion.objects.filter(pk=version_id).update(
+        state=ModelVersion.State.TRAINING, started_at=version.started_at or timezone.now(), error=""
+    )
+    _model_log(version_id, "resumed after a restart" if resumed else "training started")
+    last = {"report": 0.0, "stop": 0.0, "cancel": False}
+
+    def report(progress) -> None:
+        now = time.monotonic()
+        if now - last["report"] < 1.0 and progress.stage != "done":
+            return
+        last["report"] = now
+        ModelVersion.objects.filter(pk=version_id).update(
+            progress=progress.as_dict(), updated_at=timezone.now()
+        )
+        history_file = version.workdir / "history.json"
+        if history_file.exists() and history_file.stat().st_mtime > last.get("chart", 0):
+            last["chart"] = history_file.stat().st_mtime  # a checkpoint was saved: redraw the curve
+            history = json.loads(history_file.read_text())
+            charts.loss_curve(history, version.workdir / "loss.png", title=f"{version.name}: training loss")
+        if on_progress:
+            on_progress(progress.as_dict())
+
+    def should_stop() -> bool:
+        now = time.monotonic()
+        if now - last["stop"] >= 2.0:
+            last["stop"] = now
+            last["cancel"] = ModelVersion.objects.filter(pk=version_id, cancel_requested=True).exists()
+        return last["cancel"]
+
+    try:
+        images = load(version.data_source or None, split="train")
+        _model_log(version_id, f"{len(images)} images, {len(images.classes)} categories from {images.source}")
+        trainer = Trainer(
+            version.spec,
+            images,
+            version.workdir,
+            minutes=version.minutes,
+            epochs=version.epochs,
+            report=report,
+            should_stop=should_stop,
+        )
+        result = trainer.run()
+    except Cancelled:
+        ModelVersion.objects.filter(pk=version_id).update(
+            state=ModelVersion.State.CANCELLED, finished_at=timezone.now()
+        )
+        _model_log(version_id, "cancelled")
+        return ModelVersion.objects.get(pk=version_id)
+    except Exception as exc:
+        log.exception("Training of model %s failed", version_id)
+        ModelVersion.objects.filter(pk=version_id).update(
+            state=ModelVersion.State.FAILED,
+            error=f"{type(exc).__name__}: {exc}"[:2000],
+            finished_at=timezone.now(),
+        )
+        _model_log(version_id, f"failed: {exc}")
+        return ModelVersion.objects.get(pk=version_id)
+    history = result.pop("history")
+    charts.loss_curve(history, version.workdir / "loss.png", title=f"{version.name}: training loss")
+    ModelVersion.objects.filter(pk=version_id).update(
+        state=ModelVersion.State.READY,
+        metrics=result,
+        history=history,
+        spec=trainer.spec,
+        finished_at=timezone.now(),
+    )
+    _model_log(version_id, f"done: {result['epochs']} epochs in {result['train_seconds']} s")
+    return ModelVersion.objects.get(pk=version_id)
+
+
+def model_train_cancel(version: ModelVersion) -> bool:
+    if version.state == ModelVersion.State.QUEUED:
+        ModelVersion.objects.filter(pk=version.pk, state=ModelVersion.State.QUEUED).update(
+            state=ModelVersion.State.CANCELLED, cancel_requested=True, finished_at=timezone.now()
+        )
+        return True
+    if version.state == ModelVersion.State.TRAINING:
+        ModelVersion.objects.filter(pk=version.pk).update(cancel_requested=True)
+        return True
+    return False
+
+
+def model_train_resume(version: ModelVersion) -> bool:
+    """Continue a cancelled or failed run from its last checkpoint."""
+    if version.state not in (ModelVersion.State.CANCELLED, ModelVersion.State.FAILED):
+        return False
+    ModelVersion.objects.filter(pk=version.pk).update(
+        state=ModelVersion.State.QUEUED, cancel_requested=False, error="", finished_at=None
+    )
+    model_train_start(version)
+    return True
+
+
+def models_resume_stalled(stale_after_seconds: int = 300) -> int:
+    """Training and activation runs whose worker died: queued again (they resume)."""
+    from .tasks import activate_model, train_model
+
+    if _queue_has_work("train"):
+        return 0
+    cutoff = timezone.now() - timezone.timedelta(seconds=stale_after_seconds)
+    stalled = ModelVersion.objects.filter(updated_at__lt=cutoff)
+    count = 0
+    for version in stalled.filter(state__in=[ModelVersion.State.QUEUED, ModelVersion.State.TRAINING]):
+        ModelVersion.objects.filter(pk=version.pk).update(updated_at=timezone.now())
+        train_model.delay(version.pk)
+        count += 1
+    for version in stalled.filter(activation=ModelVersion.Activation.ACTIVATING):
+        ModelVersion.objects.filter(pk=version.pk).update(updated_at=timezone.now())
+        activate_model.delay(version.pk)
+        count += 1
+    return count
+
+
+def model_evaluate(
+    version_id: int, protocol: str, data: str, *, limits: dict | None = None, report=None
+) -> dict:
+    """Run an evaluation protocol on a ready version; the figures are stored with it."""
+    from .learning import charts, protocols
+
+    version = ModelVersion.objects.get(pk=version_id)
+    if not version.is_ready:
+        raise ValueError(f"{version.name} is not ready (state: {version.state})")
+    if protocol not in protocols.PROTOCOLS:
+        raise ValueError(f"Unknown protocol {protocol!r}: one of {', '.join(protocols.PROTOCOLS)}")
+    limits = limits or {}
+    embedder = get_embedder(model_ref(version))
+
+    def progress(info):
+        ModelVersion.objects.filter(pk=version_id).update(
+            progress={**info, "evaluating": protocol}, updated_at=timezone.now()
+        )
+        if report:
+            report(info)
+
+    if protocol == "cifar10":
+        result = protocols.cifar10(
+            embedder,
+            data,
+            db_limit=limits.get("db"),
+            query_limit=limits.get("queries"),
+            bits=version.bits,
+            report=progress,
+        )
+        picture = version.workdir / f"confusion-{protocol}.png"
+        charts.confusion_matrix(
+            result["confusion"], result["classes"], picture, title=f"{version.name}: {protocol}"
+        )
+        result["confusion_png"] = str(picture)
+    else:
+        result = protocols.neardup(
+            embedder,
+            data,
+            catalogue_limit=limits.get("db"),
+            queries=limits.get("queries") or 500,
+            report=progress,
+        )
+    result.update(
+        protocol=protocol, data=str(data), evaluated_at=timezone.now().isoformat(timespec="seconds")
+    )
+    with transaction.atomic():
+        version = ModelVersion.objects.select_for_update().get(pk=version_id)
+        version.evaluations = {**version.evaluations, protocol: result}
+        version.progress = {"stage": "evaluated", "evaluating": protocol, "done": 1, "total": 1}
+        version.save(update_fields=["evaluations", "progress", "updated_at"])
+    return result
+
+
+def model_activate_start(version: ModelVersion, *, dispatch: bool = True) -> None:
+    """Queue the switch to `version`: its vectors for every image, its own index, then the
+    switch. Searches go on with the active model meanwhile."""
+    from .tasks import activate_model
+
+    if not version.is_ready:
+        raise ValueError(f"{version.name} is not ready (state: {version.state})")
+    if version.is_active:
+        return
+    ModelVersion.objects.filter(pk=version.pk).update(
+        activation=ModelVersion.Activation.ACTIVATING,
+        activation_started_at=timezone.now(),
+        activation_progress={"stage": "queued"},
+    )
+    if dispatch:
+        transaction.on_commit(lambda: activate_model.delay(version.pk), robust=True)
+
+
+def model_activate(version_id: int, *, batch_size: int = 64) -> ModelVersion:
+    """Embed every visible image with the version (batched, resumable: only what lacks its
+    vector), build its index beside the active one, then switch in one transaction."""
+    version = ModelVersion.objects.get(pk=version_id)
+    if version.is_active or version.activation != ModelVersion.Activation.ACTIVATING:
+        return version
+    ref = model_ref(version)
+    embedder = get_embedder(ref)
+    candidates = Image.objects.filter(
+        status__in=[Image.Status.INDEXED, Image.Status.PROCESSING], moderation=Image.Moderation.APPROVED
+    )
+    total = candidates.count()
+    try:
+        while True:
+            todo = list(
+                candidates.exclude(embeddings__model_name=ref.name).values_list("pk", flat=True)[:batch_size]
+            )
+            if not todo:
+                break
+            images, pictures = [], []
+            for image in Image.objects.filter(pk__in=todo):
+                try:
+                    with image.file.open("rb") as fh, PILImage.open(fh) as im:
+                        pictures.append(im.convert("RGBA" if im.mode == "RGBA" else "RGB"))
+                    images.append(image)
+                except (OSError, ValueError) as exc:
+                    images_mark_failed([image.pk], f"The stored file cannot be read: {exc}")
+            vectors = embedder.embed_gallery(pictures) if pictures else []
+            Embedding.objects.bulk_create(
+                [
+                    Embedding(image=image, model_name=ref.name, dim=ref.dim, vector=vec.tobytes())
+                    for image, vec in zip(images, vectors)
+                ],
+                ignore_conflicts=True,
+            )
+            done = Embedding.objects.filter(image__in=candidates, model_name=ref.name).count()
+            ModelVersion.objects.filter(pk=version_id).update(
+                activation_progress={"stage": "embedding", "done": done, "total": total},
+                updated_at=timezone.now(),
+            )
+            if not ModelVersion.objects.filter(
+                pk=version_id, activation=ModelVersion.Activation.ACTIVATING
+            ).exists():
+                return ModelVersion.objects.get(pk=version_id)  # cancelled
+        ModelVersion.objects.filter(pk=version_id).update(
+            activation_progress={"stage": "building index", "done": total, "total": total}
+        )
+        with write_lock(ref.index_dir):
+            count = _index_build(ref)
+    except Exception as exc:
+        log.exception("Activation of model %s failed", version_id)
+        ModelVersion.objects.filter(pk=version_id).update(
+            activation=ModelVersion.Activation.FAILED,
+            activation_progress={"stage": "failed", "error": str(exc)[:500]},
+        )
+        raise
+    with transaction.atomic():
+        ModelVersion.objects.select_for_update().filter(is_active=True).update(
+            is_active=False, activation=ModelVersion.Activation.NONE
+        )
+        ModelVersion.objects.filter(pk=version_id).update(
+            is_active=True,
+            activation=ModelVersion.Activation.ACTIVE,
+            activated_at=timezone.now(),
+            activation_progress={"stage": "active", "done": count, "total": total},
+        )
+        started = version.activation_started_at or timezone.now()
+        transaction.on_commit(lambda: _after_switch(ref, started), robust=True)
+    forget_active_model()
+    _model_log(version_id, f"activated: {count} images in its index")
+    return ModelVersion.objects.get(pk=version_id)
+
+
+def _after_switch(ref: ModelRef, started) -> None:
+    """Catch up with what changed during the activation: new uploads get the new model's
+    vectors; items hidden or rejected meanwhile leave the new index."""
+    forget_active_model()
+    missing = list(
+        Image.objects.filter(status=Image.Status.INDEXED)
+        .exclude(embeddings__model_name=ref.name)
+        .values_list("pk", flat=True)
+    )
+    if missing:
+        Image.objects.filter(pk__in=missing).update(status=Image.Status.PROCESSING, embed_attempts=0)
+    images_enqueue_pending()
+    changed = list(
+        Image.objects.filter(updated_at__gte=started)
+        .exclude(status=Image.Status.INDEXED, moderation=Image.Moderation.APPROVED)
+        .values_list("pk", flat=True)
+    )
+    if changed:
+        _enqueue_index_remove(changed)

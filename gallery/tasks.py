@@ -53,6 +53,8 @@ def _queue_pending_work(sender=None, **kwargs):
     if "embed" in queues:
         services.images_enqueue_pending()
         services.import_jobs_resume_all()
+    if "train" in queues:
+        services.models_resume_stalled(stale_after_seconds=0)
 
 
 @shared_task(bind=True, acks_late=True, max_retries=5)
@@ -61,3 +63,19 @@ def import_batch(self, job_id: int, item_ids: list[int]):
         return services.import_job_process(job_id, item_ids, embed=True)
     except Exception as exc:
         raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1))) from exc
+
+
+@shared_task(acks_late=True)
+def train_model(version_id: int):
+    """Long: runs on the `train` queue. Resumes from the last checkpoint when re-delivered."""
+    return services.model_train(version_id).state
+
+
+@shared_task(acks_late=True)
+def evaluate_model(version_id: int, protocol: str, data: str, limits: dict | None = None):
+    return services.model_evaluate(version_id, protocol, data, limits=limits)
+
+
+@shared_task(acks_late=True)
+def activate_model(version_id: int):
+    return services.model_activate(version_id).activation

@@ -108,6 +108,8 @@ TORCH_THREADS = env.int("TORCH_THREADS", default=2)
 EMBED_BATCH_SIZE = env.int("EMBED_BATCH_SIZE", default=32)
 EMBED_MAX_ATTEMPTS = env.int("EMBED_MAX_ATTEMPTS", default=3)
 INDEX_DIR = Path(env("INDEX_DIR", default=str(VAR_DIR / "index")))
+# Trained models: one folder per model version (weights, checkpoints, pictures).
+MODELS_DIR = Path(env("MODELS_DIR", default=str(VAR_DIR / "models")))
 INDEX_EF_SEARCH = env.int("INDEX_EF_SEARCH", default=128)
 INDEX_M = env.int("INDEX_M", default=16)
 INDEX_EF_CONSTRUCTION = env.int("INDEX_EF_CONSTRUCTION", default=200)
@@ -148,6 +150,10 @@ CELERY_BEAT_SCHEDULE = {
 CELERY_TASK_ROUTES = {
     "gallery.tasks.index_sync": {"queue": "index"},
     "gallery.tasks.index_remove": {"queue": "index"},
+    # long runs (training, evaluation, re-embedding for a new model) never hold up uploads
+    "gallery.tasks.train_model": {"queue": "train"},
+    "gallery.tasks.evaluate_model": {"queue": "train"},
+    "gallery.tasks.activate_model": {"queue": "train"},
 }
 
 LOGGING = {

@@ -21,6 +21,7 @@ def _isolated_files(settings, tmp_path_factory, request):
     base = request.getfixturevalue("session_dirs")
     settings.MEDIA_ROOT = base["media"]
     settings.INDEX_DIR = base["index"]
+    settings.MODELS_DIR = base["models"]
     yield
 
 
@@ -35,7 +36,7 @@ def _test_broker():
 @pytest.fixture(scope="session")
 def session_dirs():
     base = Path(tempfile.mkdtemp(prefix="searchsite-test-"))
-    dirs = {"media": base / "media", "index": base / "index", "base": base}
+    dirs = {"media": base / "media", "index": base / "index", "models": base / "models", "base": base}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     yield dirs
@@ -46,12 +47,17 @@ def session_dirs():
 def clean_index(session_dirs):
     """Start a test with no index on disk (the worker then rebuilds from the database)."""
     from gallery import selectors
+    from gallery.embedders import forget_active_model
 
     for path in session_dirs["index"].glob("*"):
-        if path.name != "write.lock":
+        if path.is_dir():
+            shutil.rmtree(path)  # other models' indexes
+        elif path.name != "write.lock":
             path.unlink()
     selectors._readers.clear()
+    forget_active_model()
     yield session_dirs["index"]
+    forget_active_model()
 
 
 def _redis_url() -> str:
@@ -96,6 +102,7 @@ def start_worker(broker_url: str, session_dirs, log_path: Path, name: str) -> su
         CELERY_BROKER_URL=broker_url,
         MEDIA_ROOT=str(session_dirs["media"]),
         INDEX_DIR=str(session_dirs["index"]),
+        MODELS_DIR=str(session_dirs["models"]),
         VAR_DIR=str(session_dirs["base"]),
     )
     log = open(log_path, "w")
@@ -108,7 +115,7 @@ def start_worker(broker_url: str, session_dirs, log_path: Path, name: str) -> su
             "searchsite",
             "worker",
             "-Q",
-            "embed,index",
+            "embed,index,train",
             "--pool",
             "solo",
             "-n",

@@ -31,3 +31,35 @@ def encode(im: Image.Image, fmt: str = "JPEG", **kwargs) -> bytes:
 
 def make_image_bytes(seed: int, fmt: str = "JPEG", size=(240, 180), **kwargs) -> bytes:
     return encode(make_picture(seed, size), fmt, **kwargs)
+
+
+CATEGORY_COLOURS = {"red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 60, 200)}
+
+
+def make_category_picture(category: str, seed: int, size=(64, 64)) -> Image.Image:
+    """A picture whose category shows: its background colour, with random shapes on it."""
+    rng = random.Random(seed)
+    base = CATEGORY_COLOURS[category]
+    im = Image.new("RGB", size, tuple(max(0, min(255, c + rng.randrange(-30, 31))) for c in base))
+    draw = ImageDraw.Draw(im)
+    w, h = size
+    for _ in range(3):
+        x, y = rng.randrange(w), rng.randrange(h)
+        draw.ellipse([x, y, x + w // 4, y + h // 4], fill=tuple(rng.randrange(256) for _ in range(3)))
+    return im
+
+
+def make_category_folder(root, per_class: int = 12, splits=("",), size=(64, 64)):
+    """root/[split/]<category>/<n>.png for every category; returns root."""
+    from pathlib import Path
+
+    root = Path(root)
+    seed = 0
+    for split in splits:
+        for category in CATEGORY_COLOURS:
+            folder = root / split / category if split else root / category
+            folder.mkdir(parents=True, exist_ok=True)
+            for n in range(per_class):
+                seed += 1
+                make_category_picture(category, seed, size).save(folder / f"{n:04d}.png")
+    return root

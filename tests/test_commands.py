@@ -99,3 +99,28 @@ def test_manifest_import_and_known_external_id_updates_metadata(tmp_path):
     assert Image.objects.count() == 1
     assert (image.title, image.category, image.tags) == ("Crimson bag", "handbags", ["sale"])
     assert "0 new images, 1 already present" in out
+
+
+def test_fetch_weights_saves_a_checked_state_dict_or_says_where_to_copy_it(settings, tmp_path, monkeypatch):
+    import torch
+    import torchvision
+
+    settings.EMBEDDER_WEIGHTS_DIR = str(tmp_path / "weights")
+    with pytest.raises(CommandError, match="Name backbones"):
+        call_command("fetch_weights", "alexnet")
+
+    def offline(url, dst, progress=True):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(CommandError, match=r"copy that file to .*weights/resnet18\.pth"):
+        call_command("fetch_weights", "resnet18")
+    assert not list((tmp_path / "weights").iterdir())  # nothing half-written
+
+    def served(url, dst, progress=True):  # what the download server would send
+        torch.save(torchvision.models.resnet18(weights=None).state_dict(), dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", served)
+    call_command("fetch_weights", "resnet18")
+    saved = torch.load(tmp_path / "weights" / "resnet18.pth", weights_only=True)
+    assert "fc.weight" in saved

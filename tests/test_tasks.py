@@ -90,7 +90,7 @@ def test_recover_lost_work_requeues_stale_images_and_stalled_jobs(pipeline, tmp_
     (tmp_path / "cat" / "a.jpg").write_bytes(make_image_bytes(108))
     job = services.import_job_create(kind="folder", path=tmp_path / "cat")  # never dispatched
     ImportJob.objects.filter(pk=job.pk).update(updated_at=timezone.now() - timezone.timedelta(hours=1))
-    assert services.recover_lost_work() == {"jobs": 1, "images": 1}
+    assert services.recover_lost_work() == {"jobs": 1, "images": 1, "models": 0}
     wait_for_status([image.pk])
     deadline = time.monotonic() + 60
     while ImportJob.objects.get(pk=job.pk).state != "done":

@@ -69,6 +69,9 @@ class Command(BaseCommand):
             self.start("embed-worker", celery + ["-Q", "embed", "-c", "1", "-n", "embed@%h", *beat], env)
             # The index has a single writer: its own queue, one process.
             self.start("index-worker", celery + ["-Q", "index", "-c", "1", "-n", "index@%h"], env)
+            # Training, evaluation and re-embedding for a new model: long runs, never in the
+            # way of uploads.
+            self.start("train-worker", celery + ["-Q", "train", "-c", "1", "-n", "train@%h"], env)
             self.stdout.write(
                 self.style.SUCCESS(f"Search by image: http://{host}:{port}/  (Ctrl-C stops everything)")
             )

@@ -1,0 +1,175 @@
+"""The trainable networks.
+
+- `EmbeddingNet`: a backbone split into a frozen part (`trunk`) and a trained part (`tail`),
+  GeM pooling, a linear head to the embedding, L2 normalisation. With `bits`, the head is a
+  sigmoid latent layer (Lin et al., CVPR 2015) whose outputs thresholded at 0.5 are the hash
+  code; the float vector is the centred latent (2h - 1), normalised.
+  Backbones: `lite0` (ImageNet EfficientNet-Lite0 from the PyPI package, a small mobile CNN:
+  the first `frozen_stages` stages stay as they are, the rest learns) and `small_cnn` (four
+  conv blocks from scratch, for tiny galleries and the tests).
+- `ConvAutoencoder`: conv + pooling encoder to a small code, transposed-conv decoder (MSE).
+
+Everything a network needs to be rebuilt is its `spec` (a JSON-able dict), saved with the
+weights, so an embedder can load a model file without the database."""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+LITE0_STAGES = 7
+
+
+def gem(x: torch.Tensor, p: float = 3.0, eps: float = 1e-6) -> torch.Tensor:
+    """Generalised-mean pooling: between average (p=1) and max pooling."""
+    return x.clamp(min=eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
+
+
+def _lite0(pretrained: bool) -> nn.Module:
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if pretrained:
+        from ..embedders.efficientnet_lite import load_lite0_weights
+
+        load_lite0_weights(model)
+    return model
+
+
+def build_backbone(spec: dict, *, pretrained: bool = True) -> tuple[nn.Module, nn.Module, int]:
+    """(trunk, tail, channels of the tail's output). The trunk never learns."""
+    arch = spec.get("arch", "lite0")
+    if arch == "lite0":
+        m = _lite0(pretrained)
+        frozen = int(spec.get("frozen_stages", 4))
+        if not 0 <= frozen <= LITE0_STAGES:
+            raise ValueError(f"frozen_stages must be 0..{LITE0_STAGES}")
+        stages = list(m.blocks)
+        trunk = nn.Sequential(m.conv_stem, m.bn1, *stages[:frozen])
+        tail = nn.Sequential(*stages[frozen:], m.conv_head, m.bn2)
+        return trunk, tail, m.num_features
+    if arch == "small_cnn":
+        width = int(spec.get("width", 32))
+
+        def block(cin, cout):
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            )
+
+        tail = nn.Sequential(
+            block(3, width), block(width, 2 * width), block(2 * width, 4 * width), block(4 * width, 8 * width)
+        )
+        return nn.Identity(), tail, 8 * width
+    raise ValueError(f"Unknown architecture {arch!r}")
+
+
+class EmbeddingNet(nn.Module):
+    def __init__(self, spec: dict, *, pretrained: bool = True):
+        super().__init__()
+        self.spec = spec
+        self.trunk, self.tail, channels = build_backbone(spec, pretrained=pretrained)
+        for p in self.trunk.parameters():
+            p.requires_grad_(False)
+        self.trunk.eval()  # frozen: its batch-norm layers keep their ImageNet statistics
+        self.bits = int(spec.get("bits") or 0)
+        self.dim = self.bits or int(spec.get("dim", 128))
+        self.head = nn.Linear(channels, self.dim)
+        # Class proxies for metric/triplet learning with categories (training only)
+        classes = len(spec.get("classes") or [])
+        self.proxies = (
+            nn.Parameter(torch.randn(classes, self.dim) * 0.1)
+            if spec.get("kind") in ("metric", "triplet") and spec.get("proxy_weight", 0) and classes
+            else None
+        )
+        # SimCLR: the contrastive loss looks at a projection, the embedding is before it
+        self.projector = (
+            nn.Sequential(nn.Linear(self.dim, self.dim), nn.ReLU(inplace=True), nn.Linear(self.dim, self.dim))
+            if spec.get("kind") == "contrastive"
+            else None
+        )
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.trunk.eval()  # frozen batch-norm statistics too
+        return self
+
+    def trunk_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen part, always in inference mode: features cached before training must
+        equal what the finished model computes (batch statistics would differ, and would
+        overwrite the stored ones)."""
+        self.trunk.eval()
+        with torch.no_grad():
+            return self.trunk(x)
+
+    def latent(self, trunk_out: torch.Tensor) -> torch.Tensor:
+        """Before normalisation: the sigmoid activations with bits, else the linear head."""
+        z = self.head(gem(self.tail(trunk_out)))
+        return torch.sigmoid(z) if self.bits else z
+
+    def embed_from_trunk(self, trunk_out: torch.Tensor) -> torch.Tensor:
+        z = self.latent(trunk_out)
+        if self.bits:
+            z = 2 * z - 1
+        return F.normalize(z, dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed_from_trunk(self.trunk_features(x))
+
+
+class ConvAutoencoder(nn.Module):
+    """32x32 RGB in [-0.5, 0.5] -> code (`dim` floats) -> 32x32 reconstruction.
+
+    Encoder: three conv blocks, each with 2x2 max pooling (32 -> 4), then a linear layer to the
+    code; decoder: linear back to 4x4 maps and three stride-2 transposed convolutions."""
+
+    def __init__(self, spec: dict):
+        super().__init__()
+        self.spec = spec
+        self.dim = int(spec.get("dim", 32))
+        self.noise = float(spec.get("noise", 0.0))  # denoising variant: Gaussian noise on input
+        w = int(spec.get("width", 64))
+        self.width = w
+
+        def down(cin, cout):
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1),
+                nn.BatchNorm2d(cout),
+                nn.LeakyReLU(0.1, inplace=True),
+                nn.Conv2d(cout, cout, 3, padding=1),
+                nn.BatchNorm2d(cout),
+                nn.LeakyReLU(0.1, inplace=True),
+                nn.MaxPool2d(2),
+            )
+
+        def up(cin, cout):
+            return nn.Sequential(
+                nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1),
+                nn.BatchNorm2d(cout),
+                nn.LeakyReLU(0.1, inplace=True),
+                nn.Conv2d(cout, cout, 3, padding=1),
+                nn.BatchNorm2d(cout),
+                nn.LeakyReLU(0.1, inplace=True),
+            )
+
+        self.encoder = nn.Sequential(down(3, w), down(w, 2 * w), down(2 * w, 4 * w))
+        self.to_code = nn.Linear(4 * w * 16, self.dim)
+        self.from_code = nn.Linear(self.dim, 4 * w * 16)
+        self.decoder = nn.Sequential(up(4 * w, 2 * w), up(2 * w, w), up(w, w), nn.Conv2d(w, 3, 3, padding=1))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.to_code(self.encoder(x).flatten(1))
+
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        h = self.from_code(code).view(-1, 4 * self.width, 4, 4)
+        return 0.5 * torch.tanh(self.decoder(F.leaky_relu(h, 0.1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.encode(x), dim=1)
+
+
+def build_network(spec: dict, *, pretrained: bool = True) -> nn.Module:
+    if spec["kind"] == "autoencoder":
+        return ConvAutoencoder(spec)
+    return EmbeddingNet(spec, pretrained=pretrained)
