@@ -27,7 +27,7 @@ INDEX_FILE = "index.bin"
 META_FILE = "meta.json"
 LOCK_FILE = "write.lock"
 MIN_CAPACITY = 1024
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
 @dataclass
@@ -194,7 +194,7 @@ class VectorIndex:
         if not len(labels):
             return []
         query = np.asarray(vector, dtype=np.float32)
-        distance = _POPCOUNT[codes ^ np.packbits(query > 0)].sum(axis=1, dtype=np.int32)
+        distance = POPCOUNT[codes ^ np.packbits(query > 0)].sum(axis=1, dtype=np.int32)
         best = np.argsort(distance, kind="stable")[: max(k, candidates)]
         scores = vectors[best] @ query
         order = np.argsort(-scores, kind="stable")[:k]

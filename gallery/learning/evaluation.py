@@ -7,7 +7,7 @@ the classes of its 10 nearest neighbours."""
 
 import numpy as np
 
-POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+from ..index import POPCOUNT  # bits set per byte value, shared with the search path
 
 
 def average_precision(relevant: np.ndarray) -> np.ndarray:

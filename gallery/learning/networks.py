@@ -16,12 +16,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..embedders.torchvision_backbones import gem  # the pooling the pretrained embedders use
+
 LITE0_STAGES = 7
-
-
-def gem(x: torch.Tensor, p: float = 3.0, eps: float = 1e-6) -> torch.Tensor:
-    """Generalised-mean pooling: between average (p=1) and max pooling."""
-    return x.clamp(min=eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
 
 
 def _lite0(pretrained: bool) -> nn.Module:
