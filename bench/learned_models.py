@@ -4,10 +4,11 @@ on the archive's `train/` part (class folders = categories; no labels for contra
 `test/` images = queries, mAP@1000 / mAP@all / precision@10; Hamming ranking for hash codes;
 reconstruction MSE on `test/` for the autoencoder). The baseline in the same run is the
 default pretrained embedder (ImageNet EfficientNet-Lite0, no training) on the same protocol.
+`--neardup` adds near-duplicate recall@1/@10 on edited copies of the 6,000 product photos.
 
-    .venv/bin/python bench/learned_models.py --kinds metric --bits 48 --minutes 40
-    .venv/bin/python bench/learned_models.py --kinds autoencoder --minutes 10
-    .venv/bin/python bench/learned_models.py --kinds contrastive --minutes 20
+    .venv/bin/python bench/learned_models.py --kinds metric --bits 48 --minutes 44 --no-baseline
+    .venv/bin/python bench/learned_models.py --kinds autoencoder --minutes 12 --extra "--dim 64 --width 32"
+    .venv/bin/python bench/learned_models.py --kinds contrastive --minutes 15 --max-images 10000 --neardup
     .venv/bin/python bench/learned_models.py --kinds metric --minutes 1 --db-limit 2000 --queries 500  # quick
 
 Training time (`--minutes`) is the whole run of `train_model`, including the one-off pass of
@@ -24,6 +25,7 @@ import time
 import _harness as h
 
 DATASET = "cifar10-jpg.zip"
+NEARDUP_DATASET = "fashion-products-6k.zip"
 TARGETS = {"metric": 0.90, "metric_codes": 0.88, "contrastive": 0.35, "autoencoder_mse": 0.0114}
 
 
@@ -54,13 +56,29 @@ def main(argv=None) -> int:
     parser.add_argument("--db-limit", type=int, help="evaluate on a random sample of the database")
     parser.add_argument("--queries", type=int, help="evaluate on a random sample of the queries")
     parser.add_argument("--no-baseline", action="store_true", help="skip the pretrained baseline")
+    parser.add_argument(
+        "--neardup",
+        action="store_true",
+        help=f"also measure near-duplicate recall@1 on edited copies ({NEARDUP_DATASET}, 500 queries)",
+    )
     args = parser.parse_args(argv)
     h.install_signal_handlers()
     archive = h.require_dataset(args.datasets, DATASET)
     limits = (["--db-limit", str(args.db_limit)] if args.db_limit else []) + (
         ["--queries", str(args.queries)] if args.queries else []
     )
+    products = h.require_dataset(args.datasets, NEARDUP_DATASET) if args.neardup else None
     figures: dict = {}
+
+    def neardup(app, model: list[str]) -> dict:
+        """The neardup protocol for one model (the default one when `model` is empty)."""
+        started = time.monotonic()
+        result = last_json(
+            app.run_manage(["evaluate_model", *model, "--protocol", "neardup", "--data", str(products)])
+        )
+        h.log(f"  near-duplicates: recall@1 {result['recall@1']}  recall@10 {result['recall@10']}")
+        return {**result, "wall_seconds": round(time.monotonic() - started, 1)}
+
     with h.BenchApp("learned", args) as app:
         app.prepare()
         if not args.no_baseline:
@@ -74,6 +92,8 @@ def main(argv=None) -> int:
             h.log(
                 f"  mAP@1000 {base['map@1000']}  P@10 {base['precision@10']}  mAP@all {base.get('map@all')}"
             )
+            if products:
+                figures["baseline"]["neardup"] = neardup(app, [])
         for kind in [k.strip() for k in args.kinds.split(",") if k.strip()]:
             train_args = [
                 "train_model",
@@ -122,6 +142,8 @@ def main(argv=None) -> int:
                 "evaluation": evaluated,
                 "eval_wall_seconds": round(time.monotonic() - started, 1),
             }
+            if products:
+                entry["neardup"] = neardup(app, [trained["model"]])
             verdicts = {}
             if kind in ("metric", "contrastive"):
                 verdicts["map@1000"] = evaluated["map@1000"] >= TARGETS[kind]
