@@ -86,7 +86,20 @@ class Embedding(models.Model):
         return np.frombuffer(bytes(self.vector), dtype=np.float32)
 
 
-class ImportJob(models.Model):
+class BackgroundRun(models.Model):
+    """When a long background job (an import, a training run) was created, started, finished."""
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        abstract = True
+        ordering = ["-created_at"]
+
+
+class ImportJob(BackgroundRun):
     """A bulk import: its files are ImportItem rows, so a job resumes where it stopped and
     running it again adds nothing twice. Counts (imported, duplicates, failed) are derived
     from the items' states (selectors.import_job_progress)."""
@@ -110,13 +123,6 @@ class ImportJob(models.Model):
     total = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
     started_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    updated_at = models.DateTimeField(auto_now=True)
-
-    class Meta:
-        ordering = ["-created_at"]
 
     def __str__(self):
         return f"Import {self.pk} ({self.get_source_kind_display()})"
@@ -210,7 +216,7 @@ class ApiToken(models.Model):
         return f"{self.name or 'token'} for {self.user}"
 
 
-class ModelVersion(models.Model):
+class ModelVersion(BackgroundRun):
     """One embedding model: a pretrained backbone or a network trained here. Its `name` is the
     `Embedding.model_name` of its vectors; its files live in MODELS_DIR/<name>/ (weights,
     checkpoints, loss curve, confusion matrix). At most one version is active: the one whose
@@ -260,13 +266,8 @@ class ModelVersion(models.Model):
     activation_started_at = models.DateTimeField(null=True, blank=True)
     activated_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    updated_at = models.DateTimeField(auto_now=True)
 
-    class Meta:
-        ordering = ["-created_at"]
+    class Meta(BackgroundRun.Meta):
         constraints = [
             models.UniqueConstraint(
                 fields=["is_active"], condition=models.Q(is_active=True), name="one_active_model"
