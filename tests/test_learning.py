@@ -5,10 +5,11 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from timm.layers import Conv2dSame
 
 from gallery.learning import data as datasets
 from gallery.learning import evaluation, losses
-from gallery.learning.networks import EmbeddingNet
+from gallery.learning.networks import EmbeddingNet, SmallMapDepthwise, use_small_map_depthwise
 from gallery.learning.trainer import Cancelled, Trainer, load_model, make_spec, pixels, to_tensor
 from tests.images import make_category_folder
 
@@ -78,6 +79,33 @@ def test_losses_prefer_embeddings_that_put_classes_together():
     assert losses.triplet_batch_hard(good, good, labels, margin=0.2) == 0
     assert losses.triplet_batch_hard(bad, bad, labels, margin=0.2) > 0
     assert losses.nt_xent(good, good) < losses.nt_xent(good, good[[1, 0, 3, 2]])
+
+
+@pytest.mark.parametrize(
+    "size, layer",
+    [
+        (4, lambda: torch.nn.Conv2d(6, 6, 5, padding=2, groups=6, bias=False)),
+        (4, lambda: torch.nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False)),
+        (8, lambda: Conv2dSame(6, 6, 5, stride=2, groups=6, bias=False)),  # TF 'same' padding
+        (7, lambda: Conv2dSame(6, 6, 3, stride=2, groups=6, bias=False)),
+        (12, lambda: torch.nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False)),  # large: the layer
+    ],
+)
+def test_small_map_depthwise_computes_what_the_convolution_does(size, layer):
+    torch.manual_seed(0)
+    conv = layer()
+    fast = use_small_map_depthwise(torch.nn.Sequential(conv))[0]
+    assert isinstance(fast, SmallMapDepthwise) and fast.weight is conv.weight
+    x = torch.randn(3, 6, size, size, requires_grad=True)
+    expected = conv(x)
+    (grad_x_expected, grad_w_expected) = torch.autograd.grad(expected.pow(2).sum(), (x, conv.weight))
+    got = fast(x)
+    (grad_x, grad_w) = torch.autograd.grad(got.pow(2).sum(), (x, fast.weight))
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(grad_x, grad_x_expected, atol=1e-4)
+    assert torch.allclose(grad_w, grad_w_expected, atol=1e-4)
+    assert list(torch.nn.Sequential(fast).state_dict()) == ["0.weight"]
 
 
 @pytest.mark.parametrize("bits", [0, 16])

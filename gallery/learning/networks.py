@@ -12,6 +12,8 @@
 Everything a network needs to be rebuilt is its `spec` (a JSON-able dict), saved with the
 weights, so an embedder can load a model file without the database."""
 
+import copy
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -30,6 +32,70 @@ def _lite0(pretrained: bool) -> nn.Module:
 
         load_lite0_weights(model)
     return model
+
+
+class SmallMapDepthwise(nn.Module):
+    """A depthwise convolution computed as one small matrix per channel.
+
+    On the 8x8 and 4x4 maps of the trained stages, PyTorch's CPU depthwise backward was the
+    bulk of a training step (265 ms of a 1.7 s step for one 5x5 layer, about 2 GFLOP/s). On a
+    map of H*W pixels the layer is, per channel, a fixed (outputs x inputs) matrix whose
+    entries are kernel taps; a batched matmul computes it and its gradient at full speed.
+    Same weight (same state-dict key), same results; the tap layout is read off the wrapped
+    layer itself, so its padding rules ('same' padding included) hold as they are."""
+
+    MAX_PIXELS = 64  # the matrix grows as (H*W)^2: only for small maps
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.weight = conv.weight
+        self._probe = [copy.deepcopy(conv).requires_grad_(False)]  # a list: not a submodule
+        self._taps: dict[tuple[int, int], tuple[torch.Tensor, tuple[int, int]]] = {}
+
+    def _layout(self, h: int, w: int):
+        """(tap index per output x input pixel, with k*k = no tap; output size)."""
+        key = (h, w)
+        if key not in self._taps:
+            probe = self._probe[0]
+            k = probe.weight.shape[-1] * probe.weight.shape[-2]
+            kernel = torch.zeros(k, 1, probe.weight.shape[-2], probe.weight.shape[-1])
+            kernel.view(k, -1)[torch.arange(k), torch.arange(k)] = 1.0
+            basis = torch.eye(h * w).view(h * w, 1, h, w).expand(h * w, k, h, w)
+            with torch.no_grad():
+                saved, probe.weight = probe.weight, nn.Parameter(kernel, requires_grad=False)
+                probe.groups = k
+                out = probe(basis.contiguous())  # (inputs, taps, ho, wo): 1 where a tap links them
+                probe.weight, probe.groups = saved, saved.shape[0]
+            ho, wo = out.shape[-2:]
+            links = out.flatten(2).permute(2, 0, 1)  # (outputs, inputs, taps)
+            index = torch.where(links.sum(-1) > 0.5, links.argmax(-1), torch.tensor(k))
+            self._taps[key] = (index, (ho, wo))
+        return self._taps[key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        if h * w > self.MAX_PIXELS:  # the wrapped layer, with this (trained) weight
+            return torch.func.functional_call(self._probe[0], {"weight": self.weight}, (x,))
+        index, (ho, wo) = self._layout(h, w)
+        taps = torch.cat([self.weight.reshape(c, -1), self.weight.new_zeros(c, 1)], dim=1)
+        matrices = taps[:, index]  # (channels, outputs, inputs)
+        out = torch.bmm(x.reshape(b, c, h * w).transpose(0, 1), matrices.transpose(1, 2))
+        return out.transpose(0, 1).reshape(b, c, ho, wo)
+
+
+def use_small_map_depthwise(module: nn.Module) -> nn.Module:
+    """Swaps every depthwise convolution (without bias) of `module` for `SmallMapDepthwise`."""
+    for name, child in module.named_children():
+        if (
+            isinstance(child, nn.Conv2d)
+            and child.groups == child.in_channels == child.out_channels
+            and child.bias is None
+            and child.dilation == (1, 1)
+        ):
+            setattr(module, name, SmallMapDepthwise(child))
+        else:
+            use_small_map_depthwise(child)
+    return module
 
 
 def build_backbone(spec: dict, *, pretrained: bool = True) -> tuple[nn.Module, nn.Module, int]:
@@ -69,6 +135,7 @@ class EmbeddingNet(nn.Module):
         self.trunk, self.tail, channels = build_backbone(spec, pretrained=pretrained)
         for p in self.trunk.parameters():
             p.requires_grad_(False)
+        use_small_map_depthwise(self.tail)  # CPU speed: a 1.4x faster training step here
         self.trunk.eval()  # frozen: its batch-norm layers keep their ImageNet statistics
         self.bits = int(spec.get("bits") or 0)
         self.dim = self.bits or int(spec.get("dim", 128))

@@ -36,8 +36,11 @@ DEFAULTS = {
         "dim": 128,
         "temperature": 0.2,
         "proxy_weight": 1.0,
-        "lr": 1e-3,
-        "tail_lr_scale": 0.3,
+        # The pretrained stages learn at the head's rate. 8-minute runs on CIFAR-10 (mAP@1000):
+        # 0.845 with lr 1e-3 and a third of it for those stages, 0.873 with all at 1e-3, 0.878
+        # with all at 2e-3.
+        "lr": 2e-3,
+        "tail_lr_scale": 1.0,
     },
     "triplet": {
         "arch": "lite0",
