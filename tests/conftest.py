@@ -91,9 +91,6 @@ def _database_url(settings_dict) -> str:
     raise RuntimeError(f"No worker URL for {engine}")
 
 
-_WORKER_LOGS: list[Path] = []  # newest last; shown when a wait times out
-
-
 def start_worker(broker_url: str, session_dirs, log_path: Path, name: str) -> subprocess.Popen:
     """A real `celery worker` process on the test database, consuming both queues (solo
     pool: one task at a time, so it is also the index's single writer)."""
@@ -109,7 +106,6 @@ def start_worker(broker_url: str, session_dirs, log_path: Path, name: str) -> su
         VAR_DIR=str(session_dirs["base"]),
     )
     log = open(log_path, "w")
-    _WORKER_LOGS.append(log_path)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -176,7 +172,10 @@ def wait_for_status(ids, status="indexed", timeout=90):
             return statuses
         time.sleep(0.2)
     errors = dict(Image.objects.filter(pk__in=ids).exclude(error="").values_list("pk", "error"))
-    log = _WORKER_LOGS[-1].read_text()[-4000:] if _WORKER_LOGS and _WORKER_LOGS[-1].exists() else ""
+    from django.conf import settings
+
+    log_path = Path(settings.MEDIA_ROOT).parent / "worker.log"  # the session worker's (celery_worker)
+    log = log_path.read_text()[-4000:] if log_path.exists() else ""
     raise AssertionError(
         f"Not all {status} after {timeout}s: {statuses}; errors {errors}\nWorker log:\n{log}"
     )
