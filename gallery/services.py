@@ -189,7 +189,7 @@ def images_embed(image_ids: list[int], *, note_near_duplicates: bool = True) -> 
     index update. Idempotent; counts attempts so that a task that keeps crashing its worker
     gives up with the error recorded. Bulk imports skip the near-duplicate note (staff see
     near-duplicate groups instead), so the embed worker does not reload the index per batch."""
-    ref = active_model()
+    ref = active_model(fresh=True)
     embedder = get_embedder(ref)
     Image.objects.filter(pk__in=image_ids, status=Image.Status.PROCESSING).update(
         embed_attempts=F("embed_attempts") + 1
@@ -379,7 +379,16 @@ def index_sync(image_ids: list[int] | None = None) -> int:
     """Add every embedded image still marked processing (and the given indexed ones, e.g.
     just approved) to the index if it may be searched, save, and mark them indexed.
     With no usable index on disk, rebuild it from the database instead."""
-    ref = active_model()
+    ref = active_model(fresh=True)
+    added = _index_sync_model(ref, image_ids)
+    if active_model(fresh=True).name != ref.name:
+        # The model was switched while we worked: what we just marked indexed went into the
+        # old index, after the switch's own catch-up had looked.
+        images_catch_up_with_active_model()
+    return added
+
+
+def _index_sync_model(ref: ModelRef, image_ids: list[int] | None) -> int:
     model, directory = ref.name, ref.index_dir
     waiting = Image.objects.filter(status=Image.Status.PROCESSING, embeddings__model_name=model)
     if not image_ids and IndexMeta.read(directory) is not None and not waiting.exists():
@@ -436,7 +445,7 @@ def _invisible(ids):
 
 
 def index_remove(image_ids: list[int]) -> int:
-    ref = active_model()
+    ref = active_model(fresh=True)
     directory = ref.index_dir
     with write_lock(directory):
         index = _writer_index(ref)
@@ -450,7 +459,7 @@ def index_remove(image_ids: list[int]) -> int:
 
 def index_rebuild() -> int:
     """Build a fresh index from the embeddings in the database and switch to it atomically."""
-    ref = active_model()
+    ref = active_model(fresh=True)
     with write_lock(ref.index_dir):
         return _index_rebuild_locked(ref)
 
@@ -1073,24 +1082,30 @@ def model_activate(version_id: int, *, batch_size: int = 64) -> ModelVersion:
             activation_progress={"stage": "active", "done": count, "total": total},
         )
         started = version.activation_started_at or timezone.now()
-        transaction.on_commit(lambda: _after_switch(ref, started), robust=True)
+        transaction.on_commit(lambda: _after_switch(started), robust=True)
     forget_active_model()
     _model_log(version_id, f"activated: {count} images in its index")
     return ModelVersion.objects.get(pk=version_id)
 
 
-def _after_switch(ref: ModelRef, started) -> None:
-    """Catch up with what changed during the activation: new uploads get the new model's
-    vectors; items hidden or rejected meanwhile leave the new index."""
-    forget_active_model()
+def images_catch_up_with_active_model() -> None:
+    """Images that lack the active model's vector get it: those marked indexed (with the old
+    model's) go back to processing, and every such processing image is queued."""
+    name = active_model(fresh=True).name
     missing = list(
         Image.objects.filter(status=Image.Status.INDEXED)
-        .exclude(embeddings__model_name=ref.name)
+        .exclude(embeddings__model_name=name)
         .values_list("pk", flat=True)
     )
     if missing:
         Image.objects.filter(pk__in=missing).update(status=Image.Status.PROCESSING, embed_attempts=0)
     images_enqueue_pending()
+
+
+def _after_switch(started) -> None:
+    """Catch up with what changed during the activation: new uploads get the new model's
+    vectors; items hidden or rejected meanwhile leave the new index."""
+    images_catch_up_with_active_model()
     changed = list(
         Image.objects.filter(updated_at__gte=started)
         .exclude(status=Image.Status.INDEXED, moderation=Image.Moderation.APPROVED)

@@ -2,14 +2,15 @@
 re-activate the previous one; searches use one model for query and index throughout."""
 
 import json
+import time
 import zipfile
 
 import numpy as np
 import pytest
 from django.core.management import call_command
 
-from gallery import selectors, services
-from gallery.embedders import active_model, default_model, forget_active_model
+from gallery import embedders, selectors, services
+from gallery.embedders import active_model, default_model, forget_active_model, model_ref
 from gallery.index import IndexMeta
 from gallery.learning.edits import EDIT_KINDS
 from gallery.models import Embedding, Image, ModelVersion
@@ -154,6 +155,54 @@ def test_images_uploaded_during_activation_get_the_new_models_vector(
         services.index_sync()
     assert Embedding.objects.filter(image=late, model_name=learned.name).exists()
     assert late.pk in {h.image.pk for h in selectors.image_similar(gallery[0], k=30).hits}
+
+
+def test_writers_do_not_act_on_a_model_switched_a_second_ago(gallery):
+    """A worker whose cache still holds the old model, in the second after another process
+    switched: a new upload gets the new model's vector and reaches the new model's index."""
+    default = services.model_version_default()
+    learned = train_small()
+    services.model_activate_start(learned, dispatch=False)
+    services.model_activate(learned.pk)
+    embedders._active.update(ref=model_ref(default), at=time.monotonic())  # that worker's cache
+    late, _ = services.image_create(
+        data=encode(make_category_picture("red", 556, (96, 96)), "PNG"), title="late", category="red"
+    )
+    services.images_embed([late.pk])
+    services.index_sync()
+    late.refresh_from_db()
+    assert late.status == Image.Status.INDEXED
+    assert Embedding.objects.filter(image=late, model_name=learned.name).exists()
+    assert not Embedding.objects.filter(image=late, model_name=default.name).exists()
+    assert IndexMeta.read(model_ref(learned).index_dir).count == 19
+
+
+def test_an_index_update_overtaken_by_a_switch_sends_its_images_to_the_new_model(gallery):
+    """An upload that got only the old model's vector, and an index update still on the old
+    model after the switch had caught up: the image goes back to processing and on to the new
+    model's vector and index."""
+    default = model_ref(services.model_version_default())
+    learned = train_small()
+    services.model_activate_start(learned, dispatch=False)
+    services.model_activate(learned.pk)
+    late, _ = services.image_create(
+        data=encode(make_category_picture("red", 557, (96, 96)), "PNG"), title="late", category="red"
+    )
+    vector = np.full(default.dim, default.dim**-0.5, dtype=np.float32)
+    Embedding.objects.create(image=late, model_name=default.name, dim=default.dim, vector=vector.tobytes())
+    assert services._index_sync_model(default, None) == 1  # the late update, into the old index
+    late.refresh_from_db()
+    assert late.status == Image.Status.INDEXED
+
+    services.images_catch_up_with_active_model()
+    late.refresh_from_db()
+    assert late.status == Image.Status.PROCESSING
+    services.images_embed([late.pk])
+    services.index_sync()
+    late.refresh_from_db()
+    assert late.status == Image.Status.INDEXED
+    assert Embedding.objects.filter(image=late, model_name=learned.name).exists()
+    assert IndexMeta.read(model_ref(learned).index_dir).count == 19
 
 
 def test_hash_model_search_ranks_by_hamming_distance(gallery):

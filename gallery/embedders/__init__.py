@@ -2,7 +2,7 @@
 
 The active model decides which embedder and which index serve searches: the `ModelVersion`
 marked active, else the configured default (`EMBEDDER`). `active_model()` reads it (at most
-once a second per process), `get_embedder()` returns its embedder, loaded once per process."""
+once a second per process, or at once with `fresh=True`), `get_embedder()` returns its embedder, loaded once per process."""
 
 import os
 import threading
@@ -78,10 +78,12 @@ def model_ref(version) -> ModelRef:
     )
 
 
-def active_model() -> ModelRef:
+def active_model(*, fresh: bool = False) -> ModelRef:
+    """Searches take the model read within the last second; the writers of vectors and of
+    the index read it `fresh`, so that none acts on a switch another process has just made."""
     now = time.monotonic()
     cached = _active.get("ref")
-    if cached is not None and now - _active["at"] < ACTIVE_TTL_SECONDS:
+    if not fresh and cached is not None and now - _active["at"] < ACTIVE_TTL_SECONDS:
         return cached
     from ..models import ModelVersion
 
