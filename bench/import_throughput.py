@@ -38,7 +38,7 @@ import zipfile
 from collections import defaultdict
 from pathlib import PurePosixPath
 
-import _harness as h
+import harness as h
 from PIL import Image
 
 DATASET = "cifar10-jpg.zip"

@@ -22,7 +22,7 @@ import argparse
 import json
 import time
 
-import _harness as h
+import harness as h
 
 DATASET = "cifar10-jpg.zip"
 NEARDUP_DATASET = "fashion-products-6k.zip"

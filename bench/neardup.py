@@ -25,7 +25,7 @@ import zipfile
 from collections import defaultdict
 from pathlib import PurePosixPath
 
-import _harness as h
+import harness as h
 from PIL import Image
 
 DATASET = "fashion-products-6k.zip"

@@ -29,7 +29,7 @@ import time
 import zipfile
 from pathlib import Path
 
-import _harness as h
+import harness as h
 import numpy as np
 from PIL import Image
 

@@ -15,7 +15,7 @@ import copy
 import statistics
 import time
 
-import _harness as h
+import harness as h
 import torch
 from torch.nn import functional as F
 

@@ -3,7 +3,6 @@ from pathlib import Path
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
 from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
@@ -18,7 +17,6 @@ from .models import (
     ApiToken,
     Embedding,
     Image,
-    ImportItem,
     ImportJob,
     ModelVersion,
     ModerationAction,
@@ -148,7 +146,7 @@ class ImportJobAdmin(admin.ModelAdmin):
             "title": str(job),
             "job": job,
             "progress": selectors.import_job_progress(job),
-            "failures": job.items.filter(state=ImportItem.State.FAILED)[:500],
+            "failures": selectors.import_job_failures(job),
             "opts": self.model._meta,
         }
         return TemplateResponse(request, "admin/gallery/importjob/progress.html", context)
@@ -272,10 +270,6 @@ class ModelVersionAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False  # no service removes a version's vectors, index and files
 
-    def changelist_view(self, request, extra_context=None):
-        services.model_version_default()
-        return super().changelist_view(request, extra_context)
-
     def _get(self, request, pk, *, change=False) -> ModelVersion:
         version = get_object_or_404(ModelVersion, pk=pk)
         allowed = (
@@ -372,20 +366,18 @@ class ModelVersionAdmin(admin.ModelAdmin):
         return self._back(pk)
 
     def evaluate_view(self, request, pk):
-        from .tasks import evaluate_model
-
         version = self._get(request, pk, change=True)
         form = ModelEvaluateForm(request.POST)
-        if not version.is_ready:
-            self.message_user(request, f"{version.name} is not ready.", messages.ERROR)
-        elif not form.is_valid():
+        if not form.is_valid():
             errors = "; ".join(e for errs in form.errors.values() for e in errs)
             self.message_user(request, f"Evaluation not started: {errors}", messages.ERROR)
+            return self._back(pk)
+        protocol = form.cleaned_data["protocol"]
+        try:
+            services.model_evaluate_start(version, protocol, form.cleaned_data["data"], form.limits())
+        except ValueError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
         else:
-            protocol, data, limits = form.cleaned_data["protocol"], form.cleaned_data["data"], form.limits()
-            transaction.on_commit(
-                lambda: evaluate_model.delay(version.pk, protocol, data, limits), robust=True
-            )
             self.message_user(
                 request,
                 f"Evaluation {protocol} queued; its figures appear below when done.",

@@ -1,22 +1,37 @@
 """The JSON API (django-ninja): thin, parses input and calls services and selectors.
-Errors are always `{"error": "<words a person understands>"}`."""
+Errors are always `{"error": "<words a person understands>"}`; every answer's shape is
+declared in `schemas`."""
+
+from typing import Any
 
 from django.conf import settings
-from django.http import HttpRequest
-from ninja import File, Form, NinjaAPI
-from ninja.errors import HttpError, ValidationError
+from django.http import HttpRequest, HttpResponse
+from ninja import File, Form, NinjaAPI, Status
+from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.files import UploadedFile
 from ninja.security import HttpBearer, django_auth
 
 from . import selectors, services
 from .imaging import ImageRejected
 from .models import ApiToken, Image
+from .schemas import (
+    ErrorOut,
+    ImageCreatedOut,
+    ImageDetailOut,
+    ImageStatusOut,
+    ModerationOut,
+    ReportOut,
+    SearchOut,
+)
 
 api = NinjaAPI(title="Search by image", version="1", urls_namespace="api")
 
+BAD_INPUT = {400: ErrorOut}
+NOT_FOUND = {404: ErrorOut}
+
 
 @api.exception_handler(ValidationError)
-def _validation_error(request, exc: ValidationError):
+def _validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
     fields = sorted({str(err.get("loc", ["?"])[-1]) for err in exc.errors})
     missing = [f for f in fields if f == "image"]
     message = (
@@ -28,12 +43,21 @@ def _validation_error(request, exc: ValidationError):
 
 
 @api.exception_handler(HttpError)
-def _http_error(request, exc: HttpError):
+def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     return api.create_response(request, {"error": str(exc)}, status=exc.status_code)
 
 
+@api.exception_handler(AuthenticationError)
+def _not_authenticated(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return api.create_response(
+        request,
+        {"error": "Please sign in as staff, or send an API token (Authorization: Bearer <key>)."},
+        status=401,
+    )
+
+
 @api.exception_handler(ImageRejected)
-def _image_rejected(request, exc: ImageRejected):
+def _image_rejected(request: HttpRequest, exc: ImageRejected) -> HttpResponse:
     return api.create_response(request, {"error": str(exc)}, status=400)
 
 
@@ -44,10 +68,10 @@ def read_upload(upload: UploadedFile) -> bytes:
             f"The file is too large ({upload.size / (1024 * 1024):.0f} MB); the limit is "
             f"{settings.UPLOAD_MAX_BYTES / (1024 * 1024):.0f} MB."
         )
-    return upload.read()
+    return bytes(upload.read())
 
 
-def image_summary(request: HttpRequest, image: Image) -> dict:
+def image_summary(request: HttpRequest, image: Image) -> dict[str, Any]:
     return {
         "id": image.pk,
         "title": image.title,
@@ -58,7 +82,7 @@ def image_summary(request: HttpRequest, image: Image) -> dict:
     }
 
 
-def results_payload(request: HttpRequest, result: selectors.SearchResult) -> dict:
+def results_payload(request: HttpRequest, result: selectors.SearchResult) -> dict[str, Any]:
     return {
         "results": [
             {"id": hit.image.pk, "score": round(hit.score, 6), **image_summary(request, hit.image)}
@@ -68,22 +92,29 @@ def results_payload(request: HttpRequest, result: selectors.SearchResult) -> dic
     }
 
 
-@api.post("/search")
-def search(request, image: File[UploadedFile], k: Form[int] = 20, category: Form[str] = ""):
+@api.post("/search", response={200: SearchOut, **BAD_INPUT})
+def search(
+    request: HttpRequest, image: File[UploadedFile], k: Form[int] = 20, category: Form[str] = ""
+) -> dict[str, Any]:
+    """The most similar searchable items to the uploaded photo, best first."""
     result = selectors.image_search_by_image(read_upload(image), k=k, category=category.strip())
     return results_payload(request, result)
 
 
-@api.get("/images/{image_id}/similar")
-def similar(request, image_id: int, k: int = 20):
-    image = selectors.visible_images().filter(pk=image_id).first()
+@api.get("/images/{image_id}/similar", response={200: SearchOut, **NOT_FOUND})
+def similar(request: HttpRequest, image_id: int, k: int = 20) -> dict[str, Any]:
+    """The items most similar to a searchable item, without the item itself."""
+    image = selectors.image_get_searchable(image_id)
     if image is None:
         raise HttpError(404, "No searchable image with this id.")
     return results_payload(request, selectors.image_similar(image, k=k))
 
 
-@api.post("/images")
-def create_image(request, image: File[UploadedFile], title: Form[str] = "", category: Form[str] = ""):
+@api.post("/images", response={200: ImageCreatedOut, 201: ImageCreatedOut, **BAD_INPUT})
+def create_image(
+    request: HttpRequest, image: File[UploadedFile], title: Form[str] = "", category: Form[str] = ""
+) -> Status[dict[str, Any]]:
+    """Add an item (201), or find the identical file already stored (200, `duplicate`)."""
     data = read_upload(image)
     item, created = services.image_create(
         data=data, title=title, category=category, original_name=image.name or "", uploaded_by=request.user
@@ -95,17 +126,17 @@ def create_image(request, image: File[UploadedFile], title: Form[str] = "", cate
         "moderation": item.moderation,
         "duplicate": not created,
     }
-    return api.create_response(request, body, status=201 if created else 200)
+    return Status(201 if created else 200, body)
 
 
-@api.get("/images/{image_id}")
-def image_detail(request, image_id: int):
-    image = selectors.image_get_public(image_id)
+@api.get("/images/{image_id}", response={200: ImageDetailOut | ImageStatusOut, **NOT_FOUND})
+def image_detail(request: HttpRequest, image_id: int) -> dict[str, Any]:
+    """An item's state and details; of an item that is not public only its state (so an
+    uploader can follow it), unless the caller is staff."""
+    image = selectors.image_get(image_id)
     if image is None:
         raise HttpError(404, "No image with this id.")
-    public = image.status != Image.Status.HIDDEN and image.moderation == Image.Moderation.APPROVED
-    if not public and not request.user.is_staff:
-        # the uploader may follow its status, but a hidden or unapproved item is not shown
+    if not image.is_public and not request.user.is_staff:
         return {"id": image.pk, "status": image.status, "moderation": image.moderation, "error": image.error}
     return {
         "status": image.status,
@@ -116,22 +147,23 @@ def image_detail(request, image_id: int):
     }
 
 
-@api.post("/images/{image_id}/report", response={201: dict})
-def report(request, image_id: int, reason: Form[str] = ""):
-    image = selectors.visible_images().filter(pk=image_id).first()
+@api.post("/images/{image_id}/report", response={201: ReportOut, **BAD_INPUT, **NOT_FOUND})
+def report(request: HttpRequest, image_id: int, reason: Form[str] = "") -> Status[dict[str, Any]]:
+    """Report a searchable item to staff."""
+    image = selectors.image_get_searchable(image_id)
     if image is None:
         raise HttpError(404, "No searchable image with this id.")
     try:
         services.report_create(image, reason)
     except ValueError as exc:
         raise HttpError(400, str(exc)) from exc
-    return 201, {"id": image.pk, "reported": True}
+    return Status(201, {"id": image.pk, "reported": True})
 
 
 class BearerToken(HttpBearer):
     """`Authorization: Bearer <key>` with a key from the admin's API tokens."""
 
-    def authenticate(self, request, token):
+    def authenticate(self, request: HttpRequest, token: str) -> Any:
         row = ApiToken.objects.select_related("user").filter(key=token, user__is_active=True).first()
         if row is None:
             return None
@@ -139,20 +171,22 @@ class BearerToken(HttpBearer):
         return row.user
 
 
-def _moderation_endpoint(action: str):
-    def moderate(request, image_id: int, reason: Form[str] = ""):
-        if not request.auth.is_staff:
+def _moderation_endpoint(action: str) -> None:
+    def moderate(request: HttpRequest, image_id: int, reason: Form[str] = "") -> dict[str, Any]:
+        if not request.auth.is_staff:  # type: ignore[attr-defined]
             raise HttpError(403, "Only staff can moderate.")
-        if not Image.objects.filter(pk=image_id).exists():
+        if selectors.image_get(image_id) is None:
             raise HttpError(404, "No image with this id.")
-        services.images_moderate([image_id], action, actor=request.auth, reason=reason)
-        image = Image.objects.get(pk=image_id)
+        services.images_moderate([image_id], action, actor=request.auth, reason=reason)  # type: ignore[attr-defined]
+        image = selectors.image_get(image_id)
+        assert image is not None
         return {"id": image.pk, "status": image.status, "moderation": image.moderation}
 
     moderate.__name__ = f"moderate_{action}"
     api.post(
         f"/images/{{image_id}}/{action}",
         auth=[BearerToken(), django_auth],
+        response={200: ModerationOut, 401: ErrorOut, 403: ErrorOut, **NOT_FOUND},
         summary=f"{action.capitalize()} (staff)",
     )(moderate)
 

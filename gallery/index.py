@@ -173,6 +173,13 @@ class VectorIndex:
                 self.hnsw.set_ef(self.ef)
         return [(int(label), float(1.0 - d)) for label, d in zip(labels[0], distances[0])]
 
+    def neighbours(self, labels: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest items of items already in the index (themselves included), as
+        arrays of labels and cosine similarities, one row per label."""
+        vectors = np.asarray(self.hnsw.get_items(labels), dtype=np.float32)
+        found, distances = self.hnsw.knn_query(vectors, k=k)
+        return found.astype(np.int64), 1.0 - distances
+
     def hamming_query(
         self, vector: np.ndarray, k: int, allowed: set[int] | None = None, candidates: int = 200
     ) -> list[tuple[int, float]]:

@@ -9,6 +9,36 @@ from django.db import models
 from django.urls import reverse
 
 
+class ImageQuerySet(models.QuerySet["Image"]):
+    """The visibility rules, written once: who may see an item, what may be indexed."""
+
+    def searchable(self) -> "ImageQuerySet":
+        """What the public may find in search, similar items and browsing: indexed and approved."""
+        return self.filter(status=Image.Status.INDEXED, moderation=Image.Moderation.APPROVED)
+
+    def unsearchable(self) -> "ImageQuerySet":
+        return self.exclude(status=Image.Status.INDEXED, moderation=Image.Moderation.APPROVED)
+
+    def indexable(self) -> "ImageQuerySet":
+        """What belongs in the index (now or once embedded): approved, indexed or processing."""
+        return self.filter(
+            status__in=[Image.Status.INDEXED, Image.Status.PROCESSING], moderation=Image.Moderation.APPROVED
+        )
+
+    def public(self) -> "ImageQuerySet":
+        """Whose page the public may open: approved and not hidden (processing ones too)."""
+        return self.filter(moderation=Image.Moderation.APPROVED).exclude(status=Image.Status.HIDDEN)
+
+    def processing(self) -> "ImageQuerySet":
+        return self.filter(status=Image.Status.PROCESSING)
+
+    def with_vector(self, model_name: str) -> "ImageQuerySet":
+        return self.filter(embeddings__model_name=model_name)
+
+    def without_vector(self, model_name: str) -> "ImageQuerySet":
+        return self.exclude(embeddings__model_name=model_name)
+
+
 class Image(models.Model):
     class Status(models.TextChoices):
         PROCESSING = "processing"  # stored, waiting for its embedding / index entry
@@ -54,6 +84,8 @@ class Image(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     indexed_at = models.DateTimeField(null=True, blank=True)
 
+    objects = ImageQuerySet.as_manager()
+
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["status", "category"])]
@@ -63,6 +95,16 @@ class Image(models.Model):
 
     def get_absolute_url(self):
         return reverse("gallery:item", args=[self.pk])
+
+    @property
+    def is_public(self) -> bool:
+        """The rule of `ImageQuerySet.public` for one loaded item."""
+        return self.moderation == self.Moderation.APPROVED and self.status != self.Status.HIDDEN
+
+    @property
+    def is_searchable(self) -> bool:
+        """The rule of `ImageQuerySet.searchable` for one loaded item."""
+        return self.moderation == self.Moderation.APPROVED and self.status == self.Status.INDEXED
 
 
 class Embedding(models.Model):

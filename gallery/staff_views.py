@@ -1,25 +1,23 @@
 """Staff pages: the moderation queue, the moderation log and near-duplicate groups. Thin:
-they call selectors and services.moderate; every form is CSRF-protected."""
+they call selectors and `services.images_moderate`; every form is CSRF-protected."""
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from . import selectors, services
-from .models import ModerationAction
 
 
 @staff_member_required
-def moderation_queue(request):
+def moderation_queue(request: HttpRequest) -> HttpResponse:
     show = request.GET.get("show", "pending")
-    if show not in ("pending", "reported", "hidden", "all"):
+    if show not in selectors.MODERATION_VIEWS:
         show = "pending"
-    page = Paginator(selectors.moderation_queue(show).prefetch_related("reports"), 60).get_page(
-        request.GET.get("page")
-    )
+    page = Paginator(selectors.moderation_queue(show), 60).get_page(request.GET.get("page"))
     return render(
         request,
         "gallery/moderation.html",
@@ -27,14 +25,20 @@ def moderation_queue(request):
     )
 
 
-@staff_member_required
-@require_POST
-def moderation_act(request):
+def _chosen(request: HttpRequest) -> tuple[list[int], str]:
+    """(ids, action) of a bulk form, or of one item's button ("<id>:<action>")."""
     action = request.POST.get("action", "")
     ids = [int(x) for x in request.POST.getlist("ids") if x.isdigit()]
-    single = request.POST.get("single", "")  # a per-item button: "<id>:<action>"
+    single = request.POST.get("single", "")
     if ":" in single and single.split(":")[0].isdigit():
         ids, action = [int(single.split(":")[0])], single.split(":")[1]
+    return ids, action
+
+
+@staff_member_required
+@require_POST
+def moderation_act(request: HttpRequest) -> HttpResponse:
+    ids, action = _chosen(request)
     if action not in services.MODERATION_ACTIONS or not ids:
         messages.error(request, "Choose at least one item and an action.")
     else:
@@ -46,14 +50,13 @@ def moderation_act(request):
 
 
 @staff_member_required
-def moderation_log(request):
-    actions = ModerationAction.objects.select_related("image", "actor")
-    page = Paginator(actions, 100).get_page(request.GET.get("page"))
+def moderation_log(request: HttpRequest) -> HttpResponse:
+    page = Paginator(selectors.moderation_log(), 100).get_page(request.GET.get("page"))
     return render(request, "gallery/moderation_log.html", {"page": page})
 
 
 @staff_member_required
-def near_duplicates(request):
+def near_duplicates(request: HttpRequest) -> HttpResponse:
     try:
         threshold = float(request.GET.get("threshold", settings.NEAR_DUPLICATE_THRESHOLD))
     except ValueError:

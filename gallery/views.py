@@ -3,26 +3,30 @@ from static/gallery/app.js; these views only render."""
 
 from django.conf import settings
 from django.contrib import messages
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from . import selectors, services
 
 
-def home(request):
+def _max_upload_mb() -> int:
+    return max(1, settings.UPLOAD_MAX_BYTES // (1024 * 1024))
+
+
+def home(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "gallery/home.html",
         {
             "categories": selectors.category_list(),
-            "max_upload_mb": max(1, settings.UPLOAD_MAX_BYTES // (1024 * 1024)),
-            "indexed_count": selectors.visible_images().count(),
+            "max_upload_mb": _max_upload_mb(),
+            "indexed_count": selectors.searchable_images().count(),
         },
     )
 
 
-def browse(request):
+def browse(request: HttpRequest) -> HttpResponse:
     category = request.GET.get("category", "").strip()
     page = selectors.image_list(category=category, page=request.GET.get("page", 1))
     return render(
@@ -32,14 +36,9 @@ def browse(request):
     )
 
 
-def item(request, pk: int):
-    image = selectors.image_get_public(pk)
-    public = (
-        image is not None
-        and image.status != image.Status.HIDDEN
-        and image.moderation == image.Moderation.APPROVED
-    )
-    if image is None or not (public or request.user.is_staff):
+def item(request: HttpRequest, pk: int) -> HttpResponse:
+    image = selectors.image_get_for_viewer(pk, request.user)
+    if image is None:
         raise Http404("No such image.")
     similar = (
         selectors.image_similar(image, k=settings.SEARCH_DEFAULT_K)
@@ -49,21 +48,18 @@ def item(request, pk: int):
     return render(request, "gallery/item.html", {"image": image, "similar": similar})
 
 
-def upload(request):
+def upload(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "gallery/upload.html",
-        {
-            "categories": selectors.category_list(),
-            "max_upload_mb": max(1, settings.UPLOAD_MAX_BYTES // (1024 * 1024)),
-        },
+        {"categories": selectors.category_list(), "max_upload_mb": _max_upload_mb()},
     )
 
 
 @require_POST
-def report(request, pk: int):
+def report(request: HttpRequest, pk: int) -> HttpResponse:
     """A visitor reports an item; it lands in the staff moderation queue."""
-    image = selectors.visible_images().filter(pk=pk).first()
+    image = selectors.image_get_searchable(pk)
     if image is None:
         raise Http404("No such image.")
     try:

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import environ
 
+from gallery import queues
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
@@ -142,19 +144,13 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = 300
 CELERY_TASK_TIME_LIMIT = 360
 CELERY_WORKER_MAX_MEMORY_PER_CHILD = env.int("CELERY_WORKER_MAX_MEMORY_PER_CHILD", default=3_000_000)
-CELERY_TASK_DEFAULT_QUEUE = "embed"
+CELERY_TASK_DEFAULT_QUEUE = queues.EMBED
 # Beat (embedded in the embed worker by `runapp`) runs the safety net for lost tasks.
 CELERY_BEAT_SCHEDULE = {
-    "recover-lost-work": {"task": "gallery.tasks.recover_lost_work", "schedule": 60.0},
+    "recover-lost-work": {"task": queues.task_path("recover_lost_work"), "schedule": 60.0},
 }
-CELERY_TASK_ROUTES = {
-    "gallery.tasks.index_sync": {"queue": "index"},
-    "gallery.tasks.index_remove": {"queue": "index"},
-    # long runs (training, evaluation, re-embedding for a new model) never hold up uploads
-    "gallery.tasks.train_model": {"queue": "train"},
-    "gallery.tasks.evaluate_model": {"queue": "train"},
-    "gallery.tasks.activate_model": {"queue": "train"},
-}
+# Which task runs on which queue: gallery/queues.py (long runs never hold up uploads).
+CELERY_TASK_ROUTES = queues.celery_routes()
 
 LOGGING = {
     "version": 1,

@@ -54,7 +54,7 @@ def clean_index(session_dirs):
             shutil.rmtree(path)  # other models' indexes
         elif path.name != "write.lock":
             path.unlink()
-    selectors._readers.clear()
+    selectors.index_readers_forget()
     forget_active_model()
     yield session_dirs["index"]
     forget_active_model()

@@ -1,6 +1,7 @@
 """The embedding-model admin: the training form, the progress page and its JSON, the charts,
 and the buttons (cancel, resume, activate, evaluate). No worker: dispatches happen on commit,
-which a django_db test never reaches (they are captured instead)."""
+which a django_db test never reaches (they are captured instead). The evaluate button on a
+real worker is in test_model_tasks."""
 
 import pytest
 from django.conf import settings as django_settings
@@ -35,7 +36,7 @@ def test_add_page_creates_a_queued_version(admin_client, admin_user, django_capt
         response = admin_client.post(
             url("add"), {"kind": "metric", "data": "", "minutes": "5", "bits": "16", "pooling": "avg"}
         )
-    version = ModelVersion.objects.get()
+    version = ModelVersion.objects.exclude(kind=ModelVersion.Kind.PRETRAINED).get()
     assert response.status_code == 302 and response.url == url("change", version.pk)
     assert version.state == ModelVersion.State.QUEUED
     assert (version.kind, version.bits, version.minutes, version.data_source) == ("metric", 16, 5.0, "")
@@ -55,7 +56,7 @@ def test_add_page_passes_options(admin_client):
             "pooling": "avg",
         },
     )
-    version = ModelVersion.objects.get()
+    version = ModelVersion.objects.exclude(kind=ModelVersion.Kind.PRETRAINED).get()
     assert version.minutes == 10.0 and version.epochs == 2.0
     assert version.spec["dim"] == 48 and version.spec["image_size"] == 40 and version.dim == 48
 
@@ -74,7 +75,7 @@ def test_add_page_shows_errors_and_creates_nothing(admin_client, post, message):
     response = admin_client.post(url("add"), {"pooling": "avg", **post})
     assert response.status_code == 200
     assert message in response.content.decode()
-    assert not ModelVersion.objects.exists()
+    assert not ModelVersion.objects.exclude(kind=ModelVersion.Kind.PRETRAINED).exists()
 
 
 def test_add_page_pretrained_backbone_is_ready_at_once(admin_client):
@@ -190,30 +191,20 @@ def test_activate_queues_the_switch_only_when_ready(admin_client):
     assert admin_client.get(url("progress", version.pk)).json()["activation"] == "activating"
 
 
-def test_evaluate_queues_the_task_after_commit(
-    admin_client, tmp_path, monkeypatch, django_capture_on_commit_callbacks
-):
-    from gallery import tasks
-
-    sent = []
-    monkeypatch.setattr(tasks.evaluate_model, "delay", lambda *args: sent.append(args))
+def test_evaluate_refuses_missing_data_and_unready_models(admin_client, tmp_path):
     version = make_version()
+    response = admin_client.post(
+        url("evaluate", version.pk), {"protocol": "cifar10", "data": str(tmp_path)}, follow=True
+    )
+    assert "is not ready" in response.content.decode()
+
     ModelVersion.objects.filter(pk=version.pk).update(state=ModelVersion.State.READY)
-
-    with django_capture_on_commit_callbacks(execute=True):
-        response = admin_client.post(
-            url("evaluate", version.pk), {"protocol": "neardup", "data": "/no/such/archive.zip"}, follow=True
-        )
-    assert "does not exist" in response.content.decode() and sent == []
-
-    with django_capture_on_commit_callbacks(execute=True):
-        response = admin_client.post(
-            url("evaluate", version.pk),
-            {"protocol": "cifar10", "data": str(tmp_path), "queries": "200"},
-            follow=True,
-        )
-    assert "Evaluation cifar10 queued" in response.content.decode()
-    assert sent == [(version.pk, "cifar10", str(tmp_path), {"queries": 200})]
+    response = admin_client.post(
+        url("evaluate", version.pk), {"protocol": "neardup", "data": "/no/such/archive.zip"}, follow=True
+    )
+    assert "does not exist" in response.content.decode()
+    version.refresh_from_db()
+    assert version.progress == {} and version.evaluations == {}
 
 
 def test_changelist_lists_the_default_model_and_progress(admin_client):

@@ -83,6 +83,23 @@ def test_activation_task_switches_the_searches(pipeline):
     assert Image.objects.get(pk=late.pk).status == Image.Status.INDEXED
 
 
+def test_evaluate_button_runs_the_protocol_on_the_worker(pipeline, admin_client, tmp_path):
+    from django.urls import reverse
+
+    data = make_category_folder(tmp_path / "cifar-like", per_class=3, splits=("train", "test"))
+    version = services.model_version_default()
+    response = admin_client.post(
+        reverse("admin:gallery_modelversion_evaluate", args=[version.pk]),
+        {"protocol": "cifar10", "data": str(data)},
+        follow=True,
+    )
+    assert "Evaluation cifar10 queued" in response.content.decode()
+    done = wait_for(lambda: version_where(version.pk, progress__stage="evaluated"), what="the evaluation")
+    figures = done.evaluations["cifar10"]
+    assert figures["queries"] == 9 and 0.0 <= figures["map@1000"] <= 1.0
+    assert (done.workdir / "confusion-cifar10.png").is_file()
+
+
 @pytest.fixture(autouse=True)
 def _forget_active_model():
     forget_active_model()

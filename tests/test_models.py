@@ -110,7 +110,7 @@ def test_activation_switches_search_to_the_new_model_and_back(gallery):
     query = encode(make_category_picture("green", 999, (96, 96)), "PNG")
     before = selectors.image_search_by_image(query, k=5)
 
-    services.model_activate_start(learned, dispatch=False)
+    services.model_activate_start(learned, dispatch_task=False)
     assert active_model().name == default.name  # still the old model while it is prepared
     assert selectors.image_search_by_image(query, k=5).hits
 
@@ -128,7 +128,7 @@ def test_activation_switches_search_to_the_new_model_and_back(gallery):
 
     default.refresh_from_db()
     assert not default.is_active
-    services.model_activate_start(default, dispatch=False)
+    services.model_activate_start(default, dispatch_task=False)
     services.model_activate(default.pk)
     forget_active_model()
     assert active_model().name == default.name
@@ -140,7 +140,7 @@ def test_images_uploaded_during_activation_get_the_new_models_vector(
     gallery, django_capture_on_commit_callbacks
 ):
     learned = train_small()
-    services.model_activate_start(learned, dispatch=False)
+    services.model_activate_start(learned, dispatch_task=False)
     late, _ = services.image_create(
         data=encode(make_category_picture("red", 555, (96, 96)), "PNG"), title="late", category="red"
     )
@@ -162,7 +162,7 @@ def test_writers_do_not_act_on_a_model_switched_a_second_ago(gallery):
     switched: a new upload gets the new model's vector and reaches the new model's index."""
     default = services.model_version_default()
     learned = train_small()
-    services.model_activate_start(learned, dispatch=False)
+    services.model_activate_start(learned, dispatch_task=False)
     services.model_activate(learned.pk)
     embedders._active.update(ref=model_ref(default), at=time.monotonic())  # that worker's cache
     late, _ = services.image_create(
@@ -183,14 +183,14 @@ def test_an_index_update_overtaken_by_a_switch_sends_its_images_to_the_new_model
     model's vector and index."""
     default = model_ref(services.model_version_default())
     learned = train_small()
-    services.model_activate_start(learned, dispatch=False)
+    services.model_activate_start(learned, dispatch_task=False)
     services.model_activate(learned.pk)
     late, _ = services.image_create(
         data=encode(make_category_picture("red", 557, (96, 96)), "PNG"), title="late", category="red"
     )
     vector = np.full(default.dim, default.dim**-0.5, dtype=np.float32)
     Embedding.objects.create(image=late, model_name=default.name, dim=default.dim, vector=vector.tobytes())
-    assert services._index_sync_model(default, None) == 1  # the late update, into the old index
+    assert services.index_sync_model(default, None) == 1  # the late update, into the old index
     late.refresh_from_db()
     assert late.status == Image.Status.INDEXED
 
@@ -207,7 +207,7 @@ def test_an_index_update_overtaken_by_a_switch_sends_its_images_to_the_new_model
 
 def test_hash_model_search_ranks_by_hamming_distance(gallery):
     hashed = train_small(bits=16)
-    services.model_activate_start(hashed, dispatch=False)
+    services.model_activate_start(hashed, dispatch_task=False)
     services.model_activate(hashed.pk)
     forget_active_model()
     assert active_model().bits == 16

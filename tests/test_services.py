@@ -5,6 +5,7 @@ import pytest
 from django.core.files.storage import default_storage
 
 from gallery import selectors, services
+from gallery.embedders import get_embedder
 from gallery.imaging import ImageRejected
 from gallery.index import IndexMeta, VectorIndex
 from gallery.models import Embedding, Image
@@ -80,7 +81,7 @@ def test_embed_and_sync_make_images_searchable(clean_index):
     assert services.index_sync() == 0
     assert set(Image.objects.values_list("status", flat=True)) == {"indexed"}
     meta = IndexMeta.read(clean_index)
-    assert meta.count == 4 and meta.model == selectors.get_embedder().name
+    assert meta.count == 4 and meta.model == get_embedder().name
     result = selectors.image_search_by_image(make_image_bytes(2), k=2)
     assert [hit.image.pk for hit in result.hits][0] == images[2].pk
     assert result.hits[0].score > 0.95  # gallery vectors also cover a centre crop

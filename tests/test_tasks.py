@@ -15,7 +15,7 @@ from tests.images import make_image_bytes
 def test_unreadable_file_is_marked_failed_with_the_reason(pipeline):
     image, _ = services.image_create(data=make_image_bytes(100), enqueue=False)
     default_storage.delete(image.file.name)
-    tasks.embed_images.delay([image.pk])
+    tasks.images_embed.delay([image.pk])
     wait_for_status([image.pk], "failed")
     image.refresh_from_db()
     assert "cannot be read" in image.error
@@ -28,7 +28,7 @@ def test_stale_tasks_do_not_bring_a_hidden_item_back(pipeline, clean_index):
     Image.objects.filter(pk=gone.pk).update(status=Image.Status.HIDDEN)
     tasks.index_remove.delay([gone.pk])
     # replayed (stale) tasks for the hidden item
-    tasks.embed_images.delay([gone.pk])
+    tasks.images_embed.delay([gone.pk])
     tasks.index_sync.delay()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -54,8 +54,8 @@ def test_lost_tasks_are_queued_again(pipeline):
 
 def test_embedding_twice_is_harmless(pipeline):
     image, _ = services.image_create(data=make_image_bytes(105))
-    tasks.embed_images.delay([image.pk])
-    tasks.embed_images.delay([image.pk])
+    tasks.images_embed.delay([image.pk])
+    tasks.images_embed.delay([image.pk])
     wait_for_status([image.pk])
     time.sleep(1)
     assert image.embeddings.count() == 1
@@ -106,9 +106,9 @@ def test_stall_check_sees_messages_waiting_in_the_queue(redis_url):
 
     url = redis_url.rsplit("/", 1)[0] + "/12"  # a broker database no worker consumes
     redis_client.Redis.from_url(url).flushdb()
-    assert services._queue_has_work("embed", url) is False
+    assert services.queue_has_work("embed", url) is False
     with app.connection_for_write(url) as conn:
         conn.SimpleQueue("embed").put({"waiting": True})
-    assert services._queue_has_work("embed", url) is True
-    assert services._queue_has_work("embed", "redis://127.0.0.1:1/0") is True  # cannot ask: assume busy
+    assert services.queue_has_work("embed", url) is True
+    assert services.queue_has_work("embed", "redis://127.0.0.1:1/0") is True  # cannot ask: assume busy
     redis_client.Redis.from_url(url).flushdb()

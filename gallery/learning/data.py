@@ -115,16 +115,11 @@ def _open_gallery_file(key: str) -> Image.Image:
         return im.convert("RGB")
 
 
-def from_gallery() -> LabelledImages:
-    """Every searchable image, its category as the label."""
-    from ..selectors import visible_images
-
-    rows = list(visible_images().order_by("pk").values_list("file", "category"))
+def from_gallery(rows: list[tuple[str, str]]) -> LabelledImages:
+    """Stored images as (file name in the default storage, category) rows, the category as
+    the label. The caller reads the rows (`selectors.training_rows`): learning never
+    queries the gallery itself."""
     if not rows:
         raise ValueError("The gallery has no searchable images to train on")
     labels, classes = _labels_of([c for _, c in rows])
     return LabelledImages([f for f, _ in rows], labels, classes, "gallery", _open_gallery_file)
-
-
-def load(data: str | None, *, split: str = "train") -> LabelledImages:
-    return from_path(data, split=split) if data else from_gallery()

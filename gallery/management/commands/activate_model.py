@@ -6,9 +6,7 @@ the active one, switch atomically. Searches keep using the current model until t
 
 from django.core.management.base import BaseCommand, CommandError
 
-from gallery import services
-
-from .train_model import _find
+from gallery import selectors, services
 
 
 class Command(BaseCommand):
@@ -20,9 +18,11 @@ class Command(BaseCommand):
 
     def handle(self, **options):
         services.model_version_default()  # so the current default can be re-activated later
-        version = _find(options["version"])
+        version = selectors.model_version_get(options["version"])
+        if version is None:
+            raise CommandError(f"No model version {options['version']!r}")
         try:
-            services.model_activate_start(version, dispatch=options["background"])
+            services.model_activate_start(version, dispatch_task=options["background"])
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         if options["background"]:

@@ -11,11 +11,8 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from gallery import services
+from gallery import selectors, services
 from gallery.learning.protocols import PROTOCOLS
-from gallery.models import ModelVersion
-
-from .train_model import _find
 
 
 class Command(BaseCommand):
@@ -30,9 +27,11 @@ class Command(BaseCommand):
 
     def handle(self, **options):
         if options["version"]:
-            version = _find(options["version"])
+            version = selectors.model_version_get(options["version"])
+            if version is None:
+                raise CommandError(f"No model version {options['version']!r}")
         else:
-            version = ModelVersion.objects.filter(is_active=True).first() or services.model_version_default()
+            version = selectors.model_version_active() or services.model_version_default()
         last = [None]
 
         def report(info):

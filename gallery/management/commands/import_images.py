@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from gallery import selectors, services
 from gallery.importing import SourceError, guess_kind
-from gallery.models import Image, ImportItem, ImportJob
+from gallery.models import Image, ImportJob
 
 
 class Command(BaseCommand):
@@ -45,7 +45,7 @@ class Command(BaseCommand):
         except SourceError as exc:
             raise CommandError(str(exc)) from exc
         show = options["verbosity"] > 0
-        pending = list(job.items.filter(state=ImportItem.State.PENDING).values_list("pk", flat=True))
+        pending = selectors.import_job_pending_item_ids(job)
         size = settings.EMBED_BATCH_SIZE
         with tqdm(total=job.total, desc="Importing", unit="img", disable=not show) as bar:
             bar.update(job.total - len(pending))
@@ -54,17 +54,13 @@ class Command(BaseCommand):
                 bar.update(min(size, len(pending) - start))
         job.refresh_from_db()
         progress = selectors.import_job_progress(job)
-        for item in job.items.filter(state=ImportItem.State.FAILED):
+        for item in selectors.import_job_failures(job, limit=job.total):
             self.stderr.write(f"skipped {item.path}: {item.error}")
         self.stdout.write(
             f"Imported {progress['imported']} new images, {progress['duplicates']} already present, "
             f"{progress['failed']} refused (import job {job.pk})."
         )
-        ids = list(
-            job.items.filter(state__in=[ImportItem.State.IMPORTED, ImportItem.State.DUPLICATE]).values_list(
-                "image_id", flat=True
-            )
-        )
+        ids = selectors.import_job_image_ids(job)
         if no_wait or not ids or job.state != ImportJob.State.DONE:
             return
         self._wait_until_searchable(ids, timeout, show)
@@ -74,7 +70,7 @@ class Command(BaseCommand):
         done_before, warned = -1, False
         with tqdm(total=len(ids), desc="Indexing", unit="img", disable=not show) as bar:
             while True:
-                pending = Image.objects.filter(pk__in=ids, status=Image.Status.PROCESSING).count()
+                pending = selectors.images_status_counts(ids).get(Image.Status.PROCESSING, 0)
                 done = len(ids) - pending
                 bar.update(done - bar.n)
                 if pending == 0:
@@ -90,7 +86,7 @@ class Command(BaseCommand):
                 if timeout and now - started > timeout:
                     raise CommandError(f"{pending} images are still being indexed after {timeout:.0f} s.")
                 time.sleep(0.5)
-        failed = Image.objects.filter(pk__in=ids, status=Image.Status.FAILED)
+        failed = selectors.images_with_errors(ids, Image.Status.FAILED)
         for image in failed:
             self.stderr.write(f"failed {image.original_name}: {image.error}")
-        self.stdout.write(f"All {len(ids) - failed.count()} images are searchable ({failed.count()} failed).")
+        self.stdout.write(f"All {len(ids) - len(failed)} images are searchable ({len(failed)} failed).")

@@ -13,7 +13,7 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
-from gallery import services
+from gallery import selectors, services
 from gallery.models import ModelVersion
 
 OPTION_NAMES = (
@@ -67,11 +67,10 @@ class Command(BaseCommand):
 
     def handle(self, **options):
         if options["resume"]:
-            version = _find(options["resume"])
-            if version.state in (ModelVersion.State.CANCELLED, ModelVersion.State.FAILED):
-                ModelVersion.objects.filter(pk=version.pk).update(
-                    state=ModelVersion.State.QUEUED, cancel_requested=False, error=""
-                )
+            version = selectors.model_version_get(options["resume"])
+            if version is None:
+                raise CommandError(f"No model version {options['resume']!r}")
+            services.model_train_reopen(version)
         else:
             if not options["kind"]:
                 raise CommandError("Give --kind (or --resume VERSION)")
@@ -116,12 +115,3 @@ class Command(BaseCommand):
         self.stdout.write(
             json.dumps({"model": version.name, "kind": version.kind, "bits": version.bits, **version.metrics})
         )
-
-
-def _find(key: str) -> ModelVersion:
-    version = ModelVersion.objects.filter(name=key).first()
-    if version is None and key.isdigit():
-        version = ModelVersion.objects.filter(pk=int(key)).first()
-    if version is None:
-        raise CommandError(f"No model version {key!r}")
-    return version

@@ -1,0 +1,89 @@
+"""Reads, one module per family; callers use `selectors.<name>`:
+
+- `catalogue`: browsing, categories, single items, training data
+- `search`: search by image, similar items, the per-process index readers
+- `moderation`: the staff queue, the log, near-duplicate groups
+- `imports`: a bulk import's progress and refused files
+- `model_versions`: look-ups and what the admin shows of a model run
+
+A read never writes."""
+
+from .catalogue import (
+    category_list,
+    image_get,
+    image_get_for_viewer,
+    image_get_searchable,
+    image_list,
+    images_status_counts,
+    images_with_errors,
+    searchable_images,
+    training_rows,
+)
+from .imports import (
+    import_job_failures,
+    import_job_image_ids,
+    import_job_pending_item_ids,
+    import_job_progress,
+)
+from .model_versions import (
+    model_activation_percent,
+    model_evaluation_rows,
+    model_training_percent,
+    model_version_active,
+    model_version_get,
+    model_version_headline,
+)
+from .moderation import (
+    MODERATION_VIEWS,
+    moderation_counts,
+    moderation_log,
+    moderation_queue,
+    near_duplicate_groups,
+)
+from .search import (
+    SearchHit,
+    SearchResult,
+    clamp_k,
+    image_search_by_image,
+    image_similar,
+    image_vector,
+    index_reader,
+    index_readers_forget,
+    search_vector,
+)
+
+__all__ = [
+    "MODERATION_VIEWS",
+    "SearchHit",
+    "SearchResult",
+    "category_list",
+    "clamp_k",
+    "image_get",
+    "image_get_for_viewer",
+    "image_get_searchable",
+    "image_list",
+    "image_search_by_image",
+    "image_similar",
+    "image_vector",
+    "images_status_counts",
+    "images_with_errors",
+    "import_job_failures",
+    "import_job_image_ids",
+    "import_job_pending_item_ids",
+    "import_job_progress",
+    "index_reader",
+    "index_readers_forget",
+    "model_activation_percent",
+    "model_evaluation_rows",
+    "model_training_percent",
+    "model_version_active",
+    "model_version_get",
+    "model_version_headline",
+    "moderation_counts",
+    "moderation_log",
+    "moderation_queue",
+    "near_duplicate_groups",
+    "search_vector",
+    "searchable_images",
+    "training_rows",
+]

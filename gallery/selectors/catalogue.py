@@ -1,0 +1,63 @@
+"""Reads of the catalogue: browsing, categories, single items, training data."""
+
+from typing import Any
+
+from django.conf import settings
+from django.core.paginator import Page, Paginator
+
+from ..models import Image, ImageQuerySet
+
+
+def searchable_images() -> ImageQuerySet:
+    """What the public may find (the rule is `ImageQuerySet.searchable`)."""
+    return Image.objects.searchable()
+
+
+def image_list(*, category: str = "", page: int | str = 1) -> Page:
+    qs = Image.objects.searchable()
+    if category:
+        qs = qs.filter(category=category)
+    return Paginator(qs, settings.BROWSE_PAGE_SIZE).get_page(page)
+
+
+def category_list() -> list[str]:
+    return list(
+        Image.objects.searchable()
+        .exclude(category="")
+        .order_by("category")
+        .values_list("category", flat=True)
+        .distinct()
+    )
+
+
+def image_get(pk: int) -> Image | None:
+    """Any image by id, whatever its state: the uploader follows its status through this."""
+    return Image.objects.filter(pk=pk).first()
+
+
+def image_get_searchable(pk: int) -> Image | None:
+    return Image.objects.searchable().filter(pk=pk).first()
+
+
+def image_get_for_viewer(pk: int, user: Any) -> Image | None:
+    """The item page: public items for everyone, any item for staff."""
+    qs = Image.objects.all() if getattr(user, "is_staff", False) else Image.objects.public()
+    return qs.filter(pk=pk).first()
+
+
+def images_status_counts(image_ids: list[int]) -> dict[str, int]:
+    """How many of the given images are in each status."""
+    counts: dict[str, int] = {}
+    for status in Image.objects.filter(pk__in=image_ids).values_list("status", flat=True):
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def images_with_errors(image_ids: list[int], status: str) -> list[Image]:
+    return list(Image.objects.filter(pk__in=image_ids, status=status))
+
+
+def training_rows() -> list[tuple[str, str]]:
+    """(stored file name, category) of every searchable image, in id order: a model trained
+    on the gallery learns its categories."""
+    return list(Image.objects.searchable().order_by("pk").values_list("file", "category"))

@@ -1,0 +1,105 @@
+"""Writes, one module per family (HackSoft's services; Zulip's actions). Callers use
+`services.<name>`; the modules, in the order an upload meets them:
+
+- `uploads`: the one upload path (`image_create`)
+- `embedding`: vectors for stored images (embed queue)
+- `index_writer`: the index's single writer (index queue)
+- `moderation`: approve, reject, hide, unhide, reports
+- `imports`: bulk imports from a folder, a ZIP or a manifest
+- `model_versions`: create, train, cancel, resume, evaluate a model
+- `activation`: switch searches to another model
+- `recovery`: lost tasks found again (worker start, beat)
+- `dispatch`: the only door to Celery
+- `inputs`: text, tags and actor normalisation"""
+
+from .activation import model_activate, model_activate_start
+from .embedding import images_embed, images_mark_failed, images_record_error
+from .imports import (
+    import_job_cancel,
+    import_job_create,
+    import_job_finish_if_done,
+    import_job_process,
+    import_job_start,
+    import_jobs_resume_all,
+    import_limits,
+    import_root_path,
+    import_upload_store,
+)
+from .index_writer import (
+    index_build,
+    index_rebuild,
+    index_remove,
+    index_sync,
+    index_sync_model,
+    stored_vectors,
+)
+from .model_versions import (
+    MODEL_KINDS_TRAINED,
+    model_evaluate,
+    model_evaluate_start,
+    model_train,
+    model_train_cancel,
+    model_train_reopen,
+    model_train_resume,
+    model_train_start,
+    model_version_create,
+    model_version_default,
+    model_version_log,
+)
+from .moderation import MODERATION_ACTIONS, images_moderate, report_create
+from .recovery import (
+    images_catch_up_with_active_model,
+    images_enqueue_pending,
+    import_job_resume_stalled,
+    models_resume_stalled,
+    queue_has_work,
+    recover_lost_work,
+    worker_started,
+)
+from .uploads import image_create, image_update_metadata
+
+__all__ = [
+    "MODEL_KINDS_TRAINED",
+    "MODERATION_ACTIONS",
+    "image_create",
+    "image_update_metadata",
+    "images_catch_up_with_active_model",
+    "images_embed",
+    "images_enqueue_pending",
+    "images_mark_failed",
+    "images_moderate",
+    "images_record_error",
+    "import_job_cancel",
+    "import_job_create",
+    "import_job_finish_if_done",
+    "import_job_process",
+    "import_job_resume_stalled",
+    "import_job_start",
+    "import_jobs_resume_all",
+    "import_limits",
+    "import_root_path",
+    "import_upload_store",
+    "index_build",
+    "index_rebuild",
+    "index_remove",
+    "index_sync",
+    "index_sync_model",
+    "model_activate",
+    "model_activate_start",
+    "model_evaluate",
+    "model_evaluate_start",
+    "model_train",
+    "model_train_cancel",
+    "model_train_reopen",
+    "model_train_resume",
+    "model_train_start",
+    "model_version_create",
+    "model_version_default",
+    "model_version_log",
+    "models_resume_stalled",
+    "queue_has_work",
+    "recover_lost_work",
+    "report_create",
+    "stored_vectors",
+    "worker_started",
+]

@@ -1,0 +1,62 @@
+"""The one door to Celery: every task the services queue, in pipeline order.
+
+Each function queues after the current transaction commits (at once outside one), so a
+worker never looks for rows that are not there yet, and passes ids only. Tasks are sent by
+name (`queues.TASK_QUEUES`), so the services never import the task module, which imports
+them."""
+
+from collections.abc import Sequence
+
+from celery import current_app
+from django.conf import settings
+from django.db import transaction
+
+from .. import queues
+
+
+def _send(task: str, *args: object) -> None:
+    current_app.send_task(queues.task_path(task), args=list(args), queue=queues.TASK_QUEUES[task])
+
+
+def _after_commit(task: str, *args: object) -> None:
+    transaction.on_commit(lambda: _send(task, *args), robust=True)
+
+
+def import_batches(job_id: int, item_ids: Sequence[int]) -> None:
+    """A job's pending items, in batches of EMBED_BATCH_SIZE: each is stored and embedded."""
+    size = settings.EMBED_BATCH_SIZE
+    batches = [list(item_ids[start : start + size]) for start in range(0, len(item_ids), size)]
+
+    def send() -> None:
+        for batch in batches:
+            _send("import_job_process", job_id, batch)
+
+    transaction.on_commit(send, robust=True)
+
+
+def images_embed(image_ids: Sequence[int]) -> None:
+    """Embedding, in batches of EMBED_BATCH_SIZE."""
+    size = settings.EMBED_BATCH_SIZE
+    for start in range(0, len(image_ids), size):
+        _after_commit("images_embed", list(image_ids[start : start + size]))
+
+
+def index_sync(image_ids: Sequence[int] | None = None) -> None:
+    """An index update: every embedded image still waiting, plus `image_ids`."""
+    _after_commit("index_sync", list(image_ids) if image_ids is not None else None)
+
+
+def index_remove(image_ids: Sequence[int]) -> None:
+    _after_commit("index_remove", list(image_ids))
+
+
+def model_train(version_id: int) -> None:
+    _after_commit("model_train", version_id)
+
+
+def model_evaluate(version_id: int, protocol: str, data: str, limits: dict[str, int] | None = None) -> None:
+    _after_commit("model_evaluate", version_id, protocol, data, limits)
+
+
+def model_activate(version_id: int) -> None:
+    _after_commit("model_activate", version_id)

@@ -1,0 +1,112 @@
+"""Lost work found again: tasks lost with a broker restart or a killed worker, and images
+that lack the active model's vector. Run by a starting worker and by the beat's safety net;
+duplicate tasks are harmless, because every task re-checks what is still to do."""
+
+from collections.abc import Collection
+from typing import Any
+
+from amqp.exceptions import ChannelError
+from celery import current_app
+from django.conf import settings
+from django.utils import timezone
+
+from .. import queues
+from ..embedders import active_model, embedder_identity
+from ..models import Image, ImportJob, ModelVersion
+from . import dispatch
+from .imports import import_job_start, import_jobs_resume_all
+
+
+def queue_has_work(queue: str, broker_url: str | None = None) -> bool:
+    """Messages waiting in a broker queue (True when the broker cannot be asked)."""
+    try:
+        with current_app.connection_for_write(broker_url) as conn, conn.channel() as channel:
+            return bool(channel.queue_declare(queue=queue, passive=True).message_count > 0)
+    except ChannelError:  # no such queue: Redis drops an empty list
+        return False
+    except Exception:
+        return True
+
+
+def images_enqueue_pending() -> int:
+    """Queue every image still waiting for an embedding (after a broker outage or restart)."""
+    name, _ = embedder_identity()
+    ids = list(Image.objects.processing().without_vector(name).values_list("pk", flat=True))
+    if ids:
+        dispatch.images_embed(ids)
+    if Image.objects.processing().with_vector(name).exists():
+        dispatch.index_sync()
+    return len(ids)
+
+
+def images_catch_up_with_active_model() -> None:
+    """Images that lack the active model's vector get it: those marked indexed (with the old
+    model's) go back to processing, and every such processing image is queued."""
+    name = active_model(fresh=True).name
+    missing = list(
+        Image.objects.filter(status=Image.Status.INDEXED).without_vector(name).values_list("pk", flat=True)
+    )
+    if missing:
+        Image.objects.filter(pk__in=missing).update(status=Image.Status.PROCESSING, embed_attempts=0)
+    images_enqueue_pending()
+
+
+def import_job_resume_stalled(job: ImportJob) -> bool:
+    """An active job lost its tasks (a Redis or worker restart) when nothing waits in the
+    embed queue and none of its batches finished for IMPORT_STALL_SECONDS: queue its pending
+    items again. A job merely waiting behind other work is left alone."""
+    stalled_since = timezone.now() - timezone.timedelta(seconds=settings.IMPORT_STALL_SECONDS)
+    if job.is_active and job.updated_at < stalled_since and not queue_has_work(queues.EMBED):
+        import_job_start(job)
+        return True
+    return False
+
+
+def models_resume_stalled(stale_after_seconds: int = 300) -> int:
+    """Training and activation runs whose worker died: queued again (they resume)."""
+    if queue_has_work(queues.TRAIN):
+        return 0
+    cutoff = timezone.now() - timezone.timedelta(seconds=stale_after_seconds)
+    stalled = ModelVersion.objects.filter(updated_at__lt=cutoff)
+    count = 0
+    for version in stalled.filter(state__in=[ModelVersion.State.QUEUED, ModelVersion.State.TRAINING]):
+        ModelVersion.objects.filter(pk=version.pk).update(updated_at=timezone.now())
+        dispatch.model_train(version.pk)
+        count += 1
+    for version in stalled.filter(activation=ModelVersion.Activation.ACTIVATING):
+        ModelVersion.objects.filter(pk=version.pk).update(updated_at=timezone.now())
+        dispatch.model_activate(version.pk)
+        count += 1
+    return count
+
+
+def recover_lost_work(stale_after_seconds: int = 600) -> dict[str, Any]:
+    """Periodic safety net (Celery beat): resume import jobs that stopped moving and queue
+    again images that have waited too long for an embedding (tasks lost with a Redis restart)."""
+    resumed = sum(
+        import_job_resume_stalled(job)
+        for job in ImportJob.objects.filter(state__in=[ImportJob.State.QUEUED, ImportJob.State.RUNNING])
+    )
+    name, _ = embedder_identity()
+    cutoff = timezone.now() - timezone.timedelta(seconds=stale_after_seconds)
+    stale = list(
+        Image.objects.processing()
+        .filter(updated_at__lt=cutoff)
+        .without_vector(name)
+        .values_list("pk", flat=True)
+    )
+    if stale:
+        Image.objects.filter(pk__in=stale).update(updated_at=timezone.now())
+        dispatch.images_embed(stale)
+    if Image.objects.processing().with_vector(name).filter(updated_at__lt=cutoff).exists():
+        dispatch.index_sync()
+    return {"jobs": resumed, "images": len(stale), "models": models_resume_stalled()}
+
+
+def worker_started(consumed: Collection[str]) -> None:
+    """A worker came up consuming these queues: pick up what lost tasks left behind."""
+    if queues.EMBED in consumed:
+        images_enqueue_pending()
+        import_jobs_resume_all()
+    if queues.TRAIN in consumed:
+        models_resume_stalled(stale_after_seconds=0)
