@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from gallery.learning import losses
 from gallery.learning.networks import EmbeddingNet, SmallMapDepthwise
-from gallery.learning.trainer import make_spec
+from gallery.learning.spec import make_spec
 
 
 def with_plain_depthwise(module: torch.nn.Module) -> torch.nn.Module:

@@ -46,7 +46,7 @@ class ImageAdmin(admin.ModelAdmin):
         "updated_at",
         "indexed_at",
     )
-    fields = ("thumb", "title", "category") + readonly_fields[1:]
+    fields = ("thumb", "title", "category", *readonly_fields[1:])
     actions = ["approve", "reject", "hide", "unhide"]
 
     def _moderate(self, request, queryset, action):
@@ -106,7 +106,8 @@ class ImportJobAdmin(admin.ModelAdmin):
             path("<int:pk>/progress.json", wrap(self.progress_json), name="gallery_importjob_progress"),
             path("<int:pk>/cancel/", wrap(require_POST(self.cancel_view)), name="gallery_importjob_cancel"),
             path("<int:pk>/resume/", wrap(require_POST(self.resume_view)), name="gallery_importjob_resume"),
-        ] + super().get_urls()
+            *super().get_urls(),
+        ]
 
     def has_change_permission(self, request, obj=None):
         return False if obj is None else request.user.is_staff
@@ -265,7 +266,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
             path("<int:pk>/resume/", wrap(require_POST(self.resume_view)), name=name + "resume"),
             path("<int:pk>/activate/", wrap(require_POST(self.activate_view)), name=name + "activate"),
             path("<int:pk>/evaluate/", wrap(require_POST(self.evaluate_view)), name=name + "evaluate"),
-        ] + super().get_urls()
+            *super().get_urls(),
+        ]
 
     def has_delete_permission(self, request, obj=None):
         return False  # no service removes a version's vectors, index and files
@@ -369,7 +371,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         version = self._get(request, pk, change=True)
         form = ModelEvaluateForm(request.POST)
         if not form.is_valid():
-            errors = "; ".join(e for errs in form.errors.values() for e in errs)
+            errors = "; ".join(str(e) for errs in form.errors.values() for e in errs)
             self.message_user(request, f"Evaluation not started: {errors}", messages.ERROR)
             return self._back(pk)
         protocol = form.cleaned_data["protocol"]

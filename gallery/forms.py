@@ -1,8 +1,12 @@
 from pathlib import Path
+from typing import Any
 
 from django import forms
 from django.conf import settings
 
+from .embedders.registry import TORCHVISION_BACKBONES
+from .learning.protocols import PROTOCOLS
+from .learning.spec import BITS_KINDS, BITS_RANGE, KINDS, OPTIONS, Option
 from .models import ImportJob, ModelVersion
 
 
@@ -20,8 +24,8 @@ class ImportJobForm(forms.Form):
         required=False, max_length=100, help_text="Optional: overrides sub-folder names."
     )
 
-    def clean(self):
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
         kind = data.get("source_kind")
         if kind == ImportJob.Source.ZIP and not data.get("archive"):
             self.add_error("archive", "Choose a ZIP file to upload.")
@@ -30,25 +34,45 @@ class ImportJobForm(forms.Form):
         return data
 
 
-def _backbone_choices():
-    from .embedders.catalog import TORCHVISION_BACKBONES
-
+def _backbone_choices() -> list[tuple[str, str]]:
     names = ["efficientnet_lite0", *TORCHVISION_BACKBONES]
     return [("", f"Default ({settings.EMBEDDER})")] + [(name, name) for name in names]
 
 
-class ModelTrainingForm(forms.Form):
-    """A new model version: a network to train here, or a pretrained backbone."""
+def _kind_choices() -> list[tuple[str, str]]:
+    """The kinds trained here first, then the pretrained backbone."""
+    trained = [(kind.value, kind.label) for kind, rules in KINDS.items() if rules.trained]
+    return trained + [(kind.value, kind.label) for kind, rules in KINDS.items() if not rules.trained]
 
-    TRAINING_FIELDS = ("data", "minutes", "epochs", "bits", "dim", "image_size")
+
+def _option_field(option: Option) -> forms.Field:
+    """The form field of a training option (learning.spec), always optional."""
+    common: dict[str, Any] = {
+        "required": False,
+        "help_text": f"Optional: {option.help}" if option.help else "Optional.",
+    }
+    if option.label:
+        common["label"] = option.label
+    if option.choices:
+        return forms.ChoiceField(choices=[("", "Default"), *((c, c) for c in option.choices)], **common)
+    if option.type is str:
+        return forms.CharField(**common)
+    field = forms.IntegerField if option.type is int else forms.FloatField
+    return field(min_value=option.min_value, max_value=option.max_value, **common)
+
+
+FORM_OPTIONS = tuple(option for option in OPTIONS if option.in_form)
+
+
+class ModelTrainingForm(forms.Form):
+    """A new model version: a network to train here, or a pretrained backbone. The training
+    options it offers are those of `learning.spec.OPTIONS` marked `in_form`, after `bits`."""
+
+    TRAINING_FIELDS = ("data", "minutes", "epochs", "bits", *(option.name for option in FORM_OPTIONS))
     PRETRAINED_FIELDS = ("backbone", "pooling")
 
-    kind = forms.ChoiceField(
-        choices=[c for c in ModelVersion.Kind.choices if c[0] != ModelVersion.Kind.PRETRAINED]
-        + [c for c in ModelVersion.Kind.choices if c[0] == ModelVersion.Kind.PRETRAINED],
-        initial=ModelVersion.Kind.METRIC,
-    )
-    data = forms.CharField(
+    kind = forms.ChoiceField(choices=_kind_choices(), initial=ModelVersion.Kind.METRIC)
+    data = forms.CharField(  # type: ignore[assignment]  # a field, not BaseForm.data: the form metaclass moves it
         required=False,
         max_length=1000,
         label="Training images",
@@ -63,11 +87,10 @@ class ModelTrainingForm(forms.Form):
     bits = forms.IntegerField(
         required=False,
         min_value=0,
-        help_text="Optional: learn a hash code of this many bits (8-256; metric, triplet, contrastive).",
-    )
-    dim = forms.IntegerField(required=False, min_value=2, label="Dimension", help_text="Optional.")
-    image_size = forms.IntegerField(
-        required=False, min_value=16, max_value=1024, help_text="Optional: input size in pixels."
+        help_text=(
+            f"Optional: learn a hash code of this many bits ({BITS_RANGE[0]}-{BITS_RANGE[1]}; "
+            f"{', '.join(BITS_KINDS)})."
+        ),
     )
     backbone = forms.ChoiceField(required=False, choices=_backbone_choices)
     pooling = forms.ChoiceField(
@@ -77,14 +100,22 @@ class ModelTrainingForm(forms.Form):
         help_text="Ignored by efficientnet_lite0 (always GeM).",
     )
 
-    def service_kwargs(self) -> dict:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for option in FORM_OPTIONS:
+            self.fields[option.name] = _option_field(option)
+        names = list(self.fields)
+        after_bits = names.index("bits") + 1
+        self.order_fields(names[:after_bits] + [option.name for option in FORM_OPTIONS] + names[after_bits:])
+
+    def service_kwargs(self) -> dict[str, Any]:
         """Arguments of `services.model_version_create` (call after is_valid())."""
         data = self.cleaned_data
         kind = data["kind"]
         if kind == ModelVersion.Kind.PRETRAINED:
             options = {"backbone": data.get("backbone") or "", "pooling": data.get("pooling") or "avg"}
             return {"kind": kind, "options": options}
-        options = {key: data[key] for key in ("dim", "image_size") if data.get(key)}
+        options = {option.name: data[option.name] for option in FORM_OPTIONS if data.get(option.name)}
         minutes = data.get("minutes")
         return {
             "kind": kind,
@@ -96,27 +127,25 @@ class ModelTrainingForm(forms.Form):
         }
 
 
+def _protocol_choices() -> list[tuple[str, str]]:
+    return [(p, p) for p in PROTOCOLS]
+
+
 class ModelEvaluateForm(forms.Form):
     """Run an evaluation protocol on a ready model version."""
 
-    protocol = forms.ChoiceField(choices=[])
-    data = forms.CharField(
+    protocol = forms.ChoiceField(choices=_protocol_choices)
+    data = forms.CharField(  # type: ignore[assignment]  # a field, not BaseForm.data: the form metaclass moves it
         max_length=1000, label="Data", help_text="The protocol's archive or folder on the server."
     )
     queries = forms.IntegerField(required=False, min_value=1, label="Query limit")
     db = forms.IntegerField(required=False, min_value=1, label="Database limit")
 
-    def __init__(self, *args, **kwargs):
-        from .learning.protocols import PROTOCOLS
-
-        super().__init__(*args, **kwargs)
-        self.fields["protocol"].choices = [(p, p) for p in PROTOCOLS]
-
-    def clean_data(self):
-        value = self.cleaned_data["data"].strip()
+    def clean_data(self) -> str:
+        value: str = self.cleaned_data["data"].strip()
         if not Path(value).exists():
             raise forms.ValidationError(f"{value} does not exist on the server.")
         return value
 
-    def limits(self) -> dict:
+    def limits(self) -> dict[str, int]:
         return {key: self.cleaned_data[key] for key in ("queries", "db") if self.cleaned_data.get(key)}

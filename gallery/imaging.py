@@ -51,24 +51,13 @@ def decode_image(
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
-            fmt = im.format
-            if fmt not in ALLOWED_FORMATS:
-                raise ImageRejected(
-                    f"Unsupported image format ({fmt}); please upload a {FORMAT_NAMES} image."
-                )
-            width, height = im.size
-            if width * height > max_pixels:
-                raise ImageRejected(
-                    f"The image has too many pixels ({width}×{height}); the limit is "
-                    f"{max_pixels / 1e6:.0f} megapixels."
-                )
-            if width < 1 or height < 1:
-                raise ImageRejected("The image has no pixels.")
+            fmt = str(im.format)
+            width, height = im.size  # as stored, before any reduced-scale draft
+            _check_header(fmt, (width, height), max_pixels)
             if draft_size and fmt in ("JPEG", "MPO"):
                 im.draft("RGB", (draft_size, draft_size))
             im.load()
-            im = ImageOps.exif_transpose(im)
-            im = _to_rgb(im)
+            picture = _to_rgb(ImageOps.exif_transpose(im))
     except ImageRejected:
         raise
     except UnidentifiedImageError:
@@ -79,7 +68,20 @@ def decode_image(
         raise ImageRejected("The image has too many pixels (it looks like a decompression bomb).") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
         raise ImageRejected(f"The image is truncated or corrupt and cannot be decoded ({exc}).") from exc
-    return DecodedImage(image=im, format="JPEG" if fmt == "MPO" else fmt, width=width, height=height)
+    return DecodedImage(image=picture, format="JPEG" if fmt == "MPO" else fmt, width=width, height=height)
+
+
+def _check_header(fmt: str, size: tuple[int, int], max_pixels: int) -> None:
+    """What the header already tells: the format, and the size before anything is decoded."""
+    if fmt not in ALLOWED_FORMATS:
+        raise ImageRejected(f"Unsupported image format ({fmt}); please upload a {FORMAT_NAMES} image.")
+    width, height = size
+    if width * height > max_pixels:
+        raise ImageRejected(
+            f"The image has too many pixels ({width}×{height}); the limit is {max_pixels / 1e6:.0f} megapixels."
+        )
+    if width < 1 or height < 1:
+        raise ImageRejected("The image has no pixels.")
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -92,7 +94,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def flatten(im: Image.Image, background=(255, 255, 255)) -> Image.Image:
+def flatten(im: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
     """RGB on a white background: how a transparent product photo is seen."""
     if im.mode == "RGB":
         return im

@@ -8,8 +8,10 @@ import io
 import json
 import stat
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 ARCHIVE_EXTENSIONS = {".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar"}
@@ -31,17 +33,17 @@ class Entry:
     path: str  # relative to the source (folder, archive, or the manifest's folder)
     title: str = ""
     category: str = ""
-    tags: list = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
     external_id: str = ""
     error: str = ""
 
 
-def _ignored(parts) -> bool:
+def _ignored(parts: Sequence[str]) -> bool:
     """Operating-system litter, not worth a line in the report."""
     return any(p == "__MACOSX" or p in (".DS_Store", "Thumbs.db") or p.startswith("._") for p in parts)
 
 
-def _classify(parts) -> str:
+def _classify(parts: Sequence[str]) -> str:
     suffix = PurePosixPath(parts[-1]).suffix.lower()
     if suffix in IMAGE_EXTENSIONS:
         return ""
@@ -50,7 +52,7 @@ def _classify(parts) -> str:
     return "not an image file (skipped)"
 
 
-def _entry(parts, category: str, error: str = "") -> Entry:
+def _entry(parts: Sequence[str], category: str, error: str = "") -> Entry:
     return Entry(
         path="/".join(parts),
         title=PurePosixPath(parts[-1]).stem,
@@ -111,51 +113,62 @@ def _list_zip(archive: Path, category: str, limits: Limits) -> list[Entry]:
     entries, total = [], 0
     with zf:
         for info in zf.infolist():
-            if info.is_dir():
-                continue
             name = info.filename
             parts = tuple(p for p in PurePosixPath(name.replace("\\", "/")).parts if p not in ("", "/"))
-            if not parts or _ignored(parts):
+            if info.is_dir() or not parts or _ignored(parts):
                 continue
-            mode = info.external_attr >> 16
-            if name.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
-                error = "unsafe path (escapes the archive; refused)"
-            elif stat.S_ISLNK(mode):
-                error = "symbolic link (refused)"
-            else:
-                error = _classify(parts)
+            error = _zip_member_refusal(info, parts)
             if not error:
                 total += info.file_size
-                if info.file_size > limits.max_file_bytes:
-                    error = f"too large ({info.file_size} bytes; the limit is {limits.max_file_bytes})"
-                elif info.compress_size and info.file_size / info.compress_size > limits.max_ratio:
-                    error = f"compression ratio over {limits.max_ratio} (archive bomb?; refused)"
-                elif total > limits.max_total_bytes:
-                    error = "the archive exceeds the total uncompressed size limit (refused)"
+                error = _zip_size_refusal(info, total, limits)
             entry = _entry(parts, category, error)
             entry.path = name  # read back by its exact name
             entries.append(entry)
     return entries
 
 
-def _list_manifest(manifest: Path, category: str, limits: Limits) -> list[Entry]:
+def _zip_member_refusal(info: zipfile.ZipInfo, parts: Sequence[str]) -> str:
+    """Why a member is never read (an unsafe path, a link, not an image), or ""."""
+    if info.filename.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
+        return "unsafe path (escapes the archive; refused)"
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return "symbolic link (refused)"
+    return _classify(parts)
+
+
+def _zip_size_refusal(info: zipfile.ZipInfo, total: int, limits: Limits) -> str:
+    """The archive-bomb limits: one member's size and ratio, everything so far; or ""."""
+    if info.file_size > limits.max_file_bytes:
+        return f"too large ({info.file_size} bytes; the limit is {limits.max_file_bytes})"
+    if info.compress_size and info.file_size / info.compress_size > limits.max_ratio:
+        return f"compression ratio over {limits.max_ratio} (archive bomb?; refused)"
+    if total > limits.max_total_bytes:
+        return "the archive exceeds the total uncompressed size limit (refused)"
+    return ""
+
+
+def _manifest_rows(manifest: Path) -> list[dict[str, Any]]:
+    """The rows of a CSV or JSON-lines manifest."""
     try:
         text = manifest.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise SourceError(f"Cannot read the manifest {manifest.name}: {exc}") from exc
     if manifest.suffix.lower() == ".csv":
-        rows = list(csv.DictReader(io.StringIO(text)))
-    else:
-        rows = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise SourceError(f"{manifest.name} line {number} is not JSON: {exc}") from exc
+        return list(csv.DictReader(io.StringIO(text)))
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise SourceError(f"{manifest.name} line {number} is not JSON: {exc}") from exc
+    return rows
+
+
+def _list_manifest(manifest: Path, category: str, limits: Limits) -> list[Entry]:
     base = manifest.parent.resolve()
     entries = []
-    for row in rows:
+    for row in _manifest_rows(manifest):
         file = str(row.get("file") or "").strip()
         tags = row.get("tags") or []
         if isinstance(tags, str):
@@ -167,38 +180,42 @@ def _list_manifest(manifest: Path, category: str, limits: Limits) -> list[Entry]
             tags=tags,
             external_id=str(row.get("external_id") or ""),
         )
-        target = (base / file).resolve() if file else None
-        if not file:
-            entry.error = "no file given"
-        elif not target.is_relative_to(base):
-            entry.error = "unsafe path (outside the manifest's folder; refused)"
-        elif (base / file).is_symlink():
-            entry.error = "symbolic link (refused)"
-        elif not target.is_file():
-            entry.error = "file not found"
-        else:
-            entry.error = _classify(PurePosixPath(file).parts)
-            if not entry.error and target.stat().st_size > limits.max_file_bytes:
-                entry.error = (
-                    f"too large ({target.stat().st_size} bytes; the limit is {limits.max_file_bytes})"
-                )
+        entry.error = _manifest_file_refusal(base, file, limits)
         entries.append(entry)
     return entries
+
+
+def _manifest_file_refusal(base: Path, file: str, limits: Limits) -> str:
+    """Why a file a manifest names is never read (missing, outside its folder, a link, not an
+    image, too large), or ""."""
+    if not file:
+        return "no file given"
+    target = (base / file).resolve()
+    if not target.is_relative_to(base):
+        return "unsafe path (outside the manifest's folder; refused)"
+    if (base / file).is_symlink():
+        return "symbolic link (refused)"
+    if not target.is_file():
+        return "file not found"
+    error = _classify(PurePosixPath(file).parts)
+    if not error and target.stat().st_size > limits.max_file_bytes:
+        error = f"too large ({target.stat().st_size} bytes; the limit is {limits.max_file_bytes})"
+    return error
 
 
 class SourceReader:
     """Reads entries' bytes; open once per batch of entries."""
 
-    def __init__(self, kind: str, path: str | Path):
+    def __init__(self, kind: str, path: str | Path) -> None:
         self.kind, self.path = kind, Path(path)
-        self._zip = None
+        self._zip: zipfile.ZipFile | None = None
 
-    def __enter__(self):
+    def __enter__(self) -> "SourceReader":
         if self.kind == "zip":
             self._zip = zipfile.ZipFile(self.path)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         if self._zip:
             self._zip.close()
 

@@ -17,6 +17,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +38,7 @@ class IndexMeta:
     count: int = 0  # live (not deleted) items
     capacity: int = MIN_CAPACITY
     version: int = 0
-    deleted: list = field(default_factory=list)  # labels marked deleted in index.bin
+    deleted: list[int] = field(default_factory=list)  # labels marked deleted in index.bin
 
     @classmethod
     def read(cls, directory: Path) -> "IndexMeta | None":
@@ -55,7 +56,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, write) -> None:
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         write(tmp)
@@ -70,16 +71,26 @@ def _atomic_write(path: Path, write) -> None:
 class VectorIndex:
     """An in-memory hnswlib index plus the bookkeeping hnswlib lacks (live count, deletes)."""
 
-    def __init__(self, meta: IndexMeta, hnsw: hnswlib.Index, ef: int):
+    def __init__(self, meta: IndexMeta, hnsw: hnswlib.Index, ef: int) -> None:
         self.meta = meta
         self.hnsw = hnsw
         self.ef = ef
         self._deleted = set(meta.deleted)
-        self._codes = None  # (labels, packed sign bits, vectors), for hamming_query
+        # (labels, packed sign bits, vectors), for hamming_query
+        self._codes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         hnsw.set_ef(ef)  # not persisted by hnswlib: set after every load
 
     @classmethod
-    def create(cls, model: str, dim: int, *, capacity=MIN_CAPACITY, m=16, ef_construction=200, ef=128):
+    def create(
+        cls,
+        model: str,
+        dim: int,
+        *,
+        capacity: int = MIN_CAPACITY,
+        m: int = 16,
+        ef_construction: int = 200,
+        ef: int = 128,
+    ) -> "VectorIndex":
         hnsw = hnswlib.Index(space="cosine", dim=dim)
         hnsw.init_index(
             max_elements=capacity, M=m, ef_construction=ef_construction, allow_replace_deleted=False
@@ -87,7 +98,7 @@ class VectorIndex:
         return cls(IndexMeta(model=model, dim=dim, capacity=capacity), hnsw, ef)
 
     @classmethod
-    def load(cls, directory: Path, *, ef=128) -> "VectorIndex | None":
+    def load(cls, directory: Path, *, ef: int = 128) -> "VectorIndex | None":
         meta = IndexMeta.read(directory)
         if meta is None or not (directory / INDEX_FILE).exists():
             return None
@@ -118,6 +129,7 @@ class VectorIndex:
         self._sync_meta()
 
     def _sync_meta(self) -> None:
+        self._codes = None  # the contents changed: binary codes are built again when asked
         self.meta.capacity = self.hnsw.get_max_elements()
         self.meta.count = self.hnsw.get_current_count() - len(self._deleted)
         self.meta.deleted = sorted(self._deleted)
@@ -216,7 +228,7 @@ class VectorIndex:
 
 
 @contextlib.contextmanager
-def write_lock(directory: Path):
+def write_lock(directory: Path) -> Iterator[None]:
     """Exclusive across processes: the single-writer rule."""
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / LOCK_FILE, "a") as fh:
@@ -232,7 +244,7 @@ class IndexReader:
 
     def __init__(
         self, directory: Path, ef: int = 128, check_interval: float = 0.0, min_reload_interval: float = 1.0
-    ):
+    ) -> None:
         self.directory = Path(directory)
         self.ef = ef
         self.check_interval = check_interval
@@ -240,12 +252,12 @@ class IndexReader:
         # often (hidden items do not wait for it: results are re-checked in the database).
         self.min_reload_interval = min_reload_interval
         self._index: VectorIndex | None = None
-        self._stamp = None
+        self._stamp: tuple[int, int, int] | None = None
         self._checked_at = 0.0
         self._loaded_at = float("-inf")
         self._lock = threading.Lock()
 
-    def _meta_stamp(self):
+    def _meta_stamp(self) -> tuple[int, int, int] | None:
         try:
             st = os.stat(self.directory / META_FILE)
             return (st.st_mtime_ns, st.st_size, st.st_ino)

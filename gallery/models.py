@@ -2,11 +2,14 @@
 is a derived, rebuildable copy of the embeddings of visible items."""
 
 import secrets
+from pathlib import Path
 
 import numpy as np
 from django.conf import settings
 from django.db import models
 from django.urls import reverse
+
+from .learning.spec import Kind as ModelKind
 
 
 class ImageQuerySet(models.QuerySet["Image"]):
@@ -264,12 +267,7 @@ class ModelVersion(BackgroundRun):
     checkpoints, loss curve, confusion matrix). At most one version is active: the one whose
     vectors and index serve searches."""
 
-    class Kind(models.TextChoices):
-        PRETRAINED = "pretrained", "Pretrained backbone"
-        AUTOENCODER = "autoencoder", "Convolutional autoencoder"
-        METRIC = "metric", "Metric learning (softmax over pairs)"
-        TRIPLET = "triplet", "Metric learning (triplet loss)"
-        CONTRASTIVE = "contrastive", "Self-supervised contrastive"
+    Kind = ModelKind  # the kinds and their labels, in the table of what each takes (learning.spec)
 
     class State(models.TextChoices):
         QUEUED = "queued"
@@ -320,13 +318,11 @@ class ModelVersion(BackgroundRun):
         return self.name
 
     @property
-    def workdir(self):
-        from pathlib import Path
-
+    def workdir(self) -> Path:
         return Path(settings.MODELS_DIR) / self.name
 
     @property
-    def weights_path(self):
+    def weights_path(self) -> Path:
         return self.workdir / "model.pt"
 
     @property

@@ -12,7 +12,7 @@ from django.conf import settings
 from . import services
 
 
-class PipelineTask(Task):  # type: ignore[misc]
+class PipelineTask(Task):
     """Retried on any error: 2, 4, 8, ... seconds (at most 60), with jitter."""
 
     autoretry_for = (Exception,)

@@ -92,9 +92,11 @@ def _database_url(settings_dict) -> str:
 
 
 def start_worker(broker_url: str, session_dirs, log_path: Path, name: str) -> subprocess.Popen:
-    """A real `celery worker` process on the test database, consuming both queues (solo
+    """A real `celery worker` process on the test database, consuming every queue (solo
     pool: one task at a time, so it is also the index's single writer)."""
     from django.db import connection
+
+    from gallery import queues
 
     env = os.environ.copy()
     env.update(
@@ -105,31 +107,31 @@ def start_worker(broker_url: str, session_dirs, log_path: Path, name: str) -> su
         MODELS_DIR=str(session_dirs["models"]),
         VAR_DIR=str(session_dirs["base"]),
     )
-    log = open(log_path, "w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "searchsite",
-            "worker",
-            "-Q",
-            "embed,index,train",
-            "--pool",
-            "solo",
-            "-n",
-            f"{name}-{os.getpid()}@%h",
-            "--without-mingle",
-            "--without-gossip",
-            "-l",
-            "INFO",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    with open(log_path, "w") as log:  # the worker writes through its own copy
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "searchsite",
+                "worker",
+                "-Q",
+                ",".join(queues.ALL),
+                "--pool",
+                "solo",
+                "-n",
+                f"{name}-{os.getpid()}@%h",
+                "--without-mingle",
+                "--without-gossip",
+                "-l",
+                "INFO",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 90
     while "ready." not in log_path.read_text():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -186,3 +188,32 @@ def dataset(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (the shared datasets are not beside the project).")
     return path
+
+
+@pytest.fixture
+def staff(db):
+    from django.contrib.auth.models import User
+
+    return User.objects.create_user("mod", password="pw", is_staff=True)
+
+
+@pytest.fixture
+def token(staff):
+    from gallery.models import ApiToken
+
+    return ApiToken.objects.create(user=staff, name="script").key
+
+
+@pytest.fixture
+def gallery(clean_index):
+    """18 searchable images in three colour categories, indexed with the default model."""
+    from gallery import services
+    from gallery.models import Image
+    from tests.helpers import upload_colour_gallery
+
+    ids = upload_colour_gallery(6, seed=100)
+    images = list(Image.objects.filter(pk__in=ids).order_by("pk"))
+    services.images_embed(ids)
+    services.index_sync()
+    assert Image.objects.filter(status=Image.Status.INDEXED).count() == 18
+    return images

@@ -2,6 +2,8 @@
 
 import io
 import random
+import struct
+import zlib
 
 from PIL import Image, ImageDraw
 
@@ -63,3 +65,20 @@ def make_category_folder(root, per_class: int = 12, splits=("",), size=(64, 64))
                 seed += 1
                 make_category_picture(category, seed, size).save(folder / f"{n:04d}.png")
     return root
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims a huge size (a decompression bomb's header) with tiny data."""
+
+    def chunk(kind, payload):
+        return (
+            struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 10))
+        + chunk(b"IEND", b"")
+    )

@@ -1,12 +1,14 @@
 """The JSON API contract: shapes, status codes, and a clear error for each bad input."""
 
 import pytest
+from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
 
 from gallery import services
-from gallery.models import Image
-from tests.images import encode, make_image_bytes, make_picture
-from tests.test_imaging import _png_header_only
+from gallery.models import ApiToken, Image
+from tests.helpers import api_upload
+from tests.images import encode, make_image_bytes, make_picture, png_header_only
 
 pytestmark = pytest.mark.django_db
 
@@ -54,7 +56,7 @@ BAD_INPUTS = {
     "not an image": (b"%PDF-1.4 hello", "not an image"),
     "unsupported format": (encode(make_picture(3), "PPM"), "Unsupported image format"),
     "truncated": (make_image_bytes(3, size=(640, 480))[:2000], "truncated or corrupt"),
-    "decompression bomb": (_png_header_only(40000, 40000), "too many pixels"),
+    "decompression bomb": (png_header_only(40000, 40000), "too many pixels"),
 }
 
 
@@ -110,3 +112,57 @@ def test_similar_excludes_the_item_and_hidden_items(client, indexed):
     ids = [r["id"] for r in client.get(f"/api/images/{indexed[0].pk}/similar?k=10").json()["results"]]
     assert indexed[1].pk not in ids and len(ids) == 3
     assert client.get(f"/api/images/{indexed[1].pk}").json()["status"] == "hidden"
+
+
+def test_api_permissions(client, staff, token):
+    image_id = api_upload(client, 6).json()["id"]
+    url = f"/api/images/{image_id}/hide"
+    assert client.post(url).status_code == 401
+    assert client.post(url, HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+    User.objects.create_user("visitor", password="pw")
+    visitor = Client()
+    visitor.login(username="visitor", password="pw")
+    response = visitor.post(url)
+    assert response.status_code == 403 and "Only staff" in response.json()["error"]
+    ordinary_token = ApiToken.objects.create(user=User.objects.get(username="visitor")).key
+    assert client.post(url, HTTP_AUTHORIZATION=f"Bearer {ordinary_token}").status_code == 403
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(staff)
+    assert strict.post(url).status_code == 403  # a session without the CSRF token is refused
+    assert Image.objects.get(pk=image_id).status != "hidden"
+    assert client.post(url, HTTP_AUTHORIZATION=f"Bearer {token}").status_code == 200
+
+
+def test_status_of_unpublished_items_hides_their_content(client, staff, settings):
+    settings.MODERATION = "pre"
+    image_id = api_upload(client, 13, title="secret").json()["id"]
+    body = client.get(f"/api/images/{image_id}").json()
+    assert body == {"id": image_id, "status": "processing", "moderation": "pending", "error": ""}
+    client.force_login(staff)
+    assert client.get(f"/api/images/{image_id}").json()["title"] == "secret"
+
+
+def test_the_openapi_document_declares_every_answer_errors_included(client):
+    schema = client.get("/api/openapi.json").json()
+    error = {"$ref": "#/components/schemas/ErrorOut"}
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            answers = operation["responses"]
+            ok = [code for code in answers if code.startswith("2")]
+            failures = [code for code in answers if code.startswith("4")]
+            assert ok and failures, f"{method} {path}"
+            for code in ok:
+                assert answers[code]["content"]["application/json"]["schema"], f"{method} {path} {code}"
+            for code in failures:
+                assert answers[code]["content"]["application/json"]["schema"] == error, (
+                    f"{method} {path} {code}"
+                )
+    assert set(schema["components"]["schemas"]["SearchHitOut"]["properties"]) == {
+        "id",
+        "title",
+        "category",
+        "url",
+        "image_url",
+        "thumbnail_url",
+        "score",
+    }

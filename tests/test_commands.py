@@ -1,14 +1,17 @@
 """import_images and rebuild_index, as a user runs them."""
 
 import io
+import json
 import zipfile
 
+import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
 
+from gallery.embedders import active_model, forget_active_model
 from gallery.index import VectorIndex
-from gallery.models import Image
-from tests.images import make_image_bytes
+from gallery.models import Embedding, Image
+from tests.images import make_category_folder, make_image_bytes
 
 
 def make_tree(root):
@@ -49,7 +52,7 @@ def test_import_zip_with_category_override_and_unsafe_entries(tmp_path):
         zf.writestr("../escape.jpg", make_image_bytes(6))
         zf.writestr("nested.zip", b"PK...")
         zf.writestr("__MACOSX/tops/._shirt.jpg", b"junk")
-    out, err = run(str(archive), "--category", "sale", "--no-wait")
+    _, err = run(str(archive), "--category", "sale", "--no-wait")
     assert list(Image.objects.values_list("title", "category")) == [("shirt", "sale")]
     assert "../escape.jpg: unsafe path" in err and "nested.zip: nested archive" in err
     assert "__MACOSX" not in err
@@ -124,3 +127,36 @@ def test_fetch_weights_saves_a_checked_state_dict_or_says_where_to_copy_it(setti
     call_command("fetch_weights", "resnet18")
     saved = torch.load(tmp_path / "weights" / "resnet18.pth", weights_only=True)
     assert "fc.weight" in saved
+
+
+@pytest.mark.django_db
+def test_commands_train_evaluate_and_activate(gallery, tmp_path, capsys):
+    folder = make_category_folder(tmp_path / "set", per_class=6, splits=("train", "test"))
+    call_command(
+        "train_model",
+        "--kind",
+        "autoencoder",
+        "--data",
+        str(folder),
+        "--epochs",
+        "3",
+        "--minutes",
+        "5",
+        "--width",
+        "8",
+    )
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert trained["model"] == "autoencoder-v1" and trained["train_mse"] > 0
+    call_command("evaluate_model", "autoencoder-v1", "--protocol", "cifar10", "--data", str(folder))
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 <= figures["map@1000"] <= 1 and figures["queries"] == 18 and "map@all" in figures
+    assert 0 < figures["reconstruction_mse"] < 1  # pixels in [-0.5, 0.5]
+    call_command("activate_model", "autoencoder-v1")
+    assert "is active" in capsys.readouterr().out
+    forget_active_model()
+    assert active_model().name == "autoencoder-v1"
+    assert Embedding.objects.filter(model_name="autoencoder-v1").count() == 18
+    vector = np.frombuffer(
+        Embedding.objects.filter(model_name="autoencoder-v1").first().vector, dtype=np.float32
+    )
+    assert vector.shape == (32,) and abs(np.linalg.norm(vector) - 1) < 1e-4

@@ -65,7 +65,7 @@ def test_torchvision_backbone_loads_a_local_weights_file(tmp_path, pooling):
 
 def test_torchvision_backbone_without_weights_says_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    with pytest.raises(WeightsNotFound, match="mobilenet_v3_large.pth"):
+    with pytest.raises(WeightsNotFound, match=r"mobilenet_v3_large\.pth"):
         TorchvisionEmbedder("mobilenet_v3_large", weights_dir=tmp_path)
 
 
@@ -81,8 +81,9 @@ def test_torchvision_backbone_uses_the_torch_cache(tmp_path, monkeypatch):
 
 def test_learned_embedder_loads_its_model_file_without_the_database(tmp_path):
     from gallery.embedders.learned import LearnedEmbedder
+    from gallery.learning.model_io import save_model
     from gallery.learning.networks import build_network
-    from gallery.learning.trainer import make_spec, save_model
+    from gallery.learning.spec import make_spec
     from tests.images import make_picture
 
     spec = make_spec("metric", arch="small_cnn", image_size=32, width=8, bits=16, classes=["a", "b"])
@@ -93,3 +94,21 @@ def test_learned_embedder_loads_its_model_file_without_the_database(tmp_path):
     assert (embedder.name, embedder.dim, vectors.shape) == ("metric-16bit-v9", 16, (2, 16))
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     assert np.allclose(embedder.embed_gallery([make_picture(1)]), vectors[:1], atol=1e-6)
+
+
+def test_the_registry_needs_no_torch_and_inference_no_training_loop():
+    """The index worker and the beat import the registry without PyTorch; a learned model's
+    embedder loads its file without importing the training loop."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'searchsite.settings')\n"
+        "import django; django.setup()\n"
+        "import gallery.embedders, gallery.learning.spec, gallery.forms\n"
+        "assert 'torch' not in sys.modules, 'torch'\n"
+        "import gallery.embedders.learned\n"
+        "assert 'gallery.learning.trainer' not in sys.modules, 'trainer'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -1,14 +1,12 @@
 """Every kind of bad input is refused with words a person understands."""
 
 import io
-import struct
-import zlib
 
 import pytest
 from PIL import Image
 
 from gallery.imaging import ImageRejected, decode_image, encode_for_storage, make_thumbnail
-from tests.images import encode, make_image_bytes, make_picture
+from tests.images import encode, make_image_bytes, make_picture, png_header_only
 
 LIMITS = {"max_bytes": 5 * 1024 * 1024, "max_pixels": 4_000_000}
 
@@ -43,26 +41,9 @@ def test_refuses_too_many_bytes():
         decode_image(data, max_bytes=len(data) - 1, max_pixels=LIMITS["max_pixels"])
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims a huge size (a decompression bomb's header) with tiny data."""
-
-    def chunk(kind, payload):
-        return (
-            struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 10))
-        + chunk(b"IEND", b"")
-    )
-
-
 def test_refuses_too_many_pixels_before_decoding():
     with pytest.raises(ImageRejected, match="too many pixels"):
-        decode_image(_png_header_only(30000, 30000), **LIMITS)
+        decode_image(png_header_only(30000, 30000), **LIMITS)
 
 
 def test_refuses_truncated_jpeg():
@@ -103,7 +84,7 @@ def test_png_after_html_is_reencoded():
 def test_transparency_kept_as_png_and_thumbnail_is_small_jpeg():
     im = Image.new("RGBA", (400, 300), (255, 0, 0, 0))
     decoded = decode_image(encode(im, "PNG"), **LIMITS)
-    stored, ext = encode_for_storage(decoded.image)
+    _, ext = encode_for_storage(decoded.image)
     assert ext == "png"
     thumb = Image.open(io.BytesIO(make_thumbnail(decoded.image, 128)))
     assert thumb.format == "JPEG" and max(thumb.size) == 128

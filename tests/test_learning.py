@@ -7,10 +7,13 @@ import pytest
 import torch
 from timm.layers import Conv2dSame
 
+from gallery.embedders.transforms import pixels, to_tensor
 from gallery.learning import data as datasets
 from gallery.learning import evaluation, losses
+from gallery.learning.model_io import load_model
 from gallery.learning.networks import EmbeddingNet, SmallMapDepthwise, use_small_map_depthwise
-from gallery.learning.trainer import Cancelled, Trainer, load_model, make_spec, pixels, to_tensor
+from gallery.learning.spec import make_spec
+from gallery.learning.trainer import Cancelled, Trainer
 from tests.images import make_category_folder
 
 
@@ -29,7 +32,7 @@ def zip_folder(folder, path):
 def embed(net, images, spec):
     batch = np.stack([pixels(images.open(i), spec["image_size"]) for i in range(len(images))])
     with torch.no_grad():
-        return net.eval()(to_tensor(batch, spec)).numpy()
+        return net.eval()(to_tensor(batch, net.normalisation)).numpy()
 
 
 def test_folder_and_zip_give_categories_from_folder_names(colour_folder, tmp_path):
@@ -167,7 +170,8 @@ def test_autoencoder_reconstructs_better_than_the_mean_picture(colour_folder, tm
     x = raw.astype(np.float32) / 255 - 0.5
     variance = float(((x - x.mean(axis=0)) ** 2).mean())  # MSE of always answering the mean picture
     assert result["train_mse"] < 0.5 * variance, (result["train_mse"], variance)
-    codes = load_model(tmp_path / "model.pt")(to_tensor(raw[:2], spec))
+    model = load_model(tmp_path / "model.pt")
+    codes = model(to_tensor(raw[:2], model.normalisation))
     assert codes.shape == (2, 16)
 
 
@@ -205,3 +209,37 @@ def test_cached_frozen_features_equal_what_the_saved_model_computes(colour_folde
     from_file = embed(load_model(tmp_path / "model.pt"), train, spec)
     assert np.allclose(from_cache, from_file, atol=2e-2)  # fp16 cache
     assert (from_cache * from_file).sum(axis=1).min() > 0.999
+
+
+def test_the_spec_table_says_what_each_kind_takes():
+    from gallery.learning import spec as specs
+    from gallery.models import ModelVersion
+
+    assert ModelVersion.Kind is specs.Kind and specs.TRAINED_KINDS == (
+        "autoencoder",
+        "metric",
+        "triplet",
+        "contrastive",
+    )
+    contrastive = make_spec("contrastive", lr=None, dim=64)
+    assert contrastive["views"] == 2 and contrastive["dim"] == 64 and contrastive["lr"] == 1e-3
+    assert make_spec("autoencoder")["views"] == 1  # COMMON
+    with pytest.raises(ValueError, match="Hash codes are learned by the metric, triplet and contrastive"):
+        make_spec("autoencoder", bits=16)
+    with pytest.raises(ValueError, match="Unknown kind"):
+        make_spec("pretrained")
+    with pytest.raises(ValueError, match="between 8 and 256"):
+        specs.check_bits("metric", 4)
+    specs.check_bits("triplet", 48)
+    assert {o.flag for o in specs.OPTIONS} >= {"--image-size", "--max-images", "--frozen-stages"}
+
+
+def test_the_pretrained_and_learned_paths_share_one_normalisation():
+    """`to_tensor` computes what the NumPy normalisation of the pretrained embedders did."""
+    from gallery.embedders import transforms
+
+    batch = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    for norm in (transforms.IMAGENET, transforms.HALF, transforms.CENTRED):
+        mean, std = np.asarray(norm.mean, np.float32), np.asarray(norm.std, np.float32)
+        expected = ((batch.astype(np.float32) / 255.0 - mean) / std).transpose(0, 3, 1, 2)
+        assert np.array_equal(transforms.to_tensor(batch, norm).numpy(), expected)

@@ -36,15 +36,15 @@ def start_app(tmp_path, extra_env):
         check=True,
         capture_output=True,
     )
-    log = open(tmp_path / "runapp.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "runapp", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with open(tmp_path / "runapp.log", "w") as log:  # the child writes through its own copy
+        proc = subprocess.Popen(
+            [sys.executable, "manage.py", "runapp", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -1,15 +1,19 @@
 """The Celery tasks on a real worker process: failures are recorded, stale tasks never bring a
-hidden item back, and lost tasks are picked up again."""
+hidden item back, lost tasks are picked up again; training, evaluation and activation runs."""
 
 import time
 
+import pytest
 from django.core.files.storage import default_storage
+from django.urls import reverse
 
-from gallery import services, tasks
+from gallery import selectors, services, tasks
+from gallery.embedders import active_model, forget_active_model
 from gallery.index import VectorIndex
-from gallery.models import Image
+from gallery.models import Image, ModelVersion
 from tests.conftest import wait_for_status
-from tests.images import make_image_bytes
+from tests.helpers import SMALL, upload_colour_gallery, version_where, wait_for
+from tests.images import encode, make_category_folder, make_category_picture, make_image_bytes
 
 
 def test_unreadable_file_is_marked_failed_with_the_reason(pipeline):
@@ -98,17 +102,69 @@ def test_recover_lost_work_requeues_stale_images_and_stalled_jobs(pipeline, tmp_
         time.sleep(0.3)
 
 
-def test_stall_check_sees_messages_waiting_in_the_queue(redis_url):
-    """A job waiting behind queued work is not stalled: the check looks at the queue."""
-    import redis as redis_client
+def test_training_task_reports_progress_cancels_and_resumes(pipeline, tmp_path):
+    folder = make_category_folder(tmp_path / "set", per_class=16)
+    version = services.model_version_create("metric", data=str(folder), minutes=10, epochs=120, options=SMALL)
+    running = wait_for(
+        lambda: version_where(version.pk, state="training", progress__stage="training"),
+        what="training progress",
+    )
+    assert running.progress["step"] > 0 and running.progress["loss"] is not None
+    assert running.progress["eta_seconds"] is not None
 
-    from searchsite.celery import app
+    assert services.model_train_cancel(running)
+    cancelled = wait_for(lambda: version_where(version.pk, state="cancelled"), timeout=30, what="the cancel")
+    step_at_cancel = cancelled.progress["step"]
+    assert (cancelled.workdir / "checkpoint.pt").exists() and not cancelled.weights_path.exists()
 
-    url = redis_url.rsplit("/", 1)[0] + "/12"  # a broker database no worker consumes
-    redis_client.Redis.from_url(url).flushdb()
-    assert services.queue_has_work("embed", url) is False
-    with app.connection_for_write(url) as conn:
-        conn.SimpleQueue("embed").put({"waiting": True})
-    assert services.queue_has_work("embed", url) is True
-    assert services.queue_has_work("embed", "redis://127.0.0.1:1/0") is True  # cannot ask: assume busy
-    redis_client.Redis.from_url(url).flushdb()
+    assert services.model_train_resume(cancelled)
+    ready = wait_for(lambda: version_where(version.pk, state="ready"), timeout=300, what="the resumed run")
+    assert ready.metrics["steps"] == 240  # 120 epochs of 2 batches: it went on, it did not restart
+    assert ready.progress["step"] >= step_at_cancel
+    assert "cancelled" in ready.log and "done" in ready.log
+
+
+def test_activation_task_switches_the_searches(pipeline):
+    wait_for_status(upload_colour_gallery(4, seed=300))
+    services.model_version_default()
+    version = services.model_version_create("metric", epochs=10, minutes=5, options=SMALL)
+    wait_for(lambda: version_where(version.pk, state="ready"), timeout=300, what="training on the gallery")
+
+    services.model_activate_start(ModelVersion.objects.get(pk=version.pk))
+    active = wait_for(lambda: version_where(version.pk, is_active=True), timeout=120, what="the switch")
+    assert active.activation_progress["done"] == 12
+    forget_active_model()
+    assert active_model().name == version.name
+    hits = selectors.image_search_by_image(encode(make_category_picture("red", 7, (96, 96)), "PNG"), k=4).hits
+    assert [h.image.category for h in hits] == ["red"] * 4
+
+    # an upload after the switch is embedded by the worker with the new model
+    late, _ = services.image_create(
+        data=encode(make_category_picture("blue", 808, (96, 96)), "PNG"), category="blue"
+    )
+    wait_for_status([late.pk])
+    assert late.embeddings.filter(model_name=version.name).exists()
+    assert Image.objects.get(pk=late.pk).status == Image.Status.INDEXED
+
+
+def test_evaluate_button_runs_the_protocol_on_the_worker(pipeline, admin_client, tmp_path):
+
+    data = make_category_folder(tmp_path / "cifar-like", per_class=3, splits=("train", "test"))
+    version = services.model_version_default()
+    response = admin_client.post(
+        reverse("admin:gallery_modelversion_evaluate", args=[version.pk]),
+        {"protocol": "cifar10", "data": str(data)},
+        follow=True,
+    )
+    assert "Evaluation cifar10 queued" in response.content.decode()
+    done = wait_for(lambda: version_where(version.pk, progress__stage="evaluated"), what="the evaluation")
+    figures = done.evaluations["cifar10"]
+    assert figures["queries"] == 9 and 0.0 <= figures["map@1000"] <= 1.0
+    assert (done.workdir / "confusion-cifar10.png").is_file()
+
+
+@pytest.fixture(autouse=True)
+def _forget_active_model():
+    forget_active_model()
+    yield
+    forget_active_model()

@@ -48,6 +48,24 @@ _ISOLATED_KEYS = (
 )
 
 
+def _children_by_parent(table: dict[int, tuple[int, int, str]]) -> dict[int, list[int]]:
+    """The process table (pid -> (ppid, ...)) turned around: parent pid -> child pids."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    return children
+
+
+def _below(children: dict[int, list[int]], pid: int) -> list[int]:
+    """Every descendant of `pid` (children, grandchildren, ...), sorted."""
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return sorted(found)
+
+
 def venv_python() -> str:
     candidate = PROJECT_ROOT / ".venv" / "bin" / "python"
     return str(candidate) if candidate.exists() else sys.executable
@@ -207,7 +225,7 @@ class BenchApp:
     # -- the app --
 
     def start(self, timeout: float = 300) -> None:
-        self._log_fh = open(self.log_path, "ab")
+        self._log_fh = open(self.log_path, "ab")  # noqa: SIM115 - runapp writes to it until stop() closes it
         log(f"Starting the app on {self.base_url} (log: {self.log_path})")
         self.proc = subprocess.Popen(
             [venv_python(), "manage.py", "runapp", "--port", str(self.port)],
@@ -299,41 +317,53 @@ class BenchApp:
         if self.proc is None or self.proc.poll() is not None:
             return {}
         table = proc_table()
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _, _) in table.items():
-            children.setdefault(ppid, []).append(pid)
-
-        def below(pid: int) -> list[int]:
-            found, todo = [], [pid]
-            while todo:
-                for child in children.get(todo.pop(), []):
-                    found.append(child)
-                    todo.append(child)
-            return sorted(found)
-
+        children = _children_by_parent(table)
         roles: dict[str, list[tuple[int, str, str]]] = {}
         for pid in sorted(children.get(self.proc.pid, [])):
-            argv = proc_argv(pid)
-            names = [Path(a).name for a in argv[:2]]
-            if "gunicorn" in names:
-                roles["web_master"] = [(pid, table[pid][2], "main")]
-                roles["web"] = [(c, table[c][2], "child") for c in below(pid) if c in table]
-            elif "celery" in names and "-Q" in argv[:-1]:
-                queue = argv[argv.index("-Q") + 1]
-                # Without -B every child is the pool's; with it, only once the beat is known.
-                known = pid in self._pool_pids or not ({"-B", "--beat"} & set(argv))
-                procs = [(pid, table[pid][2], "main")]
-                for c in below(pid):
-                    if c not in table:
-                        continue
-                    if c in self._beat_pids:
-                        roles.setdefault(f"{queue}_beat", []).append((c, table[c][2], "main"))
-                    else:
-                        procs.append((c, table[c][2], "pool" if known else "child"))
-                roles[f"{queue}_worker"] = procs
-            elif names and names[0] == "redis-server":
-                roles["redis"] = [(pid, table[pid][2], "main")]
+            self._add_child_roles(roles, pid, table, children)
         return roles
+
+    def _add_child_roles(
+        self,
+        roles: dict[str, list[tuple[int, str, str]]],
+        pid: int,
+        table: dict[int, tuple[int, int, str]],
+        children: dict[int, list[int]],
+    ) -> None:
+        """Tell what one direct child of runapp is (gunicorn, a Celery worker, a private Redis)
+        and add its processes to `roles`; any other child is left out."""
+        argv = proc_argv(pid)
+        names = [Path(a).name for a in argv[:2]]
+        if "gunicorn" in names:
+            roles["web_master"] = [(pid, table[pid][2], "main")]
+            roles["web"] = [(c, table[c][2], "child") for c in _below(children, pid) if c in table]
+        elif "celery" in names and "-Q" in argv[:-1]:
+            self._add_celery_worker_roles(roles, pid, argv, table, _below(children, pid))
+        elif names and names[0] == "redis-server":
+            roles["redis"] = [(pid, table[pid][2], "main")]
+
+    def _add_celery_worker_roles(
+        self,
+        roles: dict[str, list[tuple[int, str, str]]],
+        pid: int,
+        argv: list[str],
+        table: dict[int, tuple[int, int, str]],
+        below: list[int],
+    ) -> None:
+        """A Celery worker's main process and its children as "<queue>_worker", apart from a
+        beat embedded with -B (once identify_pool_children() has told it apart): "<queue>_beat"."""
+        queue = argv[argv.index("-Q") + 1]
+        # Without -B every child is the pool's; with it, only once the beat is known.
+        known = pid in self._pool_pids or not ({"-B", "--beat"} & set(argv))
+        procs = [(pid, table[pid][2], "main")]
+        for c in below:
+            if c not in table:
+                continue
+            if c in self._beat_pids:
+                roles.setdefault(f"{queue}_beat", []).append((c, table[c][2], "main"))
+            else:
+                procs.append((c, table[c][2], "pool" if known else "child"))
+        roles[f"{queue}_worker"] = procs
 
     def log_tail(self, n: int = 40) -> str:
         try:

@@ -60,7 +60,7 @@ def run_concurrent(clients: int, total: int, work: Callable[[int], Any]) -> tupl
                     return
             try:
                 value = work(n)
-            except Exception as exc:  # noqa: BLE001 - counted as an error by the caller
+            except Exception as exc:  # counted as an error by the caller
                 value = exc
             with lock:
                 results.append(value)

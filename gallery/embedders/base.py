@@ -5,9 +5,9 @@ import abc
 import numpy as np
 import torch
 from django.conf import settings
-from PIL import Image, ImageFilter
+from PIL import Image
 
-from ..imaging import flatten
+from . import transforms
 
 
 class Embedder(abc.ABC):
@@ -29,38 +29,34 @@ class TorchEmbedder(Embedder):
     """A torch module + preprocessing; batches, runs on CPU without autograd."""
 
     image_size: int = 224
-    mean = (0.485, 0.456, 0.406)
-    std = (0.229, 0.224, 0.225)
+    normalisation = transforms.IMAGENET
     batch_size = 32
     blur_radius = 0.0
 
-    def __init__(self):
+    def __init__(self) -> None:
         torch.set_num_threads(max(1, settings.TORCH_THREADS))
         self.model = self.build_model().eval()
-        self._mean = np.asarray(self.mean, dtype=np.float32)
-        self._std = np.asarray(self.std, dtype=np.float32)
 
     @abc.abstractmethod
     def build_model(self) -> torch.nn.Module:
         """The network, with its weights loaded."""
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        out: torch.Tensor = self.model(x)
+        return out
 
     def preprocess(self, im: Image.Image) -> np.ndarray:
-        """The whole picture, squashed to a square: crops would lose the edges of products."""
-        im = flatten(im).resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
-        if self.blur_radius:
-            im = im.filter(ImageFilter.GaussianBlur(self.blur_radius))
-        a = np.asarray(im, dtype=np.float32) / 255.0
-        return (a - self._mean) / self._std
+        """The whole picture, squashed to a square (`transforms.pixels`), blurred if the
+        embedder asks for it."""
+        return transforms.pixels(im, self.image_size, self.blur_radius)
 
     @torch.inference_mode()
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         out = np.zeros((len(images), self.dim), dtype=np.float32)
         for start in range(0, len(images), self.batch_size):
             batch = np.stack([self.preprocess(im) for im in images[start : start + self.batch_size]])
-            x = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
+            # NCHW in memory: the pretrained networks' vectors were measured on that layout
+            x = transforms.to_tensor(batch, self.normalisation).contiguous()
             f = self.features(x)
             f = torch.nn.functional.normalize(f.float(), dim=1)
             out[start : start + len(batch)] = f.numpy()

@@ -10,19 +10,17 @@ import torch
 import torchvision
 
 from .base import TorchEmbedder
-from .catalog import TORCHVISION_BACKBONES as BACKBONES
+from .registry import TORCHVISION_BACKBONES as BACKBONES
+from .transforms import gem
+
+PathLike = str | os.PathLike[str]
 
 
 class WeightsNotFound(FileNotFoundError):
     pass
 
 
-def gem(x: torch.Tensor, p: float = 3.0, eps: float = 1e-6) -> torch.Tensor:
-    """Generalised-mean pooling: between average (p=1) and max pooling."""
-    return x.clamp(min=eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
-
-
-def weights_candidates(arch: str, weights_dir: str | os.PathLike | None) -> list[Path]:
+def weights_candidates(arch: str, weights_dir: PathLike | None) -> list[Path]:
     paths = []
     if weights_dir:
         paths.append(Path(weights_dir) / f"{arch}.pth")
@@ -31,11 +29,14 @@ def weights_candidates(arch: str, weights_dir: str | os.PathLike | None) -> list
     return paths
 
 
-def load_state_dict(arch: str, weights_dir, weights_path=None) -> dict:
+def load_state_dict(
+    arch: str, weights_dir: PathLike | None, weights_path: PathLike | None = None
+) -> dict[str, torch.Tensor]:
     candidates = [Path(weights_path)] if weights_path else weights_candidates(arch, weights_dir)
     for path in candidates:
         if path.is_file():
-            return torch.load(path, map_location="cpu", weights_only=True)
+            state: dict[str, torch.Tensor] = torch.load(path, map_location="cpu", weights_only=True)
+            return state
     raise WeightsNotFound(
         f"No weights for {arch}: looked for {', '.join(str(p) for p in candidates)}. "
         "Copy the torchvision .pth file to one of these paths."
@@ -43,7 +44,14 @@ def load_state_dict(arch: str, weights_dir, weights_path=None) -> dict:
 
 
 class TorchvisionEmbedder(TorchEmbedder):
-    def __init__(self, name: str, *, weights_dir=None, weights_path=None, pooling: str = "avg"):
+    def __init__(
+        self,
+        name: str,
+        *,
+        weights_dir: PathLike | None = None,
+        weights_path: PathLike | None = None,
+        pooling: str = "avg",
+    ) -> None:
         self.arch, self.dim = BACKBONES[name]
         self.name = f"{name}-{pooling}"
         self.pooling = pooling
@@ -54,6 +62,7 @@ class TorchvisionEmbedder(TorchEmbedder):
     def build_model(self) -> torch.nn.Module:
         model = torchvision.models.get_model(self.arch, weights=None)
         model.load_state_dict(load_state_dict(self.arch, self.weights_dir, self.weights_path))
+        body: torch.nn.Module
         if self.arch.startswith("resnet"):
             body = torch.nn.Sequential(*list(model.children())[:-2])
         else:  # vgg, mobilenet, efficientnet all keep their convolutions in `.features`

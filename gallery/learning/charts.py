@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw
 WHITE, INK, GRID, LINE = (255, 255, 255), (40, 40, 40), (225, 225, 225), (37, 99, 235)
 
 
-def loss_curve(history: list, path: Path, *, title: str = "training loss") -> Path:
+def loss_curve(history: list[list[float]], path: Path, *, title: str = "training loss") -> Path:
     """`history`: [seconds, epoch, loss] rows; x = epoch."""
     w, h, left, bottom, top, right = 640, 320, 60, 40, 30, 20
     im = Image.new("RGB", (w, h), WHITE)
@@ -20,7 +20,7 @@ def loss_curve(history: list, path: Path, *, title: str = "training loss") -> Pa
         y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
         y1 = y1 if y1 > y0 else y0 + 1e-6
 
-        def xy(x, y):
+        def xy(x: float, y: float) -> tuple[float, float]:
             return (
                 left + (x - x0) / max(x1 - x0, 1e-9) * (w - left - right),
                 h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom),

@@ -6,13 +6,18 @@ layout) gives its `train/` part for training and its `test/` part for evaluation
 
 import io
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
+from django.core.files.storage import default_storage
 from PIL import Image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+
+Opener = Callable[[str], Image.Image]  # key -> RGB image
 
 
 @dataclass
@@ -23,7 +28,7 @@ class LabelledImages:
     labels: np.ndarray
     classes: list[str]
     source: str
-    _opener: object = field(repr=False, default=None)
+    _opener: Opener = field(repr=False)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -35,7 +40,7 @@ class LabelledImages:
     def labelled(self) -> bool:
         return bool((self.labels >= 0).any())
 
-    def subset(self, indices) -> "LabelledImages":
+    def subset(self, indices: Sequence[int] | np.ndarray) -> "LabelledImages":
         indices = np.asarray(indices, dtype=np.int64)
         return LabelledImages(
             [self.keys[i] for i in indices], self.labels[indices], self.classes, self.source, self._opener
@@ -59,9 +64,9 @@ def _split_of(paths: list[PurePosixPath], split: str) -> list[PurePosixPath]:
 class _ZipOpener:
     """Opens members of one archive; reopens it in a forked child (zip handles don't survive)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self._zip = None
+        self._zip: zipfile.ZipFile | None = None
 
     def __call__(self, key: str) -> Image.Image:
         if self._zip is None:
@@ -69,7 +74,7 @@ class _ZipOpener:
         with Image.open(io.BytesIO(self._zip.read(key))) as im:
             return im.convert("RGB")
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "_zip": None}
 
 
@@ -88,7 +93,7 @@ def from_path(path: str | Path, *, split: str = "train") -> LabelledImages:
         )
         files = _split_of(files, split)
         keys = [str(path / f) for f in files]
-        opener = _open_file
+        opener: Opener = _open_file
     elif zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
             files = sorted(
@@ -109,8 +114,6 @@ def from_path(path: str | Path, *, split: str = "train") -> LabelledImages:
 
 
 def _open_gallery_file(key: str) -> Image.Image:
-    from django.core.files.storage import default_storage
-
     with default_storage.open(key) as fh, Image.open(fh) as im:
         return im.convert("RGB")
 

@@ -6,21 +6,21 @@ import io
 from PIL import Image, ImageEnhance, ImageOps
 
 
-def resize2x(im):
+def resize2x(im: Image.Image) -> Image.Image:
     return im.resize((im.width * 2, im.height * 2), Image.Resampling.BICUBIC)
 
 
-def crop85(im):
+def crop85(im: Image.Image) -> Image.Image:
     w, h = round(im.width * 0.85), round(im.height * 0.85)
     left, top = (im.width - w) // 2, (im.height - h) // 2
     return im.crop((left, top, left + w, top + h))
 
 
-def bright20(im):
+def bright20(im: Image.Image) -> Image.Image:
     return ImageEnhance.Brightness(im).enhance(1.2)
 
 
-def mirror(im):
+def mirror(im: Image.Image) -> Image.Image:
     return ImageOps.mirror(im)
 
 

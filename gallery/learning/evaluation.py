@@ -5,6 +5,9 @@ by the relevant items retrieved, as in the CVPR 2015 binary-hash-code paper's co
 ranks the whole database. The near-neighbour confusion matrix counts, for each query class,
 the classes of its 10 nearest neighbours."""
 
+from collections.abc import Iterator
+from typing import Any
+
 import numpy as np
 
 from ..index import POPCOUNT  # bits set per byte value, shared with the search path
@@ -25,14 +28,23 @@ def hamming(q_codes: np.ndarray, db_codes: np.ndarray) -> np.ndarray:
     return POPCOUNT[q_codes[:, None, :] ^ db_codes[None, :, :]].sum(axis=2, dtype=np.int32)
 
 
-def rankings(q, db, *, top: int, q_codes=None, db_codes=None, rerank: bool = False, chunk: int = 250):
+def rankings(
+    q: np.ndarray,
+    db: np.ndarray,
+    *,
+    top: int,
+    q_codes: np.ndarray | None = None,
+    db_codes: np.ndarray | None = None,
+    rerank: bool = False,
+    chunk: int = 250,
+) -> Iterator[tuple[int, np.ndarray]]:
     """Yields (start, ranked database indices) per chunk of queries.
 
     Float vectors: by cosine. Codes: by Hamming distance (ties kept in database order); with
     `rerank`, the `top` Hamming candidates are re-ordered by cosine."""
     for start in range(0, len(q), chunk):
         stop = min(len(q), start + chunk)
-        if q_codes is not None:
+        if q_codes is not None and db_codes is not None:
             dist = hamming(q_codes[start:stop], db_codes)
             order = np.argsort(dist, axis=1, kind="stable")[:, :top]
             if rerank:
@@ -56,11 +68,11 @@ def retrieval_metrics(
     *,
     top: int = 1000,
     classes: int | None = None,
-    q_codes=None,
-    db_codes=None,
+    q_codes: np.ndarray | None = None,
+    db_codes: np.ndarray | None = None,
     rerank: bool = False,
     with_all: bool = True,
-) -> dict:
+) -> dict[str, Any]:
     """mAP@top, precision@10, (mAP@all) and the near-neighbour class confusion matrix."""
     classes = classes or int(max(q_labels.max(), db_labels.max()) + 1)
     confusion = np.zeros((classes, classes), dtype=np.int64)
@@ -79,8 +91,8 @@ def retrieval_metrics(
     result = {
         f"map@{top}": round(float(np.concatenate(ap_top).mean()), 4),
         "precision@10": round(float(np.concatenate(p10).mean()), 4),
-        "queries": int(len(q)),
-        "database": int(len(db)),
+        "queries": len(q),
+        "database": len(db),
         "confusion": confusion.tolist(),
     }
     if ap_all:

@@ -9,27 +9,28 @@
   conv blocks from scratch, for tiny galleries and the tests).
 - `ConvAutoencoder`: conv + pooling encoder to a small code, transposed-conv decoder (MSE).
 
-Everything a network needs to be rebuilt is its `spec` (a JSON-able dict), saved with the
-weights, so an embedder can load a model file without the database."""
+Everything a network needs to be rebuilt is its `spec` (`spec.TrainingSpec`), saved with
+the weights, so an embedder can load a model file without the database. Each network names
+the input normalisation it expects (`normalisation`, for `transforms.to_tensor`)."""
 
 import copy
+from typing import Any, Self
 
+import timm
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..embedders.torchvision_backbones import gem  # the pooling the pretrained embedders use
+from ..embedders.efficientnet_lite import load_lite0_weights
+from ..embedders.transforms import CENTRED, HALF, gem  # the preprocessing the embedders use
+from .spec import LABELLED_KINDS, TrainingSpec
 
 LITE0_STAGES = 7
 
 
-def _lite0(pretrained: bool) -> nn.Module:
-    import timm
-
+def _lite0(pretrained: bool) -> Any:  # timm's EfficientNet (untyped)
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     if pretrained:
-        from ..embedders.efficientnet_lite import load_lite0_weights
-
         load_lite0_weights(model)
     return model
 
@@ -46,13 +47,13 @@ class SmallMapDepthwise(nn.Module):
 
     MAX_PIXELS = 64  # the matrix grows as (H*W)^2: only for small maps
 
-    def __init__(self, conv: nn.Conv2d):
+    def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         self.weight = conv.weight
         self._probe = [copy.deepcopy(conv).requires_grad_(False)]  # a list: not a submodule
         self._taps: dict[tuple[int, int], tuple[torch.Tensor, tuple[int, int]]] = {}
 
-    def _layout(self, h: int, w: int):
+    def _layout(self, h: int, w: int) -> tuple[torch.Tensor, tuple[int, int]]:
         """(tap index per output x input pixel, with k*k = no tap; output size)."""
         key = (h, w)
         if key not in self._taps:
@@ -98,7 +99,7 @@ def use_small_map_depthwise(module: nn.Module) -> nn.Module:
     return module
 
 
-def build_backbone(spec: dict, *, pretrained: bool = True) -> tuple[nn.Module, nn.Module, int]:
+def build_backbone(spec: TrainingSpec, *, pretrained: bool = True) -> tuple[nn.Module, nn.Module, int]:
     """(trunk, tail, channels of the tail's output). The trunk never learns."""
     arch = spec.get("arch", "lite0")
     if arch == "lite0":
@@ -109,11 +110,11 @@ def build_backbone(spec: dict, *, pretrained: bool = True) -> tuple[nn.Module, n
         stages = list(m.blocks)
         trunk = nn.Sequential(m.conv_stem, m.bn1, *stages[:frozen])
         tail = nn.Sequential(*stages[frozen:], m.conv_head, m.bn2)
-        return trunk, tail, m.num_features
+        return trunk, tail, int(m.num_features)
     if arch == "small_cnn":
         width = int(spec.get("width", 32))
 
-        def block(cin, cout):
+        def block(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(
                 nn.Conv2d(cin, cout, 3, padding=1, bias=False),
                 nn.BatchNorm2d(cout),
@@ -129,7 +130,9 @@ def build_backbone(spec: dict, *, pretrained: bool = True) -> tuple[nn.Module, n
 
 
 class EmbeddingNet(nn.Module):
-    def __init__(self, spec: dict, *, pretrained: bool = True):
+    normalisation = HALF  # EfficientNet-Lite's: [-1, 1]
+
+    def __init__(self, spec: TrainingSpec, *, pretrained: bool = True) -> None:
         super().__init__()
         self.spec = spec
         self.trunk, self.tail, channels = build_backbone(spec, pretrained=pretrained)
@@ -142,19 +145,19 @@ class EmbeddingNet(nn.Module):
         self.head = nn.Linear(channels, self.dim)
         # Class proxies for metric/triplet learning with categories (training only)
         classes = len(spec.get("classes") or [])
-        self.proxies = (
+        self.proxies: nn.Parameter | None = (
             nn.Parameter(torch.randn(classes, self.dim) * 0.1)
-            if spec.get("kind") in ("metric", "triplet") and spec.get("proxy_weight", 0) and classes
+            if spec.get("kind") in LABELLED_KINDS and spec.get("proxy_weight", 0) and classes
             else None
         )
         # SimCLR: the contrastive loss looks at a projection, the embedding is before it
-        self.projector = (
+        self.projector: nn.Sequential | None = (
             nn.Sequential(nn.Linear(self.dim, self.dim), nn.ReLU(inplace=True), nn.Linear(self.dim, self.dim))
             if spec.get("kind") == "contrastive"
             else None
         )
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> Self:
         super().train(mode)
         self.trunk.eval()  # frozen batch-norm statistics too
         return self
@@ -165,7 +168,8 @@ class EmbeddingNet(nn.Module):
         overwrite the stored ones)."""
         self.trunk.eval()
         with torch.no_grad():
-            return self.trunk(x)
+            out: torch.Tensor = self.trunk(x)
+            return out
 
     def latent(self, trunk_out: torch.Tensor) -> torch.Tensor:
         """Before normalisation: the sigmoid activations with bits, else the linear head."""
@@ -188,7 +192,9 @@ class ConvAutoencoder(nn.Module):
     Encoder: three conv blocks, each with 2x2 max pooling (32 -> 4), then a linear layer to the
     code; decoder: linear back to 4x4 maps and three stride-2 transposed convolutions."""
 
-    def __init__(self, spec: dict):
+    normalisation = CENTRED  # the reference pipeline's pixel scale: [-0.5, 0.5]
+
+    def __init__(self, spec: TrainingSpec) -> None:
         super().__init__()
         self.spec = spec
         self.dim = int(spec.get("dim", 32))
@@ -196,7 +202,7 @@ class ConvAutoencoder(nn.Module):
         w = int(spec.get("width", 64))
         self.width = w
 
-        def down(cin, cout):
+        def down(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(
                 nn.Conv2d(cin, cout, 3, padding=1),
                 nn.BatchNorm2d(cout),
@@ -207,7 +213,7 @@ class ConvAutoencoder(nn.Module):
                 nn.MaxPool2d(2),
             )
 
-        def up(cin, cout):
+        def up(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(
                 nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1),
                 nn.BatchNorm2d(cout),
@@ -233,7 +239,10 @@ class ConvAutoencoder(nn.Module):
         return F.normalize(self.encode(x), dim=1)
 
 
-def build_network(spec: dict, *, pretrained: bool = True) -> nn.Module:
+Network = EmbeddingNet | ConvAutoencoder
+
+
+def build_network(spec: TrainingSpec, *, pretrained: bool = True) -> Network:
     if spec["kind"] == "autoencoder":
         return ConvAutoencoder(spec)
     return EmbeddingNet(spec, pretrained=pretrained)

@@ -10,7 +10,9 @@ import io
 import random
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -18,6 +20,11 @@ from PIL import Image
 from . import data as datasets
 from .edits import EDIT_KINDS, apply_edit
 from .evaluation import pack_codes, retrieval_metrics
+
+if TYPE_CHECKING:  # the embedders import torch; these functions are handed one
+    from ..embedders.base import Embedder
+
+Report = Callable[[dict[str, Any]], None]  # progress: {"stage", "done", "total", ...}
 
 
 def _sample(images: datasets.LabelledImages, limit: int | None, seed: int) -> datasets.LabelledImages:
@@ -27,7 +34,14 @@ def _sample(images: datasets.LabelledImages, limit: int | None, seed: int) -> da
     return images.subset(np.sort(rng.choice(len(images), limit, replace=False)))
 
 
-def embed_dataset(embedder, images: datasets.LabelledImages, *, report=None, label="", batch: int = 256):
+def embed_dataset(
+    embedder: "Embedder",
+    images: datasets.LabelledImages,
+    *,
+    report: Report | None = None,
+    label: str = "",
+    batch: int = 256,
+) -> np.ndarray:
     out = np.zeros((len(images), embedder.dim), dtype=np.float32)
     started = time.monotonic()
     for start in range(0, len(images), batch):
@@ -42,8 +56,15 @@ def embed_dataset(embedder, images: datasets.LabelledImages, *, report=None, lab
 
 
 def cifar10(
-    embedder, archive, *, db_limit=None, query_limit=None, bits: int = 0, report=None, seed=0
-) -> dict:
+    embedder: "Embedder",
+    archive: str | Path,
+    *,
+    db_limit: int | None = None,
+    query_limit: int | None = None,
+    bits: int = 0,
+    report: Report | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     started = time.monotonic()
     db = _sample(datasets.from_path(archive, split="train"), db_limit, seed)
     queries = _sample(datasets.from_path(archive, split="test"), query_limit, seed + 1)
@@ -75,8 +96,9 @@ def cifar10(
             )
             result[name] = {k: codes[k] for k in ("map@1000", "precision@10")}
         result["bits"] = bits
-    if getattr(embedder, "reconstruction_mse", None):
-        mse = embedder.reconstruction_mse([queries.open(i) for i in range(len(queries))])
+    reconstruction_mse = getattr(embedder, "reconstruction_mse", None)  # a learned embedder's
+    if reconstruction_mse:
+        mse = reconstruction_mse([queries.open(i) for i in range(len(queries))])
         if mse is not None:
             result["reconstruction_mse"] = round(mse, 5)
     result["query_embed_rate"] = round(embed_rate, 1)
@@ -84,7 +106,15 @@ def cifar10(
     return result
 
 
-def neardup(embedder, archive, *, catalogue_limit=None, queries: int = 500, report=None, seed=0) -> dict:
+def neardup(
+    embedder: "Embedder",
+    archive: str | Path,
+    *,
+    catalogue_limit: int | None = None,
+    queries: int = 500,
+    report: Report | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     started = time.monotonic()
     catalogue = _sample(datasets.from_path(archive, split=""), catalogue_limit, seed)
     vectors = np.zeros((len(catalogue), embedder.dim), dtype=np.float32)
@@ -94,7 +124,8 @@ def neardup(embedder, archive, *, catalogue_limit=None, queries: int = 500, repo
         if report:
             report({"stage": "embedding catalogue", "done": stop, "total": len(catalogue)})
     picks = random.Random(seed).sample(range(len(catalogue)), min(queries, len(catalogue)))
-    hits1, hits10, per_kind = 0, 0, {}
+    hits1, hits10 = 0, 0
+    per_kind: dict[str, list[int]] = {}  # edit -> [queries, found first]
     archive_file = zipfile.ZipFile(archive) if zipfile.is_zipfile(archive) else None
     try:
         for n, i in enumerate(picks):

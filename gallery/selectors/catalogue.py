@@ -13,7 +13,7 @@ def searchable_images() -> ImageQuerySet:
     return Image.objects.searchable()
 
 
-def image_list(*, category: str = "", page: int | str = 1) -> Page:
+def image_list(*, category: str = "", page: int | str = 1) -> Page[Image]:
     qs = Image.objects.searchable()
     if category:
         qs = qs.filter(category=category)

@@ -2,6 +2,7 @@
 
 from django.db.models import Count, Q, QuerySet
 
+from ..index import VectorIndex
 from ..models import Image, ImageQuerySet, ModerationAction, Report
 from .search import index_reader
 
@@ -39,6 +40,19 @@ def near_duplicate_groups(threshold: float, *, neighbours: int = 10, limit: int 
     index = index_reader().get()
     if index is None or len(index) < 2:
         return []
+    clusters = _linked_components(index, threshold, min(neighbours, len(index)))
+    rows = Image.objects.searchable().in_bulk([pk for members in clusters for pk in members])
+    result = []
+    for members in sorted(clusters, key=len, reverse=True)[:limit]:
+        images = sorted((rows[pk] for pk in members if pk in rows), key=lambda im: im.created_at)
+        if len(images) > 1:
+            result.append(images)
+    return result
+
+
+def _linked_components(index: VectorIndex, threshold: float, k: int) -> list[list[int]]:
+    """Union-find over the index's k-nearest-neighbour links of at least `threshold`: the
+    groups of two or more labels."""
     labels = sorted(index.labels())
     parent = {label: label for label in labels}
 
@@ -50,19 +64,11 @@ def near_duplicate_groups(threshold: float, *, neighbours: int = 10, limit: int 
 
     for start in range(0, len(labels), 2048):
         chunk = labels[start : start + 2048]
-        found, similarities = index.neighbours(chunk, min(neighbours, len(index)))
+        found, similarities = index.neighbours(chunk, k)
         for label, row, sims in zip(chunk, found, similarities):
-            for other, similarity in zip(row, sims):
-                if int(other) != label and similarity >= threshold:
-                    parent[find(label)] = find(int(other))
+            for other in row[(sims >= threshold) & (row != label)]:
+                parent[find(label)] = find(int(other))
     groups: dict[int, list[int]] = {}
     for label in labels:
         groups.setdefault(find(label), []).append(label)
-    clusters = [members for members in groups.values() if len(members) > 1]
-    rows = Image.objects.searchable().in_bulk([pk for members in clusters for pk in members])
-    result = []
-    for members in sorted(clusters, key=len, reverse=True)[:limit]:
-        images = sorted((rows[pk] for pk in members if pk in rows), key=lambda im: im.created_at)
-        if len(images) > 1:
-            result.append(images)
-    return result
+    return [members for members in groups.values() if len(members) > 1]

@@ -43,12 +43,13 @@ class SearchResult:
     took_ms: float
 
 
-def clamp_k(k: object) -> int:
+def clamp_k(k: int | str | None) -> int:
+    """A result count within 1..SEARCH_MAX_K (the default for what is not a number)."""
     try:
-        value = int(k)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        value = settings.SEARCH_DEFAULT_K
-    return max(1, min(value, settings.SEARCH_MAX_K))
+        value = int(k) if k is not None else int(settings.SEARCH_DEFAULT_K)
+    except ValueError:
+        value = int(settings.SEARCH_DEFAULT_K)
+    return max(1, min(value, int(settings.SEARCH_MAX_K)))
 
 
 def search_vector(

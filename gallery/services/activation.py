@@ -5,6 +5,7 @@ active model meanwhile; what changed during the switch is caught up right after 
 import logging
 from datetime import datetime
 
+import numpy as np
 from django.db import transaction
 from django.utils import timezone
 from PIL import Image as PILImage
@@ -97,7 +98,7 @@ def _embed_all(version: ModelVersion, *, batch_size: int, total: int) -> bool:
             except (OSError, ValueError) as exc:
                 unreadable.add(image.pk)
                 images_mark_failed([image.pk], f"The stored file cannot be read: {exc}")
-        vectors = embedder.embed_gallery(pictures) if pictures else []
+        vectors = embedder.embed_gallery(pictures) if pictures else np.zeros((0, ref.dim), np.float32)
         Embedding.objects.bulk_create(
             [
                 Embedding(image=image, model_name=ref.name, dim=ref.dim, vector=vec.tobytes())

@@ -172,7 +172,7 @@ def import_job_finish_if_done(job_id: int) -> None:
         ).update(state=ImportJob.State.DONE, finished_at=timezone.now())
 
 
-def import_upload_store(upload: UploadedFile) -> Path:
+def import_upload_store(upload: "UploadedFile[bytes]") -> Path:
     """Stream an uploaded ZIP (Django already spooled it to a temporary file in chunks) to
     IMPORT_UPLOAD_DIR under a fresh name."""
     directory = Path(settings.IMPORT_UPLOAD_DIR)

@@ -7,21 +7,27 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from ..embedders import get_embedder, model_ref, pretrained_ref
+from ..learning import charts, protocols
+from ..learning.data import LabelledImages, from_gallery, from_path
+from ..learning.spec import TRAINED_KINDS, check_bits, make_spec
 from ..models import ModelVersion
 from ..selectors.catalogue import training_rows
 from . import dispatch
 from .inputs import acting_user
 
+if TYPE_CHECKING:
+    from ..learning.trainer import Progress
+
 log = logging.getLogger(__name__)
 
-MODEL_KINDS_TRAINED = ("autoencoder", "metric", "triplet", "contrastive")
+MODEL_KINDS_TRAINED = TRAINED_KINDS
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -71,9 +77,7 @@ def model_version_create(
 ) -> ModelVersion:
     """A new model version. Pretrained backbones are ready at once; the others are queued
     for training (dispatched after commit). `options` override the kind's defaults
-    (dim, image_size, frozen_stages, arch, batch_size, lr, noise, margin, temperature, ...)."""
-    from ..learning.trainer import make_spec  # the trainer imports torch
-
+    (`learning.spec.OPTIONS`)."""
     options = dict(options or {})
     bits = int(bits or options.pop("bits", 0) or 0)
     if kind == ModelVersion.Kind.PRETRAINED:
@@ -94,8 +98,7 @@ def model_version_create(
         raise ValueError(f"{data} does not exist")
     if minutes <= 0 and not epochs:
         raise ValueError("Give a positive number of minutes or epochs")
-    if bits and not 8 <= bits <= 256:
-        raise ValueError("bits must be between 8 and 256")
+    check_bits(kind, bits)
     spec = make_spec(kind, bits=bits or None, **options)
     dim = bits or int(spec["dim"])
     base = f"{kind}-{bits}bit" if bits else kind
@@ -127,12 +130,56 @@ def model_version_log(version_id: int, line: str) -> None:
     ModelVersion.objects.filter(pk=version_id).update(log=(version.log + f"{stamp} {line}\n")[-20000:])
 
 
+class _TrainingWatch:
+    """The trainer's callbacks for one version: its progress into the database (at most once
+    a second; the loss curve redrawn after each checkpoint), and whether staff cancelled it
+    (read at most every 2 seconds)."""
+
+    def __init__(self, version: ModelVersion, on_progress: ProgressCallback | None) -> None:
+        self.version = version
+        self.on_progress = on_progress
+        self.last_report = 0.0
+        self.last_check = 0.0
+        self.cancelled = False
+        self.chart_mtime = 0.0
+
+    def report(self, progress: "Progress") -> None:
+        now = time.monotonic()
+        if now - self.last_report < 1.0 and progress.stage != "done":
+            return
+        self.last_report = now
+        ModelVersion.objects.filter(pk=self.version.pk).update(
+            progress=progress.as_dict(), updated_at=timezone.now()
+        )
+        history_file = self.version.workdir / "history.json"
+        if history_file.exists() and history_file.stat().st_mtime > self.chart_mtime:
+            self.chart_mtime = history_file.stat().st_mtime  # a checkpoint was saved: redraw the curve
+            _draw_loss_curve(self.version, json.loads(history_file.read_text()))
+        if self.on_progress:
+            self.on_progress(progress.as_dict())
+
+    def should_stop(self) -> bool:
+        now = time.monotonic()
+        if now - self.last_check >= 2.0:
+            self.last_check = now
+            self.cancelled = ModelVersion.objects.filter(pk=self.version.pk, cancel_requested=True).exists()
+        return self.cancelled
+
+
+def _draw_loss_curve(version: ModelVersion, history: list[list[float]]) -> None:
+    charts.loss_curve(history, version.workdir / "loss.png", title=f"{version.name}: training loss")
+
+
+def _training_images(version: ModelVersion) -> LabelledImages:
+    if version.data_source:
+        return from_path(version.data_source, split="train")
+    return from_gallery(training_rows())
+
+
 def model_train(version_id: int, *, on_progress: ProgressCallback | None = None) -> ModelVersion:
     """Train (or continue training) a queued version. Idempotent: a finished or cancelled
     version is left as it is; a run cut by a restart resumes from its last checkpoint."""
-    from ..learning import charts  # the learning modules import torch
-    from ..learning.data import from_gallery, from_path
-    from ..learning.trainer import Cancelled, Trainer
+    from ..learning.trainer import Cancelled, Trainer  # the trainer imports torch
 
     version = ModelVersion.objects.get(pk=version_id)
     if version.state not in (ModelVersion.State.QUEUED, ModelVersion.State.TRAINING):
@@ -145,36 +192,9 @@ def model_train(version_id: int, *, on_progress: ProgressCallback | None = None)
         state=ModelVersion.State.TRAINING, started_at=version.started_at or timezone.now(), error=""
     )
     model_version_log(version_id, "resumed after a restart" if resumed else "training started")
-    last: dict[str, Any] = {"report": 0.0, "stop": 0.0, "cancel": False}
-
-    def report(progress: Any) -> None:
-        now = time.monotonic()
-        if now - last["report"] < 1.0 and progress.stage != "done":
-            return
-        last["report"] = now
-        ModelVersion.objects.filter(pk=version_id).update(
-            progress=progress.as_dict(), updated_at=timezone.now()
-        )
-        history_file = version.workdir / "history.json"
-        if history_file.exists() and history_file.stat().st_mtime > last.get("chart", 0):
-            last["chart"] = history_file.stat().st_mtime  # a checkpoint was saved: redraw the curve
-            history = json.loads(history_file.read_text())
-            charts.loss_curve(history, version.workdir / "loss.png", title=f"{version.name}: training loss")
-        if on_progress:
-            on_progress(progress.as_dict())
-
-    def should_stop() -> bool:
-        now = time.monotonic()
-        if now - last["stop"] >= 2.0:
-            last["stop"] = now
-            last["cancel"] = ModelVersion.objects.filter(pk=version_id, cancel_requested=True).exists()
-        return bool(last["cancel"])
-
+    watch = _TrainingWatch(version, on_progress)
     try:
-        if version.data_source:
-            images = from_path(version.data_source, split="train")
-        else:
-            images = from_gallery(training_rows())
+        images = _training_images(version)
         model_version_log(
             version_id, f"{len(images)} images, {len(images.classes)} categories from {images.source}"
         )
@@ -184,8 +204,8 @@ def model_train(version_id: int, *, on_progress: ProgressCallback | None = None)
             version.workdir,
             minutes=version.minutes,
             epochs=version.epochs,
-            report=report,
-            should_stop=should_stop,
+            report=watch.report,
+            should_stop=watch.should_stop,
         )
         result = trainer.run()
     except Cancelled:
@@ -204,7 +224,7 @@ def model_train(version_id: int, *, on_progress: ProgressCallback | None = None)
         model_version_log(version_id, f"failed: {exc}")
         return ModelVersion.objects.get(pk=version_id)
     history = result.pop("history")
-    charts.loss_curve(history, version.workdir / "loss.png", title=f"{version.name}: training loss")
+    _draw_loss_curve(version, history)
     ModelVersion.objects.filter(pk=version_id).update(
         state=ModelVersion.State.READY,
         metrics=result,
@@ -263,8 +283,6 @@ def model_evaluate(
     report: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Run an evaluation protocol on a ready version; the figures are stored with it."""
-    from ..learning import charts, protocols  # the learning modules import torch
-
     version = ModelVersion.objects.get(pk=version_id)
     if not version.is_ready:
         raise ValueError(f"{version.name} is not ready (state: {version.state})")

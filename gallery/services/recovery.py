@@ -3,6 +3,7 @@ that lack the active model's vector. Run by a starting worker and by the beat's 
 duplicate tasks are harmless, because every task re-checks what is still to do."""
 
 from collections.abc import Collection
+from datetime import timedelta
 from typing import Any
 
 from amqp.exceptions import ChannelError
@@ -21,7 +22,8 @@ def queue_has_work(queue: str, broker_url: str | None = None) -> bool:
     """Messages waiting in a broker queue (True when the broker cannot be asked)."""
     try:
         with current_app.connection_for_write(broker_url) as conn, conn.channel() as channel:
-            return bool(channel.queue_declare(queue=queue, passive=True).message_count > 0)
+            declared = channel.queue_declare(queue=queue, passive=True)  # type: ignore[attr-defined]
+            return bool(declared.message_count > 0)
     except ChannelError:  # no such queue: Redis drops an empty list
         return False
     except Exception:
@@ -55,7 +57,7 @@ def import_job_resume_stalled(job: ImportJob) -> bool:
     """An active job lost its tasks (a Redis or worker restart) when nothing waits in the
     embed queue and none of its batches finished for IMPORT_STALL_SECONDS: queue its pending
     items again. A job merely waiting behind other work is left alone."""
-    stalled_since = timezone.now() - timezone.timedelta(seconds=settings.IMPORT_STALL_SECONDS)
+    stalled_since = timezone.now() - timedelta(seconds=settings.IMPORT_STALL_SECONDS)
     if job.is_active and job.updated_at < stalled_since and not queue_has_work(queues.EMBED):
         import_job_start(job)
         return True
@@ -66,7 +68,7 @@ def models_resume_stalled(stale_after_seconds: int = 300) -> int:
     """Training and activation runs whose worker died: queued again (they resume)."""
     if queue_has_work(queues.TRAIN):
         return 0
-    cutoff = timezone.now() - timezone.timedelta(seconds=stale_after_seconds)
+    cutoff = timezone.now() - timedelta(seconds=stale_after_seconds)
     stalled = ModelVersion.objects.filter(updated_at__lt=cutoff)
     count = 0
     for version in stalled.filter(state__in=[ModelVersion.State.QUEUED, ModelVersion.State.TRAINING]):
@@ -88,7 +90,7 @@ def recover_lost_work(stale_after_seconds: int = 600) -> dict[str, Any]:
         for job in ImportJob.objects.filter(state__in=[ImportJob.State.QUEUED, ImportJob.State.RUNNING])
     )
     name, _ = embedder_identity()
-    cutoff = timezone.now() - timezone.timedelta(seconds=stale_after_seconds)
+    cutoff = timezone.now() - timedelta(seconds=stale_after_seconds)
     stale = list(
         Image.objects.processing()
         .filter(updated_at__lt=cutoff)

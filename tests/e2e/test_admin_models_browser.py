@@ -11,8 +11,8 @@ from gallery.models import ModelVersion
 from tests.conftest import wait_for_status
 from tests.e2e.test_admin_browser import log_in
 from tests.e2e.test_browser import payload
+from tests.helpers import upload_colour_gallery
 from tests.images import encode, make_category_folder, make_category_picture
-from tests.test_model_tasks import upload_colour_gallery
 
 pytestmark = pytest.mark.browser
 

@@ -8,6 +8,7 @@ models), or recall@1/@10 for neardup; the confusion matrix picture is saved besi
 
 import json
 import sys
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -32,9 +33,9 @@ class Command(BaseCommand):
                 raise CommandError(f"No model version {options['version']!r}")
         else:
             version = selectors.model_version_active() or services.model_version_default()
-        last = [None]
+        last: list[tuple[object, int] | None] = [None]
 
-        def report(info):
+        def report(info: dict[str, Any]) -> None:
             key = (info.get("stage"), int(10 * info.get("done", 0) / max(1, info.get("total", 1))))
             if key != last[0]:
                 last[0] = key

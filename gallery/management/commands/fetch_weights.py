@@ -6,29 +6,29 @@ files there by hand (the error names the URL and the target path).
     manage.py fetch_weights --all"""
 
 import os
+import socket
 import urllib.error
+from argparse import ArgumentParser
 from pathlib import Path
+from typing import Any
 
+import torch
+import torchvision
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from gallery.embedders.catalog import TORCHVISION_BACKBONES
+from gallery.embedders.registry import TORCHVISION_BACKBONES
 
 
 class Command(BaseCommand):
     help = "Download torchvision backbone weights (ResNet, VGG16, MobileNetV3, EfficientNet-B0)."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("backbones", nargs="*", help=", ".join(TORCHVISION_BACKBONES))
         parser.add_argument("--all", action="store_true")
         parser.add_argument("--timeout", type=float, default=30.0)
 
-    def handle(self, **options):
-        import socket
-
-        import torch
-        import torchvision
-
+    def handle(self, *args: Any, **options: Any) -> None:
         names = list(TORCHVISION_BACKBONES) if options["all"] else options["backbones"]
         unknown = [n for n in names if n not in TORCHVISION_BACKBONES]
         if not names or unknown:

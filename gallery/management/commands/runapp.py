@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import redis
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
@@ -21,8 +22,6 @@ from gallery import queues
 
 
 def redis_reachable(url: str) -> bool:
-    import redis
-
     try:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
     except Exception:
@@ -68,12 +67,12 @@ class Command(BaseCommand):
                 web_env,
             )
             beat = ["-B", "-s", str(Path(settings.VAR_DIR) / "celerybeat-schedule")]
-            self.start("embed-worker", celery + ["-Q", queues.EMBED, "-c", "1", "-n", "embed@%h", *beat], env)
+            self.start("embed-worker", [*celery, "-Q", queues.EMBED, "-c", "1", "-n", "embed@%h", *beat], env)
             # The index has a single writer: its own queue, one process.
-            self.start("index-worker", celery + ["-Q", queues.INDEX, "-c", "1", "-n", "index@%h"], env)
+            self.start("index-worker", [*celery, "-Q", queues.INDEX, "-c", "1", "-n", "index@%h"], env)
             # Training, evaluation and re-embedding for a new model: long runs, never in the
             # way of uploads.
-            self.start("train-worker", celery + ["-Q", queues.TRAIN, "-c", "1", "-n", "train@%h"], env)
+            self.start("train-worker", [*celery, "-Q", queues.TRAIN, "-c", "1", "-n", "train@%h"], env)
             self.stdout.write(
                 self.style.SUCCESS(f"Search by image: http://{host}:{port}/  (Ctrl-C stops everything)")
             )

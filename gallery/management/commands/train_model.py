@@ -10,35 +10,23 @@ The last line printed is one JSON object with the model's name and training figu
 
 import json
 import time
+from argparse import ArgumentParser
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
 from gallery import selectors, services
+from gallery.learning.spec import OPTIONS, TRAINED_KINDS, Kind
 from gallery.models import ModelVersion
 
-OPTION_NAMES = (
-    "dim",
-    "image_size",
-    "frozen_stages",
-    "arch",
-    "batch_size",
-    "lr",
-    "noise",
-    "margin",
-    "temperature",
-    "views",
-    "width",
-    "max_images",
-)
+COMMAND_LINE_OPTIONS = tuple(option for option in OPTIONS if option.on_command_line)
 
 
 class Command(BaseCommand):
-    help = (
-        "Train an embedding model (autoencoder, metric, triplet, contrastive) or register a pretrained one."
-    )
+    help = f"Train an embedding model ({', '.join(TRAINED_KINDS)}) or register a pretrained one."
 
-    def add_arguments(self, parser):
-        parser.add_argument("--kind", choices=[k for k, _ in ModelVersion.Kind.choices])
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("--kind", choices=[kind.value for kind in Kind])
         parser.add_argument(
             "--data", default="", help="Folder or ZIP (sub-folders = categories); default: the gallery."
         )
@@ -50,46 +38,15 @@ class Command(BaseCommand):
             "--backbone", default="", help="Pretrained kind: efficientnet_lite0, resnet18, ..."
         )
         parser.add_argument("--pooling", default="avg", choices=["avg", "gem"])
-        parser.add_argument("--dim", type=int)
-        parser.add_argument("--image-size", type=int)
-        parser.add_argument("--frozen-stages", type=int)
-        parser.add_argument("--arch", choices=["lite0", "small_cnn"])
-        parser.add_argument("--batch-size", type=int)
-        parser.add_argument("--lr", type=float)
-        parser.add_argument("--noise", type=float, help="Autoencoder: denoising, Gaussian noise of this std.")
-        parser.add_argument("--margin", type=float)
-        parser.add_argument("--temperature", type=float)
-        parser.add_argument("--views", type=int, help="Augmented views prepared per image.")
-        parser.add_argument("--width", type=int)
-        parser.add_argument("--max-images", type=int, help="Train on a random sample of this many images.")
+        for option in COMMAND_LINE_OPTIONS:  # the training options (learning.spec), default: the kind's
+            parser.add_argument(
+                option.flag, type=option.type, choices=option.choices or None, help=option.help or None
+            )
         parser.add_argument("--resume", metavar="VERSION", help="Continue a cancelled, failed or cut run.")
         parser.add_argument("--background", action="store_true", help="Queue on the train worker and return.")
 
-    def handle(self, **options):
-        if options["resume"]:
-            version = selectors.model_version_get(options["resume"])
-            if version is None:
-                raise CommandError(f"No model version {options['resume']!r}")
-            services.model_train_reopen(version)
-        else:
-            if not options["kind"]:
-                raise CommandError("Give --kind (or --resume VERSION)")
-            extra = {name: options[name] for name in OPTION_NAMES if options.get(name) is not None}
-            if options["kind"] == "pretrained":
-                extra = {"backbone": options["backbone"], "pooling": options["pooling"]}
-            try:
-                version = services.model_version_create(
-                    options["kind"],
-                    data=options["data"],
-                    minutes=options["minutes"],
-                    epochs=options["epochs"],
-                    bits=options["bits"],
-                    options=extra,
-                    name=options["name"],
-                    start=options["background"],
-                )
-            except ValueError as exc:
-                raise CommandError(str(exc)) from exc
+    def handle(self, *args: Any, **options: Any) -> None:
+        version = self._reopened(options["resume"]) if options["resume"] else self._created(options)
         if version.kind == ModelVersion.Kind.PRETRAINED:
             self.stdout.write(
                 json.dumps({"model": version.name, "kind": version.kind, "state": version.state})
@@ -100,10 +57,41 @@ class Command(BaseCommand):
                 services.model_train_start(version)
             self.stdout.write(f"Queued {version.name} on the train worker.")
             return
+        self._train_here(version)
+
+    def _reopened(self, name: str) -> ModelVersion:
+        version = selectors.model_version_get(name)
+        if version is None:
+            raise CommandError(f"No model version {name!r}")
+        services.model_train_reopen(version)
+        return version
+
+    def _created(self, options: dict[str, Any]) -> ModelVersion:
+        if not options["kind"]:
+            raise CommandError("Give --kind (or --resume VERSION)")
+        extra = {o.name: options[o.name] for o in COMMAND_LINE_OPTIONS if options.get(o.name) is not None}
+        if options["kind"] == "pretrained":
+            extra = {"backbone": options["backbone"], "pooling": options["pooling"]}
+        try:
+            return services.model_version_create(
+                options["kind"],
+                data=options["data"],
+                minutes=options["minutes"],
+                epochs=options["epochs"],
+                bits=options["bits"],
+                options=extra,
+                name=options["name"],
+                start=options["background"],
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+
+    def _train_here(self, version: ModelVersion) -> None:
+        """Trains in this process, printing progress every 10 s, then the figures as JSON."""
         started = time.monotonic()
         last = [0.0]
 
-        def show(progress):
+        def show(progress: dict[str, Any]) -> None:
             if time.monotonic() - last[0] >= 10 or progress["stage"] == "done":
                 last[0] = time.monotonic()
                 self.stderr.write(f"[{time.monotonic() - started:7.0f}s] {json.dumps(progress)}")

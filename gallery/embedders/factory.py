@@ -1,0 +1,26 @@
+"""Builds the embedder of a model. Each family is imported only when asked for: the modules
+behind them import torch (and timm or torchvision), which the index worker and the beat,
+which use only the registry, should never load."""
+
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+
+from .registry import ModelRef
+
+if TYPE_CHECKING:
+    from .base import Embedder
+
+
+def build_embedder(ref: ModelRef) -> "Embedder":
+    if ref.backbone == "efficientnet_lite0":
+        from .efficientnet_lite import EfficientNetLiteEmbedder  # torch + timm
+
+        return EfficientNetLiteEmbedder(image_size=settings.EMBEDDER_IMAGE_SIZE)
+    if ref.backbone == "learned":
+        from .learned import LearnedEmbedder  # torch + the networks of gallery.learning
+
+        return LearnedEmbedder(ref.name, ref.weights)
+    from .torchvision_backbones import TorchvisionEmbedder  # torch + torchvision
+
+    return TorchvisionEmbedder(ref.backbone, weights_dir=settings.EMBEDDER_WEIGHTS_DIR, pooling=ref.pooling)

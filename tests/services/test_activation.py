@@ -1,0 +1,143 @@
+"""Activation: re-embed, own index, atomic switch, and back; searches use one model for query and index throughout."""
+
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from gallery import embedders, selectors, services
+from gallery.embedders import active_model, default_model, forget_active_model, model_ref
+from gallery.index import IndexMeta
+from gallery.models import Embedding, Image, ModelVersion
+from tests.helpers import train_small
+from tests.images import encode, make_category_picture
+
+pytestmark = pytest.mark.django_db
+
+
+def test_activation_switches_search_to_the_new_model_and_back(gallery):
+    default = services.model_version_default()
+    learned = train_small()
+    query = encode(make_category_picture("green", 999, (96, 96)), "PNG")
+    before = selectors.image_search_by_image(query, k=5)
+
+    services.model_activate_start(learned, dispatch_task=False)
+    assert active_model().name == default.name  # still the old model while it is prepared
+    assert selectors.image_search_by_image(query, k=5).hits
+
+    learned = services.model_activate(learned.pk)
+    assert learned.is_active and learned.activation == ModelVersion.Activation.ACTIVE
+    forget_active_model()
+    ref = active_model()
+    assert ref.name == learned.name and ref.index_dir.parent.name == "models"
+    assert Embedding.objects.filter(model_name=learned.name).count() == 18
+    meta = IndexMeta.read(ref.index_dir)
+    assert meta.model == learned.name and meta.count == 18
+    after = selectors.image_search_by_image(query, k=5)
+    assert [h.image.category for h in after.hits] == ["green"] * 5
+    assert after.hits[0].score != pytest.approx(before.hits[0].score)  # another vector space
+
+    default.refresh_from_db()
+    assert not default.is_active
+    services.model_activate_start(default, dispatch_task=False)
+    services.model_activate(default.pk)
+    forget_active_model()
+    assert active_model().name == default.name
+    assert IndexMeta.read(default_model().index_dir).count == 18
+    assert ModelVersion.objects.filter(is_active=True).count() == 1
+
+
+def test_images_uploaded_during_activation_get_the_new_models_vector(
+    gallery, django_capture_on_commit_callbacks
+):
+    learned = train_small()
+    services.model_activate_start(learned, dispatch_task=False)
+    late, _ = services.image_create(
+        data=encode(make_category_picture("red", 555, (96, 96)), "PNG"), title="late", category="red"
+    )
+    services.images_embed([late.pk])  # with the model active at that time: the default
+    services.index_sync()
+    with django_capture_on_commit_callbacks(execute=True):
+        services.model_activate(learned.pk)
+    forget_active_model()
+    late.refresh_from_db()
+    if late.status != Image.Status.INDEXED:  # caught up after the switch (normally by the worker)
+        services.images_embed([late.pk])
+        services.index_sync()
+    assert Embedding.objects.filter(image=late, model_name=learned.name).exists()
+    assert late.pk in {h.image.pk for h in selectors.image_similar(gallery[0], k=30).hits}
+
+
+def test_writers_do_not_act_on_a_model_switched_a_second_ago(gallery):
+    """A worker whose cache still holds the old model, in the second after another process
+    switched: a new upload gets the new model's vector and reaches the new model's index."""
+    default = services.model_version_default()
+    learned = train_small()
+    services.model_activate_start(learned, dispatch_task=False)
+    services.model_activate(learned.pk)
+    embedders.remember_active_model(model_ref(default), at=time.monotonic())  # that worker's cache
+    late, _ = services.image_create(
+        data=encode(make_category_picture("red", 556, (96, 96)), "PNG"), title="late", category="red"
+    )
+    services.images_embed([late.pk])
+    services.index_sync()
+    late.refresh_from_db()
+    assert late.status == Image.Status.INDEXED
+    assert Embedding.objects.filter(image=late, model_name=learned.name).exists()
+    assert not Embedding.objects.filter(image=late, model_name=default.name).exists()
+    assert IndexMeta.read(model_ref(learned).index_dir).count == 19
+
+
+def test_an_index_update_overtaken_by_a_switch_sends_its_images_to_the_new_model(gallery):
+    """An upload that got only the old model's vector, and an index update still on the old
+    model after the switch had caught up: the image goes back to processing and on to the new
+    model's vector and index."""
+    default = model_ref(services.model_version_default())
+    learned = train_small()
+    services.model_activate_start(learned, dispatch_task=False)
+    services.model_activate(learned.pk)
+    late, _ = services.image_create(
+        data=encode(make_category_picture("red", 557, (96, 96)), "PNG"), title="late", category="red"
+    )
+    vector = np.full(default.dim, default.dim**-0.5, dtype=np.float32)
+    Embedding.objects.create(image=late, model_name=default.name, dim=default.dim, vector=vector.tobytes())
+    assert services.index_sync_model(default, None) == 1  # the late update, into the old index
+    late.refresh_from_db()
+    assert late.status == Image.Status.INDEXED
+
+    services.images_catch_up_with_active_model()
+    late.refresh_from_db()
+    assert late.status == Image.Status.PROCESSING
+    services.images_embed([late.pk])
+    services.index_sync()
+    late.refresh_from_db()
+    assert late.status == Image.Status.INDEXED
+    assert Embedding.objects.filter(image=late, model_name=learned.name).exists()
+    assert IndexMeta.read(model_ref(learned).index_dir).count == 19
+
+
+def test_an_indexed_image_whose_file_is_gone_does_not_stall_the_switch(gallery):
+    """Activation used to pick the same unreadable image again in every batch and never end.
+    It now switches without it; the catch-up after the switch fails it with the reason."""
+    learned = train_small()
+    lost = gallery[0]
+    lost.file.storage.delete(lost.file.name)
+
+    def too_long(signum, frame):
+        raise TimeoutError("activation did not end")
+
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(120)
+    try:
+        services.model_activate_start(learned, dispatch_task=False)
+        learned = services.model_activate(learned.pk, batch_size=4)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert learned.is_active and learned.activation_progress["done"] == 17
+    forget_active_model()
+    services.images_catch_up_with_active_model()
+    services.images_embed([lost.pk])
+    lost.refresh_from_db()
+    assert lost.status == Image.Status.FAILED and "cannot be read" in lost.error
