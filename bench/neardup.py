@@ -16,17 +16,13 @@ byte-identical files once; the report says how many such groups there are)."""
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import random
 import sys
 import time
 import zipfile
-from collections import defaultdict
 from pathlib import PurePosixPath
 
 import harness as h
-from PIL import Image
 
 DATASET = "fashion-products-6k.zip"
 TARGET_R1, TARGET_R10 = 0.95, 0.99
@@ -35,20 +31,6 @@ TARGET_R1, TARGET_R10 = 0.95, 0.99
 # --- edits: shared with `evaluate_model --protocol neardup` ------------------------------------
 
 from gallery.learning.edits import EDIT_KINDS, apply_edit  # noqa: E402
-
-# --- catalogue -----------------------------------------------------------------------------------
-
-
-def pixel_groups(files: dict[str, bytes]) -> dict[str, set[str]]:
-    """stem -> stems of every catalogue photo with identical decoded pixels (itself included)."""
-    by_hash = defaultdict(set)
-    for name, data in files.items():
-        with Image.open(io.BytesIO(data)) as im:
-            rgb = im.convert("RGB")
-            digest = hashlib.sha1(rgb.tobytes() + repr(rgb.size).encode()).hexdigest()
-        by_hash[digest].add(PurePosixPath(name).stem)
-    return {stem: group for group in by_hash.values() for stem in group}
-
 
 # --- main ----------------------------------------------------------------------------------------
 
@@ -71,7 +53,7 @@ def main(argv=None) -> int:
     catalogue = sorted(rng.sample(names, args.limit)) if 0 < args.limit < len(names) else names
     with zipfile.ZipFile(zip_path) as zf:
         files = {name: zf.read(name) for name in catalogue}
-    same = pixel_groups(files)
+    same = h.pixel_groups(files)
     dup_groups = len({frozenset(g) for g in same.values() if len(g) > 1})
 
     # Queries: distinct catalogue photos (seeded), edit kinds in turn so each gets an equal share.

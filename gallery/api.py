@@ -35,7 +35,7 @@ def _validation_error(request: HttpRequest, exc: ValidationError) -> HttpRespons
     fields = sorted({str(err.get("loc", ["?"])[-1]) for err in exc.errors})
     missing = [f for f in fields if f == "image"]
     message = (
-        "Please attach an image file (form field 'image')."
+        "Please attach an image file (form field 'image') or give its address (form field 'url')."
         if missing
         else f"Invalid value for: {', '.join(fields)}."
     )
@@ -85,19 +85,52 @@ def image_summary(request: HttpRequest, image: Image) -> dict[str, Any]:
 def results_payload(request: HttpRequest, result: selectors.SearchResult) -> dict[str, Any]:
     return {
         "results": [
-            {"id": hit.image.pk, "score": round(hit.score, 6), **image_summary(request, hit.image)}
+            {
+                "id": hit.image.pk,
+                "score": round(hit.score, 6),
+                "match": hit.match,
+                "explanation": hit.explanation,
+                "box": hit.box.as_list() if hit.box else None,
+                **image_summary(request, hit.image),
+            }
             for hit in result.hits
         ],
+        "regions": [{"box": r.box.as_list(), "score": round(r.score, 4)} for r in result.regions],
         "took_ms": round(result.took_ms, 2),
     }
 
 
 @api.post("/search", response={200: SearchOut, **BAD_INPUT})
 def search(
-    request: HttpRequest, image: File[UploadedFile], k: Form[int] = 20, category: Form[str] = ""
+    request: HttpRequest,
+    image: File[UploadedFile | None] = None,
+    url: Form[str] = "",
+    k: Form[int] = 20,
+    category: Form[str] = "",
+    box: Form[str] = "",
 ) -> dict[str, Any]:
-    """The most similar searchable items to the uploaded photo, best first."""
-    result = selectors.image_search_by_image(read_upload(image), k=k, category=category.strip())
+    """The items found in the uploaded photo (`image`), or in the image at an http(s) address
+    (`url`, fetched by the server: public addresses only, at most 3 redirects, the upload's
+    size limit): copies of it first (`match` exact or near_duplicate, with an `explanation`),
+    then look-alikes. `box=x,y,w,h` (pixels of the image) searches only that part; `regions`
+    suggests where items may be."""
+    url = url.strip()
+    if image is None and not url:
+        raise HttpError(
+            400, "Please attach an image file (form field 'image') or give its address (form field 'url')."
+        )
+    if image is not None and url:
+        raise HttpError(
+            400,
+            "Please give either an image file (form field 'image') or an address (form field 'url'), not both.",
+        )
+    try:
+        data = read_upload(image) if image is not None else services.image_fetch_from_url(url)
+        result = selectors.image_search_by_image(data, k=k, category=category.strip(), box=box.strip())
+    except ValueError as exc:
+        if isinstance(exc, ImageRejected):
+            raise
+        raise HttpError(400, str(exc)) from exc
     return results_payload(request, result)
 
 

@@ -24,7 +24,10 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
+from .retrieval.hashes import HASH_BYTES, HashIndex
+
 INDEX_FILE = "index.bin"
+HASHES_FILE = "hashes.npz"  # perceptual hashes of the items that have one (the copy index)
 META_FILE = "meta.json"
 LOCK_FILE = "write.lock"
 MIN_CAPACITY = 1024
@@ -76,6 +79,8 @@ class VectorIndex:
         self.hnsw = hnsw
         self.ef = ef
         self._deleted = set(meta.deleted)
+        self._hashes: dict[int, bytes] = {}  # label -> PDQ hash
+        self._hash_index: HashIndex | None = None
         # (labels, packed sign bits, vectors), for hamming_query
         self._codes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         hnsw.set_ef(ef)  # not persisted by hnswlib: set after every load
@@ -104,7 +109,13 @@ class VectorIndex:
             return None
         hnsw = hnswlib.Index(space="cosine", dim=meta.dim)
         hnsw.load_index(str(directory / INDEX_FILE), max_elements=meta.capacity)
-        return cls(meta, hnsw, ef)
+        index = cls(meta, hnsw, ef)
+        if (directory / HASHES_FILE).exists():
+            with np.load(directory / HASHES_FILE) as saved:
+                index._hashes = {
+                    int(label): bytes(code) for label, code in zip(saved["labels"], saved["codes"])
+                }
+        return index
 
     def __len__(self) -> int:
         return self.meta.count
@@ -113,9 +124,10 @@ class VectorIndex:
         """Live labels."""
         return set(self.hnsw.get_ids_list()) - self._deleted
 
-    def add(self, labels: list[int], vectors: np.ndarray) -> None:
-        """Add or replace items. The caller has checked in the database that they are visible
-        (re-adding a deleted label makes it live again)."""
+    def add(self, labels: list[int], vectors: np.ndarray, hashes: list[bytes | None] | None = None) -> None:
+        """Add or replace items (and their perceptual hashes, when given). The caller has
+        checked in the database that they are visible (re-adding a deleted label makes it
+        live again)."""
         if not labels:
             return
         vectors = np.asarray(vectors, dtype=np.float32).reshape(len(labels), self.meta.dim)
@@ -126,10 +138,14 @@ class VectorIndex:
             self.hnsw.resize_index(max(needed, 2 * self.hnsw.get_max_elements()))
         self.hnsw.add_items(vectors, np.asarray(labels, dtype=np.int64))
         self._deleted -= {int(x) for x in labels}
+        for label, code in zip(labels, hashes or []):
+            if code:
+                self._hashes[int(label)] = bytes(code)
         self._sync_meta()
 
     def _sync_meta(self) -> None:
         self._codes = None  # the contents changed: binary codes are built again when asked
+        self._hash_index = None
         self.meta.capacity = self.hnsw.get_max_elements()
         self.meta.count = self.hnsw.get_current_count() - len(self._deleted)
         self.meta.deleted = sorted(self._deleted)
@@ -146,6 +162,7 @@ class VectorIndex:
             except RuntimeError:
                 continue  # not in the index
             self._deleted.add(label)
+            self._hashes.pop(label, None)
             removed += 1
         self._sync_meta()
         return removed
@@ -219,11 +236,30 @@ class VectorIndex:
         order = np.argsort(-scores, kind="stable")[:k]
         return [(int(labels[best[i]]), float(scores[i])) for i in order]
 
+    def hash_index(self) -> HashIndex:
+        """The live items' perceptual hashes, searchable by Hamming distance (built once per
+        loaded version)."""
+        if self._hash_index is None:
+            labels = np.array(sorted(self._hashes), dtype=np.int64)
+            codes = np.frombuffer(b"".join(self._hashes[int(label)] for label in labels), dtype=np.uint8)
+            self._hash_index = HashIndex(labels, codes.reshape(len(labels), HASH_BYTES))
+        return self._hash_index
+
+    def _write_hashes(self, path: Path) -> None:
+        labels = np.array(sorted(self._hashes), dtype=np.int64)
+        codes = np.frombuffer(b"".join(self._hashes[int(label)] for label in labels), dtype=np.uint8)
+        with open(path, "wb") as fh:
+            np.savez(fh, labels=labels, codes=codes.reshape(len(labels), HASH_BYTES))
+
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.meta.version += 1
         self.meta.capacity = self.hnsw.get_max_elements()
         _atomic_write(directory / INDEX_FILE, lambda tmp: self.hnsw.save_index(str(tmp)))
+        if self._hashes:
+            _atomic_write(directory / HASHES_FILE, self._write_hashes)
+        else:
+            (directory / HASHES_FILE).unlink(missing_ok=True)
         _atomic_write(directory / META_FILE, lambda tmp: tmp.write_text(json.dumps(self.meta.__dict__)))
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
 from django.urls import reverse
 
 from .learning.spec import Kind as ModelKind
@@ -41,6 +42,23 @@ class ImageQuerySet(models.QuerySet["Image"]):
     def without_vector(self, model_name: str) -> "ImageQuerySet":
         return self.exclude(embeddings__model_name=model_name)
 
+    def without_hash(self) -> "ImageQuerySet":
+        return self.filter(pdq__isnull=True)
+
+    def lacking(self, model_names: list[str]) -> "ImageQuerySet":
+        """Images still missing a vector of one of these models, or their perceptual hash."""
+        missing = Q(pdq__isnull=True)
+        for name in model_names:
+            missing |= ~Q(pk__in=Embedding.objects.filter(model_name=name).values("image_id"))
+        return self.filter(missing)
+
+    def complete(self, model_names: list[str]) -> "ImageQuerySet":
+        """Images with a vector of every one of these models and their perceptual hash."""
+        qs = self.filter(pdq__isnull=False)
+        for name in model_names:
+            qs = qs.filter(pk__in=Embedding.objects.filter(model_name=name).values("image_id"))
+        return qs
+
 
 class Image(models.Model):
     class Status(models.TextChoices):
@@ -70,6 +88,10 @@ class Image(models.Model):
     )
     tags = models.JSONField(default=list, blank=True)
     external_id = models.CharField(max_length=200, null=True, blank=True, unique=True)
+    pdq = models.BinaryField(
+        max_length=32, null=True, blank=True, help_text="PDQ perceptual hash (256 bits): finds copies."
+    )
+    pdq_quality = models.PositiveSmallIntegerField(null=True, blank=True)
     near_duplicate_of = models.ForeignKey(
         "self",
         null=True,

@@ -17,6 +17,7 @@ TASK_MODULE: Final = "gallery.tasks"
 TASK_QUEUES: Final[dict[str, str]] = {
     "import_job_process": EMBED,
     "images_embed": EMBED,
+    "images_backfill": EMBED,
     "index_sync": INDEX,
     "index_remove": INDEX,
     "recover_lost_work": EMBED,

@@ -17,11 +17,20 @@ class ImageSummaryOut(Schema):
 
 
 class SearchHitOut(ImageSummaryOut):
-    score: float  # cosine similarity, best first
+    score: float  # cosine similarity of the vectors that ranked it
+    match: str  # exact (the same picture), near_duplicate (an edited copy of it) or similar
+    explanation: str  # in words a person understands: "a crop of this photo", ...
+    box: list[int] | None = None  # x, y, w, h in pixels of the query, when the item is a part of it
+
+
+class RegionOut(Schema):
+    box: list[int]  # x, y, w, h in pixels of the query
+    score: float  # cosine similarity of the best item found in it
 
 
 class SearchOut(Schema):
     results: list[SearchHitOut]
+    regions: list[RegionOut] = []  # where items may be in the query (suggested boxes)
     took_ms: float
 
 

@@ -44,6 +44,11 @@ def images_embed(image_ids: list[int]) -> int:
     return services.images_embed(image_ids)
 
 
+@shared_task
+def images_backfill() -> int:
+    return services.images_backfill()
+
+
 @shared_task(base=PipelineTask)
 def index_sync(image_ids: list[int] | None = None) -> int:
     return services.index_sync(image_ids)

@@ -1,5 +1,6 @@
 """Settings, all overridable from the environment (or a `.env` file beside manage.py)."""
 
+import os
 from pathlib import Path
 
 import environ
@@ -72,7 +73,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
-    DATABASES["default"]["TEST"] = {"NAME": env("TEST_SQLITE_NAME", default=str(VAR_DIR / "test_db.sqlite3"))}
+    # One test database file per test run, so that two runs on one machine do not share it.
+    DATABASES["default"]["TEST"] = {
+        "NAME": env("TEST_SQLITE_NAME", default=str(VAR_DIR / f"test_db_{os.getpid()}.sqlite3"))
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -101,6 +105,10 @@ UPLOAD_MAX_PIXELS = env.int("UPLOAD_MAX_PIXELS", default=40_000_000)
 DATA_UPLOAD_MAX_NUMBER_FILES = 10
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 THUMBNAIL_SIZE = env.int("THUMBNAIL_SIZE", default=320)
+# Query by URL (POST /api/search url=): one time budget for the whole fetch, redirects
+# included; loopback and private networks are refused unless allowed (tests, a closed intranet).
+QUERY_URL_TIMEOUT = env.float("QUERY_URL_TIMEOUT", default=5.0)
+QUERY_URL_ALLOW_PRIVATE = env.bool("QUERY_URL_ALLOW_PRIVATE", default=False)
 
 # Embedding and the vector index.
 EMBEDDER = env("EMBEDDER", default="efficientnet_lite0")
@@ -148,6 +156,8 @@ CELERY_TASK_DEFAULT_QUEUE = queues.EMBED
 # Beat (embedded in the embed worker by `runapp`) runs the safety net for lost tasks.
 CELERY_BEAT_SCHEDULE = {
     "recover-lost-work": {"task": queues.task_path("recover_lost_work"), "schedule": 60.0},
+    # Searchable images that lack the copy channel's vector or hash get them, a batch at a time.
+    "backfill": {"task": queues.task_path("images_backfill"), "schedule": 60.0},
 }
 # Which task runs on which queue: gallery/queues.py (long runs never hold up uploads).
 CELERY_TASK_ROUTES = queues.celery_routes()

@@ -165,4 +165,7 @@ def test_the_openapi_document_declares_every_answer_errors_included(client):
         "image_url",
         "thumbnail_url",
         "score",
+        "match",
+        "explanation",
+        "box",
     }

@@ -23,7 +23,7 @@ The scripts use it as `import harness as h` (bench/ is on sys.path when they run
 from __future__ import annotations
 
 from .app import BenchApp, venv_python
-from .datasets import IMAGE_EXTENSIONS, require_dataset, write_subset_zip, zip_image_names
+from .datasets import IMAGE_EXTENSIONS, pixel_groups, require_dataset, write_subset_zip, zip_image_names
 from .http import Api, ApiError, Session, content_type, encode_multipart
 from .memory import MemorySampler
 from .procs import (
@@ -72,6 +72,7 @@ __all__ = [
     "install_signal_handlers",
     "log",
     "percentile",
+    "pixel_groups",
     "proc_alive",
     "proc_argv",
     "proc_cmd_name",

@@ -1,9 +1,15 @@
-"""The shared datasets: finding them, listing the images of a ZIP, writing a subset ZIP."""
+"""The shared datasets: finding them, listing the images of a ZIP, writing a subset ZIP, and
+telling which photos of a catalogue are pixel-identical."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import sys
-from pathlib import Path
+from collections import defaultdict
+from pathlib import Path, PurePosixPath
+
+from PIL import Image
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
@@ -42,3 +48,14 @@ def write_subset_zip(zip_path: Path, names: list[str], dest: Path) -> Path:
         for name in names:
             out.writestr(name, src.read(name))
     return dest
+
+
+def pixel_groups(files: dict[str, bytes]) -> dict[str, set[str]]:
+    """stem -> stems of every catalogue photo with identical decoded pixels (itself included)."""
+    by_hash = defaultdict(set)
+    for name, data in files.items():
+        with Image.open(io.BytesIO(data)) as im:
+            rgb = im.convert("RGB")
+            digest = hashlib.sha1(rgb.tobytes() + repr(rgb.size).encode()).hexdigest()
+        by_hash[digest].add(PurePosixPath(name).stem)
+    return {stem: group for group in by_hash.values() for stem in group}

@@ -15,12 +15,14 @@ from .registry import (
     ACTIVE_TTL_SECONDS,
     ModelRef,
     active_model,
+    copy_model,
     default_model,
     embedder_identity,
     forget_active_model,
     model_ref,
     pretrained_ref,
     remember_active_model,
+    served_models,
 )
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "ModelRef",
     "active_model",
     "build_embedder",
+    "copy_model",
     "default_model",
     "embedder_identity",
     "forget_active_model",
@@ -35,4 +38,5 @@ __all__ = [
     "model_ref",
     "pretrained_ref",
     "remember_active_model",
+    "served_models",
 ]

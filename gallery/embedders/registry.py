@@ -122,6 +122,21 @@ def active_model(*, fresh: bool = False) -> ModelRef:
     return ref
 
 
+def copy_model() -> ModelRef:
+    """The model whose vectors find copies of a photo: the configured pretrained embedder.
+    Its vectors and index are kept whichever model serves similarity, so switching to a
+    model trained to gather whole categories never loses copies."""
+    return default_model()
+
+
+def served_models(active: ModelRef | None = None) -> list[ModelRef]:
+    """Every model whose vectors each searchable image needs: the active one, and the copy
+    model when that is another."""
+    active = active or active_model()
+    copies = copy_model()
+    return [active] if active.name == copies.name else [active, copies]
+
+
 def embedder_identity(ref: ModelRef | None = None) -> tuple[str, int]:
     """(model name, dimension) of an embedder without loading it: the index writer needs
     only these, and should not hold a copy of the network in memory."""

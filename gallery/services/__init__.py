@@ -13,7 +13,7 @@
 - `inputs`: text, tags and actor normalisation"""
 
 from .activation import model_activate, model_activate_start
-from .embedding import images_embed, images_mark_failed, images_record_error
+from .embedding import images_backfill, images_embed, images_mark_failed, images_record_error
 from .imports import (
     import_job_cancel,
     import_job_create,
@@ -30,7 +30,7 @@ from .index_writer import (
     index_rebuild,
     index_remove,
     index_sync,
-    index_sync_model,
+    index_sync_models,
     stored_vectors,
 )
 from .model_versions import (
@@ -56,13 +56,16 @@ from .recovery import (
     recover_lost_work,
     worker_started,
 )
+from .remote_images import image_fetch_from_url
 from .uploads import image_create, image_update_metadata
 
 __all__ = [
     "MODEL_KINDS_TRAINED",
     "MODERATION_ACTIONS",
     "image_create",
+    "image_fetch_from_url",
     "image_update_metadata",
+    "images_backfill",
     "images_catch_up_with_active_model",
     "images_embed",
     "images_enqueue_pending",
@@ -83,7 +86,7 @@ __all__ = [
     "index_rebuild",
     "index_remove",
     "index_sync",
-    "index_sync_model",
+    "index_sync_models",
     "model_activate",
     "model_activate_start",
     "model_evaluate",

@@ -1,5 +1,8 @@
-"""Vectors for stored images (the embed queue): the database keeps them, the index writer
-picks them up."""
+"""Vectors and perceptual hashes for stored images (the embed queue): the database keeps them,
+the index writer picks them up. Each image gets the vector of every served model (the active
+one, and the copy model when that is another) and its PDQ hash."""
+
+import time
 
 import numpy as np
 from django.conf import settings
@@ -7,21 +10,66 @@ from django.db import transaction
 from django.db.models import F
 from PIL import Image as PILImage
 
-from ..embedders import ModelRef, active_model, get_embedder
+from ..embedders import ModelRef, active_model, copy_model, get_embedder, served_models
 from ..models import Embedding, Image
+from ..retrieval.hashes import pdq_hash
+from ..retrieval.params import retrieval_params
+from ..retrieval.tiers import COPY_TIERS, Evidence, classify
 from ..selectors.search import index_reader
 from . import dispatch
 
 
+def _open_for_embedding(image: Image) -> PILImage.Image:
+    with image.file.open("rb") as fh, PILImage.open(fh) as im:
+        im.draft("RGB", (2 * settings.EMBEDDER_IMAGE_SIZE,) * 2)
+        return im.convert("RGBA" if im.mode == "RGBA" else "RGB")
+
+
+def _vectors_present(image_ids: list[int], refs: list[ModelRef]) -> set[tuple[int, str]]:
+    return set(
+        Embedding.objects.filter(image_id__in=image_ids, model_name__in=[r.name for r in refs]).values_list(
+            "image_id", "model_name"
+        )
+    )
+
+
+def _embed_and_hash(
+    images: list[Image], pictures: list[PILImage.Image], refs: list[ModelRef]
+) -> dict[str, np.ndarray]:
+    """Store each model's vectors the images lack, and their hashes; returns the new vectors
+    by model name (rows in the order of `images`; absent ones zero)."""
+    present = _vectors_present([im.pk for im in images], refs)
+    computed: dict[str, np.ndarray] = {}
+    rows = []
+    for ref in refs:
+        todo = [n for n, im in enumerate(images) if (im.pk, ref.name) not in present]
+        if not todo:
+            continue
+        embedder = get_embedder(ref)
+        vectors = embedder.embed_gallery([pictures[n] for n in todo])
+        computed[ref.name] = np.zeros((len(images), ref.dim), dtype=np.float32)
+        computed[ref.name][todo] = vectors
+        rows += [
+            Embedding(image=images[n], model_name=ref.name, dim=ref.dim, vector=vec.tobytes())
+            for n, vec in zip(todo, vectors)
+        ]
+    for image, picture in zip(images, pictures):
+        if image.pdq is None:
+            image.pdq, image.pdq_quality = pdq_hash(picture)
+            Image.objects.filter(pk=image.pk).update(pdq=image.pdq, pdq_quality=image.pdq_quality)
+    Embedding.objects.bulk_create(rows, ignore_conflicts=True)
+    return computed
+
+
 def images_embed(image_ids: list[int], *, note_near_duplicates: bool = True) -> int:
-    """Compute and store embeddings for the given images that still need one, then queue an
+    """Compute and store what the given images still need (vectors, hash), then queue an
     index update. Idempotent; counts attempts so that a task that keeps crashing its worker
     gives up with the error recorded. Bulk imports skip the near-duplicate note (staff see
     near-duplicate groups instead), so the embed worker does not reload the index per batch."""
-    ref = active_model(fresh=True)
-    embedder = get_embedder(ref)
+    refs = served_models(active_model(fresh=True))
+    names = [r.name for r in refs]
     Image.objects.filter(pk__in=image_ids).processing().update(embed_attempts=F("embed_attempts") + 1)
-    images = list(Image.objects.filter(pk__in=image_ids).processing().without_vector(embedder.name))
+    images = list(Image.objects.filter(pk__in=image_ids).processing().lacking(names))
     ready, pictures = [], []
     for image in images:
         if image.embed_attempts > settings.EMBED_MAX_ATTEMPTS:
@@ -30,42 +78,70 @@ def images_embed(image_ids: list[int], *, note_near_duplicates: bool = True) -> 
             )
             continue
         try:
-            with image.file.open("rb") as fh, PILImage.open(fh) as im:
-                im.draft("RGB", (2 * settings.EMBEDDER_IMAGE_SIZE,) * 2)
-                pictures.append(im.convert("RGBA" if im.mode == "RGBA" else "RGB"))
+            pictures.append(_open_for_embedding(image))
             ready.append(image)
         except (OSError, ValueError) as exc:
             images_mark_failed([image.pk], f"The stored file cannot be read: {exc}")
     if ready:
-        vectors = embedder.embed_gallery(pictures)
-        # Copies are told by the pretrained features; a model trained to gather a whole
-        # category would call every item of it a near-duplicate.
-        if note_near_duplicates and ref.backbone != "learned":
-            _note_near_duplicates(ready, vectors, ref)
         with transaction.atomic():
-            Embedding.objects.bulk_create(
-                [
-                    Embedding(image=image, model_name=embedder.name, dim=embedder.dim, vector=vec.tobytes())
-                    for image, vec in zip(ready, vectors)
-                ],
-                ignore_conflicts=True,
-            )
+            computed = _embed_and_hash(ready, pictures, refs)
             dispatch.index_sync()
-    elif Image.objects.filter(pk__in=image_ids).processing().with_vector(embedder.name).exists():
+        copies = computed.get(copy_model().name)
+        if note_near_duplicates and copies is not None:
+            _note_near_duplicates(ready, copies)
+    elif Image.objects.filter(pk__in=image_ids).processing().complete(names).exists():
         dispatch.index_sync()  # embedded earlier, but the index update was lost
     return len(ready)
 
 
-def _note_near_duplicates(images: list[Image], vectors: np.ndarray, ref: ModelRef) -> None:
-    """Record the closest existing item when it is nearly identical (for staff and uploaders)."""
-    index = index_reader(ref).get()
+def _note_near_duplicates(images: list[Image], vectors: np.ndarray) -> None:
+    """Record the closest existing item when it is a copy by the same rule as search's tiers
+    (its hash and vector agree; for staff and uploaders)."""
+    index = index_reader(copy_model()).get()
     if index is None or len(index) == 0:
         return
+    hashes = index.hash_index()
     for image, vector in zip(images, vectors):
-        hits = [(label, score) for label, score in index.query(vector, 2) if label != image.pk]
-        if hits and hits[0][1] >= settings.NEAR_DUPLICATE_THRESHOLD:
-            image.near_duplicate_of_id = hits[0][0]
-            Image.objects.filter(pk=image.pk).update(near_duplicate_of_id=hits[0][0])
+        hits = [(label, score) for label, score in index.query(vector, 3) if label != image.pk]
+        if not hits or image.pdq is None:
+            continue
+        label, score = hits[0]
+        distance = hashes.distance_to([label], np.frombuffer(bytes(image.pdq), dtype=np.uint8)).get(label)
+        evidence = Evidence(cosine=score, hash_distance=distance)
+        if classify(evidence, retrieval_params().copies).match in COPY_TIERS:
+            image.near_duplicate_of_id = label
+            Image.objects.filter(pk=image.pk).update(near_duplicate_of_id=label)
+
+
+def images_backfill(*, seconds: float = 45.0, batch_size: int = 64) -> int:
+    """Searchable images that lack a served model's vector or their hash (a gallery from
+    before the copy channel, or a copy model changed in the settings) get them, batch by
+    batch for about `seconds`; each batch then goes to the index writer. They stay
+    searchable meanwhile."""
+    refs = served_models(active_model(fresh=True))
+    names = [r.name for r in refs]
+    deadline = time.monotonic() + seconds
+    done = 0
+    unreadable: set[int] = set()
+    while time.monotonic() < deadline:
+        batch = list(
+            Image.objects.filter(status=Image.Status.INDEXED)
+            .lacking(names)
+            .exclude(pk__in=unreadable)[:batch_size]
+        )
+        if not batch:
+            break
+        images, pictures = [], []
+        for image in batch:
+            try:
+                pictures.append(_open_for_embedding(image))
+                images.append(image)
+            except (OSError, ValueError):
+                unreadable.add(image.pk)
+        _embed_and_hash(images, pictures, refs)
+        dispatch.index_sync([im.pk for im in images])
+        done += len(images)
+    return done
 
 
 def images_record_error(image_ids: list[int], error: str) -> None:

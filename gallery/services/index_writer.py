@@ -1,6 +1,10 @@
-"""The index's single writer (the index queue, one process; `rebuild_index` and activation
-take the same lock). Only these functions write an index: `index_sync`, `index_remove`,
-`index_rebuild` and, for a model being activated, `index_build`."""
+"""The indexes' single writer (the index queue, one process; `rebuild_index` and activation
+take the same locks). Only these functions write an index: `index_sync`, `index_remove`,
+`index_rebuild` and, for a model being activated, `index_build`.
+
+Each served model has its index (`embedders.served_models`): the active model's, and the copy
+model's, which also holds the items' perceptual hashes. An image is marked indexed once it is
+in all of them."""
 
 import time
 from pathlib import Path
@@ -9,7 +13,7 @@ import numpy as np
 from django.conf import settings
 from django.utils import timezone
 
-from ..embedders import ModelRef, active_model
+from ..embedders import ModelRef, active_model, copy_model, served_models
 from ..index import IndexMeta, VectorIndex, write_lock
 from ..models import Embedding, Image, ImageQuerySet
 from . import dispatch
@@ -59,44 +63,66 @@ def stored_vectors(images: ImageQuerySet, model_name: str) -> tuple[list[int], l
     return ids, vectors
 
 
+def _hashes_of(ref: ModelRef, ids: list[int]) -> list[bytes | None] | None:
+    """The copy model's index also holds the items' perceptual hashes."""
+    if ref.name != copy_model().name:
+        return None
+    rows = Image.objects.filter(pk__in=ids).exclude(pdq__isnull=True).values_list("pk", "pdq")
+    known = {pk: bytes(code) for pk, code in rows if code is not None}
+    return [known.get(i) for i in ids]
+
+
 def index_sync(image_ids: list[int] | None = None) -> int:
-    """Add every embedded image still marked processing (and the given indexed ones, e.g.
-    just approved) to the index if it may be searched, save, and mark them indexed.
-    With no usable index on disk, rebuild it from the database instead."""
-    ref = active_model(fresh=True)
-    added = index_sync_model(ref, image_ids)
-    if active_model(fresh=True).name != ref.name:
+    """Add every image still marked processing that has all it needs (and the given indexed
+    ones, e.g. just approved or just hashed) to every served index if it may be searched,
+    save, and mark them indexed. With no usable index on disk, rebuild it from the database."""
+    active = active_model(fresh=True)
+    added = index_sync_models(served_models(active), image_ids)
+    if active_model(fresh=True).name != active.name:
         # The model was switched while we worked: what we just marked indexed went into the
         # old index, after the switch's own catch-up had looked.
         images_catch_up_with_active_model()
     return added
 
 
-def index_sync_model(ref: ModelRef, image_ids: list[int] | None) -> int:
-    """`index_sync` for one given model's index (the active one, read by the caller)."""
-    model, directory = ref.name, ref.index_dir
-    waiting = Image.objects.processing().with_vector(model)
-    if not image_ids and IndexMeta.read(directory) is not None and not waiting.exists():
+def index_sync_models(refs: list[ModelRef], image_ids: list[int] | None) -> int:
+    """`index_sync` for the given models' indexes (the served ones, read by the caller)."""
+    names = [r.name for r in refs]
+    waiting = Image.objects.processing().complete(names)
+    if not image_ids and all(IndexMeta.read(r.index_dir) for r in refs) and not waiting.exists():
         return 0  # a duplicate update: an earlier one took everything
+    processing = list(waiting.values_list("pk", flat=True))
+    added = 0
+    for ref in refs:
+        added = max(added, _sync_one(ref, processing + list(image_ids or [])))
+    Image.objects.filter(pk__in=processing).processing().update(
+        status=Image.Status.INDEXED, indexed_at=timezone.now(), error=""
+    )
+    return added
+
+
+def _sync_one(ref: ModelRef, ids: list[int]) -> int:
+    directory = ref.index_dir
     _pace_large_saves(directory)
     with write_lock(directory):
         index = _writer_index(ref)
         if index is None:
-            return _index_rebuild_locked(ref)
-        processing = list(waiting.values_list("pk", flat=True))
-        candidates = Image.objects.filter(pk__in=processing + list(image_ids or [])).indexable()
-        ids, vectors = stored_vectors(candidates, model)
-        if ids:
-            index.add(ids, np.stack(vectors))
+            return _index_build_locked(ref)
+        candidates = Image.objects.filter(pk__in=ids).indexable()
+        added, vectors = stored_vectors(candidates, ref.name)
+        if added:
+            index.add(added, np.stack(vectors), _hashes_of(ref, added))
             index.save(directory)
-        Image.objects.filter(pk__in=processing).processing().update(
-            status=Image.Status.INDEXED, indexed_at=timezone.now(), error=""
-        )
         # A hide or rejection that committed while we were adding: take it out again at once.
-        gone = list(Image.objects.filter(pk__in=ids).unsearchable().values_list("pk", flat=True))
+        gone = list(
+            Image.objects.filter(pk__in=added)
+            .unsearchable()
+            .exclude(status=Image.Status.PROCESSING)
+            .values_list("pk", flat=True)
+        )
         if gone and index.remove(gone):
             index.save(directory)
-        return len(ids)
+        return len(added)
 
 
 def _pace_large_saves(directory: Path) -> None:
@@ -115,25 +141,41 @@ def _pace_large_saves(directory: Path) -> None:
 
 
 def index_remove(image_ids: list[int]) -> int:
-    """Drop the given images from the active index unless they may be searched again."""
-    ref = active_model(fresh=True)
-    directory = ref.index_dir
-    with write_lock(directory):
-        index = _writer_index(ref)
-        if index is None:
-            return 0
-        gone = list(Image.objects.filter(pk__in=image_ids).unsearchable().values_list("pk", flat=True))
-        removed = index.remove(gone)
-        if removed:
-            index.save(directory)
-        return removed
+    """Drop the given images from every served index unless they may be searched again."""
+    gone = list(Image.objects.filter(pk__in=image_ids).unsearchable().values_list("pk", flat=True))
+    removed = 0
+    for ref in served_models(active_model(fresh=True)):
+        with write_lock(ref.index_dir):
+            index = _writer_index(ref)
+            if index is None:
+                continue
+            count = index.remove(gone)
+            if count:
+                index.save(ref.index_dir)
+            removed = max(removed, count)
+    return removed
 
 
 def index_rebuild() -> int:
-    """Build a fresh index from the embeddings in the database and switch to it atomically."""
-    ref = active_model(fresh=True)
-    with write_lock(ref.index_dir):
-        return _index_rebuild_locked(ref)
+    """Build fresh indexes of every served model from the database and switch to them
+    atomically; images that lack something get it again."""
+    refs = served_models(active_model(fresh=True))
+    count = 0
+    for ref in refs:
+        count = max(count, index_build(ref))
+    names = [r.name for r in refs]
+    embedded = Image.objects.processing().complete(names)
+    Image.objects.filter(pk__in=list(embedded.values_list("pk", flat=True))).update(
+        status=Image.Status.INDEXED, indexed_at=timezone.now(), error=""
+    )
+    # Indexed images without something for these models (a new embedder): embed them again.
+    missing = list(
+        Image.objects.filter(status=Image.Status.INDEXED).lacking(names).values_list("pk", flat=True)
+    )
+    if missing:
+        Image.objects.filter(pk__in=missing).update(status=Image.Status.PROCESSING, embed_attempts=0)
+        dispatch.images_embed(missing)
+    return count
 
 
 def index_build(ref: ModelRef) -> int:
@@ -152,24 +194,8 @@ def _index_build_locked(ref: ModelRef) -> int:
     if previous:
         index.meta.version = previous.version
     for start in range(0, len(ids), 10000):
-        index.add(ids[start : start + 10000], np.stack(vectors[start : start + 10000]))
+        chunk = ids[start : start + 10000]
+        index.add(chunk, np.stack(vectors[start : start + 10000]), _hashes_of(ref, chunk))
     index.save(directory)
     _writer_cache[str(directory)] = index
     return len(ids)
-
-
-def _index_rebuild_locked(ref: ModelRef) -> int:
-    model = ref.name
-    count = _index_build_locked(ref)
-    embedded = Image.objects.processing().with_vector(model)
-    Image.objects.filter(pk__in=list(embedded.values_list("pk", flat=True))).update(
-        status=Image.Status.INDEXED, indexed_at=timezone.now(), error=""
-    )
-    # Indexed images without an embedding for this model (a new embedder): embed them again.
-    missing = list(
-        Image.objects.filter(status=Image.Status.INDEXED).without_vector(model).values_list("pk", flat=True)
-    )
-    if missing:
-        Image.objects.filter(pk__in=missing).update(status=Image.Status.PROCESSING, embed_attempts=0)
-        dispatch.images_embed(missing)
-    return count

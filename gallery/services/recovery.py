@@ -12,7 +12,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from .. import queues
-from ..embedders import active_model, embedder_identity
+from ..embedders import active_model, served_models
 from ..models import Image, ImportJob, ModelVersion
 from . import dispatch
 from .imports import import_job_start, import_jobs_resume_all
@@ -31,12 +31,13 @@ def queue_has_work(queue: str, broker_url: str | None = None) -> bool:
 
 
 def images_enqueue_pending() -> int:
-    """Queue every image still waiting for an embedding (after a broker outage or restart)."""
-    name, _ = embedder_identity()
-    ids = list(Image.objects.processing().without_vector(name).values_list("pk", flat=True))
+    """Queue every image still waiting for its vectors or hash (after a broker outage or
+    restart), and an index update when some have all they need."""
+    names = [ref.name for ref in served_models()]
+    ids = list(Image.objects.processing().lacking(names).values_list("pk", flat=True))
     if ids:
         dispatch.images_embed(ids)
-    if Image.objects.processing().with_vector(name).exists():
+    if Image.objects.processing().complete(names).exists():
         dispatch.index_sync()
     return len(ids)
 
@@ -89,18 +90,15 @@ def recover_lost_work(stale_after_seconds: int = 600) -> dict[str, Any]:
         import_job_resume_stalled(job)
         for job in ImportJob.objects.filter(state__in=[ImportJob.State.QUEUED, ImportJob.State.RUNNING])
     )
-    name, _ = embedder_identity()
+    names = [ref.name for ref in served_models()]
     cutoff = timezone.now() - timedelta(seconds=stale_after_seconds)
     stale = list(
-        Image.objects.processing()
-        .filter(updated_at__lt=cutoff)
-        .without_vector(name)
-        .values_list("pk", flat=True)
+        Image.objects.processing().filter(updated_at__lt=cutoff).lacking(names).values_list("pk", flat=True)
     )
     if stale:
         Image.objects.filter(pk__in=stale).update(updated_at=timezone.now())
         dispatch.images_embed(stale)
-    if Image.objects.processing().with_vector(name).filter(updated_at__lt=cutoff).exists():
+    if Image.objects.processing().complete(names).filter(updated_at__lt=cutoff).exists():
         dispatch.index_sync()
     return {"jobs": resumed, "images": len(stale), "models": models_resume_stalled()}
 

@@ -1,0 +1,130 @@
+"""The copy channel's perceptual hashes: PDQ (Meta's open copy-detection hash, 256 bits) of
+each stored image, and an in-memory index that finds every item within a Hamming radius of a
+query hash by multi-index hashing (Norouzi et al., CVPR 2012), so a lookup costs the same at a
+thousand items and at a million.
+
+PDQ survives re-compression, resizing, grayscale, colour and tone changes, blur and overlays,
+but not crops, rotation or reframing (the embedding channel covers those). Its dihedral
+variants (mirrors, quarter turns) come from one computation.
+
+Multi-index hashing: the 256 bits are cut into 16 chunks of 16 bits. Two hashes within
+distance r < 32 share at least one chunk that differs in at most one bit (pigeonhole), so the
+candidates are the items whose chunk equals one of the query chunk's 17 variants (itself and
+its 16 one-bit flips), in any of the 16 chunks; each candidate's full distance is then
+counted exactly. Each chunk's table is a sorted array searched with `np.searchsorted`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pdqhash
+from PIL import Image
+
+HASH_BITS = 256
+HASH_BYTES = HASH_BITS // 8
+CHUNKS = 16  # 16-bit chunks: any distance below 32 shares a chunk within one bit
+MAX_RADIUS = 2 * CHUNKS - 1
+HASH_INPUT_SIDE = 512  # PDQ's own first step box-filters to 64x64: a larger input adds nothing
+
+
+def _rgb_array(image: Image.Image) -> np.ndarray:
+    im = image.convert("RGB")
+    if max(im.size) > HASH_INPUT_SIDE:
+        im = im.copy()
+        im.thumbnail((HASH_INPUT_SIDE, HASH_INPUT_SIDE), Image.Resampling.BILINEAR)
+    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
+
+
+def pdq_hash(image: Image.Image) -> tuple[bytes, int]:
+    """(32-byte PDQ hash, quality 0-100). Quality under 50 means a flat picture whose hash
+    says little."""
+    bits, quality = pdqhash.compute(_rgb_array(image))
+    return np.packbits(bits.astype(np.uint8)).tobytes(), int(quality)
+
+
+def pdq_dihedral(image: Image.Image) -> tuple[np.ndarray, int]:
+    """The 8 hashes of the picture, its mirrors and quarter turns (8 x 32 uint8), and quality."""
+    hashes, qualities = pdqhash.compute_dihedral(_rgb_array(image))
+    return np.stack([np.packbits(h.astype(np.uint8)) for h in hashes]), int(qualities)
+
+
+def _chunks(codes: np.ndarray) -> np.ndarray:
+    """n x 32 uint8 -> n x 16 uint16 (big-endian pairs: chunk i is bits 16i..16i+15)."""
+    pairs = codes.reshape(len(codes), CHUNKS, 2).astype(np.uint16)
+    result: np.ndarray = (pairs[:, :, 0] << 8) | pairs[:, :, 1]
+    return result
+
+
+_FLIPS = np.concatenate([[0], 1 << np.arange(16)]).astype(np.uint16)  # itself and its 1-bit flips
+
+
+def hamming(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Distances between each row of `codes` (n x 32 uint8) and one `query` (32 uint8)."""
+    distances: np.ndarray = np.bitwise_count(codes ^ query).sum(axis=1, dtype=np.int32)
+    return distances
+
+
+@dataclass
+class HashMatch:
+    label: int
+    distance: int
+    variant: int  # which query hash matched (for dihedral queries: 0 = as is)
+
+
+class HashIndex:
+    """Items' PDQ hashes with multi-index lookup. Immutable once built: the index writer
+    builds a new one with each saved version, readers load it with the vector index."""
+
+    def __init__(self, labels: np.ndarray, codes: np.ndarray) -> None:
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.codes = np.asarray(codes, dtype=np.uint8).reshape(len(self.labels), HASH_BYTES)
+        chunks = _chunks(self.codes)
+        self._order = np.argsort(chunks, axis=0, kind="stable").T  # per chunk: rows by chunk value
+        self._sorted = np.take_along_axis(chunks, self._order.T, axis=0).T
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _candidates(self, query: np.ndarray) -> np.ndarray:
+        """Rows whose chunk equals one of the query chunk's 17 variants, for any chunk."""
+        wanted = _chunks(query.reshape(1, HASH_BYTES))[0][:, None] ^ _FLIPS[None, :]  # 16 x 17
+        rows = []
+        for chunk in range(CHUNKS):
+            table = self._sorted[chunk]
+            left = np.searchsorted(table, wanted[chunk], side="left")
+            right = np.searchsorted(table, wanted[chunk], side="right")
+            for start, stop in zip(left[left < right], right[left < right]):
+                rows.append(self._order[chunk, start:stop])
+        return np.unique(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
+
+    def within(self, queries: np.ndarray, radius: int) -> list[HashMatch]:
+        """Every item within `radius` (< 32) of any of the query hashes (k x 32 uint8), each
+        once with its smallest distance, nearest first."""
+        if not len(self) or radius < 0:
+            return []
+        radius = min(radius, MAX_RADIUS)
+        best: dict[int, HashMatch] = {}
+        for variant, query in enumerate(np.asarray(queries, dtype=np.uint8).reshape(-1, HASH_BYTES)):
+            rows = self._candidates(query)
+            if not len(rows):
+                continue
+            distances = hamming(self.codes[rows], query)
+            for row, distance in zip(rows[distances <= radius], distances[distances <= radius]):
+                label = int(self.labels[row])
+                if label not in best or distance < best[label].distance:
+                    best[label] = HashMatch(label, int(distance), variant)
+        return sorted(best.values(), key=lambda m: (m.distance, m.label))
+
+    def distance_to(self, labels: list[int], queries: np.ndarray) -> dict[int, int]:
+        """The smallest distance of the given items' hashes to any of the query hashes (the
+        items this index does not hold are left out)."""
+        position = {int(label): row for row, label in enumerate(self.labels)}
+        rows = [position[label] for label in labels if label in position]
+        if not rows:
+            return {}
+        codes = self.codes[rows]
+        best = np.min(
+            [hamming(codes, q) for q in np.asarray(queries, dtype=np.uint8).reshape(-1, HASH_BYTES)], axis=0
+        )
+        return {int(self.labels[row]): int(d) for row, d in zip(rows, best)}

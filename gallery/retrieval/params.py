@@ -1,0 +1,31 @@
+"""The retrieval pipeline's parameters as one typed object (like Chroma's `hnsw_params`),
+read from settings once per process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+
+from django.conf import settings
+
+from .tiers import CopyThresholds
+
+
+@dataclass(frozen=True)
+class RetrievalParams:
+    copies: CopyThresholds = field(default_factory=CopyThresholds)
+    # Query regions searched besides the whole picture: (share of each side, windows per side).
+    grid: tuple[tuple[float, int], ...] = ((0.7, 2), (0.5, 3))
+    candidates: int = 30  # neighbours taken from the copy index per query vector
+    verified: int = 6  # best candidates checked with local features when no copy is sure yet
+    sure_hash_distance: int = 16  # a copy found by its hash this close needs no region search
+    sure_cosine: float = 0.85  # ...when its vector agrees this much
+    regions_shown: int = 5  # suggested regions in an answer
+    query_side: int = 1024  # queries are decoded (JPEG: drafted) to about this size
+
+
+@cache
+def retrieval_params() -> RetrievalParams:
+    overrides = getattr(settings, "RETRIEVAL", {}) or {}
+    copies = CopyThresholds(**overrides.get("copies", {}))
+    return RetrievalParams(copies=copies, **{k: v for k, v in overrides.items() if k != "copies"})

@@ -1,0 +1,111 @@
+"""Match tiers: is a result the same picture, an edited copy of it, or another item that looks
+alike? Decided from the evidence gathered for it, with thresholds set on held-out pairs
+(`CopyThresholds`), and explained in words a person understands."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .regions import Box
+from .verify import Verification
+
+
+class Match(StrEnum):
+    EXACT = "exact"  # the same picture
+    NEAR_DUPLICATE = "near_duplicate"  # an edited copy of it
+    SIMILAR = "similar"  # another item that looks alike
+
+
+COPY_TIERS = (Match.EXACT, Match.NEAR_DUPLICATE)
+
+
+@dataclass(frozen=True)
+class CopyThresholds:
+    """When evidence says "copy". Chosen on the robust protocol's tuning kinds and its
+    outside photos (CIFAR-10 and product photos held back from the gallery), so that outside
+    photos almost never pass; the held-out kinds only measured them."""
+
+    exact_hash_distance: int = 4  # PDQ bits that re-encoding alone changes
+    hash_distance: int = 24  # a copy by its hash alone...
+    hash_cosine: float = 0.80  # ...when its vector agrees this much
+    loose_hash_distance: int = 31  # a copy by its hash when its vector agrees strongly
+    loose_hash_cosine: float = 0.90
+    inliers: int = 20  # distinct geometrically consistent local matches
+    inlier_cosine: float = 0.55  # ...from a region whose vector agrees at least this much
+
+
+@dataclass
+class Evidence:
+    """What is known about one candidate for one query."""
+
+    cosine: float  # the copy model's best cosine: whole query or one of its regions
+    region: Box | None = None  # the query region that matched best (None: the whole picture)
+    same_bytes: bool = False
+    hash_distance: int | None = None  # PDQ bits apart (smallest over the query's variants)
+    hash_variant: int = 0  # which variant matched: 0 as is, 1-3 turned, 4-7 mirrored
+    same_aspect: bool = False
+    verification: Verification | None = None
+    grayscale_query: bool = False
+
+
+@dataclass
+class Decision:
+    match: Match
+    explanation: str
+    box: Box | None  # where the item is in the query, when it is part of it
+    strength: float  # orders copies: more evidence first
+
+
+def classify(evidence: Evidence, thresholds: CopyThresholds) -> Decision:
+    e, t = evidence, thresholds
+    if e.same_bytes or (
+        e.hash_distance is not None
+        and e.hash_distance <= t.exact_hash_distance
+        and e.hash_variant == 0
+        and e.same_aspect
+        and e.region is None
+    ):
+        return Decision(Match.EXACT, "the same picture", None, 1000.0)
+    verified = (
+        e.verification is not None and e.verification.inliers >= t.inliers and e.cosine >= t.inlier_cosine
+    )
+    hashed = e.hash_distance is not None and (
+        (e.hash_distance <= t.hash_distance and e.cosine >= t.hash_cosine)
+        or (e.hash_distance <= t.loose_hash_distance and e.cosine >= t.loose_hash_cosine)
+    )
+    if verified and e.verification is not None:
+        v = e.verification
+        box = v.box if v.fills < 0.85 else None
+        return Decision(Match.NEAR_DUPLICATE, _geometric_explanation(v, e), box, 100.0 + v.inliers)
+    if hashed and e.hash_distance is not None:
+        return Decision(
+            Match.NEAR_DUPLICATE, _photometric_explanation(e), e.region, 100.0 + 64 - e.hash_distance
+        )
+    return Decision(Match.SIMILAR, "similar colours and shape", e.region, e.cosine)
+
+
+def _geometric_explanation(v: Verification, e: Evidence) -> str:
+    if v.fills < 0.7:
+        return "this photo, inside a larger picture"
+    if v.mirrored:
+        return "a mirrored copy of this photo"
+    if abs(v.rotation) >= 3:
+        return f"this photo, turned by {abs(v.rotation):.0f}°"
+    if v.shown < 0.45:
+        return "a close-up of part of this photo"
+    if v.shown < 0.9:
+        return "a crop of this photo"
+    return _photometric_explanation(e)
+
+
+def _photometric_explanation(e: Evidence) -> str:
+    if e.hash_variant >= 4:
+        return "a mirrored copy of this photo"
+    if e.hash_variant:
+        return "this photo, turned"
+    if e.grayscale_query:
+        return "this photo in black and white"
+    if e.hash_distance is not None and e.hash_distance <= 12:
+        return "the same photo, re-compressed or resized"
+    return "this photo, edited (colours, text or marks over it)"
