@@ -23,7 +23,7 @@ class ImageRejected(ValueError):
 class DecodedImage:
     image: Image.Image  # RGB or RGBA, orientation applied, no metadata
     format: str
-    width: int
+    width: int  # full-size pixels as the picture is shown (after its EXIF orientation)
     height: int
 
 
@@ -33,6 +33,9 @@ def sha256_of(data: bytes) -> str:
 
 def _human_bytes(n: int) -> str:
     return f"{n / (1024 * 1024):.0f} MB" if n >= 1024 * 1024 else f"{n // 1024} KB"
+
+
+ORIENTATION_TAG = 0x0112
 
 
 def decode_image(
@@ -57,6 +60,8 @@ def decode_image(
             if draft_size and fmt in ("JPEG", "MPO"):
                 im.draft("RGB", (draft_size, draft_size))
             im.load()
+            if im.getexif().get(ORIENTATION_TAG) in (5, 6, 7, 8):  # turned a quarter: axes swap
+                width, height = height, width
             picture = _to_rgb(ImageOps.exif_transpose(im))
     except ImageRejected:
         raise

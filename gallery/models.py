@@ -98,7 +98,7 @@ class Image(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="+",
-        help_text="The most similar existing item when it is above NEAR_DUPLICATE_THRESHOLD.",
+        help_text="The existing item this upload is a copy of (by the copy tiers of search).",
     )
     uploaded_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

@@ -1,7 +1,6 @@
 """Staff pages: the moderation queue, the moderation log and near-duplicate groups. Thin:
 they call selectors and `services.images_moderate`; every form is CSRF-protected."""
 
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.paginator import Paginator
@@ -57,10 +56,5 @@ def moderation_log(request: HttpRequest) -> HttpResponse:
 
 @staff_member_required
 def near_duplicates(request: HttpRequest) -> HttpResponse:
-    try:
-        threshold = float(request.GET.get("threshold", settings.NEAR_DUPLICATE_THRESHOLD))
-    except ValueError:
-        threshold = settings.NEAR_DUPLICATE_THRESHOLD
-    threshold = min(max(threshold, 0.5), 1.0)
-    groups = selectors.near_duplicate_groups(threshold)
-    return render(request, "gallery/duplicates.html", {"groups": groups, "threshold": threshold})
+    groups = selectors.near_duplicate_groups()
+    return render(request, "gallery/duplicates.html", {"groups": groups})

@@ -173,7 +173,6 @@ LOGGING = {
 # Moderation: "post" (uploads appear at once and can be hidden) or "pre" (public uploads wait
 # for staff approval). Staff uploads and imports are always approved.
 MODERATION = env("MODERATION", default="post")
-NEAR_DUPLICATE_THRESHOLD = env.float("NEAR_DUPLICATE_THRESHOLD", default=0.95)
 
 # Bulk imports: server folders and manifests must lie under IMPORT_ROOT; uploaded ZIPs are
 # streamed to IMPORT_UPLOAD_DIR.

@@ -1,9 +1,14 @@
 """Staff reads: the moderation queue and its counts, the log, near-duplicate groups."""
 
+from dataclasses import dataclass, field
+
 from django.db.models import Count, Q, QuerySet
 
+from ..embedders import copy_model
 from ..index import VectorIndex
 from ..models import Image, ImageQuerySet, ModerationAction, Report
+from ..retrieval.params import retrieval_params
+from ..retrieval.tiers import COPY_TIERS, Evidence, classify
 from .search import index_reader
 
 MODERATION_VIEWS = ("pending", "reported", "hidden", "all")
@@ -34,41 +39,80 @@ def moderation_log() -> QuerySet[ModerationAction]:
     return ModerationAction.objects.select_related("image", "actor")
 
 
-def near_duplicate_groups(threshold: float, *, neighbours: int = 10, limit: int = 200) -> list[list[Image]]:
-    """Clusters of near-identical searchable items: link every pair whose cosine similarity
-    is at least `threshold` (k nearest neighbours from the index), take connected components."""
-    index = index_reader().get()
+@dataclass
+class DuplicateGroup:
+    """Copies of one picture: the oldest first (the one to keep), and for each other item
+    why it counts as a copy, in the words search's tiers use."""
+
+    images: list[Image]
+    explanations: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def members(self) -> list[tuple[Image, str]]:
+        return [(im, self.explanations.get(im.pk, "the oldest, kept")) for im in self.images]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def near_duplicate_groups(*, limit: int = 200) -> list[DuplicateGroup]:
+    """Groups of searchable items that are copies of one another by the same rule as
+    search's tiers (`retrieval.tiers.classify` on the copy channel: perceptual hashes close
+    and copy-model vectors agreeing), linked into connected components. Crops and pictures
+    inside pictures need local-feature checks and are found by searching, not grouped here."""
+    index = index_reader(copy_model()).get()
     if index is None or len(index) < 2:
         return []
-    clusters = _linked_components(index, threshold, min(neighbours, len(index)))
-    rows = Image.objects.searchable().in_bulk([pk for members in clusters for pk in members])
-    result = []
-    for members in sorted(clusters, key=len, reverse=True)[:limit]:
-        images = sorted((rows[pk] for pk in members if pk in rows), key=lambda im: im.created_at)
-        if len(images) > 1:
-            result.append(images)
-    return result
-
-
-def _linked_components(index: VectorIndex, threshold: float, k: int) -> list[list[int]]:
-    """Union-find over the index's k-nearest-neighbour links of at least `threshold`: the
-    groups of two or more labels."""
-    labels = sorted(index.labels())
-    parent = {label: label for label in labels}
+    links = _copy_links(index)
+    parent: dict[int, int] = {}
 
     def find(x: int) -> int:
+        parent.setdefault(x, x)
         while parent[x] != x:
             parent[x] = parent[parent[x]]
             x = parent[x]
         return x
 
-    for start in range(0, len(labels), 2048):
-        chunk = labels[start : start + 2048]
-        found, similarities = index.neighbours(chunk, k)
-        for label, row, sims in zip(chunk, found, similarities):
-            for other in row[(sims >= threshold) & (row != label)]:
-                parent[find(label)] = find(int(other))
-    groups: dict[int, list[int]] = {}
-    for label in labels:
-        groups.setdefault(find(label), []).append(label)
-    return [members for members in groups.values() if len(members) > 1]
+    for a, b, _ in links:
+        parent[find(a)] = find(b)
+    clusters: dict[int, list[int]] = {}
+    for label in parent:
+        clusters.setdefault(find(label), []).append(label)
+    rows = Image.objects.searchable().in_bulk(list(parent))
+    why = {(a, b): text for a, b, text in links} | {(b, a): text for a, b, text in links}
+    groups = []
+    for members in sorted(clusters.values(), key=len, reverse=True):
+        images = sorted((rows[pk] for pk in members if pk in rows), key=lambda im: (im.created_at, im.pk))
+        if len(images) < 2:
+            continue
+        kept = images[0].pk
+        explanations = {
+            im.pk: why.get((kept, im.pk)) or next(t for (a, b), t in why.items() if a == im.pk)
+            for im in images[1:]
+        }
+        groups.append(DuplicateGroup(images, explanations))
+        if len(groups) == limit:
+            break
+    return groups
+
+
+def _copy_links(index: VectorIndex) -> list[tuple[int, int, str]]:
+    """(item, item, explanation) for every pair the copy tiers call a copy."""
+    thresholds = retrieval_params().copies
+    hashes = index.hash_index()
+    links = []
+    for label, code in zip(hashes.labels, hashes.codes):
+        mine = index.vector(int(label))
+        if mine is None:
+            continue
+        for match in hashes.within(code, thresholds.loose_hash_distance):
+            if match.label <= label:
+                continue  # itself, or a pair already seen from the other side
+            other = index.vector(match.label)
+            if other is None:
+                continue
+            evidence = Evidence(cosine=float(mine @ other), hash_distance=match.distance, same_aspect=True)
+            decision = classify(evidence, thresholds)
+            if decision.match in COPY_TIERS:
+                links.append((int(label), match.label, decision.explanation))
+    return links

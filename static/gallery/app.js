@@ -162,6 +162,332 @@
 
   const percent = (score) => `${Math.max(0, Math.min(100, Math.round(score * 100)))}%`;
 
+  // --- Match tiers ----------------------------------------------------------------------
+
+  const COPY_MATCHES = new Set(["exact", "near_duplicate"]);
+
+  /** The badge of a result: "Same photo", "Copy", "Edited copy", or null for a look-alike. */
+  function tierLabel(match, explanation) {
+    if (match === "exact") return "Same photo";
+    if (match === "near_duplicate") return /re-compressed|resized/.test(explanation || "") ? "Copy" : "Edited copy";
+    return null;
+  }
+
+  const sentence = (text) => (text ? text.charAt(0).toUpperCase() + text.slice(1) : "");
+
+  // --- Crop box over the query photo ----------------------------------------------------
+
+  const DRAG_START_PX = 4; // a press that moves less than this is a click (suggested regions)
+  const MIN_BOX_PX = 24; // smallest box, in displayed pixels
+  const WHOLE_SHARE = 0.985; // a box this close to the whole photo is the whole photo
+
+  const clamp = (value, low, high) => Math.max(low, Math.min(high, value));
+  const boxText = (b) => (b ? [b.x, b.y, b.w, b.h].join(",") : "");
+
+  /**
+   * The query photo with suggested regions, the best match's outline and a crop box that
+   * the visitor drags, resizes (corner handles) or moves with the keyboard. Boxes are kept
+   * in pixels of the picture as decoded (naturalWidth/Height: what the server sees after
+   * exif_transpose, since browsers show photos upright by default) and drawn in percent,
+   * so they follow any displayed size. `onSearch(box | null)` runs when a box is chosen.
+   */
+  function createCropper({ area, stage, img, cropBox, hole, regionsLayer, hitBox, missing, onSearch, onChange }) {
+    let box = null; // {x, y, w, h} in natural pixels; null: the whole photo
+    let regions = [];
+    let highlight = null;
+    let drag = null;
+    let justDragged = false;
+
+    const size = () => ({ w: img.naturalWidth, h: img.naturalHeight });
+    const ready = () => img.complete && img.naturalWidth > 0 && !stage.hidden;
+    const whole = () => ({ x: 0, y: 0, w: size().w, h: size().h });
+    /** A box from the server, clipped to the picture (null when nothing of it is left). */
+    function fit(list) {
+      if (!Array.isArray(list) || list.length !== 4) return null;
+      const { w: W, h: H } = size();
+      const [x, y, w, h] = list.map(Number);
+      const left = clamp(Math.round(x), 0, W);
+      const top = clamp(Math.round(y), 0, H);
+      const right = clamp(Math.round(x + w), 0, W);
+      const bottom = clamp(Math.round(y + h), 0, H);
+      return right - left >= 1 && bottom - top >= 1 ? { x: left, y: top, w: right - left, h: bottom - top } : null;
+    }
+    const isWhole = (b) => b.w >= size().w * WHOLE_SHARE && b.h >= size().h * WHOLE_SHARE;
+
+    function place(node, b) {
+      const { w: W, h: H } = size();
+      node.style.left = `${(100 * b.x) / W}%`;
+      node.style.top = `${(100 * b.y) / H}%`;
+      node.style.width = `${(100 * b.w) / W}%`;
+      node.style.height = `${(100 * b.h) / H}%`;
+    }
+
+    /** Fit the photo into the area (up- or down-scaled, never distorted). */
+    function layout() {
+      const { w: W, h: H } = size();
+      if (!W || !H) return;
+      const scale = Math.min(area.clientWidth / W, area.clientHeight / H);
+      stage.style.width = `${Math.max(1, Math.floor(W * scale))}px`;
+      stage.style.height = `${Math.max(1, Math.floor(H * scale))}px`;
+    }
+
+    function drawCrop(shown) {
+      const b = shown || box || whole();
+      place(cropBox, b);
+      place(hole, b);
+      stage.classList.toggle("has-crop", Boolean(shown || box));
+    }
+
+    function drawRegions() {
+      const items = regions
+        .map((region, n) => ({ ...region, n, fitted: fit(region.box) }))
+        .filter((region) => region.fitted)
+        .sort((a, b) => b.fitted.w * b.fitted.h - a.fitted.w * a.fitted.h); // small ones on top
+      regionsLayer.replaceChildren(
+        ...items.map((region) => {
+          const b = region.fitted;
+          const button = el(
+            "button",
+            {
+              type: "button",
+              class: "region",
+              dataset: { box: boxText(b) },
+              "aria-label": `Search this region (${b.w} × ${b.h} pixels at ${b.x}, ${b.y})`,
+              "aria-pressed": boxText(b) === boxText(box) ? "true" : "false",
+              title: `Search this part (best match ${percent(region.score)})`,
+            },
+            el("span", { class: "region-dot", "aria-hidden": "true" }),
+          );
+          place(button, b);
+          return button;
+        }),
+      );
+    }
+
+    function drawHighlight() {
+      const b = highlight && fit(highlight);
+      hitBox.hidden = !b || !ready();
+      if (b) place(hitBox, b);
+    }
+
+    function redraw() {
+      const shown = ready();
+      cropBox.hidden = !shown;
+      regionsLayer.hidden = !shown;
+      if (!shown) {
+        hitBox.hidden = true;
+        return;
+      }
+      layout();
+      drawCrop();
+      drawRegions();
+      drawHighlight();
+    }
+
+    function announce() {
+      cropBox.dataset.box = boxText(box);
+      onChange(box);
+    }
+
+    function setBox(next, { search = false } = {}) {
+      box = next && !isWhole(next) ? next : null;
+      drawCrop();
+      drawRegions();
+      announce();
+      if (search) onSearch(box);
+    }
+
+    // Pointer: a handle resizes; a press inside the box moves it; elsewhere it draws a new one.
+    function pointAt(event) {
+      const rect = stage.getBoundingClientRect();
+      const { w: W, h: H } = size();
+      return {
+        x: clamp(((event.clientX - rect.left) * W) / rect.width, 0, W),
+        y: clamp(((event.clientY - rect.top) * H) / rect.height, 0, H),
+        scale: W / rect.width, // picture pixels per displayed pixel
+      };
+    }
+
+    function fromCorners(ax, ay, bx, by) {
+      const x = Math.round(Math.min(ax, bx));
+      const y = Math.round(Math.min(ay, by));
+      return { x, y, w: Math.round(Math.max(ax, bx)) - x, h: Math.round(Math.max(ay, by)) - y };
+    }
+
+    function dragged(p) {
+      const { w: W, h: H } = size();
+      const s = drag.start;
+      if (drag.mode === "move") {
+        const x = clamp(Math.round(s.x + p.x - drag.origin.x), 0, W - s.w);
+        const y = clamp(Math.round(s.y + p.y - drag.origin.y), 0, H - s.h);
+        return { x, y, w: s.w, h: s.h };
+      }
+      if (drag.mode === "resize") {
+        const fixedX = drag.corner.includes("w") ? s.x + s.w : s.x;
+        const fixedY = drag.corner.includes("n") ? s.y + s.h : s.y;
+        return fromCorners(fixedX, fixedY, p.x, p.y);
+      }
+      return fromCorners(drag.origin.x, drag.origin.y, p.x, p.y);
+    }
+
+    function beginDrag(event) {
+      drag.active = true;
+      stage.setPointerCapture(event.pointerId);
+      stage.classList.add("is-dragging");
+    }
+
+    stage.addEventListener("pointerdown", (event) => {
+      // (a press released outside before it became a drag left `drag` pending: replace it)
+      if (!ready() || drag?.active || (event.pointerType === "mouse" && event.button !== 0)) return;
+      const p = pointAt(event);
+      const corner = event.target.closest(".crop-handle")?.dataset.corner || "";
+      const inside = box && p.x >= box.x && p.x <= box.x + box.w && p.y >= box.y && p.y <= box.y + box.h;
+      drag = {
+        pointerId: event.pointerId,
+        mode: corner ? "resize" : inside ? "move" : "draw",
+        corner,
+        origin: p,
+        client: { x: event.clientX, y: event.clientY },
+        start: box || whole(),
+        current: null,
+        active: false,
+      };
+      if (corner) {
+        event.preventDefault();
+        beginDrag(event);
+      }
+    });
+
+    stage.addEventListener("pointermove", (event) => {
+      if (!drag || event.pointerId !== drag.pointerId) return;
+      if (!drag.active) {
+        const moved = Math.hypot(event.clientX - drag.client.x, event.clientY - drag.client.y);
+        if (moved < DRAG_START_PX) return;
+        beginDrag(event);
+      }
+      event.preventDefault();
+      drag.current = dragged(pointAt(event));
+      drawCrop(drag.current);
+    });
+
+    function endDrag(event, cancelled) {
+      if (!drag || event.pointerId !== drag.pointerId) return;
+      const { active, current } = drag;
+      const minimum = MIN_BOX_PX * pointAt(event).scale;
+      drag = null;
+      stage.classList.remove("is-dragging");
+      if (!active) return; // a click: suggested regions handle it
+      justDragged = true;
+      setTimeout(() => {
+        justDragged = false;
+      }, 0);
+      if (cancelled || !current || current.w < minimum || current.h < minimum) {
+        drawCrop(); // back to where it was
+        return;
+      }
+      setBox(current, { search: true });
+    }
+
+    stage.addEventListener("pointerup", (event) => endDrag(event, false));
+    stage.addEventListener("pointercancel", (event) => endDrag(event, true));
+    stage.addEventListener("lostpointercapture", (event) => {
+      // Touch presses start captured by the touched child; taking the capture over fires this on it.
+      if (event.target === stage) endDrag(event, false);
+    });
+    stage.addEventListener(
+      "click",
+      (event) => {
+        if (justDragged) event.stopPropagation(); // the end of a drag is not a click on a region
+      },
+      true,
+    );
+    regionsLayer.addEventListener("click", (event) => {
+      const button = event.target.closest(".region");
+      if (!button) return;
+      const [x, y, w, h] = button.dataset.box.split(",").map(Number);
+      setBox({ x, y, w, h }, { search: true });
+    });
+
+    // Keyboard: arrows move the box, Shift+arrows resize it, Enter searches, Escape: whole photo.
+    const KEY_STEPS = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
+    cropBox.addEventListener("keydown", (event) => {
+      if (!ready()) return;
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        if (!event.repeat) setBox(box, { search: true });
+        return;
+      }
+      if (event.key === "Escape" && box) {
+        event.preventDefault();
+        setBox(null, { search: true });
+        return;
+      }
+      const step = KEY_STEPS[event.key];
+      if (!step) return;
+      event.preventDefault();
+      const { w: W, h: H } = size();
+      const b = box || whole();
+      const dx = step[0] * Math.max(1, Math.round(W / 40));
+      const dy = step[1] * Math.max(1, Math.round(H / 40));
+      const minimum = Math.max(8, Math.round(MIN_BOX_PX * pointAt(event).scale));
+      const next = event.shiftKey
+        ? { x: b.x, y: b.y, w: clamp(b.w + dx, minimum, W - b.x), h: clamp(b.h + dy, minimum, H - b.y) }
+        : { x: clamp(b.x + dx, 0, W - b.w), y: clamp(b.y + dy, 0, H - b.h), w: b.w, h: b.h };
+      box = next; // kept even when whole-sized, until Enter searches it
+      drawCrop();
+      announce();
+    });
+
+    img.addEventListener("load", () => {
+      stage.hidden = false;
+      missing.hidden = true;
+      area.style.setProperty("--photo-ratio", String(img.naturalWidth / img.naturalHeight));
+      redraw();
+    });
+    img.addEventListener("error", () => {
+      if (!img.getAttribute("src")) return;
+      stage.hidden = true; // the browser cannot show it (TIFF, an address that refuses us): search anyway
+      missing.hidden = false;
+      redraw();
+    });
+    new ResizeObserver(() => redraw()).observe(area);
+
+    return {
+      /** A new picture: no box, no regions. */
+      reset(src) {
+        box = null;
+        regions = [];
+        highlight = null;
+        stage.hidden = false;
+        missing.hidden = true;
+        stage.style.width = "0px";
+        stage.style.height = "0px";
+        img.src = src;
+        redraw(); // shown at once when the browser already has it decoded
+        announce();
+      },
+      /** The chosen box in picture pixels, or null for the whole photo. */
+      get box() {
+        return box && !isWhole(box) ? box : null;
+      },
+      clear() {
+        setBox(null);
+      },
+      setRegions(list) {
+        regions = Array.isArray(list) ? list : [];
+        if (ready()) drawRegions();
+      },
+      setHighlight(list) {
+        highlight = list || null;
+        drawHighlight();
+      },
+      setBusy(on) {
+        stage.classList.toggle("is-searching", on);
+        stage.setAttribute("aria-busy", on ? "true" : "false");
+      },
+    };
+  }
+
   // --- Home: search by image ------------------------------------------------------------
 
   function initHome() {
@@ -176,98 +502,136 @@
     const query = $("#query");
     const preview = $("#query-preview");
     const queryName = $("#query-name");
+    const cropStatus = $("#crop-status");
+    const cropClear = $("#crop-clear");
+    const camera = $("#camera-input");
+    const urlForm = $("#url-form");
+    const urlInput = $("#url-input");
     const section = $("#results-section");
+    const heading = $("#results-heading");
     const list = $("#results");
     const meta = $("#search-meta");
     const loading = $("#search-loading");
     const noResults = $("#no-results");
 
-    let current = null; // the query File
+    let current = null; // the query: {file} or {url}
     let previewUrl = null;
     let controller = null;
 
+    const cropper = createCropper({
+      area: $("#crop-area"),
+      stage: $("#crop-stage"),
+      img: preview,
+      cropBox: $("#crop-box"),
+      hole: $(".crop-hole"),
+      regionsLayer: $("#query-regions"),
+      hitBox: $("#hit-box"),
+      missing: $("#preview-missing"),
+      onSearch: (box) => runSearch({ ...current, box }),
+      onChange: (box) => {
+        cropStatus.textContent = box ? `Selected area: ${box.w} × ${box.h} px` : "Whole photo";
+        cropClear.disabled = !box;
+      },
+    });
+
     function setLoading(on) {
       loading.hidden = !on;
+      meta.hidden = on;
       list.setAttribute("aria-busy", on ? "true" : "false");
       panel.classList.toggle("is-loading", on);
       section.classList.toggle("is-loading", on);
-      if (on) {
-        section.hidden = false;
-        meta.textContent = "";
-      }
+      cropper.setBusy(on);
+      if (on) section.hidden = false;
     }
 
-    function showQuery(file, label) {
-      if (previewUrl) URL.revokeObjectURL(previewUrl);
-      previewUrl = URL.createObjectURL(file);
-      preview.src = previewUrl;
-      preview.alt = `Your query image: ${label || file.name || "pasted image"}`;
-      queryName.textContent = label || file.name || "Pasted image";
+    function showQuery(src, name, label) {
+      cropper.reset(src);
+      preview.alt = `Your query image: ${label || name}`;
+      queryName.textContent = label || name;
       query.hidden = false;
       panel.classList.add("has-query");
     }
 
     function renderResult(result) {
       const title = result.title || `Image ${result.id}`;
+      const badge = tierLabel(result.match, result.explanation);
       const searchButton = el(
         "button",
         {
           type: "button",
           class: "btn btn-small search-this",
           "aria-label": `Search with “${title}”`,
-          onclick: () => searchWithUrl(result.image_url, title),
+          onclick: () => searchWithImageOf(result.image_url, title),
         },
         "Search with this image",
       );
+      const similarity = `Cosine similarity ${Number(result.score).toFixed(3)}`;
       return el(
         "li",
-        { class: "card result", dataset: { id: String(result.id), score: String(result.score) } },
+        {
+          class: `card result${badge ? " is-copy" : ""}`,
+          dataset: { id: String(result.id), score: String(result.score), match: result.match || "similar" },
+        },
         el(
           "a",
           { class: "thumb", href: result.url },
           el("img", { src: result.thumbnail_url, alt: title, loading: "lazy" }),
         ),
-        el("span", { class: "score", title: `Cosine similarity ${Number(result.score).toFixed(3)}` }, percent(result.score)),
+        badge ? el("span", { class: `badge badge-${result.match}` }, badge) : null,
+        el(
+          "span",
+          { class: "score", title: badge ? similarity : `${similarity} · ${result.explanation || "look-alike"}` },
+          percent(result.score),
+        ),
         el(
           "div",
           { class: "card-body" },
           el("a", { class: "card-title", href: result.url }, title),
+          badge && result.explanation ? el("p", { class: "explanation" }, sentence(result.explanation)) : null,
           result.category ? el("span", { class: "tag" }, result.category) : null,
           searchButton,
         ),
       );
     }
 
-    function render(body) {
+    function render(body, box) {
       const results = body.results || [];
       list.replaceChildren(...results.map(renderResult));
       const n = results.length;
+      heading.textContent = n && COPY_MATCHES.has(results[0].match) ? "Matches" : "Similar images";
       meta.textContent = `${n} result${n === 1 ? "" : "s"} · took ${Math.round(body.took_ms)} ms`;
+      const where = box ? " in the selected area" : "";
       noResults.textContent = category.value
-        ? `No similar images in “${category.value}”. Try “All categories”.`
-        : "No similar images found. Is anything indexed yet?";
+        ? `No similar images${where} in “${category.value}”. Try “All categories”.`
+        : `No similar images found${where}. Is anything indexed yet?`;
       noResults.hidden = n > 0;
       section.hidden = false;
+      if (!box) cropper.setRegions(body.regions || []); // the whole photo's suggestions stay while cropping
+      cropper.setHighlight(n ? results[0].box : null);
     }
 
-    async function runSearch() {
-      if (!current) return;
+    /** The one search: a file or an address, optionally only a box of it (picture pixels). */
+    async function runSearch({ file = null, url = null, box = null } = {}) {
+      if (!file && !url) return;
       if (controller) controller.abort();
       const mine = new AbortController();
       controller = mine;
       const form = new FormData();
-      form.append("image", current, current.name || "query.png");
+      if (file) form.append("image", file, file.name || "query.png");
+      else form.append("url", url);
+      if (box) form.append("box", boxText(box));
       if (category.value) form.append("category", category.value);
       showAlert(errorBox, "");
       setLoading(true);
       try {
         const { body } = await requestJSON(searchUrl, { method: "POST", body: form, signal: mine.signal });
-        if (controller === mine) render(body);
+        if (controller === mine) render(body, box);
       } catch (err) {
         if (err.name === "AbortError" || controller !== mine) return;
         list.replaceChildren();
         noResults.hidden = true;
         section.hidden = true;
+        cropper.setHighlight(null);
         showAlert(errorBox, err.message);
       } finally {
         if (controller === mine) {
@@ -283,12 +647,34 @@
         showAlert(errorBox, problem);
         return;
       }
-      current = file;
-      showQuery(file, label);
-      runSearch();
+      if (previewUrl) URL.revokeObjectURL(previewUrl);
+      previewUrl = URL.createObjectURL(file);
+      current = { file };
+      showQuery(previewUrl, file.name || "Pasted image", label);
+      runSearch(current);
     }
 
-    async function searchWithUrl(url, label) {
+    function searchWithAddress(text) {
+      const address = text.trim();
+      let parsed = null;
+      try {
+        parsed = new URL(address);
+      } catch {
+        /* not an address */
+      }
+      if (!parsed || !/^https?:$/.test(parsed.protocol)) {
+        showAlert(errorBox, "Please enter an image address that starts with http:// or https://.");
+        urlInput.focus();
+        return;
+      }
+      const name = decodeURIComponent(parsed.pathname.split("/").pop() || "") || parsed.hostname;
+      current = { url: parsed.href };
+      showQuery(parsed.href, name, `${name} (${parsed.hostname})`);
+      runSearch(current);
+    }
+
+    /** "Search with this image" on a result: its picture, fetched from this server, as a file. */
+    async function searchWithImageOf(url, label) {
       showAlert(errorBox, "");
       setLoading(true);
       try {
@@ -311,13 +697,27 @@
     }
 
     setupDropzone(zone, input, (files) => searchWithFile(files[0]));
-    category.addEventListener("change", runSearch);
+    $("#camera-button").addEventListener("click", () => camera.click());
+    camera.addEventListener("change", () => {
+      const file = camera.files?.[0];
+      if (file) searchWithFile(file);
+      camera.value = "";
+    });
+    urlForm.addEventListener("submit", (event) => {
+      event.preventDefault();
+      searchWithAddress(urlInput.value);
+    });
+    cropClear.addEventListener("click", () => {
+      cropper.clear();
+      runSearch({ ...current, box: null });
+    });
+    category.addEventListener("change", () => runSearch({ ...current, box: cropper.box }));
 
     // /?item=<id>: "search with this image" from an item page.
     const itemId = new URLSearchParams(location.search).get("item");
     if (itemId && /^\d+$/.test(itemId)) {
       requestJSON(`${apiRoot()}images/${itemId}`)
-        .then(({ body }) => searchWithUrl(body.image_url, body.title))
+        .then(({ body }) => searchWithImageOf(body.image_url, body.title))
         .catch((err) => showAlert(errorBox, err.message));
     }
   }

@@ -5,6 +5,7 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image as PILImage
 
 from gallery import embedders, selectors, services
 from gallery.embedders import active_model, default_model, forget_active_model, model_ref
@@ -37,6 +38,13 @@ def test_activation_switches_search_to_the_new_model_and_back(gallery):
     after = selectors.image_search_by_image(query, k=5)
     assert [h.image.category for h in after.hits] == ["green"] * 5
     assert after.hits[0].score != pytest.approx(before.hits[0].score)  # another vector space
+    # Copies are still found by the copy channel (hashes and the default model's vectors),
+    # which the learned model does not replace: a small re-compressed copy of one item.
+    target = gallery[7]
+    with target.file.open("rb") as fh:
+        copy = PILImage.open(fh).convert("RGB").resize((60, 60))
+    found = selectors.image_search_by_image(encode(copy, "JPEG", quality=40), k=5).hits[0]
+    assert found.image.pk == target.pk and found.match == "near_duplicate"
 
     default.refresh_from_db()
     assert not default.is_active

@@ -1,0 +1,219 @@
+"""Finding an item in a real photo, through the API: match tiers on edited product photos,
+the visitor's box and the suggested regions, photos from outside the gallery, and the same
+tiers in upload dedupe, similar items and the duplicates page. A small slice of the shared
+product photos (and CIFAR-10 as backgrounds and outside photos)."""
+
+import io
+import zipfile
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+from PIL import Image as PILImage
+from PIL import ImageDraw, ImageOps
+
+from gallery import selectors, services
+from gallery.models import Image
+from tests.conftest import dataset
+from tests.helpers import embed_and_index
+
+pytestmark = pytest.mark.django_db
+
+COPY = ("exact", "near_duplicate")
+GALLERY_SIZE = 40
+
+
+def _zip_pictures(name: str, start: int, count: int) -> list[tuple[str, bytes]]:
+    with zipfile.ZipFile(dataset(name)) as zf:
+        names = sorted(n for n in zf.namelist() if n.lower().endswith((".jpg", ".jpeg", ".png")))
+        return [(n, zf.read(n)) for n in names[start : start + count]]
+
+
+@pytest.fixture
+def products(clean_index):
+    """40 product photos, indexed in-process; each with its original bytes."""
+    items = []
+    for name, data in _zip_pictures("fashion-products-6k.zip", 0, GALLERY_SIZE):
+        image, _ = services.image_create(data=data, title=name.rsplit("/", 1)[-1], category="products")
+        items.append((image, data))
+    embed_and_index(*(image.pk for image, _ in items))
+    return items
+
+
+def _jpeg(picture: PILImage.Image, quality: int = 90) -> bytes:
+    out = io.BytesIO()
+    picture.convert("RGB").save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def _search(client, data: bytes, **fields):
+    response = client.post("/api/search", {"image": SimpleUploadedFile("q.jpg", data), "k": 10, **fields})
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def _open(data: bytes) -> PILImage.Image:
+    return PILImage.open(io.BytesIO(data)).convert("RGB")
+
+
+def _scene(item: PILImage.Image, share: float) -> tuple[PILImage.Image, tuple[int, int, int, int]]:
+    """The item pasted off-centre into a larger photo (a CIFAR-10 picture, enlarged)."""
+    (_, background), *_ = _zip_pictures("cifar10-jpg.zip", 7, 1)
+    scene = _open(background).resize((800, 600), PILImage.Resampling.BICUBIC)
+    w = round(scene.width * share)
+    h = round(w * item.height / item.width)
+    x, y = scene.width - w - 40, 60
+    scene.paste(item.resize((w, h)), (x, y))
+    return scene, (x, y, w, h)
+
+
+EDITS = {
+    "re-compressed at half size": lambda im: im.resize((im.width // 2, im.height // 2)),
+    "grayscale": lambda im: ImageOps.grayscale(im),
+    "mirrored": lambda im: ImageOps.mirror(im),
+    "off-centre crop": lambda im: im.crop((0, im.height // 8, round(im.width * 0.75), im.height)),
+    "turned 8 degrees": lambda im: im.rotate(8, expand=True, fillcolor=(255, 255, 255)),
+    "banner over it": lambda im: _banner(im),
+}
+
+
+def _banner(im: PILImage.Image) -> PILImage.Image:
+    out = im.copy()
+    ImageDraw.Draw(out).rectangle(
+        (0, out.height - out.height // 6, out.width, out.height), fill=(200, 20, 20)
+    )
+    return out
+
+
+def test_the_same_file_is_labelled_exact(client, products):
+    image, data = products[3]
+    first = _search(client, data)["results"][0]
+    assert first["id"] == image.pk and first["match"] == "exact"
+    assert first["explanation"] == "the same picture" and first["box"] is None
+
+
+def test_an_edited_copy_comes_first_labelled_a_copy_with_words(client, products):
+    for edit in sorted(EDITS):
+        for image, data in (products[5], products[17]):
+            query = _jpeg(EDITS[edit](_open(data)), quality=30 if "compressed" in edit else 85)
+            first = _search(client, query)["results"][0]
+            assert first["id"] == image.pk, edit
+            assert first["match"] in COPY, (edit, first)
+            assert first["explanation"] and first["explanation"] != "similar colours and shape"
+
+
+def test_results_after_the_copies_are_labelled_similar(client, products):
+    _, data = products[9]
+    results = _search(client, _jpeg(_open(data)))["results"]
+    labels = [r["match"] for r in results]
+    assert labels[0] in COPY and "similar" in labels
+    assert labels == sorted(labels, key=lambda m: m not in COPY)  # copies first
+    assert all(r["explanation"] == "similar colours and shape" for r in results if r["match"] == "similar")
+
+
+def test_photos_from_outside_the_gallery_are_never_labelled_copies(client, products):
+    outside = [data for _, data in _zip_pictures("cifar10-jpg.zip", 100, 8)]
+    outside += [data for _, data in _zip_pictures("fashion-products-6k.zip", GALLERY_SIZE, 4)]
+    for data in outside:
+        results = _search(client, data)["results"]
+        assert results, "look-alikes are still shown"
+        assert all(r["match"] == "similar" for r in results), results[0]
+
+
+def test_an_item_inside_a_scene_is_found_with_the_visitors_box_and_suggested_without(client, products):
+    image, data = products[11]
+    scene, (x, y, w, h) = _scene(_open(data), 0.4)
+    query = _jpeg(scene)
+    boxed = _search(client, query, box=f"{x - 10},{y - 10},{w + 20},{h + 20}")
+    assert boxed["results"][0]["id"] == image.pk
+    assert boxed["results"][0]["match"] in COPY
+    whole = _search(client, query)
+    assert image.pk in [r["id"] for r in whole["results"][:5]]
+    item_box = (x, y, w, h)
+    assert any(_iou(region["box"], item_box) >= 0.3 for region in whole["regions"]), whole["regions"]
+    found = next(r for r in whole["results"] if r["id"] == image.pk)
+    if found["box"] is not None:  # a verified copy says where it is, in pixels of the upload
+        assert _iou(found["box"], item_box) >= 0.5
+
+
+def _iou(a, b) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    ix = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    iy = max(0, min(ay + ah, by + bh) - max(ay, by))
+    inter = ix * iy
+    return inter / (aw * ah + bw * bh - inter) if inter else 0.0
+
+
+BAD_BOXES = {
+    "1,2,3": "four numbers",
+    "a,b,c,d": "four numbers",
+    "0,0,0,10": "positive width and height",
+    "0,0,-5,10": "positive width and height",
+    "5000,5000,10,10": "inside the image",
+    "0,0,4,4": "at least 8x8",
+}
+
+
+def test_a_bad_box_gets_a_400_in_words(client, clean_index):
+    data = _zip_pictures("fashion-products-6k.zip", 0, 1)[0][1]
+    for box, words in BAD_BOXES.items():
+        response = client.post("/api/search", {"image": SimpleUploadedFile("q.jpg", data), "box": box})
+        assert response.status_code == 400, box
+        assert words in response.json()["error"], box
+
+
+def test_a_box_is_in_pixels_of_the_upload_even_when_the_query_is_decoded_smaller(client, products):
+    """Queries are decoded at about 1024 px; boxes go both ways in the upload's own pixels."""
+    image, data = products[13]
+    scene, (x, y, w, h) = _scene(_open(data), 0.35)
+    big = scene.resize((scene.width * 3, scene.height * 3))
+    body = _search(client, _jpeg(big), box=f"{3 * x},{3 * y},{3 * w},{3 * h}")
+    assert body["results"][0]["id"] == image.pk
+    for region in body["regions"]:
+        rx, ry, rw, rh = region["box"]
+        assert rx >= 0 and ry >= 0 and rx + rw <= big.width + 1 and ry + rh <= big.height + 1
+
+
+def test_upload_dedupe_similar_items_and_duplicates_page_use_the_tiers(client, admin_client, products):
+    original, data = products[21]
+    copy, created = services.image_create(
+        data=_jpeg(_open(data).resize((200, 266)), quality=40), title="copy", category="products"
+    )
+    assert created
+    embed_and_index(copy.pk)
+    copy.refresh_from_db()
+    assert copy.near_duplicate_of_id == original.pk
+
+    similar = client.get(f"/api/images/{original.pk}/similar").json()["results"]
+    assert similar[0]["id"] == copy.pk and similar[0]["match"] == "near_duplicate"
+    assert all(r["match"] == "similar" for r in similar[1:])
+
+    groups = selectors.near_duplicate_groups()
+    assert [[im.pk for im in g.images] for g in groups] == [[original.pk, copy.pk]]
+    page = admin_client.get(reverse("gallery:duplicates")).content.decode()
+    assert groups[0].explanations[copy.pk] in page
+
+    other = products[22][0]
+    assert Image.objects.get(pk=other.pk).near_duplicate_of_id is None
+
+
+def test_boxes_are_in_pixels_of_the_photo_as_shown_when_it_is_turned_by_exif(client, products):
+    """A phone photo stored on its side with an EXIF orientation: the browser shows it
+    upright, and the visitor's box and the answer's boxes are in those upright pixels."""
+    image, data = products[15]
+    scene, (x, y, w, h) = _scene(_open(data), 0.4)  # 800x600 as shown
+    stored = scene.transpose(PILImage.Transpose.ROTATE_90)  # 600x800 as stored
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: upright again
+    out = io.BytesIO()
+    stored.save(out, "JPEG", quality=90, exif=exif.tobytes())
+    body = _search(client, out.getvalue(), box=f"{x},{y},{w},{h}")
+    assert body["results"][0]["id"] == image.pk
+    whole = _search(client, out.getvalue())
+    for region in whole["regions"]:
+        rx, ry, rw, rh = region["box"]
+        assert rx + rw <= 801 and ry + rh <= 601, region
+    assert any(_iou(region["box"], (x, y, w, h)) >= 0.3 for region in whole["regions"]), whole["regions"]
+    found = next(r for r in whole["results"] if r["id"] == image.pk)
+    assert found["box"] is not None and _iou(found["box"], (x, y, w, h)) >= 0.5
