@@ -35,6 +35,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 import harness as h
+import numpy as np
 from harness import edits
 from PIL import Image
 
@@ -80,7 +81,32 @@ def load_catalogue(args: argparse.Namespace) -> tuple[dict[str, bytes], dict[str
     with zipfile.ZipFile(zip_path) as zf:
         gallery = {n: zf.read(n) for n in names if n not in held}
         negatives = {n: zf.read(n) for n in sorted(held)}
-    return gallery, negatives
+    copies = same_picture_in(negatives, gallery)
+    if copies:
+        h.log(
+            f"{len(copies)} held-back photos are the same picture as a gallery photo (the catalogue lists "
+            "some photos twice): not counted as outside photos."
+        )
+    return gallery, {n: data for n, data in negatives.items() if n not in copies}
+
+
+def same_picture_in(photos: dict[str, bytes], gallery: dict[str, bytes], rmse: float = 12.0) -> set[str]:
+    """The photos that are the same picture as a gallery photo (re-encoded or resized at most):
+    32x32 thumbnails within `rmse` grey levels. Independent of the app's own copy methods."""
+
+    def thumbs(files: dict[str, bytes]) -> np.ndarray:
+        rows = []
+        for data in files.values():
+            with Image.open(io.BytesIO(data)) as im:
+                rows.append(np.asarray(im.convert("RGB").resize((32, 32), Image.Resampling.BOX), np.float32))
+        return np.stack(rows).reshape(len(rows), -1)
+
+    if not photos or not gallery:
+        return set()
+    a, b = thumbs(photos), thumbs(gallery)
+    squared = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+    closest = np.sqrt(np.maximum(squared.min(axis=1), 0) / a.shape[1])
+    return {name for name, d in zip(photos, closest) if d <= rmse}
 
 
 def load_outside(args: argparse.Namespace) -> tuple[list[Image.Image], list[bytes]]:

@@ -68,7 +68,8 @@ def _scene(item: PILImage.Image, share: float) -> tuple[PILImage.Image, tuple[in
 
 
 EDITS = {
-    "re-compressed at half size": lambda im: im.resize((im.width // 2, im.height // 2)),
+    "re-compressed": lambda im: im,
+    "enlarged": lambda im: im.resize((im.width * 3 // 2, im.height * 3 // 2)),
     "grayscale": lambda im: ImageOps.grayscale(im),
     "mirrored": lambda im: ImageOps.mirror(im),
     "off-centre crop": lambda im: im.crop((0, im.height // 8, round(im.width * 0.75), im.height)),

@@ -25,14 +25,18 @@ HASH_BITS = 256
 HASH_BYTES = HASH_BITS // 8
 CHUNKS = 16  # 16-bit chunks: any distance below 32 shares a chunk within one bit
 MAX_RADIUS = 2 * CHUNKS - 1
-HASH_INPUT_SIDE = 512  # PDQ's own first step box-filters to 64x64: a larger input adds nothing
+HASH_INPUT_SIDE = 128  # PDQ's own first step box-filters to 64x64: a larger input adds nothing
 
 
 def _rgb_array(image: Image.Image) -> np.ndarray:
+    """The picture at a fixed `HASH_INPUT_SIDE` square: PDQ box-filters whatever it gets to
+    64x64 itself, so the aspect ratio changes nothing, but its filter on a 60x80 catalogue
+    photo and on the same photo enlarged 3x gave hashes 12-30 bits apart; resampled to one
+    size first (area averaging down, bicubic up), they are a few bits apart."""
     im = image.convert("RGB")
-    if max(im.size) > HASH_INPUT_SIDE:
-        im = im.copy()
-        im.thumbnail((HASH_INPUT_SIDE, HASH_INPUT_SIDE), Image.Resampling.BILINEAR)
+    side = HASH_INPUT_SIDE
+    larger = im.width * im.height >= side * side
+    im = im.resize((side, side), Image.Resampling.BOX if larger else Image.Resampling.BICUBIC)
     return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
 
 

@@ -32,7 +32,15 @@ from ..retrieval.hashes import pdq_dihedral
 from ..retrieval.params import RetrievalParams, retrieval_params
 from ..retrieval.regions import Box
 from ..retrieval.tiers import COPY_TIERS, Decision, Evidence, Match, classify
-from ..retrieval.verify import ITEM_SIDE, Features, Verification, features, query_features, verify
+from ..retrieval.verify import (
+    ITEM_SIDE,
+    Features,
+    Verification,
+    features,
+    mirrored_query_features,
+    query_features,
+    verify,
+)
 
 _readers: dict[str, IndexReader] = {}
 
@@ -261,24 +269,27 @@ def _search_regions(
 
 
 def _verify_best(query: _Query, params: RetrievalParams) -> dict[int, Verification | None]:
+    """Local-feature checks of the best candidates (hash matches first). The query's mirror
+    image is checked only when nothing matched as it is (it costs a second feature pass)."""
     ranked = sorted(
         query.candidates,
         key=lambda label: (query.candidates[label].hash_distance is None, -query.candidates[label].cosine),
     )[: params.verified]
     if not ranked:
         return {}
-    straight, mirrored = query_features(query.picture)
     rows = Image.objects.in_bulk(ranked)
-    results: dict[int, Verification | None] = {}
-    for label in ranked:
-        if label in rows:
-            item = _item_features(label, rows[label].file.name)
-            if item is not None:
-                results[label] = verify(straight, mirrored, item)
+    items = {label: _item_features(label, rows[label].file.name) for label in ranked if label in rows}
+    straight = query_features(query.picture)
+    results = {label: verify(straight, None, item) for label, item in items.items() if item is not None}
+    if not any(v is not None and v.inliers >= params.copies.inliers for v in results.values()):
+        mirrored = mirrored_query_features(query.picture)
+        results = {
+            label: verify(straight, mirrored, item) for label, item in items.items() if item is not None
+        }
     return results
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=1024)
 def _item_features(label: int, file_name: str) -> Features | None:
     """The local features of an item's stored photo (kept per process: the same items come
     back for many queries)."""
