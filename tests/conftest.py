@@ -12,7 +12,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DATASETS = ROOT.parent / "shared" / "datasets"
+# The shared datasets: beside the project, or where TEST_DATASETS_DIR says (a clone elsewhere,
+# e.g. CI's, finds them at the workplace's usual place).
+DATASETS = next(
+    (
+        p
+        for p in (
+            Path(os.environ.get("TEST_DATASETS_DIR", ROOT.parent / "shared" / "datasets")),
+            ROOT.parent / "shared" / "datasets",
+            Path("/work/shared/datasets"),
+        )
+        if p.is_dir()
+    ),
+    ROOT.parent / "shared" / "datasets",
+)
 
 
 @pytest.fixture(autouse=True)
