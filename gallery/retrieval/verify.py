@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -23,6 +24,7 @@ QUERY_SIDE = 512
 ITEM_SIDE = 240
 RATIO = 0.8  # Lowe's ratio test
 INLIER_GRID = 6  # inliers on the same 6x6-pixel cell of the item count once
+AGREEMENT_MIN_INLIERS = 10  # fewer matches never make a copy: the pixel check is skipped
 
 _sift = cv2.SIFT.create(nfeatures=500, contrastThreshold=0.02)
 _matcher = cv2.BFMatcher(cv2.NORM_L2)
@@ -38,6 +40,11 @@ class Features:
 
     def __len__(self) -> int:
         return len(self.points)
+
+    @cached_property
+    def edges(self) -> np.ndarray:
+        """Edge strength of `grey` (computed once: a query is laid over several items)."""
+        return _edges(self.grey)
 
 
 def features(image: Image.Image, side: int) -> Features:
@@ -135,7 +142,8 @@ def verify(query: Features, mirrored: Features | None, item: Features) -> Verifi
         if best is not None and inliers <= best.inliers:
             continue
         best = _describe(h, inliers, flipped, side.size, item.size)
-        best.agreement = agreement(h, side, item)
+        if inliers >= AGREEMENT_MIN_INLIERS:
+            best.agreement = agreement(h, side, item)
     return best
 
 
@@ -155,7 +163,7 @@ def agreement(h: np.ndarray, query: Features, item: Features) -> float:
     inside = cv2.warpPerspective(np.full(item.grey.shape, 255, np.uint8), to_query, (qw, qh)) > 250
     if inside.sum() < 400:
         return 0.0
-    a = _edges(query.grey)[inside]
+    a = query.edges[inside]
     b = _edges(warped)[inside]
     a, b = a - a.mean(), b - b.mean()
     denominator = float(np.sqrt((a * a).sum() * (b * b).sum()))

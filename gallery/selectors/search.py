@@ -174,7 +174,7 @@ def image_search_by_image(data: bytes, *, k: int = 20, category: str = "", box: 
         data,
         max_bytes=settings.UPLOAD_MAX_BYTES,
         max_pixels=settings.UPLOAD_MAX_PIXELS,
-        draft_size=params.query_side,
+        draft_size=None if box else params.query_side,  # a box may be a small part: full detail
     )
     picture = flatten(decoded.image)
     scale = decoded.width / picture.width  # pixels of the upload per pixel of the decoded picture
@@ -185,6 +185,12 @@ def image_search_by_image(data: bytes, *, k: int = 20, category: str = "", box: 
             f"{wanted.x / scale},{wanted.y / scale},{wanted.w / scale},{wanted.h / scale}", picture
         )
         picture = offset.crop(picture)
+    shrink = max(picture.size) / params.query_side  # the pipeline works at about query_side
+    if shrink > 1.25:
+        size = (max(1, round(picture.width / shrink)), max(1, round(picture.height / shrink)))
+        picture = picture.resize(size, PILImage.Resampling.BILINEAR, reducing_gap=2.0)
+    else:
+        shrink = 1.0
     watch.lap("decode")
     same_bytes = (
         None if box else Image.objects.filter(sha256=sha256_of(data)).values_list("pk", flat=True).first()
@@ -192,7 +198,8 @@ def image_search_by_image(data: bytes, *, k: int = 20, category: str = "", box: 
     hits, regions = _search_picture(picture, clamp_k(k), category, params, watch, same_bytes)
 
     def to_upload(b: Box) -> Box:
-        inner = b.within(offset)
+        inner = Box(round(b.x * shrink), round(b.y * shrink), round(b.w * shrink), round(b.h * shrink))
+        inner = inner.within(offset)
         return Box(
             round(inner.x * scale), round(inner.y * scale), round(inner.w * scale), round(inner.h * scale)
         )
@@ -233,8 +240,9 @@ def _search_picture(
         watch.lap("regions")
         verified = _verify_best(query, params)
         watch.lap("verify")
+    grayscale = _is_grayscale(picture)
     decisions = {
-        label: classify(_evidence(c, label, same_bytes, picture, verified.get(label)), params.copies)
+        label: classify(_evidence(c, label, same_bytes, grayscale, verified.get(label)), params.copies)
         for label, c in query.candidates.items()
     }
     hits = _rank(query, decisions, k, category, active, copies_ref)
@@ -304,7 +312,7 @@ def _evidence(
     c: _Candidate,
     label: int,
     same_bytes: int | None,
-    picture: PILImage.Image,
+    grayscale: bool,
     verification: Verification | None,
 ) -> Evidence:
     return Evidence(
@@ -315,7 +323,7 @@ def _evidence(
         hash_variant=c.hash_variant,
         same_aspect=True,
         verification=verification,
-        grayscale_query=_is_grayscale(picture),
+        grayscale_query=grayscale,
     )
 
 
