@@ -17,7 +17,8 @@ class RetrievalParams:
     # Query regions searched besides the whole picture: (share of each side, windows per side).
     grid: tuple[tuple[float, int], ...] = ((0.7, 2), (0.5, 3))
     candidates: int = 30  # neighbours taken from the copy index per query vector
-    verified: int = 6  # best candidates checked with local features when no copy is sure yet
+    verified: int = 6  # best candidates checked with local features when no copy is sure yet,
+    verified_first: int = 3  # ...these before the region search (a copy found stops it)
     sure_hash_distance: int = 16  # a copy found by its hash this close needs no region search
     sure_cosine: float = 0.85  # ...when its vector agrees this much
     regions_shown: int = 5  # suggested regions in an answer

@@ -64,6 +64,18 @@ class Decision:
     strength: float  # orders copies: more evidence first
 
 
+def verified_copy(v: Verification | None, cosine: float, t: CopyThresholds) -> bool:
+    """Local features and pixels say it is this very photo (also used to stop looking)."""
+    return (
+        v is not None
+        and cosine >= t.inlier_cosine
+        and (
+            (v.inliers >= t.inliers and v.agreement >= t.agreement)
+            or (v.inliers >= t.strong_inliers and v.agreement >= t.strong_agreement)
+        )
+    )
+
+
 def classify(evidence: Evidence, thresholds: CopyThresholds) -> Decision:
     e, t = evidence, thresholds
     if e.same_bytes or (
@@ -75,14 +87,7 @@ def classify(evidence: Evidence, thresholds: CopyThresholds) -> Decision:
     ):
         return Decision(Match.EXACT, "the same picture", None, 1000.0)
     v = e.verification
-    verified = (
-        v is not None
-        and e.cosine >= t.inlier_cosine
-        and (
-            (v.inliers >= t.inliers and v.agreement >= t.agreement)
-            or (v.inliers >= t.strong_inliers and v.agreement >= t.strong_agreement)
-        )
-    )
+    verified = verified_copy(v, e.cosine, t)
     contradicted = v is not None and v.agreement < t.hash_agreement
     hashed = (
         e.hash_distance is not None

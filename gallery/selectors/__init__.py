@@ -1,7 +1,8 @@
 """Reads, one module per family; callers use `selectors.<name>`:
 
 - `catalogue`: browsing, categories, single items, training data
-- `search`: search by image, similar items, the per-process index readers
+- `search`: similar items, the per-process index readers, searching one model's vectors
+- `search_by_image`: the retrieval pipeline (copies, regions, verification, tiers)
 - `moderation`: the staff queue, the log, near-duplicate groups
 - `imports`: a bulk import's progress and refused files
 - `model_versions`: look-ups and what the admin shows of a model run
@@ -44,13 +45,13 @@ from .search import (
     SearchHit,
     SearchResult,
     clamp_k,
-    image_search_by_image,
     image_similar,
     image_vector,
     index_reader,
     index_readers_forget,
     search_vector,
 )
+from .search_by_image import image_search_by_image
 
 __all__ = [
     "MODERATION_VIEWS",

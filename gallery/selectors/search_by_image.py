@@ -1,0 +1,327 @@
+"""Search by image: a query goes through the retrieval pipeline (`gallery/retrieval/`):
+1. decode (JPEG drafted to about `query_side`), the visitor's box if any;
+2. the copy model's vector of the whole picture, searched in the copy index, and the
+   picture's PDQ hashes (with mirrors and turns), looked up by Hamming distance;
+3. unless a copy is already sure by its hash: local-feature verification of the best
+   candidates; unless one is a copy, the picture's regions (content box, multi-scale grid),
+   each embedded and searched, and the next candidates verified;
+4. every candidate classified `exact` / `near_duplicate` / `similar` (`retrieval.tiers`);
+   copies first, then look-alikes by the active model's similarity."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+from django.conf import settings
+from django.core.files.storage import default_storage
+from PIL import Image as PILImage
+
+from ..embedders import ModelRef, active_model, copy_model, get_embedder
+from ..imaging import decode_image, flatten, sha256_of
+from ..index import VectorIndex
+from ..models import Image
+from ..retrieval import regions as region_tools
+from ..retrieval.hashes import pdq_dihedral
+from ..retrieval.params import RetrievalParams, retrieval_params
+from ..retrieval.regions import Box
+from ..retrieval.tiers import COPY_TIERS, Decision, Evidence, classify, verified_copy
+from ..retrieval.verify import (
+    ITEM_SIDE,
+    Features,
+    Verification,
+    features,
+    mirrored_query_features,
+    query_features,
+    verify,
+)
+from .search import RegionScore, SearchHit, SearchResult, clamp_k, index_reader, search_vector
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.stages[stage] = round(self.stages.get(stage, 0.0) + (now - self._last) * 1000, 2)
+        self._last = now
+
+
+@dataclass
+class _Candidate:
+    cosine: float = -1.0
+    region: Box | None = None  # None: the whole picture
+    hash_distance: int | None = None
+    hash_variant: int = 0
+
+
+@dataclass
+class _Query:
+    """One search's state: the picture, its copy-model vectors and what they found."""
+
+    picture: PILImage.Image
+    index: VectorIndex
+    vector: np.ndarray
+    hashes: np.ndarray
+    candidates: dict[int, _Candidate] = field(default_factory=dict)
+    regions: list[RegionScore] = field(default_factory=list)
+
+    def found(self, label: int, cosine: float, region: Box | None) -> None:
+        candidate = self.candidates.setdefault(label, _Candidate())
+        if cosine > candidate.cosine:
+            candidate.cosine, candidate.region = cosine, region
+
+
+def image_search_by_image(data: bytes, *, k: int = 20, category: str = "", box: str = "") -> SearchResult:
+    """Raises `ImageRejected` for bad query files, exactly like an upload, and ValueError for
+    a box that does not fit the picture (words a person understands)."""
+    started = time.perf_counter()
+    watch = _Stopwatch()
+    params = retrieval_params()
+    decoded = decode_image(
+        data,
+        max_bytes=settings.UPLOAD_MAX_BYTES,
+        max_pixels=settings.UPLOAD_MAX_PIXELS,
+        draft_size=None if box else params.query_side,  # a box may be a small part: full detail
+    )
+    picture = flatten(decoded.image)
+    scale = decoded.width / picture.width  # pixels of the upload per pixel of the decoded picture
+    offset = Box.whole(picture)
+    if box:
+        wanted = Box.parse(box, PILImage.new("1", (decoded.width, decoded.height)))
+        offset = Box.parse(
+            f"{wanted.x / scale},{wanted.y / scale},{wanted.w / scale},{wanted.h / scale}", picture
+        )
+        picture = offset.crop(picture)
+    shrink = max(picture.size) / params.query_side  # the pipeline works at about query_side
+    if shrink > 1.25:
+        size = (max(1, round(picture.width / shrink)), max(1, round(picture.height / shrink)))
+        picture = picture.resize(size, PILImage.Resampling.BILINEAR, reducing_gap=2.0)
+    else:
+        shrink = 1.0
+    watch.lap("decode")
+    same_bytes = (
+        None if box else Image.objects.filter(sha256=sha256_of(data)).values_list("pk", flat=True).first()
+    )
+    hits, regions = _search_picture(picture, clamp_k(k), category, params, watch, same_bytes)
+
+    def to_upload(b: Box) -> Box:
+        inner = Box(round(b.x * shrink), round(b.y * shrink), round(b.w * shrink), round(b.h * shrink))
+        inner = inner.within(offset)
+        return Box(
+            round(inner.x * scale), round(inner.y * scale), round(inner.w * scale), round(inner.h * scale)
+        )
+
+    for hit in hits:
+        hit.box = to_upload(hit.box) if hit.box else None
+    shown = [RegionScore(to_upload(r.box), r.score) for r in regions]
+    return SearchResult(hits, (time.perf_counter() - started) * 1000, shown, watch.stages)
+
+
+def _search_picture(
+    picture: PILImage.Image,
+    k: int,
+    category: str,
+    params: RetrievalParams,
+    watch: _Stopwatch,
+    same_bytes: int | None,
+) -> tuple[list[SearchHit], list[RegionScore]]:
+    copies_ref, active = copy_model(), active_model()
+    index = index_reader(copies_ref).get()
+    if index is None or len(index) == 0:
+        return [], []
+    embedder = get_embedder(copies_ref)
+    query = _Query(picture, index, embedder.embed([picture])[0], pdq_dihedral(picture)[0])
+    watch.lap("embed")
+    for label, cosine in index.query(query.vector, params.candidates):
+        query.found(label, cosine, None)
+    for match in index.hash_index().within(query.hashes, params.copies.loose_hash_distance):
+        candidate = query.candidates.setdefault(match.label, _Candidate())
+        candidate.hash_distance, candidate.hash_variant = match.distance, match.variant
+        if candidate.cosine < 0:
+            stored = index.vector(match.label)
+            candidate.cosine = float(stored @ query.vector) if stored is not None else 0.0
+    watch.lap("search")
+    verified: dict[int, Verification | None] = {}
+    if not _sure(query, params):
+        # The best whole-picture candidates first: a verified copy needs no region search.
+        checker = _Verifier(query, params)
+        verified = checker.best(params.verified_first)
+        watch.lap("verify")
+        if not any(
+            verified_copy(v, query.candidates[la].cosine, params.copies) for la, v in verified.items()
+        ):
+            _search_regions(query, embedder.embed, params)
+            watch.lap("regions")
+            verified |= checker.best(params.verified - len(verified))
+            watch.lap("verify")
+    grayscale = _is_grayscale(picture)
+    decisions = {
+        label: classify(_evidence(c, label, same_bytes, grayscale, verified.get(label)), params.copies)
+        for label, c in query.candidates.items()
+    }
+    hits = _rank(query, decisions, k, category, active, copies_ref)
+    watch.lap("rank")
+    return hits, _suggested_regions(query, decisions, params)
+
+
+def _sure(query: _Query, params: RetrievalParams) -> bool:
+    """A copy found by its hash, close enough and confirmed by its vector: no need to look
+    for it in parts of the picture."""
+    return any(
+        c.hash_distance is not None
+        and c.hash_distance <= params.sure_hash_distance
+        and c.cosine >= params.sure_cosine
+        for c in query.candidates.values()
+    )
+
+
+def _search_regions(
+    query: _Query, embed: Callable[[list[PILImage.Image]], np.ndarray], params: RetrievalParams
+) -> None:
+    boxes = region_tools.proposals(query.picture, scales=params.grid)
+    if not boxes:
+        return
+    vectors = embed([b.crop(query.picture) for b in boxes])
+    for box, vector in zip(boxes, vectors):
+        found = query.index.query(vector, max(5, params.candidates // 3))
+        for label, cosine in found:
+            query.found(label, cosine, box)
+        if found:
+            query.regions.append(RegionScore(box, found[0][1]))
+
+
+class _Verifier:
+    """Local-feature checks of a query's best candidates not checked yet (hash matches first).
+    The query's mirror image is checked only when nothing matched as it is (a second pass)."""
+
+    def __init__(self, query: _Query, params: RetrievalParams) -> None:
+        self.query, self.params = query, params
+        self.done: dict[int, Verification | None] = {}
+        self._straight: Features | None = None
+        self._mirrored: Features | None = None
+
+    def best(self, count: int) -> dict[int, Verification | None]:
+        candidates = self.query.candidates
+        ranked = sorted(
+            (label for label in candidates if label not in self.done),
+            key=lambda label: (candidates[label].hash_distance is None, -candidates[label].cosine),
+        )[: max(0, count)]
+        if not ranked:
+            return {}
+        rows = Image.objects.in_bulk(ranked)
+        items = {label: _item_features(label, rows[label].file.name) for label in ranked if label in rows}
+        if self._straight is None:
+            self._straight = query_features(self.query.picture)
+        found = {label: verify(self._straight, self._mirrored, f) for label, f in items.items() if f}
+        if self._mirrored is None and not any(
+            v is not None and v.inliers >= self.params.copies.inliers for v in found.values()
+        ):
+            self._mirrored = mirrored_query_features(self.query.picture)
+            found = {label: verify(self._straight, self._mirrored, f) for label, f in items.items() if f}
+        self.done |= found
+        return found
+
+
+@lru_cache(maxsize=1024)
+def _item_features(label: int, file_name: str) -> Features | None:
+    """The local features of an item's stored photo (kept per process: the same items come
+    back for many queries)."""
+    try:
+        with default_storage.open(file_name) as fh, PILImage.open(fh) as im:
+            return features(flatten(im.convert("RGBA" if im.mode == "RGBA" else "RGB")), ITEM_SIDE)
+    except (OSError, ValueError):
+        return None
+
+
+def _evidence(
+    c: _Candidate,
+    label: int,
+    same_bytes: int | None,
+    grayscale: bool,
+    verification: Verification | None,
+) -> Evidence:
+    return Evidence(
+        cosine=c.cosine,
+        region=c.region,
+        same_bytes=label == same_bytes,
+        hash_distance=c.hash_distance,
+        hash_variant=c.hash_variant,
+        same_aspect=True,
+        verification=verification,
+        grayscale_query=grayscale,
+    )
+
+
+def _is_grayscale(picture: PILImage.Image) -> bool:
+    small = np.asarray(picture.convert("RGB").resize((32, 32)), dtype=np.int16)
+    return bool(np.abs(small - small.mean(axis=2, keepdims=True)).mean() < 2.0)
+
+
+def _rank(
+    query: _Query,
+    decisions: dict[int, Decision],
+    k: int,
+    category: str,
+    active: ModelRef,
+    copies_ref: ModelRef,
+) -> list[SearchHit]:
+    """Copies first (most evidence first), then look-alikes: by the active model's
+    similarity when it is another model, else by the copy model's best region."""
+    copies = sorted(
+        (label for label, d in decisions.items() if d.match in COPY_TIERS),
+        key=lambda la: -decisions[la].strength,
+    )
+    if active.name == copies_ref.name:
+        alike = sorted(
+            (label for label, d in decisions.items() if d.match not in COPY_TIERS),
+            key=lambda la: -query.candidates[la].cosine,
+        )
+        scores = {label: query.candidates[label].cosine for label in decisions}
+    else:
+        semantic = get_embedder(active).embed([query.picture])[0]
+        alike_hits = search_vector(semantic, k + len(copies), category=category, ref=active)
+        alike = [h.image.pk for h in alike_hits]
+        scores = {label: query.candidates[label].cosine for label in copies} | {
+            h.image.pk: h.score for h in alike_hits
+        }
+    order = list(dict.fromkeys(copies + alike))
+    rows = Image.objects.searchable().filter(category=category) if category else Image.objects.searchable()
+    found = rows.in_bulk(order)
+    hits = []
+    for label in order:
+        if label not in found:
+            continue
+        decision = decisions.get(label)
+        hit = SearchHit(found[label], max(-1.0, min(1.0, scores.get(label, 0.0))))
+        if decision is not None:
+            hit.match, hit.explanation, hit.box = decision.match.value, decision.explanation, decision.box
+        hits.append(hit)
+        if len(hits) == k:
+            break
+    return hits
+
+
+def _suggested_regions(
+    query: _Query, decisions: dict[int, Decision], params: RetrievalParams
+) -> list[RegionScore]:
+    """Where the items may be: verified copies' outlines, then the best regions searched,
+    without overlapping ones."""
+    candidates = [
+        RegionScore(d.box, query.candidates[label].cosine)
+        for label, d in decisions.items()
+        if d.box is not None
+    ]
+    candidates += sorted(query.regions, key=lambda r: -r.score)
+    chosen: list[RegionScore] = []
+    for region in candidates:
+        if all(region.box.iou(other.box) < 0.5 for other in chosen):
+            chosen.append(region)
+        if len(chosen) == params.regions_shown:
+            break
+    return chosen
