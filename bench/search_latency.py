@@ -288,7 +288,7 @@ def measure(app: h.BenchApp, query: bytes, *, clients: int, requests: int, warmu
         elapsed = time.perf_counter() - t0
         if not body["results"]:
             raise h.ApiError("no results")
-        return elapsed, body["took_ms"]
+        return elapsed, body["took_ms"], body.get("stages_ms", {})
 
     try:
         h.run_concurrent(clients, max(warmup, clients), one)  # warm-up: opens every connection
@@ -307,6 +307,11 @@ def measure(app: h.BenchApp, query: bytes, *, clients: int, requests: int, warmu
         "latency": h.summarize_ms([r[0] for r in ok]),
         "server_took": h.summarize_ms([r[1] / 1000 for r in ok]),
     }
+    stages: dict[str, float] = {}
+    for r in ok:
+        for stage, ms in r[2].items():
+            stages[stage] = stages.get(stage, 0.0) + ms / len(ok)
+    figures["stages_mean_ms"] = {stage: round(ms, 2) for stage, ms in stages.items()}
     if errors:
         figures["first_error"] = repr(errors[0])[:300]
     return figures
@@ -329,6 +334,11 @@ def run_levels(app, query, args, label: str) -> dict:
             f"  {f['throughput_rps']:.1f} req/s, errors {f['errors']}; client {h.fmt_summary(f['latency'])}"
         )
         h.log(f"  server took_ms: {h.fmt_summary(f['server_took'])}")
+        total = sum(f["stages_mean_ms"].values()) or 1.0
+        h.log(
+            "  stages (mean ms, share): "
+            + ", ".join(f"{s} {ms:.1f} ({ms / total:.0%})" for s, ms in f["stages_mean_ms"].items())
+        )
     return levels
 
 

@@ -97,6 +97,7 @@ def results_payload(request: HttpRequest, result: selectors.SearchResult) -> dic
         ],
         "regions": [{"box": r.box.as_list(), "score": round(r.score, 4)} for r in result.regions],
         "took_ms": round(result.took_ms, 2),
+        "stages_ms": result.stages_ms,
     }
 
 

@@ -32,6 +32,7 @@ class SearchOut(Schema):
     results: list[SearchHitOut]
     regions: list[RegionOut] = []  # where items may be in the query (suggested boxes)
     took_ms: float
+    stages_ms: dict[str, float] = {}  # where the time went: decode, embed, search, verify, regions, rank
 
 
 class ImageCreatedOut(Schema):
