@@ -357,10 +357,10 @@ def with_metric_model(app: h.BenchApp, args, queries, same, negatives, outside_p
     h.log(f"\nTraining a metric model for {args.metric_minutes} minutes on the gallery's categories ...")
     started = time.perf_counter()
     out = app.run_manage(
-        "train_model", "--kind", "metric", "--minutes", str(args.metric_minutes), "--name", "bench-metric"
+        ["train_model", "--kind", "metric", "--minutes", str(args.metric_minutes), "--name", "bench-metric"]
     )
     h.log(out.strip().splitlines()[-1] if out.strip() else "(no output)")
-    app.run_manage("activate_model", "bench-metric")
+    app.run_manage(["activate_model", "bench-metric"])
     h.log(f"Trained and activated in {time.perf_counter() - started:.0f} s.")
     for q in queries:
         for key in ("rank", "first_match", "first_explanation", "took_ms", "region_found", "box_rank"):
