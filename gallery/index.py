@@ -240,16 +240,18 @@ class VectorIndex:
         """The live items' perceptual hashes, searchable by Hamming distance (built once per
         loaded version)."""
         if self._hash_index is None:
-            labels = np.array(sorted(self._hashes), dtype=np.int64)
-            codes = np.frombuffer(b"".join(self._hashes[int(label)] for label in labels), dtype=np.uint8)
-            self._hash_index = HashIndex(labels, codes.reshape(len(labels), HASH_BYTES))
+            self._hash_index = HashIndex(*self._hash_arrays())
         return self._hash_index
 
-    def _write_hashes(self, path: Path) -> None:
+    def _hash_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         labels = np.array(sorted(self._hashes), dtype=np.int64)
         codes = np.frombuffer(b"".join(self._hashes[int(label)] for label in labels), dtype=np.uint8)
+        return labels, codes.reshape(len(labels), HASH_BYTES)
+
+    def _write_hashes(self, path: Path) -> None:
+        labels, codes = self._hash_arrays()
         with open(path, "wb") as fh:
-            np.savez(fh, labels=labels, codes=codes.reshape(len(labels), HASH_BYTES))
+            np.savez(fh, labels=labels, codes=codes)
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ counted exactly. Each chunk's table is a sorted array searched with `np.searchso
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pdqhash
@@ -90,6 +91,11 @@ class HashIndex:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @cached_property
+    def _rows(self) -> dict[int, int]:
+        """label -> row (built once: uploads ask for one item's distance each)."""
+        return {int(label): row for row, label in enumerate(self.labels)}
+
     def _candidates(self, query: np.ndarray) -> np.ndarray:
         """Rows whose chunk equals one of the query chunk's 17 variants, for any chunk."""
         wanted = _chunks(query.reshape(1, HASH_BYTES))[0][:, None] ^ _FLIPS[None, :]  # 16 x 17
@@ -123,8 +129,7 @@ class HashIndex:
     def distance_to(self, labels: list[int], queries: np.ndarray) -> dict[int, int]:
         """The smallest distance of the given items' hashes to any of the query hashes (the
         items this index does not hold are left out)."""
-        position = {int(label): row for row, label in enumerate(self.labels)}
-        rows = [position[label] for label in labels if label in position]
+        rows = [self._rows[label] for label in labels if label in self._rows]
         if not rows:
             return {}
         codes = self.codes[rows]

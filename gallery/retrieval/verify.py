@@ -119,9 +119,9 @@ def _polygon_area(points: np.ndarray) -> float:
     return float(abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2)
 
 
-def verify(query: Features, mirrored: Features | None, item: Features) -> Verification | None:
-    """The best consistent geometric match of the item's photo in the query (or its mirror,
-    when its features are given)."""
+def verify(query: Features | None, mirrored: Features | None, item: Features) -> Verification | None:
+    """The best consistent geometric match of the item's photo in the query and its mirror
+    (each when its features are given)."""
     best: Verification | None = None
     for flipped, side in ((False, query), (True, mirrored)):
         if side is None:

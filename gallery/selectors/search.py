@@ -128,9 +128,10 @@ def image_similar(image: Image, *, k: int = 20) -> SearchResult:
     if index is not None and image.pdq is not None and copy_vector is not None:
         own = np.frombuffer(bytes(image.pdq), dtype=np.uint8)
         matches = index.hash_index().within(own, params.copies.loose_hash_distance)
+        distances = {m.label: m.distance for m in matches}
         for hit in hits:
             stored = index.vector(hit.image.pk)
-            distance = next((m.distance for m in matches if m.label == hit.image.pk), None)
+            distance = distances.get(hit.image.pk)
             cosine = float(stored @ copy_vector) if stored is not None else hit.score
             decision = classify(Evidence(cosine=cosine, hash_distance=distance), params.copies)
             hit.match, hit.explanation = decision.match.value, decision.explanation

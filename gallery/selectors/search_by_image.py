@@ -223,7 +223,11 @@ class _Verifier:
             v is not None and v.inliers >= self.params.copies.inliers for v in found.values()
         ):
             self._mirrored = mirrored_query_features(self.query.picture)
-            found = {label: verify(self._straight, self._mirrored, f) for label, f in items.items() if f}
+            for label, f in items.items():  # the mirror only: the straight pass is done
+                flipped = verify(None, self._mirrored, f) if f else None
+                straight = found.get(label)
+                if flipped is not None and (straight is None or flipped.inliers > straight.inliers):
+                    found[label] = flipped
         self.done |= found
         return found
 
