@@ -103,6 +103,21 @@ def test_an_edited_copy_comes_first_labelled_a_copy_with_words(client, products)
             assert first["explanation"] and first["explanation"] != "similar colours and shape"
 
 
+def test_a_tiny_low_quality_thumbnail_and_a_sticker_over_the_photo_still_find_it_first(client, products):
+    """Beyond the hash lookup's radius: the item whose hash is by far the nearest leads."""
+    for image, data in (products[5], products[17], products[23]):
+        picture = _open(data)
+        tiny = picture.resize((picture.width // 3, picture.height // 3), PILImage.Resampling.BILINEAR)
+        assert _search(client, _jpeg(tiny, quality=30))["results"][0]["id"] == image.pk
+        big = picture.resize((picture.width * 4, picture.height * 4), PILImage.Resampling.BICUBIC)
+        draw = ImageDraw.Draw(big)
+        radius = big.width // 5
+        draw.ellipse(
+            (40, 60, 40 + 2 * radius, 60 + 2 * radius), fill=(255, 205, 0), outline=(0, 0, 0), width=3
+        )
+        assert _search(client, _jpeg(big))["results"][0]["id"] == image.pk
+
+
 def test_results_after_the_copies_are_labelled_similar(client, products):
     _, data = products[9]
     results = _search(client, _jpeg(_open(data)))["results"]

@@ -83,7 +83,9 @@ class HashIndex:
 
     def __init__(self, labels: np.ndarray, codes: np.ndarray) -> None:
         self.labels = np.asarray(labels, dtype=np.int64)
-        self.codes = np.asarray(codes, dtype=np.uint8).reshape(len(self.labels), HASH_BYTES)
+        self.codes = np.ascontiguousarray(
+            np.asarray(codes, dtype=np.uint8).reshape(len(self.labels), HASH_BYTES)
+        )
         chunks = _chunks(self.codes)
         self._order = np.argsort(chunks, axis=0, kind="stable").T  # per chunk: rows by chunk value
         self._sorted = np.take_along_axis(chunks, self._order.T, axis=0).T
@@ -107,6 +109,28 @@ class HashIndex:
             for start, stop in zip(left[left < right], right[left < right]):
                 rows.append(self._order[chunk, start:stop])
         return np.unique(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
+
+    @cached_property
+    def _words(self) -> list[np.ndarray]:
+        """The codes as four contiguous columns of 64-bit words (built once): a scan of one
+        column at a time runs at memory speed (about 16 ms for a million items here)."""
+        words = self.codes.view(np.uint64)
+        return [np.ascontiguousarray(words[:, i]) for i in range(HASH_BYTES // 8)]
+
+    def nearest(self, query: np.ndarray, count: int) -> list[HashMatch]:
+        """The `count` items nearest to one query hash (32 uint8) at any distance, nearest
+        first: an exact scan, for copies too changed for `within`'s radius (a tiny thumbnail,
+        a sticker over the photo)."""
+        if not len(self) or count <= 0:
+            return []
+        words = np.ascontiguousarray(np.asarray(query, dtype=np.uint8).reshape(HASH_BYTES)).view(np.uint64)
+        distances = np.bitwise_count(self._words[0] ^ words[0]).astype(np.uint16)
+        for column, word in zip(self._words[1:], words[1:]):
+            distances += np.bitwise_count(column ^ word)
+        count = min(count, len(self))
+        rows = np.argpartition(distances, count - 1)[:count]
+        rows = rows[np.lexsort((self.labels[rows], distances[rows]))]
+        return [HashMatch(int(self.labels[row]), int(distances[row]), 0) for row in rows]
 
     def within(self, queries: np.ndarray, radius: int) -> list[HashMatch]:
         """Every item within `radius` (< 32) of any of the query hashes (k x 32 uint8), each

@@ -22,6 +22,9 @@ class RetrievalParams:
     sure_hash_distance: int = 16  # a copy found by its hash this close needs no region search
     sure_cosine: float = 0.85  # ...when its vector agrees this much
     regions_shown: int = 5  # suggested regions in an answer
+    # With a learned model serving similarity, the copy model's closest look-alike still comes
+    # first when its evidence (cosine, plus the nearest-hash bonus) reaches this.
+    lead_cosine: float = 0.9
     # Queries are decoded (JPEG: drafted) to about this size: local features use 512 pixels,
     # region crops are embedded at 128, the hash at 128; more only costs decoding and resizing.
     query_side: int = 512

@@ -40,6 +40,16 @@ class CopyThresholds:
     strong_agreement: float = 0.25  # (overlays, stickers and text hide part of the pixels)
     inlier_cosine: float = 0.55  # ...and the copy model's vectors agree at least this much
     hash_agreement: float = 0.0  # a hash match whose laid-over pixels disagree more is not a copy
+    # The nearest hash at any distance (tiny thumbnails, stickers), looked at up to this far,
+    # is ranked first among look-alikes (its cosine + the bonus) when this much nearer than
+    # the next item's hash, and is a copy when nearer still, with a margin and its vector's
+    # agreement (set on edited copies and outside photos of another seed than the bench's).
+    nearest_hash_distance: int = 72
+    nearest_hash_gap: int = 10
+    nearest_hash_bonus: float = 0.1
+    nearest_copy_distance: int = 60
+    nearest_copy_gap: int = 24
+    nearest_copy_cosine: float = 0.8  # and its vector agrees this much
 
 
 @dataclass
@@ -51,6 +61,7 @@ class Evidence:
     same_bytes: bool = False
     hash_distance: int | None = None  # PDQ bits apart (smallest over the query's variants)
     hash_variant: int = 0  # which variant matched: 0 as is, 1-3 turned, 4-7 mirrored
+    hash_gap: int = 0  # bits nearer than any other item's hash (0: not the nearest)
     same_aspect: bool = False
     verification: Verification | None = None
     grayscale_query: bool = False
@@ -95,6 +106,11 @@ def classify(evidence: Evidence, thresholds: CopyThresholds) -> Decision:
         and (
             (e.hash_distance <= t.hash_distance and e.cosine >= t.hash_cosine)
             or (e.hash_distance <= t.loose_hash_distance and e.cosine >= t.loose_hash_cosine)
+            or (
+                e.hash_distance <= t.nearest_copy_distance
+                and e.hash_gap >= t.nearest_copy_gap
+                and e.cosine >= t.nearest_copy_cosine
+            )
         )
     )
     if verified and v is not None:
@@ -104,7 +120,13 @@ def classify(evidence: Evidence, thresholds: CopyThresholds) -> Decision:
         return Decision(
             Match.NEAR_DUPLICATE, _photometric_explanation(e), e.region, 100.0 + 64 - e.hash_distance
         )
-    return Decision(Match.SIMILAR, "similar colours and shape", e.region, e.cosine)
+    distinct = (
+        e.hash_distance is not None
+        and e.hash_distance <= t.nearest_hash_distance
+        and e.hash_gap >= t.nearest_hash_gap
+    )
+    strength = e.cosine + (t.nearest_hash_bonus if distinct else 0.0)
+    return Decision(Match.SIMILAR, "similar colours and shape", e.region, strength)
 
 
 def _geometric_explanation(v: Verification, e: Evidence) -> str:
@@ -130,4 +152,6 @@ def _photometric_explanation(e: Evidence) -> str:
         return "this photo in black and white"
     if e.hash_distance is not None and e.hash_distance <= 12:
         return "the same photo, re-compressed or resized"
+    if e.hash_distance is not None and e.hash_distance > 28:
+        return "a small or much-changed copy of this photo"
     return "this photo, edited (colours, text or marks over it)"

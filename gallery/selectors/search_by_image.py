@@ -25,15 +25,15 @@ from ..imaging import decode_image, flatten, sha256_of
 from ..index import VectorIndex
 from ..models import Image
 from ..retrieval import regions as region_tools
-from ..retrieval.hashes import pdq_dihedral
+from ..retrieval.hashes import HASH_BITS, pdq_dihedral
 from ..retrieval.params import RetrievalParams, retrieval_params
 from ..retrieval.regions import Box
 from ..retrieval.tiers import COPY_TIERS, Decision, Evidence, classify, verified_copy
 from ..retrieval.verify import (
-    ITEM_SIDE,
+    Detector,
     Features,
     Verification,
-    features,
+    item_features,
     mirrored_query_features,
     query_features,
     verify,
@@ -58,6 +58,7 @@ class _Candidate:
     region: Box | None = None  # None: the whole picture
     hash_distance: int | None = None
     hash_variant: int = 0
+    hash_gap: int = 0  # bits closer than any other item (set for the nearest hash only)
 
 
 @dataclass
@@ -146,6 +147,7 @@ def _search_picture(
         if candidate.cosine < 0:
             stored = index.vector(match.label)
             candidate.cosine = float(stored @ query.vector) if stored is not None else 0.0
+    _nearest_hash(query, params)
     watch.lap("search")
     verified: dict[int, Verification | None] = {}
     if not _sure(query, params):
@@ -165,9 +167,27 @@ def _search_picture(
         label: classify(_evidence(c, label, same_bytes, grayscale, verified.get(label)), params.copies)
         for label, c in query.candidates.items()
     }
-    hits = _rank(query, decisions, k, category, active, copies_ref)
+    hits = _rank(query, decisions, k, category, active, copies_ref, params)
     watch.lap("rank")
     return hits, _suggested_regions(query, decisions, params)
+
+
+def _nearest_hash(query: _Query, params: RetrievalParams) -> None:
+    """The item whose hash is nearest to the picture's, at any distance, with how much nearer
+    it is than the next one: a copy too changed for the radius lookup (a tiny thumbnail, a
+    sticker over the photo) is still far nearer than everything else."""
+    nearest = query.index.hash_index().nearest(query.hashes[0], 2)
+    if not nearest or nearest[0].distance > params.copies.nearest_hash_distance:
+        return
+    first = nearest[0]
+    gap = nearest[1].distance - first.distance if len(nearest) > 1 else HASH_BITS
+    candidate = query.candidates.setdefault(first.label, _Candidate())
+    if candidate.hash_distance is None or first.distance < candidate.hash_distance:
+        candidate.hash_distance, candidate.hash_variant = first.distance, 0
+    candidate.hash_gap = gap
+    if candidate.cosine < 0:
+        stored = query.index.vector(first.label)
+        candidate.cosine = float(stored @ query.vector) if stored is not None else 0.0
 
 
 def _sure(query: _Query, params: RetrievalParams) -> bool:
@@ -196,49 +216,84 @@ def _search_regions(
             query.regions.append(RegionScore(box, found[0][1]))
 
 
+# (detector, on the query's mirror image), cheapest first; the checks stop at a copy.
+_PASSES = ((Detector.ORB, False), (Detector.SIFT, False), (Detector.ORB, True), (Detector.SIFT, True))
+
+
 class _Verifier:
-    """Local-feature checks of a query's best candidates not checked yet (hash matches first).
-    The query's mirror image is checked only when nothing matched as it is (a second pass)."""
+    """Local-feature checks of a query's best candidates not checked yet (hash matches first),
+    cheapest first: ORB, then SIFT only when ORB verified no copy; the query's mirror image
+    by ORB, and by SIFT only when nothing matched as it is (ORB finds a symmetric item's
+    mirror image consistent with itself at times). Each query's features are computed once."""
 
     def __init__(self, query: _Query, params: RetrievalParams) -> None:
         self.query, self.params = query, params
         self.done: dict[int, Verification | None] = {}
-        self._straight: Features | None = None
-        self._mirrored: Features | None = None
+        self._features: dict[tuple[Detector, bool], Features] = {}
+        self._matched_as_is = False
+
+    def _hash_matched(self, c: _Candidate) -> bool:
+        t = self.params.copies
+        return c.hash_distance is not None and (
+            c.hash_distance <= t.loose_hash_distance or c.hash_gap >= t.nearest_hash_gap
+        )
+
+    def _query_features(self, detector: Detector, mirrored: bool) -> Features:
+        key = (detector, mirrored)
+        if key not in self._features:
+            make = mirrored_query_features if mirrored else query_features
+            self._features[key] = make(self.query.picture, detector)
+        return self._features[key]
+
+    def _copy_among(self, found: dict[int, Verification | None]) -> bool:
+        candidates = self.query.candidates
+        return any(verified_copy(v, candidates[la].cosine, self.params.copies) for la, v in found.items())
 
     def best(self, count: int) -> dict[int, Verification | None]:
         candidates = self.query.candidates
         ranked = sorted(
             (label for label in candidates if label not in self.done),
-            key=lambda label: (candidates[label].hash_distance is None, -candidates[label].cosine),
+            key=lambda label: (not self._hash_matched(candidates[label]), -candidates[label].cosine),
         )[: max(0, count)]
         if not ranked:
             return {}
         rows = Image.objects.in_bulk(ranked)
-        items = {label: _item_features(label, rows[label].file.name) for label in ranked if label in rows}
-        if self._straight is None:
-            self._straight = query_features(self.query.picture)
-        found = {label: verify(self._straight, self._mirrored, f) for label, f in items.items() if f}
-        if self._mirrored is None and not any(
-            v is not None and v.inliers >= self.params.copies.inliers for v in found.values()
-        ):
-            self._mirrored = mirrored_query_features(self.query.picture)
-            for label, f in items.items():  # the mirror only: the straight pass is done
-                flipped = verify(None, self._mirrored, f) if f else None
-                straight = found.get(label)
-                if flipped is not None and (straight is None or flipped.inliers > straight.inliers):
-                    found[label] = flipped
+        names = {label: rows[label].file.name for label in ranked if label in rows}
+        found: dict[int, Verification | None] = dict.fromkeys(names)
+        for detector, mirrored in _PASSES:
+            if mirrored and detector is Detector.SIFT and self._matched_as_is:
+                break  # something matched as it is: the costly mirror pass is not needed
+            query = self._query_features(detector, mirrored)
+            for label, name in names.items():
+                item = _item_features(label, name, detector)
+                if item is None:
+                    continue
+                v = verify(None, query, item) if mirrored else verify(query, None, item)
+                if v is not None and not mirrored and v.inliers >= self.params.copies.inliers:
+                    self._matched_as_is = True
+                if v is not None and _better(v, found[label], candidates[label].cosine, self.params):
+                    found[label] = v
+            if self._copy_among(found):
+                break
         self.done |= found
         return found
 
 
-@lru_cache(maxsize=1024)
-def _item_features(label: int, file_name: str) -> Features | None:
+def _better(v: Verification, than: Verification | None, cosine: float, params: RetrievalParams) -> bool:
+    """A verification that makes a copy beats one that does not; else more inliers win."""
+    if than is None:
+        return True
+    makes, made = (verified_copy(x, cosine, params.copies) for x in (v, than))
+    return makes > made or (makes == made and v.inliers > than.inliers)
+
+
+@lru_cache(maxsize=2048)
+def _item_features(label: int, file_name: str, detector: Detector) -> Features | None:
     """The local features of an item's stored photo (kept per process: the same items come
     back for many queries)."""
     try:
         with default_storage.open(file_name) as fh, PILImage.open(fh) as im:
-            return features(flatten(im.convert("RGBA" if im.mode == "RGBA" else "RGB")), ITEM_SIDE)
+            return item_features(flatten(im.convert("RGBA" if im.mode == "RGBA" else "RGB")), detector)
     except (OSError, ValueError):
         return None
 
@@ -256,6 +311,7 @@ def _evidence(
         same_bytes=label == same_bytes,
         hash_distance=c.hash_distance,
         hash_variant=c.hash_variant,
+        hash_gap=c.hash_gap,
         same_aspect=True,
         verification=verification,
         grayscale_query=grayscale,
@@ -274,24 +330,29 @@ def _rank(
     category: str,
     active: ModelRef,
     copies_ref: ModelRef,
+    params: RetrievalParams,
 ) -> list[SearchHit]:
-    """Copies first (most evidence first), then look-alikes: by the active model's
-    similarity when it is another model, else by the copy model's best region."""
+    """Copies first (most evidence first), then look-alikes: by the copy model's evidence
+    when it is the active model; else by the active model's similarity, led by the copy
+    model's closest look-alike when it is very close (a copy too changed to be labelled one
+    is still found first, whichever model serves similarity)."""
     copies = sorted(
         (label for label, d in decisions.items() if d.match in COPY_TIERS),
         key=lambda la: -decisions[la].strength,
     )
+    closest = sorted(
+        (label for label, d in decisions.items() if d.match not in COPY_TIERS),
+        key=lambda la: -decisions[la].strength,
+    )
     if active.name == copies_ref.name:
-        alike = sorted(
-            (label for label, d in decisions.items() if d.match not in COPY_TIERS),
-            key=lambda la: -query.candidates[la].cosine,
-        )
+        alike = closest
         scores = {label: query.candidates[label].cosine for label in decisions}
     else:
         semantic = get_embedder(active).embed([query.picture])[0]
         alike_hits = search_vector(semantic, k + len(copies), category=category, ref=active)
-        alike = [h.image.pk for h in alike_hits]
-        scores = {label: query.candidates[label].cosine for label in copies} | {
+        lead = closest[:1] if closest and decisions[closest[0]].strength >= params.lead_cosine else []
+        alike = lead + [h.image.pk for h in alike_hits]
+        scores = {label: query.candidates[label].cosine for label in copies + lead} | {
             h.image.pk: h.score for h in alike_hits
         }
     order = list(dict.fromkeys(copies + alike))

@@ -1,0 +1,58 @@
+"""The retrieval pipeline's parts on their own: the hash index's exact nearest-hash scan and
+both local-feature detectors' verification of a copy (real product photos)."""
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from gallery.retrieval.hashes import HashIndex, hamming, pdq_hash
+from gallery.retrieval.verify import Detector, item_features, query_features, verify
+from tests.conftest import dataset
+
+
+def _products(count: int) -> list[PILImage.Image]:
+    with zipfile.ZipFile(dataset("fashion-products-6k.zip")) as zf:
+        names = sorted(n for n in zf.namelist() if n.endswith(".jpg"))[:count]
+        return [PILImage.open(io.BytesIO(zf.read(n))).convert("RGB") for n in names]
+
+
+def test_nearest_hashes_are_those_of_an_exhaustive_count():
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 256, (5000, 32), dtype=np.uint8)
+    index = HashIndex(np.arange(5000) + 100, codes)
+    for query in (codes[17] ^ np.uint8(5), rng.integers(0, 256, 32, dtype=np.uint8)):
+        found = index.nearest(query, 5)
+        distances = hamming(codes, query)
+        assert [m.distance for m in found] == sorted(distances)[:5]
+        assert all(distances[m.label - 100] == m.distance for m in found)
+    assert index.nearest(codes[17] ^ np.uint8(5), 1)[0].label == 117
+    assert HashIndex(np.zeros(0), np.zeros((0, 32), np.uint8)).nearest(codes[0], 3) == []
+
+
+def test_a_product_photo_hash_is_nearest_to_its_own_tiny_thumbnail():
+    photos = _products(60)
+    index = HashIndex(np.arange(60), np.stack([np.frombuffer(pdq_hash(p)[0], np.uint8) for p in photos]))
+    for n in (4, 31):
+        tiny = photos[n].resize((20, 27), PILImage.Resampling.BILINEAR)
+        out = io.BytesIO()
+        tiny.save(out, "JPEG", quality=30)
+        query = np.frombuffer(pdq_hash(PILImage.open(out))[0], np.uint8)
+        first, second = index.nearest(query, 2)
+        assert first.label == n and second.distance - first.distance >= 10
+
+
+@pytest.mark.parametrize("detector", list(Detector))
+def test_each_detector_verifies_a_copy_on_a_canvas_and_not_another_item(detector):
+    item, other = _products(2)
+    canvas = PILImage.new("RGB", (1024, 768), (240, 240, 235))
+    canvas.paste(item.resize((420, 560), PILImage.Resampling.BICUBIC), (520, 100))
+    query = query_features(canvas.resize((512, 384)), detector)
+    found = verify(query, None, item_features(item, detector))
+    assert found is not None and found.inliers >= 15 and found.agreement >= 0.5
+    x, y, w, h = found.box.as_list()
+    assert abs(x - 260) < 20 and abs(y - 50) < 20 and abs(w - 210) < 20 and abs(h - 280) < 20  # pixels of the 512-wide query
+    wrong = verify(query, None, item_features(other, detector))
+    assert wrong is None or wrong.inliers < 15 or wrong.agreement < 0.3
