@@ -15,9 +15,10 @@ from .tiers import CopyThresholds
 class RetrievalParams:
     copies: CopyThresholds = field(default_factory=CopyThresholds)
     # Query regions searched besides the whole picture: (share of each side, windows per side).
-    grid: tuple[tuple[float, int], ...] = ((0.7, 2), (0.5, 3))
+    # The 0.35 windows find an item that covers a tenth of a scene (at 0.5 and up: 2 of 15).
+    grid: tuple[tuple[float, int], ...] = ((0.7, 2), (0.5, 3), (0.35, 4))
     candidates: int = 30  # neighbours taken from the copy index per query vector
-    verified: int = 6  # best candidates checked with local features when no copy is sure yet,
+    verified: int = 10  # best candidates checked with local features when no copy is sure yet,
     verified_first: int = 3  # ...these before the region search (a copy found stops it)
     sure_hash_distance: int = 16  # a copy found by its hash this close needs no region search
     sure_cosine: float = 0.85  # ...when its vector agrees this much

@@ -35,9 +35,12 @@ def _vectors_present(image_ids: list[int], refs: list[ModelRef]) -> set[tuple[in
 
 def _embed_and_hash(
     images: list[Image], pictures: list[PILImage.Image], refs: list[ModelRef]
-) -> dict[str, np.ndarray]:
-    """Store each model's vectors the images lack, and their hashes; returns the new vectors
-    by model name (rows in the order of `images`; absent ones zero)."""
+) -> tuple[dict[str, np.ndarray], list[Embedding]]:
+    """Each model's vectors the images lack, and their missing hashes (set on the images):
+    computed before any write, so no database lock is held while the CPU works (SQLite's
+    writers would wait, and give up after their timeout on a busy machine). Returns the new
+    vectors by model name (rows in the order of `images`; absent ones zero) and the rows to
+    store."""
     present = _vectors_present([im.pk for im in images], refs)
     computed: dict[str, np.ndarray] = {}
     rows = []
@@ -56,9 +59,15 @@ def _embed_and_hash(
     for image, picture in zip(images, pictures):
         if image.pdq is None:
             image.pdq, image.pdq_quality = pdq_hash(picture)
-            Image.objects.filter(pk=image.pk).update(pdq=image.pdq, pdq_quality=image.pdq_quality)
+    return computed, rows
+
+
+def _store(images: list[Image], rows: list[Embedding]) -> None:
+    for image in images:
+        Image.objects.filter(pk=image.pk, pdq__isnull=True).update(
+            pdq=image.pdq, pdq_quality=image.pdq_quality
+        )
     Embedding.objects.bulk_create(rows, ignore_conflicts=True)
-    return computed
 
 
 def images_embed(image_ids: list[int], *, note_near_duplicates: bool = True) -> int:
@@ -83,8 +92,9 @@ def images_embed(image_ids: list[int], *, note_near_duplicates: bool = True) -> 
         except (OSError, ValueError) as exc:
             images_mark_failed([image.pk], f"The stored file cannot be read: {exc}")
     if ready:
+        computed, rows = _embed_and_hash(ready, pictures, refs)
         with transaction.atomic():
-            computed = _embed_and_hash(ready, pictures, refs)
+            _store(ready, rows)
             dispatch.index_sync()
         copies = computed.get(copy_model().name)
         if note_near_duplicates and copies is not None:
@@ -138,7 +148,7 @@ def images_backfill(*, seconds: float = 45.0, batch_size: int = 64) -> int:
                 images.append(image)
             except (OSError, ValueError):
                 unreadable.add(image.pk)
-        _embed_and_hash(images, pictures, refs)
+        _store(images, _embed_and_hash(images, pictures, refs)[1])
         dispatch.index_sync([im.pk for im in images])
         done += len(images)
     return done
