@@ -9,6 +9,8 @@ PORT ?= 8000
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	# hnswlib builds from source: portable (no -march=native) and never from a cached native wheel.
+	HNSWLIB_NO_NATIVE=1 $(PY) -m pip install --quiet --no-cache-dir $$(grep -E '^hnswlib==' requirements.txt)
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 

@@ -36,6 +36,10 @@ def _human_bytes(n: int) -> str:
 
 
 ORIENTATION_TAG = 0x0112
+# Each side at most this long, and no thinner than 1:MAX_ASPECT (a 1x70,000 strip passes the
+# pixel limit but cannot be stored as a JPEG, thumbnailed or searched): long panoramas pass.
+MAX_SIDE = 30_000
+MAX_ASPECT = 50
 
 
 def decode_image(
@@ -87,6 +91,15 @@ def _check_header(fmt: str, size: tuple[int, int], max_pixels: int) -> None:
         )
     if width < 1 or height < 1:
         raise ImageRejected("The image has no pixels.")
+    if max(width, height) > MAX_SIDE:
+        raise ImageRejected(
+            f"The image is too long ({width}×{height}); each side may be at most {MAX_SIDE:,} pixels."
+        )
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise ImageRejected(
+            f"The image is too narrow ({width}×{height}); the longer side may be at most "
+            f"{MAX_ASPECT} times the shorter."
+        )
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

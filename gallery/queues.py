@@ -27,6 +27,17 @@ TASK_QUEUES: Final[dict[str, str]] = {
 }
 
 
+# Time limits by queue (soft, hard), in seconds: work the web waits on is short and must never
+# hang its worker; an index rebuild takes hours at a million items, and training, evaluation
+# and activation take what they take (they save checkpoints and resume). Celery applies
+# them per task; there is no global limit that could kill a long run.
+TIME_LIMITS: Final[dict[str, tuple[int, int] | None]] = {
+    EMBED: (300, 360),
+    INDEX: (6 * 3600, 6 * 3600 + 300),
+    TRAIN: None,
+}
+
+
 def task_path(task: str) -> str:
     """The registered Celery name of one of our tasks."""
     return f"{TASK_MODULE}.{task}"
@@ -34,3 +45,13 @@ def task_path(task: str) -> str:
 
 def celery_routes() -> dict[str, dict[str, str]]:
     return {task_path(task): {"queue": queue} for task, queue in TASK_QUEUES.items()}
+
+
+def celery_annotations() -> dict[str, dict[str, int]]:
+    """Each task's time limits, from its queue's (Celery's `task_annotations`)."""
+    annotations = {}
+    for task, queue in TASK_QUEUES.items():
+        limits = TIME_LIMITS[queue]
+        if limits is not None:
+            annotations[task_path(task)] = {"soft_time_limit": limits[0], "time_limit": limits[1]}
+    return annotations

@@ -1,9 +1,11 @@
 """Settings, all overridable from the environment (or a `.env` file beside manage.py)."""
 
 import os
+import secrets
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 from gallery import queues
 
@@ -14,13 +16,44 @@ environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 VAR_DIR = Path(env("VAR_DIR", default=str(BASE_DIR / "var")))
 
 DEBUG = env.bool("DEBUG", default=False)
-SECRET_KEY = env("SECRET_KEY", default="insecure-local-key-set-SECRET_KEY-in-production")
+
+
+def _local_secret_key(path: Path) -> str:
+    """A random key made on first use and kept in VAR_DIR (readable by its owner only), so a
+    fresh install never runs with a key anyone can read in the source. Every process of one
+    machine shares it; several machines must share SECRET_KEY from the environment."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    key = secrets.token_urlsafe(50)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key)
+    return key
+
+
+SECRET_KEY = env("SECRET_KEY", default="") or _local_secret_key(VAR_DIR / "secret_key")
+if not DEBUG and (len(SECRET_KEY) < 50 or SECRET_KEY.startswith(("insecure-", "django-insecure-"))):
+    raise ImproperlyConfigured(
+        "SECRET_KEY is a known or short key and DEBUG is off: set SECRET_KEY to a long random "
+        "value (python -c 'import secrets; print(secrets.token_urlsafe(50))'), or leave it unset "
+        "to use a key made for this machine."
+    )
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 # Behind a TLS-terminating proxy: trust its X-Forwarded-Proto/Host so absolute URLs are https.
 if env.bool("BEHIND_PROXY", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     USE_X_FORWARDED_HOST = True
+# Served over HTTPS: HTTPS=1 turns on redirects, secure cookies and HSTS; each can be set apart.
+HTTPS = env.bool("HTTPS", default=False)
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=HTTPS)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=HTTPS)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=HTTPS)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000 if HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=HTTPS)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=HTTPS)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -149,8 +182,8 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_TASK_SOFT_TIME_LIMIT = 300
-CELERY_TASK_TIME_LIMIT = 360
+# Time limits per queue (gallery/queues.py), none globally: training must not die at 5 minutes.
+CELERY_TASK_ANNOTATIONS = queues.celery_annotations()
 CELERY_WORKER_MAX_MEMORY_PER_CHILD = env.int("CELERY_WORKER_MAX_MEMORY_PER_CHILD", default=3_000_000)
 CELERY_TASK_DEFAULT_QUEUE = queues.EMBED
 # Beat (embedded in the embed worker by `runapp`) runs the safety net for lost tasks.

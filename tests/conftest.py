@@ -104,9 +104,12 @@ def _database_url(settings_dict) -> str:
     raise RuntimeError(f"No worker URL for {engine}")
 
 
-def start_worker(broker_url: str, session_dirs, log_path: Path, name: str) -> subprocess.Popen:
+def start_worker(
+    broker_url: str, session_dirs, log_path: Path, name: str, pool: str = "solo"
+) -> subprocess.Popen:
     """A real `celery worker` process on the test database, consuming every queue (solo
-    pool: one task at a time, so it is also the index's single writer)."""
+    pool by default: one task at a time, so it is also the index's single writer; prefork
+    where behaviour differs, as with time limits)."""
     from django.db import connection
 
     from gallery import queues
@@ -132,7 +135,9 @@ def start_worker(broker_url: str, session_dirs, log_path: Path, name: str) -> su
                 "-Q",
                 ",".join(queues.ALL),
                 "--pool",
-                "solo",
+                pool,
+                "--concurrency",
+                "1",
                 "-n",
                 f"{name}-{os.getpid()}@%h",
                 "--without-mingle",

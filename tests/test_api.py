@@ -4,6 +4,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
+from PIL import Image as PILImage
 
 from gallery import services
 from gallery.models import ApiToken, Image
@@ -57,6 +58,8 @@ BAD_INPUTS = {
     "unsupported format": (encode(make_picture(3), "PPM"), "Unsupported image format"),
     "truncated": (make_image_bytes(3, size=(640, 480))[:2000], "truncated or corrupt"),
     "decompression bomb": (png_header_only(40000, 40000), "too many pixels"),
+    "a 1x70,000 strip": (encode(PILImage.new("RGB", (1, 70000), "red"), "PNG"), "too long"),
+    "a 4x1,000 strip": (encode(PILImage.new("RGB", (1000, 4), "red"), "PNG"), "too narrow"),
 }
 
 

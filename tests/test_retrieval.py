@@ -53,6 +53,8 @@ def test_each_detector_verifies_a_copy_on_a_canvas_and_not_another_item(detector
     found = verify(query, None, item_features(item, detector))
     assert found is not None and found.inliers >= 15 and found.agreement >= 0.5
     x, y, w, h = found.box.as_list()
-    assert abs(x - 260) < 20 and abs(y - 50) < 20 and abs(w - 210) < 20 and abs(h - 280) < 20  # pixels of the 512-wide query
+    assert (
+        abs(x - 260) < 20 and abs(y - 50) < 20 and abs(w - 210) < 20 and abs(h - 280) < 20
+    )  # pixels of the 512-wide query
     wrong = verify(query, None, item_features(other, detector))
     assert wrong is None or wrong.inliers < 15 or wrong.agreement < 0.3
