@@ -6,6 +6,7 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from . import selectors, services
@@ -45,7 +46,10 @@ def moderation_act(request: HttpRequest) -> HttpResponse:
             ids, action, actor=request.user, reason=request.POST.get("reason", "")
         )
         messages.success(request, f"{action.capitalize()}: {count} item{'s' if count != 1 else ''}.")
-    return redirect(request.POST.get("next") or "gallery:moderation")
+    back = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(back, {request.get_host()}, require_https=request.is_secure()):
+        back = ""  # only back to a page of this site
+    return redirect(back or "gallery:moderation")
 
 
 @staff_member_required

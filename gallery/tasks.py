@@ -28,10 +28,10 @@ class EmbedTask(PipelineTask):
     max_retries = settings.EMBED_MAX_ATTEMPTS - 1
 
     def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        services.images_record_error(args[0], f"Embedding failed: {exc}")
+        services.images_record_error(args[0], "Embedding failed; trying again", exc)
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        services.images_mark_failed(args[0], f"Gave up after {settings.EMBED_MAX_ATTEMPTS} attempts: {exc}")
+        services.images_mark_failed(args[0], f"Gave up after {settings.EMBED_MAX_ATTEMPTS} attempts", exc)
 
 
 @shared_task(base=PipelineTask)

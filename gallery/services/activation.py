@@ -97,7 +97,7 @@ def _embed_all(version: ModelVersion, *, batch_size: int, total: int) -> bool:
                 images.append(image)
             except (OSError, ValueError) as exc:
                 unreadable.add(image.pk)
-                images_mark_failed([image.pk], f"The stored file cannot be read: {exc}")
+                images_mark_failed([image.pk], "The stored file cannot be read", exc)
         vectors = embedder.embed_gallery(pictures) if pictures else np.zeros((0, ref.dim), np.float32)
         Embedding.objects.bulk_create(
             [

@@ -2,6 +2,7 @@
 the index writer picks them up. Each image gets the vector of every served model (the active
 one, and the copy model when that is another) and its PDQ hash."""
 
+import logging
 import time
 
 import numpy as np
@@ -17,6 +18,8 @@ from ..retrieval.params import retrieval_params
 from ..retrieval.tiers import COPY_TIERS, Evidence, classify
 from ..selectors.search import index_reader
 from . import dispatch
+
+logger = logging.getLogger(__name__)
 
 
 def _open_for_embedding(image: Image) -> PILImage.Image:
@@ -90,7 +93,7 @@ def images_embed(image_ids: list[int], *, note_near_duplicates: bool = True) -> 
             pictures.append(_open_for_embedding(image))
             ready.append(image)
         except (OSError, ValueError) as exc:
-            images_mark_failed([image.pk], f"The stored file cannot be read: {exc}")
+            images_mark_failed([image.pk], "The stored file cannot be read", exc)
     if ready:
         computed, rows = _embed_and_hash(ready, pictures, refs)
         with transaction.atomic():
@@ -154,10 +157,22 @@ def images_backfill(*, seconds: float = 45.0, batch_size: int = 64) -> int:
     return done
 
 
-def images_record_error(image_ids: list[int], error: str) -> None:
+def _shown(error: str, cause: BaseException | None) -> str:
+    """What the uploader and staff see: our words and the kind of fault. The exception's own
+    text (server paths, library internals) goes to the log only."""
+    return f"{error} ({type(cause).__name__})" if cause is not None else error
+
+
+def images_record_error(image_ids: list[int], error: str, cause: BaseException | None = None) -> None:
     """The last error of images still waiting (shown to the uploader and staff)."""
-    Image.objects.filter(pk__in=image_ids).processing().update(error=error[:2000])
+    if cause is not None:
+        logger.warning("images %s: %s: %r", image_ids, error, cause)
+    Image.objects.filter(pk__in=image_ids).processing().update(error=_shown(error, cause)[:2000])
 
 
-def images_mark_failed(image_ids: list[int], error: str) -> None:
-    Image.objects.filter(pk__in=image_ids).processing().update(status=Image.Status.FAILED, error=error[:2000])
+def images_mark_failed(image_ids: list[int], error: str, cause: BaseException | None = None) -> None:
+    if cause is not None:
+        logger.error("images %s failed: %s: %r", image_ids, error, cause)
+    Image.objects.filter(pk__in=image_ids).processing().update(
+        status=Image.Status.FAILED, error=_shown(error, cause)[:2000]
+    )
