@@ -20,6 +20,7 @@ TASK_QUEUES: Final[dict[str, str]] = {
     "images_backfill": EMBED,
     "index_sync": INDEX,
     "index_remove": INDEX,
+    "index_reconcile": INDEX,
     "recover_lost_work": EMBED,
     "model_train": TRAIN,
     "model_evaluate": TRAIN,

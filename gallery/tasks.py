@@ -60,6 +60,11 @@ def index_remove(image_ids: list[int]) -> int:
 
 
 @shared_task
+def index_reconcile() -> dict[str, int]:
+    return services.index_reconcile()
+
+
+@shared_task
 def recover_lost_work() -> dict[str, Any]:
     return services.recover_lost_work()
 

@@ -18,4 +18,7 @@ def post_worker_init(worker):
     from gallery.selectors import index_reader
 
     get_embedder().embed([Image.new("RGB", (64, 64))])
-    index_reader().get()
+    try:
+        index_reader().get()  # a bad index must not stop a worker: readers rebuild and retry
+    except Exception:
+        worker.log.exception("the index could not be loaded at start")

@@ -165,7 +165,20 @@ REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_TIMEOUT = 3
-CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {"visibility_timeout": 3600}
+# A broker that accepts connections but never answers must not hold a web request: every
+# socket has a deadline, and a publish is tried twice at most; an upload whose task could
+# not be sent answers anyway and is queued again by recovery (gallery/services/recovery.py).
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
+    "visibility_timeout": 3600,
+    "socket_connect_timeout": 2,
+    "socket_timeout": 2,
+}
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.5,
+    "interval_max": 0.5,
+}
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # The embedded broker used when no Redis is available (see `manage.py runapp`).
     _broker_dir = Path(env("BROKER_DIR", default=str(VAR_DIR / "broker")))
@@ -188,7 +201,9 @@ CELERY_WORKER_MAX_MEMORY_PER_CHILD = env.int("CELERY_WORKER_MAX_MEMORY_PER_CHILD
 CELERY_TASK_DEFAULT_QUEUE = queues.EMBED
 # Beat (embedded in the embed worker by `runapp`) runs the safety net for lost tasks.
 CELERY_BEAT_SCHEDULE = {
-    "recover-lost-work": {"task": queues.task_path("recover_lost_work"), "schedule": 60.0},
+    "recover-lost-work": {"task": queues.task_path("recover_lost_work"), "schedule": 30.0},
+    # The index holds exactly the searchable items (an update lost with the broker is redone).
+    "index-reconcile": {"task": queues.task_path("index_reconcile"), "schedule": 120.0},
     # Searchable images that lack the copy channel's vector or hash get them, a batch at a time.
     "backfill": {"task": queues.task_path("images_backfill"), "schedule": 60.0},
 }
@@ -213,5 +228,5 @@ IMPORT_ROOT = Path(env("IMPORT_ROOT", default=str(VAR_DIR / "import-root")))
 IMPORT_UPLOAD_DIR = Path(env("IMPORT_UPLOAD_DIR", default=str(VAR_DIR / "imports")))
 IMPORT_MAX_TOTAL_BYTES = env.int("IMPORT_MAX_TOTAL_BYTES", default=50 * 1024**3)
 IMPORT_MAX_COMPRESSION_RATIO = env.int("IMPORT_MAX_COMPRESSION_RATIO", default=100)
-IMPORT_STALL_SECONDS = env.int("IMPORT_STALL_SECONDS", default=120)
+IMPORT_STALL_SECONDS = env.int("IMPORT_STALL_SECONDS", default=45)
 FILE_UPLOAD_TEMP_DIR = env("FILE_UPLOAD_TEMP_DIR", default=None)

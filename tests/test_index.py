@@ -6,7 +6,15 @@ import os
 import numpy as np
 import pytest
 
-from gallery.index import INDEX_FILE, META_FILE, IndexMeta, IndexReader, VectorIndex, write_lock
+from gallery.index import (
+    INDEX_FILE,
+    META_FILE,
+    IndexMeta,
+    IndexReader,
+    IndexUnusable,
+    VectorIndex,
+    write_lock,
+)
 
 DIM = 16
 
@@ -130,3 +138,69 @@ def test_hamming_query_ranks_by_sign_bits_then_cosine(rng):
     assert [label for label, _ in index.hamming_query(query, 3, allowed={2}, candidates=5)] == [2]
     index.remove([3])
     assert 3 not in [label for label, _ in index.hamming_query(query, 3)]
+
+
+_FULL_DISK = """
+import resource, signal, sys
+import numpy as np
+from pathlib import Path
+from gallery.index import IndexWriteFailed, VectorIndex
+
+directory, limit = Path(sys.argv[1]), int(sys.argv[2])
+index = VectorIndex.load(directory)
+index.add(list(range(1000, 1400)), np.random.default_rng(1).normal(size=(400, 16)).astype(np.float32))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    index.save(directory)
+except IndexWriteFailed as exc:
+    print("refused:", exc)
+"""
+
+
+def test_a_write_that_fails_silently_never_replaces_the_last_good_index(tmp_path, rng):
+    """hnswlib's save_index reports no failed write: with files limited to fewer bytes than
+    the index needs (a full disk), the truncated file is caught before it is installed."""
+    import subprocess
+    import sys
+
+    index = VectorIndex.create("m", DIM)
+    index.add(list(range(300)), unit(rng, 300))
+    index.save(tmp_path)
+    good = (tmp_path / INDEX_FILE).read_bytes()
+    limit = len(good) + 2000  # room for the old size, not for 400 more items
+    done = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(tmp_path), str(limit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
+    assert "refused:" in done.stdout, done.stdout + done.stderr
+    assert (tmp_path / INDEX_FILE).read_bytes() == good
+    again = VectorIndex.load(tmp_path)
+    assert again is not None and len(again) == 300 and again.meta.version == 1
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_a_reader_keeps_its_last_good_index_when_the_files_go_bad(tmp_path, rng):
+    vectors = unit(rng, 50)
+    index = VectorIndex.create("m", DIM)
+    index.add(list(range(50)), vectors)
+    index.save(tmp_path)
+    asked = []
+    reader = IndexReader(tmp_path, on_unusable=asked.append)
+    assert len(reader.get()) == 50 and not asked
+    meta = json.loads((tmp_path / META_FILE).read_text())
+    with open(tmp_path / INDEX_FILE, "r+b") as fh:  # truncated, and a newer meta.json
+        fh.truncate(meta["index_bytes"] // 2)
+    meta["version"] += 1
+    (tmp_path / META_FILE).write_text(json.dumps(meta))
+    served = reader.get()
+    assert served is not None and served.query(vectors[7], 1)[0][0] == 7
+    assert asked == [tmp_path] and "bytes" in reader.unusable
+    fresh = IndexReader(tmp_path, on_unusable=asked.append)
+    assert fresh.get() is None and len(asked) == 2  # nothing to serve yet: a rebuild is asked
+    (tmp_path / META_FILE).write_text("{not json")
+    with pytest.raises(IndexUnusable):
+        VectorIndex.load(tmp_path)

@@ -1,10 +1,12 @@
 """The Celery tasks on a real worker process: failures are recorded, stale tasks never bring a
 hidden item back, lost tasks are picked up again; training, evaluation and activation runs."""
 
+import json
 import time
 
 import pytest
 from django.core.files.storage import default_storage
+from django.test import Client
 from django.urls import reverse
 
 from gallery import selectors, services, tasks
@@ -12,7 +14,14 @@ from gallery.embedders import active_model, forget_active_model
 from gallery.index import VectorIndex
 from gallery.models import Image, ModelVersion
 from tests.conftest import wait_for_status
-from tests.helpers import SMALL, upload_colour_gallery, version_where, wait_for
+from tests.helpers import (
+    SMALL,
+    api_upload,
+    search_ids,
+    upload_colour_gallery,
+    version_where,
+    wait_for,
+)
 from tests.images import encode, make_category_folder, make_category_picture, make_image_bytes
 
 
@@ -54,6 +63,25 @@ def test_lost_tasks_are_queued_again(pipeline):
     }
     assert services.images_enqueue_pending() == 2
     wait_for_status([i.pk for i in images])
+
+
+def test_a_corrupt_index_on_disk_is_rebuilt_in_the_background_while_search_answers(pipeline):
+    """A truncated index.bin installed under a newer meta.json (the disk-full fault): a web
+    process that starts then cannot load it, answers anyway, and asks the worker, which
+    rebuilds it from the database."""
+    client = Client()
+    ids = [api_upload(client, seed).json()["id"] for seed in (121, 122)]
+    wait_for_status(ids)
+    directory = active_model().index_dir
+    meta = json.loads((directory / "meta.json").read_text())
+    with open(directory / "index.bin", "r+b") as fh:
+        fh.truncate(meta["index_bytes"] // 3)
+    meta["version"] += 1
+    (directory / "meta.json").write_text(json.dumps(meta))
+    selectors.index_readers_forget()  # as a web process starting now
+    assert search_ids(client, 121) is not None  # answers (200), from nothing or the last good
+    wait_for(lambda: ids[0] in search_ids(client, 121), timeout=60, what="the rebuilt index")
+    assert VectorIndex.load(directory) is not None
 
 
 def test_embedding_twice_is_harmless(pipeline):
@@ -100,6 +128,39 @@ def test_recover_lost_work_requeues_stale_images_and_stalled_jobs(pipeline, tmp_
     while ImportJob.objects.get(pk=job.pk).state != "done":
         assert time.monotonic() < deadline
         time.sleep(0.3)
+
+
+def test_with_an_empty_queue_lost_images_are_found_within_half_a_minute(pipeline):
+    """After a broker restart the queue is empty: what the database says is waiting has no
+    task left, and the safety net (every 30 s) queues it again after 20 s, not 10 minutes."""
+    from django.utils import timezone
+
+    fresh, _ = services.image_create(data=make_image_bytes(109), enqueue=False)
+    lost, _ = services.image_create(data=make_image_bytes(110), enqueue=False)
+    Image.objects.filter(pk=lost.pk).update(updated_at=timezone.now() - timezone.timedelta(seconds=25))
+    assert services.recover_lost_work()["images"] == 1  # the fresh one may still get its task
+    wait_for_status([lost.pk])
+    assert Image.objects.get(pk=fresh.pk).status == "processing"
+
+
+def test_the_index_is_reconciled_with_the_database(pipeline):
+    """An approved item whose index update was lost, and an item the index kept after it was
+    hidden: the writer's reconciliation (beat, every 2 minutes) puts both right."""
+    from gallery.index import write_lock
+
+    client = Client()
+    ids = [api_upload(client, seed).json()["id"] for seed in (131, 132)]
+    wait_for_status(ids)
+    ref = active_model()
+    with write_lock(ref.index_dir):  # as if the approval's update had been lost
+        index = VectorIndex.load(ref.index_dir)
+        index.remove([ids[0]])
+        index.save(ref.index_dir)
+    Image.objects.filter(pk=ids[1]).update(status=Image.Status.HIDDEN)  # its removal "lost"
+    wait_for(lambda: ids[0] not in search_ids(client, 131), what="the damaged index served")
+    assert tasks.index_reconcile.delay() is not None
+    wait_for(lambda: ids[0] in search_ids(client, 131), timeout=60, what="the reconciled index")
+    assert ids[1] not in VectorIndex.load(ref.index_dir).labels()
 
 
 def test_training_task_reports_progress_cancels_and_resumes(pipeline, tmp_path):

@@ -27,7 +27,9 @@ def index_reader(ref: ModelRef | None = None) -> IndexReader:
     directory = (ref or active_model()).index_dir
     key = str(directory)
     if key not in _readers:
-        _readers[key] = IndexReader(directory, ef=settings.INDEX_EF_SEARCH)
+        from ..services.index_writer import index_request_rebuild  # a write: asks the writer
+
+        _readers[key] = IndexReader(directory, ef=settings.INDEX_EF_SEARCH, on_unusable=index_request_rebuild)
     return _readers[key]
 
 

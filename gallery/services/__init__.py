@@ -28,6 +28,7 @@ from .imports import (
 from .index_writer import (
     index_build,
     index_rebuild,
+    index_reconcile,
     index_remove,
     index_sync,
     index_sync_models,
@@ -84,6 +85,7 @@ __all__ = [
     "import_upload_store",
     "index_build",
     "index_rebuild",
+    "index_reconcile",
     "index_remove",
     "index_sync",
     "index_sync_models",

@@ -6,6 +6,7 @@ Each served model has its index (`embedders.served_models`): the active model's,
 model's, which also holds the items' perceptual hashes. An image is marked indexed once it is
 in all of them."""
 
+import logging
 import time
 from pathlib import Path
 
@@ -14,10 +15,12 @@ from django.conf import settings
 from django.utils import timezone
 
 from ..embedders import ModelRef, active_model, copy_model, served_models
-from ..index import IndexMeta, VectorIndex, write_lock
+from ..index import IndexMeta, IndexUnusable, VectorIndex, write_lock
 from ..models import Embedding, Image, ImageQuerySet
 from . import dispatch
 from .recovery import images_catch_up_with_active_model
+
+logger = logging.getLogger(__name__)
 
 _writer_cache: dict[str, VectorIndex] = {}
 
@@ -44,8 +47,13 @@ def _writer_index(ref: ModelRef) -> VectorIndex | None:
         _writer_cache.pop(key, None)
         return None
     if cached is None or cached.meta.version != on_disk.version:
-        cached = VectorIndex.load(directory, ef=settings.INDEX_EF_SEARCH)
+        try:
+            cached = VectorIndex.load(directory, ef=settings.INDEX_EF_SEARCH)
+        except IndexUnusable as exc:
+            logger.error("rebuilding the index from the database: %s", exc)
+            cached = None
         if cached is None:
+            _writer_cache.pop(key, None)
             return None
         _writer_cache[key] = cached
     if cached.meta.model != ref.name or cached.meta.dim != ref.dim:
@@ -199,3 +207,44 @@ def _index_build_locked(ref: ModelRef) -> int:
     index.save(directory)
     _writer_cache[str(directory)] = index
     return len(ids)
+
+
+def index_reconcile() -> dict[str, int]:
+    """Make every served index hold exactly the searchable items that have its vector: adds
+    what a lost task left out (an approval whose update never arrived), takes out what should
+    not be there. Runs on the index queue (the single writer), from the beat."""
+    added = removed = 0
+    for ref in served_models(active_model(fresh=True)):
+        with write_lock(ref.index_dir):
+            index = _writer_index(ref)
+            if index is None:
+                _index_build_locked(ref)
+                continue
+            held = index.labels()
+            wanted = set(Image.objects.searchable().with_vector(ref.name).values_list("pk", flat=True))
+            missing = Image.objects.filter(pk__in=list(wanted - held))
+            ids, vectors = stored_vectors(missing, ref.name)
+            if ids:
+                index.add(ids, np.stack(vectors), _hashes_of(ref, ids))
+            unwanted = held - wanted  # on their way in (processing) stay
+            staying = Image.objects.filter(pk__in=list(unwanted)).indexable().values_list("pk", flat=True)
+            extra = list(unwanted - set(staying))
+            gone = index.remove(extra) if extra else 0
+            if ids or gone:
+                index.save(ref.index_dir)
+                logger.warning("index %s reconciled: %d added, %d removed", ref.name, len(ids), gone)
+            added, removed = max(added, len(ids)), max(removed, gone)
+    return {"added": added, "removed": removed}
+
+
+def index_request_rebuild(directory: Path) -> None:
+    """A reader found no usable index in `directory`: when the gallery has searchable items,
+    ask the writer, which rebuilds from the database an index it cannot load (readers keep
+    answering from the version they hold meanwhile)."""
+    some = Image.objects.searchable().values_list("pk", flat=True).first()
+    if some is None:
+        return
+    try:
+        dispatch.index_sync([some])  # with an id: the writer looks at its index, and rebuilds it
+    except Exception:  # the broker is down: recovery finds the work again
+        logger.exception("could not ask for an index rebuild of %s", directory)

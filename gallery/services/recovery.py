@@ -83,15 +83,19 @@ def models_resume_stalled(stale_after_seconds: int = 300) -> int:
     return count
 
 
-def recover_lost_work(stale_after_seconds: int = 600) -> dict[str, Any]:
-    """Periodic safety net (Celery beat): resume import jobs that stopped moving and queue
-    again images that have waited too long for an embedding (tasks lost with a Redis restart)."""
+def recover_lost_work(stale_after_seconds: int = 600, lost_after_seconds: int = 20) -> dict[str, Any]:
+    """Periodic safety net (Celery beat, every 30 s): resume import jobs that stopped moving
+    and queue again images still waiting for an embedding whose task is gone (lost with a
+    Redis restart or a killed worker). With nothing waiting in the embed queue, an image that
+    has waited `lost_after_seconds` has no task left; behind a long queue only after
+    `stale_after_seconds`. A task that was only running is harmless to repeat."""
     resumed = sum(
         import_job_resume_stalled(job)
         for job in ImportJob.objects.filter(state__in=[ImportJob.State.QUEUED, ImportJob.State.RUNNING])
     )
     names = [ref.name for ref in served_models()]
-    cutoff = timezone.now() - timedelta(seconds=stale_after_seconds)
+    waited = stale_after_seconds if queue_has_work(queues.EMBED) else lost_after_seconds
+    cutoff = timezone.now() - timedelta(seconds=waited)
     stale = list(
         Image.objects.processing().filter(updated_at__lt=cutoff).lacking(names).values_list("pk", flat=True)
     )
