@@ -172,3 +172,28 @@ def test_the_openapi_document_declares_every_answer_errors_included(client):
         "explanation",
         "box",
     }
+
+
+@pytest.mark.parametrize("path", ["/api/images", "/api/search", "/upload/"])
+def test_a_huge_body_is_refused_before_it_is_sent(live_server, path):
+    """413 from the declared length alone: the server answers after 64 KB of a 300 MB body."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(live_server.url)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as conn:
+        conn.sendall(
+            (
+                f"POST {path} HTTP/1.1\r\nHost: {url.hostname}\r\nContent-Length: {300 * 1024 * 1024}\r\n"
+                "Content-Type: multipart/form-data; boundary=xyz\r\n\r\n"
+            ).encode()
+            + b"--xyz\r\n" * 8192
+        )
+        answer = ""
+        while "limit is" not in answer:
+            part = conn.recv(65536)
+            if not part:
+                break
+            answer += part.decode(errors="replace")
+    assert answer.startswith("HTTP/1.1 413"), answer[:200]
+    assert "too large (300 MB); the limit is 21 MB" in answer
