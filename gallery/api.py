@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from ninja import File, Form, NinjaAPI, Status
-from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.errors import AuthenticationError, HttpError, Throttled, ValidationError
 from ninja.files import UploadedFile
 from ninja.security import HttpBearer, django_auth
 
@@ -23,11 +23,13 @@ from .schemas import (
     ReportOut,
     SearchOut,
 )
+from .throttles import throttles
 
 api = NinjaAPI(title="Search by image", version="1", urls_namespace="api")
 
 BAD_INPUT = {400: ErrorOut}
 NOT_FOUND = {404: ErrorOut}
+TOO_MANY = {429: ErrorOut}
 
 
 @api.exception_handler(ValidationError)
@@ -44,7 +46,11 @@ def _validation_error(request: HttpRequest, exc: ValidationError) -> HttpRespons
 
 @api.exception_handler(HttpError)
 def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
-    return api.create_response(request, {"error": str(exc)}, status=exc.status_code)
+    message = str(exc)
+    if isinstance(exc, Throttled):
+        wait = f"{exc.wait:.0f} seconds" if exc.wait is not None else "a moment"
+        message = f"Too many requests from your address; please try again in {wait}."
+    return api.create_response(request, {"error": message}, status=exc.status_code)
 
 
 @api.exception_handler(AuthenticationError)
@@ -101,7 +107,11 @@ def results_payload(request: HttpRequest, result: selectors.SearchResult) -> dic
     }
 
 
-@api.post("/search", response={200: SearchOut, **BAD_INPUT})
+@api.post(
+    "/search",
+    response={200: SearchOut, **BAD_INPUT, **TOO_MANY},
+    throttle=throttles("search") + throttles("url"),
+)
 def search(
     request: HttpRequest,
     image: File[UploadedFile | None] = None,
@@ -144,7 +154,11 @@ def similar(request: HttpRequest, image_id: int, k: int = 20) -> dict[str, Any]:
     return results_payload(request, selectors.image_similar(image, k=k))
 
 
-@api.post("/images", response={200: ImageCreatedOut, 201: ImageCreatedOut, **BAD_INPUT})
+@api.post(
+    "/images",
+    response={200: ImageCreatedOut, 201: ImageCreatedOut, **BAD_INPUT, **TOO_MANY},
+    throttle=throttles("upload"),
+)
 def create_image(
     request: HttpRequest, image: File[UploadedFile], title: Form[str] = "", category: Form[str] = ""
 ) -> Status[dict[str, Any]]:
@@ -181,7 +195,11 @@ def image_detail(request: HttpRequest, image_id: int) -> dict[str, Any]:
     }
 
 
-@api.post("/images/{image_id}/report", response={201: ReportOut, **BAD_INPUT, **NOT_FOUND})
+@api.post(
+    "/images/{image_id}/report",
+    response={201: ReportOut, **BAD_INPUT, **NOT_FOUND, **TOO_MANY},
+    throttle=throttles("report"),
+)
 def report(request: HttpRequest, image_id: int, reason: Form[str] = "") -> Status[dict[str, Any]]:
     """Report a searchable item to staff."""
     image = selectors.image_get_searchable(image_id)

@@ -8,6 +8,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from . import selectors, services
+from .throttles import throttles
 
 
 def _max_upload_mb() -> int:
@@ -62,6 +63,9 @@ def report(request: HttpRequest, pk: int) -> HttpResponse:
     image = selectors.image_get_searchable(pk)
     if image is None:
         raise Http404("No such image.")
+    if not all(throttle.allow_request(request) for throttle in throttles("report")):
+        messages.error(request, "Too many reports from your address; please try again later.")
+        return redirect(image.get_absolute_url())
     try:
         services.report_create(image, request.POST.get("reason", ""))
     except ValueError as exc:

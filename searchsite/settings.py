@@ -220,6 +220,32 @@ LOGGING = {
     "loggers": {"django.server": {"level": "WARNING"}},
 }
 
+
+# Per-client rate limits (gallery/throttles.py): "N/s|min|hour|day", or "off". The counts
+# live in the cache: Redis when the broker is Redis (shared by every web process), else memory.
+def _rate(name: str, default: str) -> str | None:
+    value = env(f"THROTTLE_{name.upper()}", default=default)
+    return None if value.lower() in ("", "off", "none", "0") else value
+
+
+THROTTLE_RATES = {
+    "search": _rate("search", "120/min"),
+    "url": _rate("url", "20/min"),
+    "upload": _rate("upload", "30/min"),
+    "report": _rate("report", "10/hour"),
+}
+NINJA_NUM_PROXIES = 1 if env.bool("BEHIND_PROXY", default=False) else 0  # X-Forwarded-For is not trusted
+CACHES = {
+    "default": (
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": env("CACHE_URL", default=REDIS_URL),
+        }
+        if CELERY_BROKER_URL.startswith("redis")
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
+
 # Moderation: "post" (uploads appear at once and can be hidden) or "pre" (public uploads wait
 # for staff approval). Staff uploads and imports are always approved.
 MODERATION = env("MODERATION", default="post")

@@ -35,6 +35,10 @@ def _isolated_files(settings, tmp_path_factory, request):
     settings.MEDIA_ROOT = base["media"]
     settings.INDEX_DIR = base["index"]
     settings.MODELS_DIR = base["models"]
+    # Rate limits are off (tests ask hundreds of times from one address) except where a
+    # test turns them on; their counts live in this process's memory.
+    settings.THROTTLE_RATES = dict.fromkeys(settings.THROTTLE_RATES)
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     yield
 
 

@@ -197,3 +197,38 @@ def test_a_huge_body_is_refused_before_it_is_sent(live_server, path):
             answer += part.decode(errors="replace")
     assert answer.startswith("HTTP/1.1 413"), answer[:200]
     assert "too large (300 MB); the limit is 21 MB" in answer
+
+
+def test_visitors_are_rate_limited_with_retry_after_and_staff_are_not(client, settings, staff, indexed):
+    from django.core.cache import cache
+
+    cache.clear()
+    settings.THROTTLE_RATES = {"search": "3/min", "url": "1/min", "upload": "2/min", "report": "2/hour"}
+    query = {"image": upload_file(make_image_bytes(1))}
+    answers = [client.post("/api/search", {"image": upload_file(make_image_bytes(1))}) for _ in range(4)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    assert "try again in" in answers[3].json()["error"] and 50 <= int(answers[3]["Retry-After"]) <= 60
+    other = Client(REMOTE_ADDR="10.0.0.7")  # another address has its own count
+    assert other.post("/api/search", query).status_code == 200
+    uploads = [api_upload(other, seed).status_code for seed in (71, 72, 73)]
+    assert uploads[:2] != [429, 429] and uploads[2] == 429
+    item = Image.objects.searchable().first()
+    reports = [other.post(f"/api/images/{item.pk}/report", {"reason": f"r{n}"}).status_code for n in range(3)]
+    assert reports[2] == 429
+    client.force_login(staff)
+    assert all(
+        client.post("/api/search", {"image": upload_file(make_image_bytes(1))}).status_code == 200
+        for _ in range(5)
+    )
+
+
+def test_a_rate_limit_whose_cache_is_down_lets_requests_through(client, settings, indexed):
+    settings.THROTTLE_RATES = {"search": "1/min", "url": None, "upload": None, "report": None}
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+        }
+    }
+    for _ in range(3):
+        assert client.post("/api/search", {"image": upload_file(make_image_bytes(1))}).status_code == 200

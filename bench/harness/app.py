@@ -117,6 +117,11 @@ class BenchApp:
             REDIS_URL=self.redis_url,
             CELERY_BROKER_URL=self.redis_url,
             PYTHONUNBUFFERED="1",
+            # A bench is one trusted client asking thousands of times: no per-client limits.
+            THROTTLE_SEARCH="off",
+            THROTTLE_URL="off",
+            THROTTLE_UPLOAD="off",
+            THROTTLE_REPORT="off",
         )
         return env
 
