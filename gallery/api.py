@@ -10,6 +10,7 @@ from ninja import File, Form, NinjaAPI, Status
 from ninja.errors import AuthenticationError, HttpError, Throttled, ValidationError
 from ninja.files import UploadedFile
 from ninja.security import HttpBearer, django_auth
+from ninja.utils import check_csrf
 
 from . import selectors, services
 from .imaging import ImageRejected
@@ -162,10 +163,13 @@ def similar(request: HttpRequest, image_id: int, k: int = 20) -> dict[str, Any]:
 def create_image(
     request: HttpRequest, image: File[UploadedFile], title: Form[str] = "", category: Form[str] = ""
 ) -> Status[dict[str, Any]]:
-    """Add an item (201), or find the identical file already stored (200, `duplicate`)."""
+    """Add an item (201), or find the identical file already stored (200, `duplicate`). A
+    signed-in user's upload counts as theirs (staff: approved at once) only with the CSRF
+    token; without it, it is an anonymous visitor's (another site cannot upload as them)."""
     data = read_upload(image)
+    uploader = request.user if request.user.is_authenticated and check_csrf(request) is None else None
     item, created = services.image_create(
-        data=data, title=title, category=category, original_name=image.name or "", uploaded_by=request.user
+        data=data, title=title, category=category, original_name=image.name or "", uploaded_by=uploader
     )
     body = {
         "id": item.pk,

@@ -5,6 +5,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_POST
 
 from . import selectors, services
@@ -49,6 +50,7 @@ def item(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "gallery/item.html", {"image": image, "similar": similar})
 
 
+@ensure_csrf_cookie  # the page's script sends it with the upload
 def upload(request: HttpRequest) -> HttpResponse:
     return render(
         request,

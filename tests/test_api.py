@@ -232,3 +232,18 @@ def test_a_rate_limit_whose_cache_is_down_lets_requests_through(client, settings
     }
     for _ in range(3):
         assert client.post("/api/search", {"image": upload_file(make_image_bytes(1))}).status_code == 200
+
+
+def test_a_signed_in_upload_counts_as_theirs_only_with_the_csrf_token(staff, settings):
+    """Another site cannot make a member of staff's browser upload an item approved at once."""
+    settings.MODERATION = "pre"
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(staff)
+    forged = browser.post("/api/images", {"image": upload_file(make_image_bytes(81))}).json()
+    assert Image.objects.get(pk=forged["id"]).uploaded_by is None and forged["moderation"] == "pending"
+    browser.get("/upload/")  # the page sets the token cookie its script sends back
+    token = browser.cookies["csrftoken"].value
+    own = browser.post(
+        "/api/images", {"image": upload_file(make_image_bytes(82))}, HTTP_X_CSRFTOKEN=token
+    ).json()
+    assert Image.objects.get(pk=own["id"]).uploaded_by == staff and own["moderation"] == "approved"
