@@ -1,9 +1,10 @@
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import FileResponse, Http404, JsonResponse
+from django.http import FileResponse, Http404, HttpRequest, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -197,8 +198,19 @@ class ReportAdmin(admin.ModelAdmin):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ("name", "user", "created_at")
-    readonly_fields = ("key",)
+    """Tokens are made here; the key is shown once, in the message after saving (only its
+    hash is kept); a token cannot be changed, only deleted."""
+
+    list_display = ("name", "user", "prefix", "created_at")
+    fields = ("user", "name")
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return obj is None and super().has_change_permission(request, obj)
+
+    def save_model(self, request: HttpRequest, obj: ApiToken, form: Any, change: bool) -> None:
+        token, key = services.api_token_issue(obj.user, obj.name)
+        obj.pk, obj.key_hash, obj.prefix = token.pk, token.key_hash, token.prefix
+        messages.warning(request, f"The token's key is {key} — copy it now: it is not shown again.")
 
 
 # --- embedding models: display helpers (presentation only; the work is in services) --------

@@ -14,7 +14,7 @@ from ninja.utils import check_csrf
 
 from . import selectors, services
 from .imaging import ImageRejected
-from .models import ApiToken, Image
+from .models import Image
 from .schemas import (
     ErrorOut,
     ImageCreatedOut,
@@ -220,11 +220,11 @@ class BearerToken(HttpBearer):
     """`Authorization: Bearer <key>` with a key from the admin's API tokens."""
 
     def authenticate(self, request: HttpRequest, token: str) -> Any:
-        row = ApiToken.objects.select_related("user").filter(key=token, user__is_active=True).first()
-        if row is None:
+        user = services.api_token_user(token)
+        if user is None:
             return None
-        request.user = row.user
-        return row.user
+        request.user = user
+        return user
 
 
 def _moderation_endpoint(action: str) -> None:

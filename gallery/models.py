@@ -1,6 +1,7 @@
 """Gallery items and their embeddings. The database is the source of truth; the HNSW index
 is a derived, rebuildable copy of the embeddings of visible items."""
 
+import hashlib
 import secrets
 from pathlib import Path
 
@@ -267,20 +268,31 @@ class Report(models.Model):
         return f"Report on image {self.image_id}: {self.reason}"
 
 
-def _new_token() -> str:
+def _new_token() -> str:  # also named by migration 0001
     return secrets.token_hex(24)
 
 
 class ApiToken(models.Model):
-    """A bearer token for scripts acting as a staff user on the JSON API."""
+    """A bearer token for scripts acting as a staff user on the JSON API. Only its SHA-256
+    is stored (the key is shown once, when it is made): whoever reads the table or the admin
+    cannot act as the token's user."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
-    key = models.CharField(max_length=64, unique=True, default=_new_token)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    prefix = models.CharField(max_length=8, editable=False, help_text="The key's first characters.")
     name = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self):
         return f"{self.name or 'token'} for {self.user}"
+
+    @staticmethod
+    def digest(key: str) -> str:
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    @staticmethod
+    def new_key() -> str:
+        return _new_token()
 
 
 class ModelVersion(BackgroundRun):

@@ -221,9 +221,9 @@ def staff(db):
 
 @pytest.fixture
 def token(staff):
-    from gallery.models import ApiToken
+    from gallery import services
 
-    return ApiToken.objects.create(user=staff, name="script").key
+    return services.api_token_issue(staff, "script")[1]
 
 
 @pytest.fixture

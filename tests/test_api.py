@@ -1,5 +1,7 @@
 """The JSON API contract: shapes, status codes, and a clear error for each bad input."""
 
+import re
+
 import pytest
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -127,7 +129,7 @@ def test_api_permissions(client, staff, token):
     visitor.login(username="visitor", password="pw")
     response = visitor.post(url)
     assert response.status_code == 403 and "Only staff" in response.json()["error"]
-    ordinary_token = ApiToken.objects.create(user=User.objects.get(username="visitor")).key
+    ordinary_token = services.api_token_issue(User.objects.get(username="visitor"))[1]
     assert client.post(url, HTTP_AUTHORIZATION=f"Bearer {ordinary_token}").status_code == 403
     strict = Client(enforce_csrf_checks=True)
     strict.force_login(staff)
@@ -247,3 +249,16 @@ def test_a_signed_in_upload_counts_as_theirs_only_with_the_csrf_token(staff, set
         "/api/images", {"image": upload_file(make_image_bytes(82))}, HTTP_X_CSRFTOKEN=token
     ).json()
     assert Image.objects.get(pk=own["id"]).uploaded_by == staff and own["moderation"] == "approved"
+
+
+def test_api_tokens_are_stored_hashed_and_shown_once(admin_client, staff, token):
+    """Who can read the table or the admin cannot act as the token's user."""
+    row = ApiToken.objects.get(user=staff)
+    assert token not in (row.key_hash, row.prefix) and row.key_hash == ApiToken.digest(token)
+    page = admin_client.get(f"/admin/gallery/apitoken/{row.pk}/change/").content.decode()
+    assert token not in page and row.prefix in admin_client.get("/admin/gallery/apitoken/").content.decode()
+    added = admin_client.post("/admin/gallery/apitoken/add/", {"user": staff.pk, "name": "ci"}, follow=True)
+    key = re.search(r"key is ([0-9a-f]{48})", added.content.decode()).group(1)
+    assert ApiToken.objects.filter(key_hash=ApiToken.digest(key), name="ci").exists()
+    assert Client().get("/api/images/1", HTTP_AUTHORIZATION=f"Bearer {key}").status_code in (200, 404)
+    assert key not in admin_client.get("/admin/gallery/apitoken/").content.decode()

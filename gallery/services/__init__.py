@@ -10,6 +10,7 @@
 - `activation`: switch searches to another model
 - `recovery`: lost tasks found again (worker start, beat)
 - `dispatch`: the only door to Celery
+- `tokens`: API tokens (stored hashed, shown once)
 - `inputs`: text, tags and actor normalisation"""
 
 from .activation import model_activate, model_activate_start
@@ -58,11 +59,14 @@ from .recovery import (
     worker_started,
 )
 from .remote_images import image_fetch_from_url
+from .tokens import api_token_issue, api_token_user
 from .uploads import image_create, image_update_metadata
 
 __all__ = [
     "MODEL_KINDS_TRAINED",
     "MODERATION_ACTIONS",
+    "api_token_issue",
+    "api_token_user",
     "image_create",
     "image_fetch_from_url",
     "image_update_metadata",
