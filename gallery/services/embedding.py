@@ -23,9 +23,15 @@ logger = logging.getLogger(__name__)
 
 
 def _open_for_embedding(image: Image) -> PILImage.Image:
+    """The stored photo at no more than 4x the embedder's input (JPEG decoded at a reduced
+    scale, anything else shrunk at once): a batch of 32 never holds full-size decodes (a
+    40-megapixel PNG is 160 MB as pixels)."""
+    side = 4 * settings.EMBEDDER_IMAGE_SIZE
     with image.file.open("rb") as fh, PILImage.open(fh) as im:
-        im.draft("RGB", (2 * settings.EMBEDDER_IMAGE_SIZE,) * 2)
-        return im.convert("RGBA" if im.mode == "RGBA" else "RGB")
+        im.draft("RGB", (side // 2, side // 2))
+        picture = im.convert("RGBA" if im.mode == "RGBA" else "RGB")
+    picture.thumbnail((side, side), PILImage.Resampling.BOX)
+    return picture
 
 
 def _vectors_present(image_ids: list[int], refs: list[ModelRef]) -> set[tuple[int, str]]:

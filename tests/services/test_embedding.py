@@ -34,3 +34,20 @@ def test_gives_up_after_max_attempts(settings):
         image.error.startswith(f"Gave up after {settings.EMBED_MAX_ATTEMPTS} attempts")
         and "boom" in image.error
     )
+
+
+def test_a_batch_holds_reduced_decodes_not_full_size_photos(settings):
+    """A 12-megapixel transparent PNG (kept as PNG) is embedded from at most 4x the
+    embedder's input, and still gets its vector and hash."""
+    from PIL import Image as PILImage
+
+    from gallery.services.embedding import _open_for_embedding
+    from tests.images import encode
+
+    big = PILImage.new("RGBA", (4000, 3000), (200, 30, 30, 128))
+    image, _ = services.image_create(data=encode(big, "PNG"))
+    picture = _open_for_embedding(image)
+    assert max(picture.size) <= 4 * settings.EMBEDDER_IMAGE_SIZE and picture.size[0] / picture.size[1] == 4 / 3
+    services.images_embed([image.pk])
+    image.refresh_from_db()
+    assert image.status != Image.Status.FAILED and image.pdq is not None and image.embeddings.exists()
