@@ -171,9 +171,12 @@ def create_image(
     item, created = services.image_create(
         data=data, title=title, category=category, original_name=image.name or "", uploaded_by=uploader
     )
+    # Someone else's item that is not public (hidden, pending, rejected): its state only, not
+    # its title (the same bytes must not reveal what was taken down).
+    shown = created or item.is_public or request.user.is_staff
     body = {
         "id": item.pk,
-        "title": item.title,
+        "title": item.title if shown else "",
         "status": item.status,
         "moderation": item.moderation,
         "duplicate": not created,

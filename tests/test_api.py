@@ -262,3 +262,12 @@ def test_api_tokens_are_stored_hashed_and_shown_once(admin_client, staff, token)
     assert ApiToken.objects.filter(key_hash=ApiToken.digest(key), name="ci").exists()
     assert Client().get("/api/images/1", HTTP_AUTHORIZATION=f"Bearer {key}").status_code in (200, 404)
     assert key not in admin_client.get("/admin/gallery/apitoken/").content.decode()
+
+
+def test_uploading_a_hidden_items_bytes_again_does_not_reveal_its_title(client, staff):
+    first = api_upload(client, 91, title="taken down for a reason").json()
+    Image.objects.filter(pk=first["id"]).update(status=Image.Status.HIDDEN)
+    again = api_upload(Client(), 91, title="other").json()
+    assert again["duplicate"] and again["id"] == first["id"] and again["title"] == ""
+    client.force_login(staff)
+    assert api_upload(client, 91).json()["title"] == "taken down for a reason"
