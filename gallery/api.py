@@ -213,7 +213,9 @@ def report(request: HttpRequest, image_id: int, reason: Form[str] = "") -> Statu
     if image is None:
         raise HttpError(404, "No searchable image with this id.")
     try:
-        services.report_create(image, reason)
+        services.report_create(
+            image, reason, services.visitor_key(request.user, request.META.get("REMOTE_ADDR", ""))
+        )
     except ValueError as exc:
         raise HttpError(400, str(exc)) from exc
     return Status(201, {"id": image.pk, "reported": True})

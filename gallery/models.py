@@ -255,6 +255,9 @@ class Report(models.Model):
 
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="reports")
     reason = models.CharField(max_length=500)
+    reporter = models.CharField(
+        max_length=40, blank=True, help_text="The visitor (an account or a hashed address)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     resolved_at = models.DateTimeField(null=True, blank=True)
     resolved_by = models.ForeignKey(
@@ -263,6 +266,13 @@ class Report(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["image", "reporter"],
+                condition=models.Q(resolved_at__isnull=True) & ~models.Q(reporter=""),
+                name="one_open_report_per_visitor",
+            )
+        ]
 
     def __str__(self):
         return f"Report on image {self.image_id}: {self.reason}"

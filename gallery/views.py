@@ -69,7 +69,8 @@ def report(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, "Too many reports from your address; please try again later.")
         return redirect(image.get_absolute_url())
     try:
-        services.report_create(image, request.POST.get("reason", ""))
+        reporter = services.visitor_key(request.user, request.META.get("REMOTE_ADDR", ""))
+        services.report_create(image, request.POST.get("reason", ""), reporter)
     except ValueError as exc:
         messages.error(request, str(exc))
     else:

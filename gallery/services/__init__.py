@@ -35,6 +35,7 @@ from .index_writer import (
     index_sync_models,
     stored_vectors,
 )
+from .inputs import visitor_key
 from .model_versions import (
     MODEL_KINDS_TRAINED,
     model_evaluate,
@@ -110,5 +111,6 @@ __all__ = [
     "recover_lost_work",
     "report_create",
     "stored_vectors",
+    "visitor_key",
     "worker_started",
 ]

@@ -1,5 +1,6 @@
 """Normalising what callers hand to the services: free text, tags, the acting user."""
 
+import hashlib
 from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -22,3 +23,11 @@ def clean_tags(tags: str | list[str] | None) -> list[str]:
 def acting_user(user: AbstractBaseUser | AnonymousUser | None) -> Any:
     """The user to record as the actor: None for anonymous visitors and scripts."""
     return user if getattr(user, "is_authenticated", False) else None
+
+
+def visitor_key(user: AbstractBaseUser | AnonymousUser | None, address: str) -> str:
+    """Who a visitor is, for "once per visitor" rules: the account when signed in, else a
+    hash of the address (the address itself is not stored)."""
+    if user is not None and user.is_authenticated:
+        return f"user:{user.pk}"
+    return "addr:" + hashlib.sha256(address.encode()).hexdigest()[:24]

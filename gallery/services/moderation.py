@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from ..models import Image, ModerationAction, Report
@@ -93,12 +93,19 @@ def images_moderate(image_ids: list[int], action: str, *, actor: Any = None, rea
     return len(images)
 
 
-def report_create(image: Image, reason: str) -> Report:
-    """A visitor's report; it lands in the staff moderation queue."""
+def report_create(image: Image, reason: str, reporter: str = "") -> Report:
+    """A visitor's report; it lands in the staff moderation queue. One open report per
+    visitor (`inputs.visitor_key`) and item: staff see each complaint once."""
     reason = clean_text(reason, 500)
     if not reason:
         raise ValueError("Please say what is wrong with this item.")
-    with transaction.atomic():
-        report = Report.objects.create(image=image, reason=reason)
-        ModerationAction.objects.create(image=image, action="report", reason=reason)
+    already = "You have already reported this item; staff will look at it."
+    if reporter and Report.objects.filter(image=image, reporter=reporter, resolved_at__isnull=True).exists():
+        raise ValueError(already)
+    try:
+        with transaction.atomic():
+            report = Report.objects.create(image=image, reason=reason, reporter=reporter)
+            ModerationAction.objects.create(image=image, action="report", reason=reason)
+    except IntegrityError:  # the same visitor twice at once
+        raise ValueError(already) from None
     return report

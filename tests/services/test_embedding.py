@@ -47,7 +47,9 @@ def test_a_batch_holds_reduced_decodes_not_full_size_photos(settings):
     big = PILImage.new("RGBA", (4000, 3000), (200, 30, 30, 128))
     image, _ = services.image_create(data=encode(big, "PNG"))
     picture = _open_for_embedding(image)
-    assert max(picture.size) <= 4 * settings.EMBEDDER_IMAGE_SIZE and picture.size[0] / picture.size[1] == 4 / 3
+    assert (
+        max(picture.size) <= 4 * settings.EMBEDDER_IMAGE_SIZE and picture.size[0] / picture.size[1] == 4 / 3
+    )
     services.images_embed([image.pk])
     image.refresh_from_db()
     assert image.status != Image.Status.FAILED and image.pdq is not None and image.embeddings.exists()

@@ -12,6 +12,7 @@ from gallery.index import VectorIndex
 from gallery.models import Image, ModerationAction, Report
 from tests.conftest import wait_for_status
 from tests.helpers import api_upload, embed_and_index, search_ids
+from tests.images import make_image_bytes
 
 pytestmark = pytest.mark.django_db
 
@@ -97,3 +98,17 @@ def test_hidden_item_leaves_search_within_a_second_on_the_real_worker(pipeline, 
     assert ids[0] not in search_ids(client, 11)
     assert time.monotonic() - started < 1.0
     assert client.get(f"/api/images/{ids[1]}/similar").json()["results"] == []
+
+
+def test_one_open_report_per_visitor_and_item(client, staff):
+    image, _ = services.image_create(data=make_image_bytes(140))
+    Image.objects.filter(pk=image.pk).update(status=Image.Status.INDEXED)
+    url = f"/api/images/{image.pk}/report"
+    assert client.post(url, {"reason": "spam"}).status_code == 201
+    again = client.post(url, {"reason": "still spam"})
+    assert again.status_code == 400 and "already reported" in again.json()["error"]
+    assert Client(REMOTE_ADDR="10.1.2.3").post(url, {"reason": "offensive"}).status_code == 201
+    assert Report.objects.filter(image=image, resolved_at__isnull=True).count() == 2
+    assert all("10.1.2.3" not in r.reporter for r in Report.objects.all())  # addresses are not kept
+    services.images_moderate([image.pk], "approve", actor=staff)  # resolves the open reports
+    assert client.post(url, {"reason": "back again"}).status_code == 201
