@@ -75,8 +75,8 @@ class Image(models.Model):
 
     title = models.CharField(max_length=200, blank=True)
     category = models.CharField(max_length=100, blank=True, db_index=True)
-    file = models.FileField(upload_to="images/%Y/%m/")
-    thumbnail = models.FileField(upload_to="thumbs/%Y/%m/")
+    file = models.FileField(upload_to="images/%Y/%m/", db_index=True)  # indexed: media requests look it up
+    thumbnail = models.FileField(upload_to="thumbs/%Y/%m/", db_index=True)
     original_name = models.CharField(max_length=255, blank=True)
     original_format = models.CharField(max_length=10)
     width = models.PositiveIntegerField()

@@ -1,9 +1,14 @@
 """Pages. Searching and uploading from the browser go through the JSON API (gallery/api.py)
-from static/gallery/app.js; these views only render."""
+from static/gallery/app.js; these views only render, and `media` hands out stored files
+after the visibility check."""
+
+import mimetypes
 
 from django.conf import settings
 from django.contrib import messages
-from django.http import Http404, HttpRequest, HttpResponse
+from django.core.files.storage import default_storage
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_POST
@@ -76,3 +81,25 @@ def report(request: HttpRequest, pk: int) -> HttpResponse:
     else:
         messages.success(request, "Thank you: staff will look at this item.")
     return redirect(image.get_absolute_url())
+
+
+def media(request: HttpRequest, path: str) -> HttpResponseBase:
+    """A stored photo or thumbnail, to whoever may see its item (the public: approved and not
+    hidden; staff: all); 404 otherwise, as for a file that does not exist. Behind nginx or
+    Apache, MEDIA_ACCEL_REDIRECT / MEDIA_SENDFILE hand the sending to the front server."""
+    image = selectors.image_media_for_viewer(path, request.user)
+    if image is None or not default_storage.exists(path):
+        raise Http404("No such file.")
+    response: HttpResponseBase
+    kind = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    if settings.MEDIA_ACCEL_REDIRECT:
+        response = HttpResponse(content_type=kind)
+        response["X-Accel-Redirect"] = settings.MEDIA_ACCEL_REDIRECT.rstrip("/") + "/" + path
+    elif settings.MEDIA_SENDFILE:
+        response = HttpResponse(content_type=kind)
+        response["X-Sendfile"] = default_storage.path(path)
+    else:
+        response = FileResponse(default_storage.open(path, "rb"), content_type=kind)
+    # Public copies may be cached a little; what only staff see is never kept by a cache.
+    response["Cache-Control"] = "public, max-age=300" if image.is_public else "private, no-store"
+    return response

@@ -132,6 +132,10 @@ MEDIA_URL = "/media/"
 MEDIA_ROOT = Path(env("MEDIA_ROOT", default=str(VAR_DIR / "media")))
 # Serve MEDIA_ROOT from Django itself (with nosniff); turn off behind a real web server.
 SERVE_MEDIA = env.bool("SERVE_MEDIA", default=True)
+# Media through a front server after the visibility check: nginx `internal` location prefix
+# (X-Accel-Redirect), or Apache/lighttpd X-Sendfile.
+MEDIA_ACCEL_REDIRECT = env("MEDIA_ACCEL_REDIRECT", default="")
+MEDIA_SENDFILE = env.bool("MEDIA_SENDFILE", default=False)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 
 # Uploads: Django has no cap on file size, so the upload service checks these itself.

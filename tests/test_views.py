@@ -232,3 +232,28 @@ def test_item_page_shows_similar_items(pipeline):
         str(round(hit.score * 100)) for hit in hits
     ]
     assert "3 results" in html
+
+
+def test_media_of_items_that_are_not_public_is_not_served_to_the_public(client, staff, settings):
+    from gallery import services
+
+    shown, _ = services.image_create(data=make_image_bytes(150))
+    gone, _ = services.image_create(data=make_image_bytes(151))
+    Image.objects.filter(pk=gone.pk).update(status=Image.Status.HIDDEN)
+    settings.MODERATION = "pre"
+    waiting, _ = services.image_create(data=make_image_bytes(152))
+    assert waiting.moderation == Image.Moderation.PENDING
+    assert gone.sha256[:16] not in gone.file.name  # names cannot be derived from the bytes
+    for field in ("file", "thumbnail"):
+        answer = client.get(getattr(shown, field).url)
+        assert answer.status_code == 200 and answer["Cache-Control"] == "public, max-age=300"
+        assert b"".join(answer.streaming_content) == getattr(shown, field).read()
+        for hidden in (gone, waiting):
+            assert client.get(getattr(hidden, field).url).status_code == 404
+    assert client.get("/media/images/nothing-here.jpg").status_code == 404
+    client.force_login(staff)
+    answer = client.get(gone.file.url)
+    assert answer.status_code == 200 and answer["Cache-Control"] == "private, no-store"
+    settings.MEDIA_ACCEL_REDIRECT = "/protected-media/"
+    answer = client.get(gone.thumbnail.url)
+    assert answer["X-Accel-Redirect"] == "/protected-media/" + gone.thumbnail.name and not answer.content

@@ -4,6 +4,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.paginator import Page, Paginator
+from django.db.models import Q
 
 from ..models import Image, ImageQuerySet
 
@@ -43,6 +44,13 @@ def image_get_for_viewer(pk: int, user: Any) -> Image | None:
     """The item page: public items for everyone, any item for staff."""
     qs = Image.objects.all() if getattr(user, "is_staff", False) else Image.objects.public()
     return qs.filter(pk=pk).first()
+
+
+def image_media_for_viewer(name: str, user: Any) -> Image | None:
+    """The item whose stored photo or thumbnail is `name` (a path under MEDIA_ROOT), when the
+    viewer may see it: the same rule as the item page."""
+    qs = Image.objects.all() if getattr(user, "is_staff", False) else Image.objects.public()
+    return qs.filter(Q(file=name) | Q(thumbnail=name)).first()
 
 
 def images_status_counts(image_ids: list[int]) -> dict[str, int]:

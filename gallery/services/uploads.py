@@ -1,6 +1,7 @@
 """The one upload path: the page, the API, the admin and bulk imports all store images
 through `image_create`."""
 
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,11 @@ def image_create(
     )
     try:
         with transaction.atomic():
-            image.file.save(f"{digest[:40]}.{ext}", ContentFile(stored), save=False)
-            image.thumbnail.save(f"{digest[:40]}.jpg", ContentFile(thumb), save=False)
+            # Random names: a file's address cannot be derived from its bytes (media of items
+            # that are not public are refused by `views.media` anyway).
+            name = secrets.token_urlsafe(18)
+            image.file.save(f"{name}.{ext}", ContentFile(stored), save=False)
+            image.thumbnail.save(f"{name}.jpg", ContentFile(thumb), save=False)
             image.save()
             if enqueue:
                 dispatch.images_embed([image.pk])
