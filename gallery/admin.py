@@ -111,7 +111,20 @@ class ImportJobAdmin(admin.ModelAdmin):
         ]
 
     def has_change_permission(self, request, obj=None):
-        return False if obj is None else request.user.is_staff
+        """No edit form: a job is changed only by cancel and resume (the model permission)."""
+        return obj is not None and super().has_change_permission(request, obj)
+
+    def _get(self, request, pk, *, change=False) -> ImportJob:
+        """The job, when the user holds the model permission for what is asked."""
+        job = get_object_or_404(ImportJob, pk=pk)
+        allowed = (
+            super().has_change_permission(request, job)
+            if change
+            else self.has_view_permission(request, job) or super().has_change_permission(request, job)
+        )
+        if not allowed:
+            raise PermissionDenied
+        return job
 
     def add_view(self, request, form_url="", extra_context=None):
         if not self.has_add_permission(request):
@@ -142,7 +155,7 @@ class ImportJobAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/gallery/importjob/start.html", context)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        job = get_object_or_404(ImportJob, pk=object_id)
+        job = self._get(request, object_id)
         context = {
             **self.admin_site.each_context(request),
             "title": str(job),
@@ -154,17 +167,16 @@ class ImportJobAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/gallery/importjob/progress.html", context)
 
     def progress_json(self, request, pk):
-        job = get_object_or_404(ImportJob, pk=pk)
-        return JsonResponse(selectors.import_job_progress(job))
+        return JsonResponse(selectors.import_job_progress(self._get(request, pk)))
 
     def cancel_view(self, request, pk):
-        job = get_object_or_404(ImportJob, pk=pk)
+        job = self._get(request, pk, change=True)
         if services.import_job_cancel(job):
             self.message_user(request, "Import cancelled.", messages.SUCCESS)
         return redirect(reverse("admin:gallery_importjob_change", args=[pk]))
 
     def resume_view(self, request, pk):
-        job = get_object_or_404(ImportJob, pk=pk)
+        job = self._get(request, pk, change=True)
         services.import_job_start(job)
         self.message_user(request, "Import resumed.", messages.SUCCESS)
         return redirect(reverse("admin:gallery_importjob_change", args=[pk]))

@@ -148,3 +148,29 @@ def test_job_survives_a_killed_worker_and_a_lost_queue(
     assert job.items.filter(state=ImportItem.State.IMPORTED).count() == 160
     assert Image.objects.count() == 160
     assert not job.items.exclude(state=ImportItem.State.IMPORTED).exists()
+
+
+def test_import_job_pages_follow_the_model_permissions(client, db, tmp_path):
+    """Staff without the import permissions see no job; with view only, they cannot cancel it."""
+    from django.contrib.auth.models import Permission
+
+    (tmp_path / "cat").mkdir()
+    job = services.import_job_create(kind="folder", path=tmp_path / "cat")
+    member = User.objects.create_user("member", password="pw", is_staff=True)
+    client.force_login(member)
+    pages = [
+        reverse("admin:gallery_importjob_change", args=[job.pk]),
+        reverse("admin:gallery_importjob_progress", args=[job.pk]),
+    ]
+    cancel = reverse("admin:gallery_importjob_cancel", args=[job.pk])
+    assert all(client.get(url).status_code == 403 for url in pages)
+    assert client.post(cancel).status_code == 403
+    member.user_permissions.add(Permission.objects.get(codename="view_importjob"))
+    client.force_login(User.objects.get(pk=member.pk))
+    assert all(client.get(url).status_code == 200 for url in pages)
+    assert client.post(cancel).status_code == 403
+    member.user_permissions.add(Permission.objects.get(codename="change_importjob"))
+    client.force_login(User.objects.get(pk=member.pk))
+    assert client.post(cancel).status_code == 302
+    job.refresh_from_db()
+    assert job.state == "cancelled"
