@@ -5,6 +5,7 @@ import io
 import signal
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 import redis
@@ -48,8 +49,8 @@ def wait_job(job, predicate, timeout=120):
     raise AssertionError(f"job {job.pk} stuck in {job.state}")
 
 
-def test_admin_zip_import_reports_progress_and_refusals(pipeline, staff_client, settings, tmp_path):
-    settings.IMPORT_UPLOAD_DIR = tmp_path / "uploads"
+def test_admin_zip_import_reports_progress_and_refusals(pipeline, staff_client, settings, session_dirs):
+    settings.IMPORT_UPLOAD_DIR = session_dirs["base"] / "imports"  # where the worker looks too
     archive = make_zip(6, extra={"../evil.jpg": make_image_bytes(1), "readme.txt": "hi"})
     response = staff_client.post(
         reverse("admin:gallery_importjob_add"), {"source_kind": "zip", "archive": archive, "category": ""}
@@ -74,6 +75,7 @@ def test_admin_zip_import_reports_progress_and_refusals(pipeline, staff_client, 
     page = staff_client.get(reverse("admin:gallery_importjob_change", args=[job.pk])).content.decode()
     assert "unsafe path" in page and "readme.txt" in page and 'id="import-bar"' in page
     assert set(Image.objects.values_list("category", flat=True)) == {"odd", "even"}
+    assert not Path(job.source_path).exists()  # the uploaded archive is deleted once done
     # the same archive again adds nothing twice
     staff_client.post(reverse("admin:gallery_importjob_add"), {"source_kind": "zip", "archive": make_zip(6)})
     again = wait_job(ImportJob.objects.latest("created_at"), lambda j: j.state == "done")

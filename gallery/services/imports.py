@@ -167,9 +167,19 @@ def _import_item_done(item: ImportItem, state: str, *, image: Image | None = Non
 
 def import_job_finish_if_done(job_id: int) -> None:
     if not ImportItem.objects.filter(job_id=job_id, state=ImportItem.State.PENDING).exists():
-        ImportJob.objects.filter(
+        finished = ImportJob.objects.filter(
             pk=job_id, state__in=[ImportJob.State.QUEUED, ImportJob.State.RUNNING]
         ).update(state=ImportJob.State.DONE, finished_at=timezone.now())
+        if finished:
+            _discard_uploaded_archive(ImportJob.objects.get(pk=job_id))
+
+
+def _discard_uploaded_archive(job: ImportJob) -> None:
+    """A finished job's ZIP that staff uploaded (not a server folder) is deleted: every
+    item is stored or refused, and the archive could be gigabytes."""
+    source = Path(job.source_path).resolve()
+    if source.is_relative_to(Path(settings.IMPORT_UPLOAD_DIR).resolve()) and source.suffix == ".zip":
+        source.unlink(missing_ok=True)
 
 
 def import_upload_store(upload: "UploadedFile[bytes]") -> Path:
