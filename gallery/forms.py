@@ -5,9 +5,11 @@ from django import forms
 from django.conf import settings
 
 from .embedders.registry import TORCHVISION_BACKBONES
+from .importing import SourceError
 from .learning.protocols import PROTOCOLS
 from .learning.spec import BITS_KINDS, BITS_RANGE, KINDS, OPTIONS, Option
 from .models import ImportJob, ModelVersion
+from .services import import_root_path
 
 
 class ImportJobForm(forms.Form):
@@ -76,7 +78,7 @@ class ModelTrainingForm(forms.Form):
         required=False,
         max_length=1000,
         label="Training images",
-        help_text="A folder or ZIP on the server (sub-folders are categories); empty: the gallery.",
+        help_text="A folder or ZIP under the import root (sub-folders are categories); empty: the gallery.",
     )
     minutes = forms.FloatField(
         required=False, min_value=0, initial=10, help_text="Time budget; the run ends annealed when cut."
@@ -99,6 +101,10 @@ class ModelTrainingForm(forms.Form):
         initial="avg",
         help_text="Ignored by efficientnet_lite0 (always GeM).",
     )
+
+    def clean_data(self) -> str:
+        value: str = (self.cleaned_data.get("data") or "").strip()
+        return str(_under_data_root(value)) if value else ""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -127,6 +133,15 @@ class ModelTrainingForm(forms.Form):
         }
 
 
+def _under_data_root(value: str) -> Path:
+    """Server paths staff name in the admin lie under IMPORT_ROOT (as import sources do); the
+    command line, run by the operator, may name any."""
+    try:
+        return import_root_path(value)
+    except SourceError as exc:
+        raise forms.ValidationError(str(exc)) from None
+
+
 def _protocol_choices() -> list[tuple[str, str]]:
     return [(p, p) for p in PROTOCOLS]
 
@@ -136,16 +151,13 @@ class ModelEvaluateForm(forms.Form):
 
     protocol = forms.ChoiceField(choices=_protocol_choices)
     data = forms.CharField(  # type: ignore[assignment]  # a field, not BaseForm.data: the form metaclass moves it
-        max_length=1000, label="Data", help_text="The protocol's archive or folder on the server."
+        max_length=1000, label="Data", help_text="The protocol's archive or folder, under the import root."
     )
     queries = forms.IntegerField(required=False, min_value=1, label="Query limit")
     db = forms.IntegerField(required=False, min_value=1, label="Database limit")
 
     def clean_data(self) -> str:
-        value: str = self.cleaned_data["data"].strip()
-        if not Path(value).exists():
-            raise forms.ValidationError(f"{value} does not exist on the server.")
-        return value
+        return str(_under_data_root(self.cleaned_data["data"].strip()))
 
     def limits(self) -> dict[str, int]:
         return {key: self.cleaned_data[key] for key in ("queries", "db") if self.cleaned_data.get(key)}

@@ -66,6 +66,7 @@ def test_add_page_passes_options(admin_client):
     [
         ({"kind": "metric", "minutes": "5", "bits": "3"}, "bits must be between 8 and 256"),
         ({"kind": "metric", "minutes": "5", "data": "/no/such/folder"}, "/no/such/folder does not exist"),
+        ({"kind": "metric", "minutes": "5", "data": "../../etc"}, "is outside the import root"),
         ({"kind": "autoencoder", "minutes": "5", "bits": "16"}, "Hash codes are learned by"),
         ({"kind": "metric", "minutes": "0"}, "positive number of minutes or epochs"),
         ({"kind": "nonsense", "minutes": "5"}, "Select a valid choice"),
@@ -191,7 +192,8 @@ def test_activate_queues_the_switch_only_when_ready(admin_client):
     assert admin_client.get(url("progress", version.pk)).json()["activation"] == "activating"
 
 
-def test_evaluate_refuses_missing_data_and_unready_models(admin_client, tmp_path):
+def test_evaluate_refuses_missing_data_and_unready_models(admin_client, tmp_path, settings):
+    settings.IMPORT_ROOT = tmp_path
     version = make_version()
     response = admin_client.post(
         url("evaluate", version.pk), {"protocol": "cifar10", "data": str(tmp_path)}, follow=True
@@ -203,6 +205,10 @@ def test_evaluate_refuses_missing_data_and_unready_models(admin_client, tmp_path
         url("evaluate", version.pk), {"protocol": "neardup", "data": "/no/such/archive.zip"}, follow=True
     )
     assert "does not exist" in response.content.decode()
+    response = admin_client.post(
+        url("evaluate", version.pk), {"protocol": "cifar10", "data": "/etc"}, follow=True
+    )
+    assert "does not exist under the import root" in response.content.decode()
     version.refresh_from_db()
     assert version.progress == {} and version.evaluations == {}
 

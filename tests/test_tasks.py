@@ -208,7 +208,8 @@ def test_activation_task_switches_the_searches(pipeline):
     assert Image.objects.get(pk=late.pk).status == Image.Status.INDEXED
 
 
-def test_evaluate_button_runs_the_protocol_on_the_worker(pipeline, admin_client, tmp_path):
+def test_evaluate_button_runs_the_protocol_on_the_worker(pipeline, admin_client, tmp_path, settings):
+    settings.IMPORT_ROOT = tmp_path
 
     data = make_category_folder(tmp_path / "cifar-like", per_class=3, splits=("train", "test"))
     version = services.model_version_default()

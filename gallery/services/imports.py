@@ -197,9 +197,15 @@ def import_upload_store(upload: "UploadedFile[bytes]") -> Path:
 
 
 def import_root_path(relative: str) -> Path:
-    """A folder or manifest named by staff must lie inside IMPORT_ROOT."""
+    """A folder, manifest or archive named by staff must lie inside IMPORT_ROOT (given
+    relative to it, or as an absolute path under it)."""
     root = Path(settings.IMPORT_ROOT).resolve()
-    target = (root / relative.strip().lstrip("/")).resolve()
+    named = Path(relative.strip())
+    target = (
+        named
+        if named.is_absolute() and named.resolve().is_relative_to(root)
+        else root / str(named).lstrip("/")
+    ).resolve()
     if not target.is_relative_to(root):
         raise importing.SourceError(f"{relative} is outside the import root {root}.")
     if not target.exists():
