@@ -10,7 +10,7 @@ from django.test import Client
 from django.urls import reverse
 
 from gallery import selectors, services, tasks
-from gallery.embedders import active_model, forget_active_model
+from gallery.embedders import active_model, forget_active_model, loaded_embedders, model_ref
 from gallery.index import VectorIndex
 from gallery.models import Image, ModelVersion
 from tests.conftest import wait_for_status
@@ -206,6 +206,18 @@ def test_activation_task_switches_the_searches(pipeline):
     wait_for_status([late.pk])
     assert late.embeddings.filter(model_name=version.name).exists()
     assert Image.objects.get(pk=late.pk).status == Image.Status.INDEXED
+
+    # switched back: this process lets go of the learned model's network and index
+    assert version.name in loaded_embedders()
+    default = services.model_version_default()
+    services.model_activate_start(default)
+    wait_for(lambda: version_where(default.pk, is_active=True), timeout=120, what="the switch back")
+    forget_active_model()
+    selectors.image_search_by_image(encode(make_category_picture("red", 7, (96, 96)), "PNG"), k=4)
+    assert loaded_embedders() == [default.name]
+    assert str(model_ref(active).index_dir) not in [
+        str(r.directory) for r in selectors.search._readers.values()
+    ]
 
 
 def test_evaluate_button_runs_the_protocol_on_the_worker(pipeline, admin_client, tmp_path, settings):

@@ -9,7 +9,7 @@
 
 Importing this package does not import torch."""
 
-from .cache import get_embedder
+from .cache import get_embedder, loaded_embedders
 from .factory import build_embedder
 from .registry import (
     ACTIVE_TTL_SECONDS,
@@ -35,6 +35,7 @@ __all__ = [
     "embedder_identity",
     "forget_active_model",
     "get_embedder",
+    "loaded_embedders",
     "model_ref",
     "pretrained_ref",
     "remember_active_model",

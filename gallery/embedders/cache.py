@@ -1,18 +1,19 @@
-"""One embedder per model and process, loaded on first use and kept: a network costs
-seconds to load and tens to hundreds of MB to hold."""
+"""One embedder per model and process, loaded on first use and kept while the model is
+served: a network costs seconds to load and tens to hundreds of MB to hold. Loading another
+model, or the next use after a switch, lets go of those no longer served."""
 
 import os
 import threading
 from typing import TYPE_CHECKING
 
 from .factory import build_embedder
-from .registry import ModelRef, active_model
+from .registry import ModelRef, active_model, served_models
 
 if TYPE_CHECKING:
     from .base import Embedder
 
 _lock = threading.Lock()
-_cache: dict[str, "Embedder"] = {}
+_cache: dict[str, tuple[str, "Embedder"]] = {}  # model name -> (cache key, embedder)
 
 
 def _cache_key(ref: ModelRef) -> str:
@@ -30,7 +31,18 @@ def get_embedder(ref: ModelRef | None = None) -> "Embedder":
     """The embedder of `ref` (default: the active model), loaded once per process."""
     ref = ref or active_model()
     key = _cache_key(ref)
+    keep = {served.name for served in served_models()} | {ref.name}
     with _lock:
-        if key not in _cache:
-            _cache[key] = build_embedder(ref)
-        return _cache[key]
+        for name in [name for name in _cache if name not in keep]:
+            del _cache[name]  # a model no longer served (switched away from)
+        held = _cache.get(ref.name)
+        if held is not None and held[0] == key:
+            return held[1]
+        embedder = build_embedder(ref)
+        _cache[ref.name] = (key, embedder)
+        return embedder
+
+
+def loaded_embedders() -> list[str]:
+    """The models whose embedder this process holds."""
+    return sorted(_cache)

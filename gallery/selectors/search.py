@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from django.conf import settings
 
-from ..embedders import ModelRef, active_model, copy_model
+from ..embedders import ModelRef, active_model, copy_model, served_models
 from ..index import IndexReader
 from ..models import Embedding, Image
 from ..retrieval.params import retrieval_params
@@ -23,9 +23,13 @@ _readers: dict[str, IndexReader] = {}
 
 
 def index_reader(ref: ModelRef | None = None) -> IndexReader:
-    """The reader of a model's index (the active model's by default)."""
+    """The reader of a model's index (the active model's by default). The readers (and
+    indexes) of models no longer served are let go."""
     directory = (ref or active_model()).index_dir
     key = str(directory)
+    keep = {str(served.index_dir) for served in served_models()} | {key}
+    for old in [old for old in list(_readers) if old not in keep]:
+        _readers.pop(old, None)  # a model no longer served: its index is let go
     if key not in _readers:
         from ..services.index_writer import index_request_rebuild  # a write: asks the writer
 
