@@ -23,6 +23,9 @@ def average_precision(relevant: np.ndarray) -> np.ndarray:
     return np.divide(precision_sum, found, out=np.zeros_like(found), where=found > 0)
 
 
+TIEBREAK_SEED = 20241122
+
+
 def hamming(q_codes: np.ndarray, db_codes: np.ndarray) -> np.ndarray:
     """Bit differences between packed codes (uint8 rows): queries x database."""
     return POPCOUNT[q_codes[:, None, :] ^ db_codes[None, :, :]].sum(axis=2, dtype=np.int32)
@@ -40,13 +43,16 @@ def rankings(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yields (start, ranked database indices) per chunk of queries.
 
-    Float vectors: by cosine. Codes: by Hamming distance (ties kept in database order); with
-    `rerank`, the `top` Hamming candidates are re-ordered by cosine."""
+    Float vectors: by cosine. Codes: by Hamming distance, ties broken in a fixed random order
+    of the database (not its stored order, which is often sorted by class and would favour
+    the query's class: on CIFAR-10-shaped data that moved 48-bit mAP by -0.025 to +0.05);
+    with `rerank`, the `top` Hamming candidates are re-ordered by cosine."""
+    tiebreak = np.random.default_rng(TIEBREAK_SEED).permutation(len(db)).astype(np.int64)
     for start in range(0, len(q), chunk):
         stop = min(len(q), start + chunk)
         if q_codes is not None and db_codes is not None:
-            dist = hamming(q_codes[start:stop], db_codes)
-            order = np.argsort(dist, axis=1, kind="stable")[:, :top]
+            dist = hamming(q_codes[start:stop], db_codes).astype(np.int64)
+            order = np.argsort(dist * len(db) + tiebreak[None, :], axis=1)[:, :top]
             if rerank:
                 sims = np.einsum("qd,qkd->qk", q[start:stop], db[order])
                 order = np.take_along_axis(order, np.argsort(-sims, axis=1, kind="stable"), axis=1)
