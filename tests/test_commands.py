@@ -151,6 +151,7 @@ def test_commands_train_evaluate_and_activate(gallery, tmp_path, capsys):
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0 <= figures["map@1000"] <= 1 and figures["queries"] == 18 and "map@all" in figures
     assert 0 < figures["reconstruction_mse"] < 1  # pixels in [-0.5, 0.5]
+    assert 0 <= figures["pca_reconstruction_mse"] < 1  # the baseline with as many components
     call_command("activate_model", "autoencoder-v1")
     assert "is active" in capsys.readouterr().out
     forget_active_model()

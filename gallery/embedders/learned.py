@@ -37,6 +37,27 @@ class LearnedEmbedder(Embedder):
         return out
 
     @torch.inference_mode()
+    def pca_reconstruction_mse(
+        self, fit: list[Image.Image], images: list[Image.Image], sample: int = 10000
+    ) -> float | None:
+        """Autoencoders: the same error for PCA with as many components as the code has
+        floats, fitted on `fit` (at most `sample` of them) — the baseline the autoencoder's
+        error means something against."""
+        if not isinstance(self.net, ConvAutoencoder):
+            return None
+        chosen = fit[:: max(1, len(fit) // sample)][:sample]
+        train = torch.cat([self._batch(chosen[s : s + 256]).flatten(1) for s in range(0, len(chosen), 256)])
+        mean = train.mean(dim=0, keepdim=True)
+        _, _, v = torch.linalg.svd(train - mean, full_matrices=False)
+        basis = v[: self.net.dim].T  # pixels x components
+        total, count = 0.0, 0
+        for start in range(0, len(images), 256):
+            x = self._batch(images[start : start + 256]).flatten(1) - mean
+            total += float(((x @ basis @ basis.T - x) ** 2).sum())
+            count += x.numel()
+        return total / count
+
+    @torch.inference_mode()
     def reconstruction_mse(self, images: list[Image.Image]) -> float | None:
         """Autoencoders: mean squared error per pixel and channel, pixels in [-0.5, 0.5]."""
         if not isinstance(self.net, ConvAutoencoder):

@@ -98,9 +98,15 @@ def cifar10(
         result["bits"] = bits
     reconstruction_mse = getattr(embedder, "reconstruction_mse", None)  # a learned embedder's
     if reconstruction_mse:
-        mse = reconstruction_mse([queries.open(i) for i in range(len(queries))])
+        tests = [queries.open(i) for i in range(len(queries))]
+        mse = reconstruction_mse(tests)
         if mse is not None:
             result["reconstruction_mse"] = round(mse, 5)
+            # PCA with as many components as the code has floats, fitted on the database
+            fit = [db.open(i) for i in range(0, len(db), max(1, len(db) // 10000))]
+            pca = getattr(embedder, "pca_reconstruction_mse", lambda *_: None)(fit, tests)
+            if pca is not None:
+                result["pca_reconstruction_mse"] = round(pca, 5)
     result["query_embed_rate"] = round(embed_rate, 1)
     result["seconds"] = round(time.monotonic() - started, 1)
     return result
