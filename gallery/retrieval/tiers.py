@@ -73,6 +73,7 @@ class Decision:
     explanation: str
     box: Box | None  # where the item is in the query, when it is part of it
     strength: float  # orders copies: more evidence first
+    distinct_hash: bool = False  # its hash is by far the nearest to the query's (a changed copy?)
 
 
 def verified_copy(v: Verification | None, cosine: float, t: CopyThresholds) -> bool:
@@ -126,7 +127,7 @@ def classify(evidence: Evidence, thresholds: CopyThresholds) -> Decision:
         and e.hash_gap >= t.nearest_hash_gap
     )
     strength = e.cosine + (t.nearest_hash_bonus if distinct else 0.0)
-    return Decision(Match.SIMILAR, "similar colours and shape", e.region, strength)
+    return Decision(Match.SIMILAR, "similar colours and shape", e.region, strength, distinct)
 
 
 def _geometric_explanation(v: Verification, e: Evidence) -> str:

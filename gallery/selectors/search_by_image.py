@@ -334,8 +334,9 @@ def _rank(
 ) -> list[SearchHit]:
     """Copies first (most evidence first), then look-alikes: by the copy model's evidence
     when it is the active model; else by the active model's similarity, led by the copy
-    model's closest look-alike when it is very close (a copy too changed to be labelled one
-    is still found first, whichever model serves similarity)."""
+    model's closest look-alike when it is very close or its hash is by far the nearest (a
+    copy too changed to be labelled one is still found first, whichever model serves
+    similarity)."""
     copies = sorted(
         (label for label, d in decisions.items() if d.match in COPY_TIERS),
         key=lambda la: -decisions[la].strength,
@@ -350,7 +351,11 @@ def _rank(
     else:
         semantic = get_embedder(active).embed([query.picture])[0]
         alike_hits = search_vector(semantic, k + len(copies), category=category, ref=active)
-        lead = closest[:1] if closest and decisions[closest[0]].strength >= params.lead_cosine else []
+        lead = [
+            la
+            for la in closest
+            if decisions[la].strength >= params.lead_cosine or decisions[la].distinct_hash
+        ][:1]
         alike = lead + [h.image.pk for h in alike_hits]
         scores = {label: query.candidates[label].cosine for label in copies + lead} | {
             h.image.pk: h.score for h in alike_hits
