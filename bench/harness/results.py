@@ -75,9 +75,18 @@ def git_commit() -> tuple[str | None, bool | None]:
     return commit, dirty
 
 
+# The code a run measures is the code it started with: the commit is read when the bench
+# starts (a commit made while a long run works must not be credited with its figures).
+STARTED_AT_COMMIT = git_commit()
+
+
 def write_result(path: Path, script: str, params: dict, figures: dict, *, full_size: bool) -> dict:
-    """Append one JSON line: script, timestamp, git commit, machine, parameters, figures."""
-    commit, dirty = git_commit()
+    """Append one JSON line: script, timestamp, git commit (at the start), machine,
+    parameters, figures."""
+    commit, dirty = STARTED_AT_COMMIT
+    now = git_commit()
+    if now != STARTED_AT_COMMIT:
+        dirty = True  # the tree changed during the run
     record = {
         "script": script,
         "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
