@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _manage(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DEBUG", "HTTPS")}
+    unset = ("SECRET_KEY", "DEBUG", "HTTPS", "DJANGO_ALLOW_ASYNC_UNSAFE")  # the browser tests set the last
+    environment = {k: v for k, v in os.environ.items() if k not in unset}
     environment.update(VAR_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="searchsite.settings", **env)
     return subprocess.run(
         [sys.executable, "manage.py", *args],

