@@ -24,7 +24,7 @@ from .schemas import (
     ReportOut,
     SearchOut,
 )
-from .throttles import throttles
+from .throttles import client_address, throttles
 
 api = NinjaAPI(title="Search by image", version="1", urls_namespace="api")
 
@@ -213,9 +213,7 @@ def report(request: HttpRequest, image_id: int, reason: Form[str] = "") -> Statu
     if image is None:
         raise HttpError(404, "No searchable image with this id.")
     try:
-        services.report_create(
-            image, reason, services.visitor_key(request.user, request.META.get("REMOTE_ADDR", ""))
-        )
+        services.report_create(image, reason, services.visitor_key(request.user, client_address(request)))
     except ValueError as exc:
         raise HttpError(400, str(exc)) from exc
     return Status(201, {"id": image.pk, "reported": True})

@@ -46,6 +46,12 @@ class AddressSearchThrottle(VisitorThrottle):
         return super().allow_request(request)
 
 
+def client_address(request: HttpRequest) -> str:
+    """The visitor's address as the rate limits see it (the proxy's X-Forwarded-For entry
+    when BEHIND_PROXY, else REMOTE_ADDR): one rule for every per-visitor count."""
+    return VisitorThrottle("report").get_ident(request) or ""
+
+
 def throttles(scope: str) -> list[Any]:
     if scope == "url":
         return [AddressSearchThrottle(scope)]

@@ -14,7 +14,7 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_POST
 
 from . import selectors, services
-from .throttles import throttles
+from .throttles import client_address, throttles
 
 
 def _max_upload_mb() -> int:
@@ -74,7 +74,7 @@ def report(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, "Too many reports from your address; please try again later.")
         return redirect(image.get_absolute_url())
     try:
-        reporter = services.visitor_key(request.user, request.META.get("REMOTE_ADDR", ""))
+        reporter = services.visitor_key(request.user, client_address(request))
         services.report_create(image, request.POST.get("reason", ""), reporter)
     except ValueError as exc:
         messages.error(request, str(exc))

@@ -88,6 +88,11 @@ def verified_copy(v: Verification | None, cosine: float, t: CopyThresholds) -> b
     )
 
 
+def distinct_nearest_hash(distance: int | None, gap: int, t: CopyThresholds) -> bool:
+    """The nearest hash, near enough and by far nearer than the next item's: a changed copy?"""
+    return distance is not None and distance <= t.nearest_hash_distance and gap >= t.nearest_hash_gap
+
+
 def classify(evidence: Evidence, thresholds: CopyThresholds) -> Decision:
     e, t = evidence, thresholds
     if e.same_bytes or (
@@ -121,11 +126,7 @@ def classify(evidence: Evidence, thresholds: CopyThresholds) -> Decision:
         return Decision(
             Match.NEAR_DUPLICATE, _photometric_explanation(e), e.region, 100.0 + 64 - e.hash_distance
         )
-    distinct = (
-        e.hash_distance is not None
-        and e.hash_distance <= t.nearest_hash_distance
-        and e.hash_gap >= t.nearest_hash_gap
-    )
+    distinct = distinct_nearest_hash(e.hash_distance, e.hash_gap, t)
     strength = e.cosine + (t.nearest_hash_bonus if distinct else 0.0)
     return Decision(Match.SIMILAR, "similar colours and shape", e.region, strength, distinct)
 

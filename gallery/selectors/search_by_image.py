@@ -28,7 +28,7 @@ from ..retrieval import regions as region_tools
 from ..retrieval.hashes import HASH_BITS, pdq_dihedral
 from ..retrieval.params import RetrievalParams, retrieval_params
 from ..retrieval.regions import Box
-from ..retrieval.tiers import COPY_TIERS, Decision, Evidence, classify, verified_copy
+from ..retrieval.tiers import COPY_TIERS, Decision, Evidence, classify, distinct_nearest_hash, verified_copy
 from ..retrieval.verify import (
     Detector,
     Features,
@@ -234,9 +234,8 @@ class _Verifier:
 
     def _hash_matched(self, c: _Candidate) -> bool:
         t = self.params.copies
-        return c.hash_distance is not None and (
-            c.hash_distance <= t.loose_hash_distance or c.hash_gap >= t.nearest_hash_gap
-        )
+        close = c.hash_distance is not None and c.hash_distance <= t.loose_hash_distance
+        return close or distinct_nearest_hash(c.hash_distance, c.hash_gap, t)
 
     def _query_features(self, detector: Detector, mirrored: bool) -> Features:
         key = (detector, mirrored)

@@ -112,3 +112,21 @@ def test_one_open_report_per_visitor_and_item(client, staff):
     assert all("10.1.2.3" not in r.reporter for r in Report.objects.all())  # addresses are not kept
     services.images_moderate([image.pk], "approve", actor=staff)  # resolves the open reports
     assert client.post(url, {"reason": "back again"}).status_code == 201
+
+
+def test_behind_a_proxy_each_forwarded_visitor_gets_their_own_report(settings):
+    """Every visitor behind the proxy shares REMOTE_ADDR: the forwarded address tells them apart."""
+    settings.NINJA_NUM_PROXIES = 1
+    from ninja.conf import settings as ninja_settings
+
+    ninja_settings.NUM_PROXIES = 1
+    try:
+        image, _ = services.image_create(data=make_image_bytes(141))
+        Image.objects.filter(pk=image.pk).update(status=Image.Status.INDEXED)
+        url = f"/api/images/{image.pk}/report"
+        for visitor in ("203.0.113.5", "203.0.113.6"):
+            proxied = Client(REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR=visitor)
+            assert proxied.post(url, {"reason": "spam"}).status_code == 201
+        assert Report.objects.filter(image=image).count() == 2
+    finally:
+        ninja_settings.NUM_PROXIES = 0
