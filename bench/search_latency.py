@@ -5,8 +5,8 @@ Measured with 1 and 8 concurrent clients (threads, one keep-alive connection eac
 (b) a 200,000-item index: the gallery (or, with --skip-gallery, one real image) plus synthetic
     items, i.e. `Image` rows written in bulk (status indexed, all pointing at one real stored
     file and thumbnail) and random unit vectors of the embedder's dimension added to the app's
-    index with gallery.index.VectorIndex under `write_lock`, saved while the app runs (the web
-    process reloads the index when meta.json changes). One synthetic item (the probe) gets the
+    index with gallery.index.VectorIndex under `write_lock`, saved while the app runs as a new
+    generation (which the web process loads in the background, as after a rebuild). One synthetic item (the probe) gets the
     query's own vector, so the run knows when the web process serves the new index.
 Beside it, in the same run, the embedder alone: decode + embed of the same query in-process,
 as the web process does it, so that the HTTP/search overhead shows as a ratio.
@@ -24,6 +24,7 @@ import gc
 import hashlib
 import io
 import random
+import secrets
 import sys
 import time
 import zipfile
@@ -143,13 +144,14 @@ def fill_synthetic(target: int, probe_vector: np.ndarray, template_bytes: bytes,
     from gallery.index import VectorIndex, write_lock
     from gallery.models import Embedding
     from gallery.models import Image as Item
+    from gallery.selectors.index_journal import index_current
 
     model, dim = embedder_identity()
     directory = Path(settings.INDEX_DIR)
     figures = {}
     started = time.perf_counter()
     with write_lock(directory):
-        index = VectorIndex.load(directory, ef=settings.INDEX_EF_SEARCH)
+        index = index_current(directory)  # the snapshot and the journal after it
         if index is None:
             index = VectorIndex.create(
                 model,
@@ -215,6 +217,9 @@ def fill_synthetic(target: int, probe_vector: np.ndarray, template_bytes: bytes,
             done += m
             h.log(f"  {done}/{n_new}  (rows {done / rows_s:.0f}/s, HNSW inserts {done / index_s:.0f}/s)")
         t0 = time.perf_counter()
+        # Written behind the journal's back: a new generation, which every process loads.
+        index.meta.generation = secrets.randbits(62)
+        index.meta.journal_floor = index.meta.journal_seq
         index.save(directory)
         save_s = time.perf_counter() - t0
         total = len(index)

@@ -154,6 +154,27 @@ class Embedding(models.Model):
         return np.frombuffer(bytes(self.vector), dtype=np.float32)
 
 
+class IndexChange(models.Model):
+    """One change of a model's index, numbered in the order the single index writer made it.
+    The journal every process replays onto the snapshot it loaded: an update costs what
+    changed, not a rewrite and reload of the whole index."""
+
+    class Op(models.IntegerChoices):
+        ADD = 1, "add"  # add or replace (the vector and hash are read from the database)
+        REMOVE = 2, "remove"
+
+    id = models.BigAutoField(primary_key=True)
+    model_name = models.CharField(max_length=100)
+    image_id = models.BigIntegerField()  # not a foreign key: a deleted image is removed too
+    op = models.PositiveSmallIntegerField(choices=Op.choices)
+
+    class Meta:
+        indexes = [models.Index(fields=["model_name", "id"], name="index_change_model_seq")]
+
+    def __str__(self):
+        return f"{self.get_op_display()} {self.image_id} in {self.model_name} (#{self.id})"
+
+
 class BackgroundRun(models.Model):
     """When a long background job (an import, a training run) was created, started, finished."""
 

@@ -66,6 +66,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "gallery.metrics.RequestMetricsMiddleware",  # first: times everything below it
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -162,6 +163,12 @@ MODELS_DIR = Path(env("MODELS_DIR", default=str(VAR_DIR / "models")))
 INDEX_EF_SEARCH = env.int("INDEX_EF_SEARCH", default=128)
 INDEX_M = env.int("INDEX_M", default=16)
 INDEX_EF_CONSTRUCTION = env.int("INDEX_EF_CONSTRUCTION", default=200)
+# Index changes go to a journal every process replays; a snapshot (the whole index file) is
+# written once this many changes (or this fraction of the index) piled up, or when the last one
+# is this old and something changed.
+INDEX_SNAPSHOT_CHANGES = env.int("INDEX_SNAPSHOT_CHANGES", default=2000)
+INDEX_SNAPSHOT_FRACTION = env.float("INDEX_SNAPSHOT_FRACTION", default=0.05)
+INDEX_SNAPSHOT_SECONDS = env.float("INDEX_SNAPSHOT_SECONDS", default=600.0)
 SEARCH_DEFAULT_K = 20
 SEARCH_MAX_K = env.int("SEARCH_MAX_K", default=100)
 BROWSE_PAGE_SIZE = 48
@@ -216,10 +223,27 @@ CELERY_BEAT_SCHEDULE = {
 # Which task runs on which queue: gallery/queues.py (long runs never hold up uploads).
 CELERY_TASK_ROUTES = queues.celery_routes()
 
+# LOG_FORMAT=json: one JSON object per line (time, level, logger, message, exception), for a
+# log collector; the default is plain text.
+LOG_FORMAT = env("LOG_FORMAT", default="text")
+if LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be text or json, not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            **({"formatter": "json"} if LOG_FORMAT == "json" else {}),
+        }
+    },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {"django.server": {"level": "WARNING"}},
 }
@@ -238,6 +262,9 @@ THROTTLE_RATES = {
     "upload": _rate("upload", "30/min"),
     "report": _rate("report", "10/hour"),
 }
+# /metrics: with a token, Prometheus sends it as a bearer; without, only loopback and private
+# addresses may scrape.
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
 NINJA_NUM_PROXIES = 1 if env.bool("BEHIND_PROXY", default=False) else 0  # X-Forwarded-For is not trusted
 CACHES = {
     "default": (

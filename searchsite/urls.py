@@ -2,10 +2,13 @@ from django.conf import settings
 from django.contrib import admin
 from django.urls import URLPattern, URLResolver, include, path, re_path
 
-from gallery import views
+from gallery import ops_views, views
 from gallery.api import api
 
 urlpatterns: list[URLPattern | URLResolver] = [
+    path("healthz", ops_views.healthz, name="healthz"),
+    path("readyz", ops_views.readyz, name="readyz"),
+    path("metrics", ops_views.metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/", api.urls),
     path("", include("gallery.urls")),

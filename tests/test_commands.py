@@ -9,8 +9,8 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from gallery.embedders import active_model, forget_active_model
-from gallery.index import VectorIndex
 from gallery.models import Embedding, Image
+from gallery.selectors.index_journal import index_current
 from tests.images import make_category_folder, make_image_bytes
 
 
@@ -80,7 +80,7 @@ def test_rebuild_index_command(pipeline, tmp_path, clean_index):
     out = io.StringIO()
     call_command("rebuild_index", stdout=out)
     assert "3 images" in out.getvalue()
-    assert VectorIndex.load(clean_index).labels() == set(Image.objects.values_list("pk", flat=True))
+    assert index_current(clean_index).labels() == set(Image.objects.values_list("pk", flat=True))
 
 
 @pytest.mark.django_db

@@ -204,3 +204,63 @@ def test_a_reader_keeps_its_last_good_index_when_the_files_go_bad(tmp_path, rng)
     (tmp_path / META_FILE).write_text("{not json")
     with pytest.raises(IndexUnusable):
         VectorIndex.load(tmp_path)
+
+
+def test_hash_changes_kept_beside_the_built_tables_answer_like_a_fresh_build(rng):
+    """After adds, replacements and removes, the hash view (built tables + changes) gives what
+    a HashIndex built from scratch gives."""
+    from gallery.retrieval.hashes import HashIndex
+
+    index = VectorIndex.create("m", DIM)
+    codes = rng.integers(0, 256, size=(300, 32), dtype=np.uint8)
+    index.add(list(range(300)), unit(rng, 300), [bytes(c) for c in codes])
+    index.hash_index()  # the tables are built now
+    near = codes[7].copy()
+    near[:2] ^= 0xFF  # 16 bits away from item 7
+    index.add([300, 5], unit(rng, 2), [bytes(near), bytes(codes[9])])  # a new item; 5 now copies 9
+    index.remove([7, 11])
+    view = index.hash_index()
+    assert view.added.labels.tolist() == [5, 300]  # the change was not merged into the tables
+    truth = {label: bytes(c) for label, c in enumerate(codes) if label not in (7, 11)}
+    truth[5], truth[300] = bytes(codes[9]), bytes(near)
+    labels = np.array(sorted(truth))
+    fresh = HashIndex(labels, np.frombuffer(b"".join(truth[int(x)] for x in labels), dtype=np.uint8))
+    assert len(view) == len(fresh) == 299
+    for query in (codes[7], codes[9], codes[100]):
+        assert [(m.label, m.distance) for m in view.nearest(query, 5)] == [
+            (m.label, m.distance) for m in fresh.nearest(query, 5)
+        ]
+        assert [(m.label, m.distance) for m in view.within(query[None], 31)] == [
+            (m.label, m.distance) for m in fresh.within(query[None], 31)
+        ]
+    assert view.distance_to([5, 7, 300], codes[9][None]) == fresh.distance_to([5, 7, 300], codes[9][None])
+    assert sorted(view.labels.tolist()) == labels.tolist()
+
+
+def test_searches_in_threads_while_changes_are_applied(rng):
+    """hnswlib must never add while it searches: the index's lock lets queries run together
+    and changes alone, with no crash and no wrong answer."""
+    import threading
+
+    index = VectorIndex.create("m", DIM, capacity=16)
+    vectors = unit(rng, 3000)
+    index.add(list(range(100)), vectors[:100])
+    errors = []
+
+    def search():
+        try:
+            for i in range(300):
+                label, score = index.query(vectors[i % 100], 1)[0]
+                assert label == i % 100 and score > 0.999
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=search) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for start in range(100, 3000, 100):  # grows the index many times meanwhile
+        index.add(list(range(start, start + 100)), vectors[start : start + 100])
+        index.remove([start + 1])
+    for thread in threads:
+        thread.join()
+    assert not errors and len(index) == 3000 - 29

@@ -128,8 +128,9 @@ class HashIndex:
         for column, word in zip(self._words[1:], words[1:]):
             distances += np.bitwise_count(column ^ word)
         count = min(count, len(self))
-        rows = np.argpartition(distances, count - 1)[:count]
-        rows = rows[np.lexsort((self.labels[rows], distances[rows]))]
+        kth = np.partition(distances, count - 1)[count - 1]
+        rows = np.flatnonzero(distances <= kth)  # ties at the cut: the smallest labels, always
+        rows = rows[np.lexsort((self.labels[rows], distances[rows]))][:count]
         return [HashMatch(int(self.labels[row]), int(distances[row]), 0) for row in rows]
 
     def within(self, queries: np.ndarray, radius: int) -> list[HashMatch]:
@@ -161,3 +162,56 @@ class HashIndex:
             [hamming(codes, q) for q in np.asarray(queries, dtype=np.uint8).reshape(-1, HASH_BYTES)], axis=0
         )
         return {int(self.labels[row]): int(d) for row, d in zip(rows, best)}
+
+
+class HashIndexView:
+    """A built `HashIndex` plus the changes since it was built (a small `HashIndex` of the
+    items added or changed, and the labels to leave out of the big one), answering as one
+    index: building the multi-index tables again for every change would cost seconds at a
+    million items."""
+
+    def __init__(self, base: HashIndex, added: HashIndex, excluded: set[int], size: int) -> None:
+        self.base = base
+        self.added = added
+        self.excluded = excluded
+        self._size = size
+        self._excluded = np.fromiter(excluded, dtype=np.int64, count=len(excluded))
+
+    def __len__(self) -> int:
+        return self._size
+
+    def _kept(self, matches: list[HashMatch]) -> list[HashMatch]:
+        return [m for m in matches if m.label not in self.excluded] if self.excluded else matches
+
+    @cached_property
+    def _base_rows(self) -> np.ndarray:
+        return np.flatnonzero(~np.isin(self.base.labels, self._excluded))
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.concatenate([self.base.labels[self._base_rows], self.added.labels])
+
+    @property
+    def codes(self) -> np.ndarray:
+        return np.concatenate([self.base.codes[self._base_rows], self.added.codes])
+
+    def nearest(self, query: np.ndarray, count: int) -> list[HashMatch]:
+        """As `HashIndex.nearest`."""
+        hidden = len(self.base) - len(self._base_rows)
+        found = self._kept(self.base.nearest(query, count + hidden)) + self.added.nearest(query, count)
+        return sorted(found, key=lambda m: (m.distance, m.label))[:count]
+
+    def within(self, queries: np.ndarray, radius: int) -> list[HashMatch]:
+        """As `HashIndex.within`."""
+        found = self._kept(self.base.within(queries, radius)) + self.added.within(queries, radius)
+        return sorted(found, key=lambda m: (m.distance, m.label))
+
+    def distance_to(self, labels: list[int], queries: np.ndarray) -> dict[int, int]:
+        """As `HashIndex.distance_to`."""
+        found = {
+            label: d
+            for label, d in self.base.distance_to(labels, queries).items()
+            if label not in self.excluded
+        }
+        found.update(self.added.distance_to(labels, queries))
+        return found

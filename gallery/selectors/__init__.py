@@ -2,6 +2,7 @@
 
 - `catalogue`: browsing, categories, single items, training data
 - `search`: similar items, the per-process index readers, searching one model's vectors
+- `index_journal`: the index changes after a snapshot, read for readers and the writer
 - `search_by_image`: the retrieval pipeline (copies, regions, verification, tiers)
 - `moderation`: the staff queue, the log, near-duplicate groups
 - `imports`: a bulk import's progress and refused files
@@ -27,6 +28,7 @@ from .imports import (
     import_job_pending_item_ids,
     import_job_progress,
 )
+from .index_journal import index_current
 from .model_versions import (
     model_activation_percent,
     model_evaluation_rows,
@@ -74,6 +76,7 @@ __all__ = [
     "import_job_image_ids",
     "import_job_pending_item_ids",
     "import_job_progress",
+    "index_current",
     "index_reader",
     "index_readers_forget",
     "model_activation_percent",

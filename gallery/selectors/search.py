@@ -18,6 +18,7 @@ from ..models import Embedding, Image
 from ..retrieval.params import retrieval_params
 from ..retrieval.regions import Box
 from ..retrieval.tiers import Evidence, Match, classify
+from .index_journal import DATABASE_JOURNAL
 
 _readers: dict[str, IndexReader] = {}
 
@@ -33,7 +34,12 @@ def index_reader(ref: ModelRef | None = None) -> IndexReader:
     if key not in _readers:
         from ..services.index_writer import index_request_rebuild  # a write: asks the writer
 
-        _readers[key] = IndexReader(directory, ef=settings.INDEX_EF_SEARCH, on_unusable=index_request_rebuild)
+        _readers[key] = IndexReader(
+            directory,
+            ef=settings.INDEX_EF_SEARCH,
+            journal=DATABASE_JOURNAL,
+            on_unusable=index_request_rebuild,
+        )
     return _readers[key]
 
 

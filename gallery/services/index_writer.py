@@ -4,10 +4,17 @@ take the same locks). Only these functions write an index: `index_sync`, `index_
 
 Each served model has its index (`embedders.served_models`): the active model's, and the copy
 model's, which also holds the items' perceptual hashes. An image is marked indexed once it is
-in all of them."""
+in all of them.
+
+A change is written to the journal (`IndexChange`) and replayed onto the writer's index like
+any reader's; a snapshot is saved only when enough changed since the last one (or it is old),
+and the journal before the previous snapshot is pruned then. A rebuild starts a new
+generation, which every reader loads in the background."""
 
 import logging
+import secrets
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +22,9 @@ from django.conf import settings
 from django.utils import timezone
 
 from ..embedders import ModelRef, active_model, copy_model, served_models
-from ..index import IndexMeta, IndexUnusable, VectorIndex, write_lock
-from ..models import Embedding, Image, ImageQuerySet
+from ..index import IndexMeta, IndexUnusable, IndexWriteFailed, VectorIndex, write_lock
+from ..models import Embedding, Image, ImageQuerySet, IndexChange
+from ..selectors.index_journal import DATABASE_JOURNAL
 from . import dispatch
 from .recovery import images_catch_up_with_active_model
 
@@ -46,7 +54,12 @@ def _writer_index(ref: ModelRef) -> VectorIndex | None:
     if on_disk is None:
         _writer_cache.pop(key, None)
         return None
-    if cached is None or cached.meta.version != on_disk.version:
+    if (
+        cached is None
+        or cached.meta.version != on_disk.version  # another writer's snapshot, or a broken one
+        or cached.meta.generation != on_disk.generation
+        or cached.meta.journal_seq < on_disk.journal_floor
+    ):
         try:
             cached = VectorIndex.load(directory, ef=settings.INDEX_EF_SEARCH)
         except IndexUnusable as exc:
@@ -58,7 +71,53 @@ def _writer_index(ref: ModelRef) -> VectorIndex | None:
         _writer_cache[key] = cached
     if cached.meta.model != ref.name or cached.meta.dim != ref.dim:
         return None
+    cached.catch_up(DATABASE_JOURNAL)  # what another writer (or this one, before a restart) did
     return cached
+
+
+def _journal_write(
+    ref: ModelRef, index: VectorIndex, *, add: Sequence[int] = (), remove: Sequence[int] = ()
+) -> tuple[int, int]:
+    """Record changes in the journal and apply them to the writer's index as every reader will;
+    returns (added, removed) as applied."""
+    rows = [IndexChange(model_name=ref.name, image_id=i, op=IndexChange.Op.ADD) for i in add]
+    rows += [IndexChange(model_name=ref.name, image_id=i, op=IndexChange.Op.REMOVE) for i in remove]
+    if not rows:
+        return 0, 0
+    IndexChange.objects.bulk_create(rows, batch_size=2000)
+    added = removed = 0
+    while True:
+        batch = DATABASE_JOURNAL.read(ref.name, index.meta.journal_seq, 2000)
+        if batch is None:
+            return added, removed
+        a, r = index.apply(batch)
+        added, removed = added + a, removed + r
+
+
+def _snapshot_if_due(ref: ModelRef, index: VectorIndex, *, force: bool = False) -> bool:
+    """Save a snapshot when the journal since the last one holds more than a few percent of the
+    index (or any change, once the snapshot is older than INDEX_SNAPSHOT_SECONDS), so that a
+    process that starts has little to replay; then prune the journal before the previous
+    snapshot (a reader still there loads the new snapshot)."""
+    on_disk = IndexMeta.read(ref.index_dir)
+    since = on_disk.journal_seq if on_disk else 0
+    if index.meta.journal_seq <= since and not force:
+        return False
+    changes = IndexChange.objects.filter(
+        model_name=ref.name, id__gt=since, id__lte=index.meta.journal_seq
+    ).count()
+    age = time.time() - (ref.index_dir / "meta.json").stat().st_mtime if on_disk else float("inf")
+    due = changes >= max(settings.INDEX_SNAPSHOT_CHANGES, len(index) * settings.INDEX_SNAPSHOT_FRACTION)
+    if not (force or due or (changes and age >= settings.INDEX_SNAPSHOT_SECONDS)):
+        return False
+    index.meta.journal_floor = since
+    try:
+        index.save(ref.index_dir)
+    except IndexWriteFailed as exc:  # e.g. a full disk: the journal keeps every change meanwhile
+        logger.error("index snapshot of %s not written, trying again later: %s", ref.name, exc)
+        return False
+    IndexChange.objects.filter(model_name=ref.name, id__lte=since).delete()
+    return True
 
 
 def stored_vectors(images: ImageQuerySet, model_name: str) -> tuple[list[int], list[np.ndarray]]:
@@ -111,16 +170,13 @@ def index_sync_models(refs: list[ModelRef], image_ids: list[int] | None) -> int:
 
 def _sync_one(ref: ModelRef, ids: list[int]) -> int:
     directory = ref.index_dir
-    _pace_large_saves(directory)
     with write_lock(directory):
         index = _writer_index(ref)
         if index is None:
             return _index_build_locked(ref)
-        candidates = Image.objects.filter(pk__in=ids).indexable()
-        added, vectors = stored_vectors(candidates, ref.name)
-        if added:
-            index.add(added, np.stack(vectors), _hashes_of(ref, added))
-            index.save(directory)
+        candidates = Image.objects.filter(pk__in=ids).indexable().with_vector(ref.name)
+        added = list(candidates.values_list("pk", flat=True))
+        _journal_write(ref, index, add=added)
         # A hide or rejection that committed while we were adding: take it out again at once.
         gone = list(
             Image.objects.filter(pk__in=added)
@@ -128,38 +184,23 @@ def _sync_one(ref: ModelRef, ids: list[int]) -> int:
             .exclude(status=Image.Status.PROCESSING)
             .values_list("pk", flat=True)
         )
-        if gone and index.remove(gone):
-            index.save(directory)
+        _journal_write(ref, index, remove=gone)
+        _snapshot_if_due(ref, index)
         return len(added)
-
-
-def _pace_large_saves(directory: Path) -> None:
-    """Every save rewrites the whole index file and makes every web process reload it. A
-    large index is saved at most every few seconds (one second per 20,000 items, at most 5):
-    updates queued meanwhile are taken by the next save, so a bulk import is not slowed down
-    by rewriting hundreds of megabytes for every batch."""
-    meta = IndexMeta.read(directory)
-    if meta is None:
-        return
-    interval = min(5.0, meta.count / 20000)
-    last_save = (directory / "meta.json").stat().st_mtime
-    wait = last_save + interval - time.time()
-    if wait > 0:
-        time.sleep(wait)
 
 
 def index_remove(image_ids: list[int]) -> int:
     """Drop the given images from every served index unless they may be searched again."""
-    gone = list(Image.objects.filter(pk__in=image_ids).unsearchable().values_list("pk", flat=True))
+    staying = set(Image.objects.filter(pk__in=image_ids).searchable().values_list("pk", flat=True))
+    gone = [pk for pk in image_ids if pk not in staying]  # deleted rows too
     removed = 0
     for ref in served_models(active_model(fresh=True)):
         with write_lock(ref.index_dir):
             index = _writer_index(ref)
             if index is None:
                 continue
-            count = index.remove(gone)
-            if count:
-                index.save(ref.index_dir)
+            _, count = _journal_write(ref, index, remove=gone)
+            _snapshot_if_due(ref, index)
             removed = max(removed, count)
     return removed
 
@@ -196,15 +237,22 @@ def index_build(ref: ModelRef) -> int:
 def _index_build_locked(ref: ModelRef) -> int:
     directory = ref.index_dir
     directory.mkdir(parents=True, exist_ok=True)
+    # The journal so far is what this build reads from the database: it starts after it.
+    head = (
+        IndexChange.objects.filter(model_name=ref.name).order_by("-id").values_list("id", flat=True).first()
+    )
     ids, vectors = stored_vectors(Image.objects.indexable(), ref.name)
     previous = IndexMeta.read(directory)
     index = _new_index(ref.name, ref.dim, capacity=int(len(ids) * 1.25))
     if previous:
         index.meta.version = previous.version
+    index.meta.generation = secrets.randbits(62)  # never one a reader already holds
+    index.meta.journal_seq = index.meta.journal_floor = head or 0
     for start in range(0, len(ids), 10000):
         chunk = ids[start : start + 10000]
         index.add(chunk, np.stack(vectors[start : start + 10000]), _hashes_of(ref, chunk))
     index.save(directory)
+    IndexChange.objects.filter(model_name=ref.name, id__lte=head or 0).delete()
     _writer_cache[str(directory)] = index
     return len(ids)
 
@@ -222,18 +270,16 @@ def index_reconcile() -> dict[str, int]:
                 continue
             held = index.labels()
             wanted = set(Image.objects.searchable().with_vector(ref.name).values_list("pk", flat=True))
-            missing = Image.objects.filter(pk__in=list(wanted - held))
-            ids, vectors = stored_vectors(missing, ref.name)
-            if ids:
-                index.add(ids, np.stack(vectors), _hashes_of(ref, ids))
+            ids = sorted(wanted - held)
             unwanted = held - wanted  # on their way in (processing) stay
             staying = Image.objects.filter(pk__in=list(unwanted)).indexable().values_list("pk", flat=True)
-            extra = list(unwanted - set(staying))
-            gone = index.remove(extra) if extra else 0
-            if ids or gone:
-                index.save(ref.index_dir)
-                logger.warning("index %s reconciled: %d added, %d removed", ref.name, len(ids), gone)
-            added, removed = max(added, len(ids)), max(removed, gone)
+            extra = sorted(unwanted - set(staying))
+            new, gone = _journal_write(ref, index, add=ids, remove=extra)
+            if new or gone:
+                logger.warning("index %s reconciled: %d added, %d removed", ref.name, new, gone)
+            # Quiet times write the snapshot the last changes have not yet earned.
+            _snapshot_if_due(ref, index)
+            added, removed = max(added, new), max(removed, gone)
     return {"added": added, "removed": removed}
 
 

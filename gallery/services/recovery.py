@@ -6,14 +6,13 @@ from collections.abc import Collection
 from datetime import timedelta
 from typing import Any
 
-from amqp.exceptions import ChannelError
-from celery import current_app
 from django.conf import settings
 from django.utils import timezone
 
 from .. import queues
 from ..embedders import active_model, served_models
 from ..models import Image, ImportJob, ModelVersion
+from ..selectors.operations import queue_depth
 from . import dispatch
 from .imports import import_job_start, import_jobs_resume_all
 
@@ -21,11 +20,7 @@ from .imports import import_job_start, import_jobs_resume_all
 def queue_has_work(queue: str, broker_url: str | None = None) -> bool:
     """Messages waiting in a broker queue (True when the broker cannot be asked)."""
     try:
-        with current_app.connection_for_write(broker_url) as conn, conn.channel() as channel:
-            declared = channel.queue_declare(queue=queue, passive=True)  # type: ignore[attr-defined]
-            return bool(declared.message_count > 0)
-    except ChannelError:  # no such queue: Redis drops an empty list
-        return False
+        return queue_depth(queue, broker_url) > 0
     except Exception:
         return True
 

@@ -11,6 +11,7 @@ from gallery import embedders, selectors, services
 from gallery.embedders import active_model, default_model, forget_active_model, model_ref
 from gallery.index import IndexMeta
 from gallery.models import Embedding, Image, ModelVersion
+from gallery.selectors.index_journal import index_current
 from tests.helpers import train_small
 from tests.images import encode, make_category_picture
 
@@ -52,7 +53,7 @@ def test_activation_switches_search_to_the_new_model_and_back(gallery):
     services.model_activate(default.pk)
     forget_active_model()
     assert active_model().name == default.name
-    assert IndexMeta.read(default_model().index_dir).count == 18
+    assert len(index_current(default_model().index_dir)) == 18
     assert ModelVersion.objects.filter(is_active=True).count() == 1
 
 
@@ -95,7 +96,7 @@ def test_writers_do_not_act_on_a_model_switched_a_second_ago(gallery):
     assert Embedding.objects.filter(image=late, model_name=learned.name).exists()
     # ...and the copy model's, which finds copies whichever model serves similarity
     assert Embedding.objects.filter(image=late, model_name=default.name).exists()
-    assert IndexMeta.read(model_ref(learned).index_dir).count == 19
+    assert len(index_current(model_ref(learned).index_dir)) == 19
 
 
 def test_an_index_update_overtaken_by_a_switch_sends_its_images_to_the_new_model(gallery):
@@ -125,7 +126,7 @@ def test_an_index_update_overtaken_by_a_switch_sends_its_images_to_the_new_model
     late.refresh_from_db()
     assert late.status == Image.Status.INDEXED
     assert Embedding.objects.filter(image=late, model_name=learned.name).exists()
-    assert IndexMeta.read(model_ref(learned).index_dir).count == 19
+    assert len(index_current(model_ref(learned).index_dir)) == 19
 
 
 def test_an_indexed_image_whose_file_is_gone_does_not_stall_the_switch(gallery):

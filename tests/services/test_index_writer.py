@@ -7,6 +7,7 @@ from gallery import selectors, services
 from gallery.embedders import get_embedder
 from gallery.index import IndexMeta, VectorIndex
 from gallery.models import Embedding, Image
+from gallery.selectors.index_journal import index_current
 from tests.helpers import embed_and_index
 from tests.images import make_image_bytes
 
@@ -34,13 +35,13 @@ def test_hidden_items_are_not_added_and_removed_ones_stay_out(clean_index):
     services.images_embed([a.pk, b.pk])
     Image.objects.filter(pk=a.pk).update(status=Image.Status.HIDDEN)  # hidden before its index update
     services.index_sync()
-    index = VectorIndex.load(clean_index)
+    index = index_current(clean_index)
     assert index.labels() == {b.pk}
     Image.objects.filter(pk=b.pk).update(status=Image.Status.HIDDEN)
     assert services.index_remove([b.pk]) == 1
-    assert len(VectorIndex.load(clean_index)) == 0
+    assert len(index_current(clean_index)) == 0
     services.index_sync()  # a stale update never brings them back
-    assert len(VectorIndex.load(clean_index)) == 0
+    assert len(index_current(clean_index)) == 0
 
 
 def test_rebuild_restores_a_lost_index(clean_index):
@@ -49,7 +50,7 @@ def test_rebuild_restores_a_lost_index(clean_index):
     for path in clean_index.glob("*.*"):
         path.unlink()
     assert services.index_rebuild() == 3
-    index = VectorIndex.load(clean_index)
+    index = index_current(clean_index)
     assert index.labels() == {im.pk for im in images}
     vec = Embedding.objects.get(image=images[0]).as_array()
     assert index.query(vec, 1)[0][0] == images[0].pk
@@ -60,4 +61,89 @@ def test_sync_without_index_on_disk_rebuilds(clean_index):
     images = [services.image_create(data=make_image_bytes(seed))[0] for seed in range(30, 32)]
     services.images_embed([im.pk for im in images])
     assert services.index_sync() == 2
+    assert index_current(clean_index).labels() == {im.pk for im in images}
+
+
+def test_changes_reach_readers_through_the_journal_without_a_new_snapshot(clean_index, settings):
+    """An update writes a journal entry, not the whole index: a reader applies it to the index
+    it holds (no reload), and the snapshot on disk stays as it was."""
+    settings.INDEX_SNAPSHOT_CHANGES = 1000
+    first = [services.image_create(data=make_image_bytes(seed))[0] for seed in range(40, 43)]
+    embed_and_index(*(im.pk for im in first))
+    reader = selectors.index_reader()
+    held = reader.get()
+    assert held.labels() == {im.pk for im in first}
+    version = IndexMeta.read(clean_index).version
+    more = [services.image_create(data=make_image_bytes(seed))[0] for seed in (43, 44)]
+    embed_and_index(*(im.pk for im in more))
+    assert IndexMeta.read(clean_index).version == version  # no snapshot written
+    assert reader.get() is held  # the same index, caught up
+    assert held.labels() == {im.pk for im in first + more}
+    assert held.query(Embedding.objects.get(image=more[1]).as_array(), 1)[0][0] == more[1].pk
+    Image.objects.filter(pk=first[0].pk).update(status=Image.Status.HIDDEN)
+    assert services.index_remove([first[0].pk]) == 1
+    assert first[0].pk not in reader.get().labels()
+    assert index_current(clean_index).labels() == {im.pk for im in first[1:] + more}
+
+
+def test_snapshots_are_written_when_enough_changed_and_the_journal_is_pruned(clean_index, settings):
+    from gallery.models import IndexChange
+
+    settings.INDEX_SNAPSHOT_CHANGES, settings.INDEX_SNAPSHOT_FRACTION = 2, 0.0
+    images = [services.image_create(data=make_image_bytes(seed))[0] for seed in range(50, 55)]
+    embed_and_index(images[0].pk)  # the first sync builds the index (a snapshot)
+    built = IndexMeta.read(clean_index)
+    embed_and_index(images[1].pk)
+    assert IndexMeta.read(clean_index).version == built.version  # one change: not yet
+    embed_and_index(images[2].pk)
+    second = IndexMeta.read(clean_index)
+    assert second.version == built.version + 1 and second.journal_seq > built.journal_seq
+    embed_and_index(images[3].pk, images[4].pk)
+    third = IndexMeta.read(clean_index)
+    assert third.version == second.version + 1 and third.journal_floor == second.journal_seq
+    assert not IndexChange.objects.filter(id__lte=second.journal_seq).exists()  # pruned
     assert VectorIndex.load(clean_index).labels() == {im.pk for im in images}
+    assert third.generation == built.generation
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rebuilt_index_is_loaded_in_the_background_while_the_old_one_serves(clean_index, settings):
+    """A new generation (a rebuild) is loaded by a thread; searches keep the index they have
+    until the new one is loaded and caught up."""
+    import time
+
+    images = [services.image_create(data=make_image_bytes(seed))[0] for seed in range(60, 63)]
+    embed_and_index(*(im.pk for im in images))
+    reader = selectors.index_reader()
+    old = reader.get()
+    assert len(old) == 3
+    Image.objects.filter(pk=images[0].pk).update(status=Image.Status.HIDDEN)  # behind the writer's back
+    assert services.index_rebuild() == 2
+    served = reader.get()
+    deadline = time.monotonic() + 20
+    while served is old:
+        assert time.monotonic() < deadline, "the rebuilt index never replaced the old one"
+        time.sleep(0.05)
+        served = reader.get()
+    assert served.labels() == {images[1].pk, images[2].pk}
+    assert served.meta.generation != old.meta.generation
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reader_behind_the_pruned_journal_loads_the_new_snapshot(clean_index, settings):
+    import time
+
+    settings.INDEX_SNAPSHOT_CHANGES, settings.INDEX_SNAPSHOT_FRACTION = 1, 0.0
+    images = [services.image_create(data=make_image_bytes(seed))[0] for seed in range(70, 74)]
+    embed_and_index(images[0].pk)
+    stale = selectors.index_reader()
+    old = stale.get()
+    selectors.index_readers_forget()  # the stale reader stops looking while the others move on
+    for image in images[1:]:
+        embed_and_index(image.pk)  # a snapshot each time; the journal before the last is pruned
+    assert IndexMeta.read(clean_index).journal_floor > old.meta.journal_seq
+    deadline = time.monotonic() + 20
+    while (current := stale.get()) is old or len(current) < 4:
+        assert time.monotonic() < deadline, "the stale reader never caught up"
+        time.sleep(0.05)
+    assert current.labels() == {im.pk for im in images}

@@ -8,8 +8,8 @@ from django.test import Client
 from django.urls import reverse
 
 from gallery import services
-from gallery.index import VectorIndex
 from gallery.models import Image, ModerationAction, Report
+from gallery.selectors.index_journal import index_current
 from tests.conftest import wait_for_status
 from tests.helpers import api_upload, embed_and_index, search_ids
 from tests.images import make_image_bytes
@@ -23,7 +23,7 @@ def test_pre_moderation_waits_for_approval(client, settings, staff, token, clean
     assert body["moderation"] == "pending"
     embed_and_index(body["id"])
     assert body["id"] not in search_ids(client, 1)
-    assert body["id"] not in VectorIndex.load(clean_index).labels()
+    assert body["id"] not in index_current(clean_index).labels()
     assert client.get(f"/items/{body['id']}/").status_code == 404  # not public yet
     response = client.post(f"/api/images/{body['id']}/approve", HTTP_AUTHORIZATION=f"Bearer {token}")
     assert response.json() == {"id": body["id"], "status": "indexed", "moderation": "approved"}
@@ -42,9 +42,9 @@ def test_post_moderation_hide_is_immediate_and_unhide_restores(client, token, cl
     client.post(f"/api/images/{ids[0]}/hide", {"reason": "spam"}, HTTP_AUTHORIZATION=f"Bearer {token}")
     assert ids[0] not in search_ids(client, 3)  # before the index is even updated
     services.index_remove([ids[0]])
-    assert ids[0] not in VectorIndex.load(clean_index).labels()
+    assert ids[0] not in index_current(clean_index).labels()
     services.index_sync()  # nothing brings it back
-    assert ids[0] not in VectorIndex.load(clean_index).labels()
+    assert ids[0] not in index_current(clean_index).labels()
     client.post(f"/api/images/{ids[0]}/unhide", HTTP_AUTHORIZATION=f"Bearer {token}")
     embed_and_index(ids[0])
     assert search_ids(client, 3)[0] == ids[0]

@@ -1,0 +1,137 @@
+"""A process's view of an index: the snapshot once, then the journal."""
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .files import META_FILE, IndexMeta, IndexUnusable
+from .journal import Journal
+from .vector_index import VectorIndex
+
+logger = logging.getLogger(__name__)
+
+
+class IndexReader:
+    """A process's view of one index: the snapshot loaded once, then the journal's changes
+    applied as they come (a few inline on `get`, a backlog in a background thread). A new
+    snapshot is loaded only for a rebuild (new generation) or when this reader fell behind the
+    pruned journal, in the background; searches keep the index they have meanwhile."""
+
+    INLINE_CHANGES = 256  # applied within `get`; more go to the background thread
+
+    def __init__(
+        self,
+        directory: Path,
+        ef: int = 128,
+        check_interval: float = 0.0,
+        journal: Journal | None = None,
+        on_unusable: Callable[[Path], None] | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.journal = journal
+        self.on_unusable = on_unusable
+        self.unusable = ""  # why the files on disk could not be loaded (empty: they could)
+        self.ef = ef
+        self.check_interval = check_interval
+        self._index: VectorIndex | None = None
+        self._stamp: tuple[int, int, int] | str | None = "not looked yet"
+        self._checked_at = float("-inf")
+        self._lock = threading.Lock()  # the reader's state; never held while loading
+        self._applying = threading.Lock()  # one thread applies journal changes at a time
+        self._loading: threading.Thread | None = None
+
+    def _meta_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.directory / META_FILE)
+            return (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            return None
+
+    def get(self) -> VectorIndex | None:
+        now = time.monotonic()
+        if now - self._checked_at < self.check_interval:
+            return self._index
+        self._checked_at = now
+        self._follow_snapshots()
+        index = self._index
+        if index is not None and self.journal is not None:
+            self._catch_up_inline(index)
+        return self._index
+
+    def _follow_snapshots(self) -> None:
+        """Load the snapshot on disk when this reader has none, or when it is of another
+        generation, or this reader is behind what the journal still holds."""
+        with self._lock:
+            stamp = self._meta_stamp()
+            if stamp == self._stamp:
+                return
+            self._stamp = stamp
+            current = self._index
+            meta = IndexMeta.read(self.directory)
+            if current is not None and meta is not None and self.journal is not None:
+                same = meta.model == current.meta.model and meta.generation == current.meta.generation
+                if same and current.meta.journal_seq >= meta.journal_floor:
+                    return  # a newer snapshot of what this reader has: the journal suffices
+            if current is not None and self.journal is not None:
+                if self._loading is None or not self._loading.is_alive():
+                    self._loading = threading.Thread(target=self._load_in_background, daemon=True)
+                    self._loading.start()
+                return
+        loaded = self._load()  # nothing to serve meanwhile (or no journal to follow): load now
+        if loaded is not None:
+            if self.journal is not None:
+                loaded.catch_up(self.journal, limit=self.INLINE_CHANGES)
+            with self._lock:
+                self._index = loaded
+
+    def _load(self) -> VectorIndex | None:
+        try:
+            loaded = VectorIndex.load(self.directory, ef=self.ef)
+            self.unusable = "" if loaded is not None else f"no index in {self.directory}"
+        except IndexUnusable as exc:
+            loaded, self.unusable = None, str(exc)
+            logger.error("index unusable, serving the last good version: %s", exc)
+        if loaded is None and self.on_unusable is not None:
+            # Keep answering from what this process has (nothing on a fresh start); the
+            # next snapshot written is tried as soon as it appears.
+            self.on_unusable(self.directory)
+        return loaded
+
+    def _load_in_background(self) -> None:
+        try:
+            loaded = self._load()
+            if loaded is not None and self.journal is not None:
+                loaded.catch_up(self.journal)  # before it is seen: nobody waits on it
+            if loaded is not None:
+                with self._lock:
+                    self._index = loaded
+        except Exception:
+            logger.exception("loading the index snapshot in %s failed", self.directory)
+        finally:
+            if self.journal is not None:
+                self.journal.done()
+
+    def _catch_up_inline(self, index: VectorIndex) -> None:
+        if not self._applying.acquire(blocking=False):
+            return  # the background thread is applying a backlog
+        try:
+            more = index.catch_up(self.journal, limit=self.INLINE_CHANGES)  # type: ignore[arg-type]
+        except Exception:
+            logger.exception("applying the index journal of %s failed", self.directory)
+            more = False
+        finally:
+            self._applying.release()
+        if more:
+            threading.Thread(target=self._catch_up_in_background, args=(index,), daemon=True).start()
+
+    def _catch_up_in_background(self, index: VectorIndex) -> None:
+        with self._applying:
+            try:
+                index.catch_up(self.journal)  # type: ignore[arg-type]
+            except Exception:
+                logger.exception("applying the index journal of %s failed", self.directory)
+            finally:
+                self.journal.done()  # type: ignore[union-attr]

@@ -1,0 +1,363 @@
+"""The in-memory index: hnswlib plus what it lacks (live count, deletes, perceptual hashes, a
+read/write lock so that searches in many threads and applied changes never overlap)."""
+
+import contextlib
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+
+from ..retrieval.hashes import HashIndex, HashIndexView
+from .files import (
+    HASHES_FILE,
+    INDEX_FILE,
+    META_FILE,
+    MIN_CAPACITY,
+    IndexMeta,
+    IndexUnusable,
+    IndexWriteFailed,
+    atomic_write,
+    hash_arrays,
+    load_hnsw,
+    read_hashes,
+)
+from .journal import Journal, JournalBatch
+
+APPLY_BATCH = 64  # items added per hold of the write lock: searches wait at most one batch
+POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+class ReadWriteLock:
+    """Many readers at once, or one writer; a waiting writer goes before new readers (hnswlib's
+    `add_items` and `knn_query` must never overlap, while queries may run together)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+class VectorIndex:
+    """An in-memory hnswlib index plus the bookkeeping hnswlib lacks (live count, deletes,
+    perceptual hashes), safe to search from many threads while changes are applied."""
+
+    def __init__(self, meta: IndexMeta, hnsw: hnswlib.Index, ef: int) -> None:
+        self.meta = meta
+        self.hnsw = hnsw
+        self.ef = ef
+        self._lock = ReadWriteLock()
+        self._deleted = set(meta.deleted)
+        self._hashes: dict[int, bytes] = {}  # label -> PDQ hash
+        self._hash_base: HashIndex | None = None  # built from _hashes; changes since kept apart
+        self._hash_added: dict[int, bytes] = {}
+        self._hash_removed: set[int] = set()
+        self._hash_view: HashIndexView | None = None
+        # (labels, packed sign bits, vectors), for hamming_query
+        self._codes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        hnsw.set_ef(ef)  # not persisted by hnswlib: set after every load
+
+    @classmethod
+    def create(
+        cls,
+        model: str,
+        dim: int,
+        *,
+        capacity: int = MIN_CAPACITY,
+        m: int = 16,
+        ef_construction: int = 200,
+        ef: int = 128,
+    ) -> "VectorIndex":
+        hnsw = hnswlib.Index(space="cosine", dim=dim)
+        hnsw.init_index(
+            max_elements=capacity, M=m, ef_construction=ef_construction, allow_replace_deleted=False
+        )
+        return cls(IndexMeta(model=model, dim=dim, capacity=capacity), hnsw, ef)
+
+    @classmethod
+    def load(cls, directory: Path, *, ef: int = 128) -> "VectorIndex | None":
+        """The saved snapshot, or None when there is none. Raises `IndexUnusable` when there
+        are files that cannot be loaded (meta.json unreadable, index.bin truncated...)."""
+        meta = IndexMeta.read(directory)
+        if meta is None:
+            if (directory / INDEX_FILE).exists():
+                raise IndexUnusable(f"{directory / META_FILE} is missing or unreadable")
+            return None
+        path = directory / INDEX_FILE
+        try:
+            size = path.stat().st_size
+            if meta.index_bytes and size != meta.index_bytes:
+                raise IndexUnusable(
+                    f"{path} has {size} bytes, version {meta.version} wrote {meta.index_bytes}"
+                )
+            hnsw = load_hnsw(path, meta.dim, meta.capacity)
+            index = cls(meta, hnsw, ef)
+            if (directory / HASHES_FILE).exists():
+                index._hashes = read_hashes(directory / HASHES_FILE)
+        except IndexUnusable:
+            raise
+        except (OSError, RuntimeError, ValueError, KeyError, EOFError, MemoryError) as exc:
+            raise IndexUnusable(f"{directory} cannot be loaded: {exc}") from exc
+        return index
+
+    def __len__(self) -> int:
+        return self.meta.count
+
+    def labels(self) -> set[int]:
+        """Live labels."""
+        with self._lock.reading():
+            return set(self.hnsw.get_ids_list()) - self._deleted
+
+    def add(self, labels: list[int], vectors: np.ndarray, hashes: list[bytes | None] | None = None) -> None:
+        """Add or replace items (and their perceptual hashes, when given), a batch at a time
+        so that searches in other threads wait little. The caller has checked in the
+        database that they are visible (re-adding a deleted label makes it live again)."""
+        if not labels:
+            return
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(labels), self.meta.dim)
+        codes = list(hashes or [None] * len(labels))
+        for start in range(0, len(labels), APPLY_BATCH):
+            chunk = [int(x) for x in labels[start : start + APPLY_BATCH]]
+            with self._lock.writing():
+                needed = self.hnsw.get_current_count() + len(chunk)  # at most: some may be replaced
+                if needed > self.hnsw.get_max_elements():
+                    self.hnsw.resize_index(max(needed, 2 * self.hnsw.get_max_elements()))
+                self.hnsw.add_items(vectors[start : start + APPLY_BATCH], np.asarray(chunk, dtype=np.int64))
+                self._deleted -= set(chunk)
+                for label, code in zip(chunk, codes[start : start + APPLY_BATCH]):
+                    if code:
+                        self._hash_set(label, bytes(code))
+                self._sync_meta()
+
+    def _hash_set(self, label: int, code: bytes) -> None:
+        if self._hashes.get(label) == code:
+            return
+        self._hashes[label] = code
+        self._hash_added[label] = code
+        self._hash_view = None
+
+    def _hash_drop(self, label: int) -> None:
+        if self._hashes.pop(label, None) is not None:
+            self._hash_added.pop(label, None)
+            self._hash_removed.add(label)
+            self._hash_view = None
+
+    def _sync_meta(self) -> None:
+        self._codes = None  # the contents changed: binary codes are built again when asked
+        self.meta.capacity = self.hnsw.get_max_elements()
+        self.meta.count = self.hnsw.get_current_count() - len(self._deleted)
+        self.meta.deleted = sorted(self._deleted)
+
+    def remove(self, labels: list[int]) -> int:
+        """Mark items deleted (unknown or already deleted labels are ignored)."""
+        removed = 0
+        with self._lock.writing():
+            for label in labels:
+                label = int(label)
+                if label in self._deleted:
+                    continue
+                try:
+                    self.hnsw.mark_deleted(label)
+                except RuntimeError:
+                    continue  # not in the index
+                self._deleted.add(label)
+                self._hash_drop(label)
+                removed += 1
+            self._sync_meta()
+        return removed
+
+    def apply(self, batch: JournalBatch) -> tuple[int, int]:
+        """Replay changes read from the journal; returns (added, removed)."""
+        self.add(batch.labels, batch.vectors, batch.hashes or None)
+        removed = self.remove(batch.removed) if batch.removed else 0
+        self.meta.journal_seq = max(self.meta.journal_seq, batch.seq)
+        return len(batch.labels), removed
+
+    def catch_up(self, journal: Journal, limit: int | None = None) -> bool:
+        """Apply the journal's changes after this index's last one (at most `limit`); True
+        when more are left."""
+        done = 0
+        while limit is None or done < limit:
+            step = 2000 if limit is None else min(2000, limit - done)
+            batch = journal.read(self.meta.model, self.meta.journal_seq, step)
+            if batch is None:
+                return False
+            self.apply(batch)
+            done += step
+            if not batch.more:
+                return False
+        return True
+
+    def vector(self, label: int) -> np.ndarray | None:
+        with self._lock.reading():
+            if label in self._deleted:
+                return None
+            try:
+                return np.asarray(self.hnsw.get_items([label])[0], dtype=np.float32)
+            except RuntimeError:
+                return None
+
+    def query(self, vector: np.ndarray, k: int, allowed: set[int] | None = None) -> list[tuple[int, float]]:
+        """The k nearest live items as (label, cosine similarity), best first. `k` is clamped
+        to what the index (or the `allowed` subset) holds."""
+        limit = self.meta.count if allowed is None else min(self.meta.count, len(allowed))
+        k = min(k, limit)
+        if k <= 0:
+            return []
+        flt = None if allowed is None else (lambda label: label in allowed)
+        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        with self._lock.reading():
+            try:
+                labels, distances = self.hnsw.knn_query(query, k=k, filter=flt)
+                return [(int(label), float(1.0 - d)) for label, d in zip(labels[0], distances[0])]
+            except RuntimeError:
+                pass
+        # Fewer than k reachable (a narrow filter, many deleted items): widen the search, then
+        # ask for fewer. `ef` is shared by every thread's queries, so this runs alone.
+        ef = max(self.ef, k)
+        with self._lock.writing():
+            try:
+                while True:
+                    self.hnsw.set_ef(ef)
+                    try:
+                        labels, distances = self.hnsw.knn_query(query, k=k, filter=flt)
+                        break
+                    except RuntimeError:
+                        if ef < 4 * max(self.meta.capacity, 1) and ef < 4096:
+                            ef *= 4
+                        elif k > 1:
+                            k = max(1, k // 2)
+                        else:
+                            return []
+            finally:
+                self.hnsw.set_ef(self.ef)
+        return [(int(label), float(1.0 - d)) for label, d in zip(labels[0], distances[0])]
+
+    def neighbours(self, labels: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest items of items already in the index (themselves included), as
+        arrays of labels and cosine similarities, one row per label."""
+        with self._lock.reading():
+            vectors = np.asarray(self.hnsw.get_items(labels), dtype=np.float32)
+            found, distances = self.hnsw.knn_query(vectors, k=k)
+        return found.astype(np.int64), 1.0 - distances
+
+    def hamming_query(
+        self, vector: np.ndarray, k: int, allowed: set[int] | None = None, candidates: int = 200
+    ) -> list[tuple[int, float]]:
+        """Binary-code search for hash models (vector = normalised 2h - 1, so its signs are
+        the bits): every live item ranked by Hamming distance of packed codes, the best
+        `candidates` re-ranked by cosine. Codes are built again after a change."""
+        codes_now = self._codes
+        if codes_now is None:
+            with self._lock.reading():
+                labels = np.array(sorted(set(self.hnsw.get_ids_list()) - self._deleted), dtype=np.int64)
+                vectors = (
+                    np.asarray(self.hnsw.get_items(labels), dtype=np.float32)
+                    if len(labels)
+                    else np.zeros((0, self.meta.dim), dtype=np.float32)
+                )
+            codes_now = self._codes = (labels, np.packbits(vectors > 0, axis=1), vectors)
+        labels, codes, vectors = codes_now
+        if allowed is not None:
+            keep = np.isin(labels, np.fromiter(allowed, dtype=np.int64, count=len(allowed)))
+            labels, codes, vectors = labels[keep], codes[keep], vectors[keep]
+        if not len(labels):
+            return []
+        query = np.asarray(vector, dtype=np.float32)
+        distance = POPCOUNT[codes ^ np.packbits(query > 0)].sum(axis=1, dtype=np.int32)
+        best = np.argsort(distance, kind="stable")[: max(k, candidates)]
+        scores = vectors[best] @ query
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [(int(labels[best[i]]), float(scores[i])) for i in order]
+
+    def hash_index(self) -> HashIndexView:
+        """The live items' perceptual hashes, searchable by Hamming distance. The multi-index
+        tables are built once; later changes are kept beside them (scanned) until they grow
+        past a few percent, then merged by building again."""
+        view = self._hash_view
+        if view is not None:
+            return view
+        with self._lock.reading():
+            changed = len(self._hash_added) + len(self._hash_removed)
+            if self._hash_base is None or changed > max(2000, len(self._hashes) // 20):
+                self._hash_base = HashIndex(*hash_arrays(self._hashes))
+                self._hash_added, self._hash_removed = {}, set()
+            view = HashIndexView(
+                self._hash_base,
+                HashIndex(*hash_arrays(self._hash_added)),
+                excluded=self._hash_removed | set(self._hash_added),
+                size=len(self._hashes),
+            )
+            self._hash_view = view
+        return view
+
+    def _write_hashes(self, path: Path) -> None:
+        labels, codes = hash_arrays(self._hashes)
+        with open(path, "wb") as fh:
+            np.savez(fh, labels=labels, codes=codes)
+        try:
+            if len(read_hashes(path)) != len(labels):
+                raise ValueError("fewer hashes than written")
+        except (OSError, ValueError, KeyError, EOFError) as exc:
+            raise IndexWriteFailed(f"the hashes written to {path} cannot be read back: {exc}") from exc
+
+    def _write_hnsw(self, path: Path) -> None:
+        """hnswlib's save, then a load of what it wrote: the same number of items must come back
+        (it reports no failed write). Costs a second load of the file, about 1 s per 200,000
+        items."""
+        self.hnsw.save_index(str(path))
+        try:
+            written = load_hnsw(path, self.meta.dim, self.hnsw.get_max_elements()).get_current_count()
+        except (OSError, RuntimeError, ValueError, MemoryError) as exc:
+            raise IndexWriteFailed(f"the index written to {path} cannot be read back: {exc}") from exc
+        if written != self.hnsw.get_current_count():
+            raise IndexWriteFailed(
+                f"{path} holds {written} items, {self.hnsw.get_current_count()} were written"
+            )
+        self.meta.index_bytes = path.stat().st_size
+
+    def save(self, directory: Path) -> None:
+        """Writes a new snapshot; raises `IndexWriteFailed` (leaving the last good one in
+        place) when a file cannot be read back."""
+        directory.mkdir(parents=True, exist_ok=True)
+        with self._lock.reading():
+            self.meta.version += 1
+            self.meta.capacity = self.hnsw.get_max_elements()
+            atomic_write(directory / INDEX_FILE, self._write_hnsw)
+            if self._hashes:
+                atomic_write(directory / HASHES_FILE, self._write_hashes)
+            else:
+                (directory / HASHES_FILE).unlink(missing_ok=True)
+            atomic_write(directory / META_FILE, lambda tmp: tmp.write_text(json.dumps(self.meta.__dict__)))
