@@ -393,3 +393,39 @@ class ModelVersion(BackgroundRun):
     @property
     def is_ready(self) -> bool:
         return self.state == self.State.READY
+
+
+class DuplicateScan(BackgroundRun):
+    """A pass over the copy index that groups the items that are copies of one picture (run as
+    a task: at a large gallery it takes minutes). Its groups are kept for the staff page, which
+    pages through them; the next scan replaces them."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED, db_index=True)
+    items = models.PositiveIntegerField(default=0, help_text="Items the scan looked at.")
+    error = models.TextField(blank=True)
+    started_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+
+    def __str__(self) -> str:
+        return f"duplicate scan {self.pk} ({self.state})"
+
+
+class DuplicateGroupRow(models.Model):
+    """One group a scan found: its items, the oldest first (the one to keep), each with why it
+    counts as a copy of the others."""
+
+    scan = models.ForeignKey(DuplicateScan, on_delete=models.CASCADE, related_name="groups")
+    rank = models.PositiveIntegerField()  # largest groups first
+    members = models.JSONField(help_text="[[image id, explanation], ...], the oldest first.")
+
+    class Meta:
+        ordering = ["scan", "rank"]
+        constraints = [models.UniqueConstraint(fields=["scan", "rank"], name="one_group_per_rank")]
+
+    def __str__(self) -> str:
+        return f"group {self.rank} of scan {self.scan_id}: {len(self.members)} items"

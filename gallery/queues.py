@@ -25,6 +25,7 @@ TASK_QUEUES: Final[dict[str, str]] = {
     "model_train": TRAIN,
     "model_evaluate": TRAIN,
     "model_activate": TRAIN,
+    "duplicate_scan_run": TRAIN,  # minutes at a large gallery: not on the web-facing queues
 }
 
 

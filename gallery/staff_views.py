@@ -60,5 +60,16 @@ def moderation_log(request: HttpRequest) -> HttpResponse:
 
 @staff_member_required
 def near_duplicates(request: HttpRequest) -> HttpResponse:
-    groups = selectors.near_duplicate_groups()
-    return render(request, "gallery/duplicates.html", {"groups": groups})
+    newest, done = selectors.duplicate_scan_latest()
+    page, groups = selectors.duplicate_groups_page(done, request.GET.get("page")) if done else (None, [])
+    return render(
+        request, "gallery/duplicates.html", {"groups": groups, "page": page, "scan": done, "newest": newest}
+    )
+
+
+@staff_member_required
+@require_POST
+def near_duplicates_scan(request: HttpRequest) -> HttpResponse:
+    scan = services.duplicate_scan_start(user=request.user)
+    messages.success(request, f"Looking for copies (scan {scan.pk}); the groups appear here when it is done.")
+    return redirect("gallery:duplicates")

@@ -87,6 +87,11 @@ def model_activate(version_id: int) -> str:
     return str(services.model_activate(version_id).activation)
 
 
+@shared_task
+def duplicate_scan_run(scan_id: int) -> int:
+    return services.duplicate_scan_run(scan_id)
+
+
 @worker_ready.connect
 def _pick_up_lost_work(sender: Any = None, **kwargs: Any) -> None:
     """A starting worker picks up images, import jobs and model runs whose tasks were lost

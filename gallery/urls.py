@@ -14,4 +14,5 @@ urlpatterns = [
     path("moderation/act/", staff_views.moderation_act, name="moderation-act"),
     path("moderation/log/", staff_views.moderation_log, name="moderation-log"),
     path("moderation/duplicates/", staff_views.near_duplicates, name="duplicates"),
+    path("moderation/duplicates/scan/", staff_views.near_duplicates_scan, name="duplicates-scan"),
 ]

@@ -53,10 +53,7 @@ def test_metrics_give_latency_by_endpoint_queues_statuses_and_the_index(clean_in
     client = Client()
     assert client.get(f"/api/images/{image.pk}").status_code == 200
     text = client.get("/metrics").content.decode()  # the test client comes from 127.0.0.1
-    assert (
-        'gallery_request_seconds_count{endpoint="api/images/<image_id>",method="GET",status="2xx"}'
-        in text
-    )
+    assert 'gallery_request_seconds_count{endpoint="api/images/<image_id>",method="GET",status="2xx"}' in text
     assert 'gallery_images{status="indexed"} 1.0' in text
     assert 'gallery_queue_depth{queue="index"}' in text
     assert "gallery_index_items{model=" in text and "gallery_index_journal_seq{model=" in text

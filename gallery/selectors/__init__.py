@@ -39,6 +39,8 @@ from .model_versions import (
 )
 from .moderation import (
     MODERATION_VIEWS,
+    duplicate_groups_page,
+    duplicate_scan_latest,
     moderation_counts,
     moderation_log,
     moderation_queue,
@@ -62,6 +64,8 @@ __all__ = [
     "SearchResult",
     "category_list",
     "clamp_k",
+    "duplicate_groups_page",
+    "duplicate_scan_latest",
     "image_get",
     "image_get_for_viewer",
     "image_get_searchable",

@@ -2,11 +2,12 @@
 
 from dataclasses import dataclass, field
 
+from django.core.paginator import Page, Paginator
 from django.db.models import Count, Q, QuerySet
 
 from ..embedders import copy_model
 from ..index import VectorIndex
-from ..models import Image, ImageQuerySet, ModerationAction, Report
+from ..models import DuplicateGroupRow, DuplicateScan, Image, ImageQuerySet, ModerationAction, Report
 from ..retrieval.params import retrieval_params
 from ..retrieval.tiers import COPY_TIERS, Evidence, classify
 from .search import index_reader
@@ -55,12 +56,14 @@ class DuplicateGroup:
         return len(self.images)
 
 
-def near_duplicate_groups(*, limit: int = 200) -> list[DuplicateGroup]:
+def near_duplicate_groups(
+    *, index: VectorIndex | None = None, limit: int | None = 200
+) -> list[DuplicateGroup]:
     """Groups of searchable items that are copies of one another by the same rule as
     search's tiers (`retrieval.tiers.classify` on the copy channel: perceptual hashes close
     and copy-model vectors agreeing), linked into connected components. Crops and pictures
     inside pictures need local-feature checks and are found by searching, not grouped here."""
-    index = index_reader(copy_model()).get()
+    index = index or index_reader(copy_model()).get()
     if index is None or len(index) < 2:
         return []
     links = _copy_links(index)
@@ -91,7 +94,7 @@ def near_duplicate_groups(*, limit: int = 200) -> list[DuplicateGroup]:
             for im in images[1:]
         }
         groups.append(DuplicateGroup(images, explanations))
-        if len(groups) == limit:
+        if limit is not None and len(groups) == limit:
             break
     return groups
 
@@ -116,3 +119,30 @@ def _copy_links(index: VectorIndex) -> list[tuple[int, int, str]]:
             if decision.match in COPY_TIERS:
                 links.append((int(label), match.label, decision.explanation))
     return links
+
+
+def duplicate_scan_latest() -> tuple[DuplicateScan | None, DuplicateScan | None]:
+    """(the newest scan in any state, the newest finished one): the page shows the groups of
+    the second and whether another is on its way."""
+    newest = DuplicateScan.objects.order_by("-created_at", "-pk").first()
+    done = (
+        DuplicateScan.objects.filter(state=DuplicateScan.State.DONE).order_by("-finished_at", "-pk").first()
+    )
+    return newest, done
+
+
+def duplicate_groups_page(
+    scan: DuplicateScan, number: str | int | None, per_page: int = 20
+) -> tuple["Page[DuplicateGroupRow]", list[DuplicateGroup]]:
+    """One page of a scan's stored groups (for the page links), and its groups as
+    `DuplicateGroup`s of the items still visible (an item hidden since the scan drops out; a
+    group left with one item shows no more)."""
+    page = Paginator(scan.groups.order_by("rank"), per_page).get_page(number)
+    ids = [int(image_id) for row in page.object_list for image_id, _ in row.members]
+    rows = Image.objects.searchable().in_bulk(ids)
+    groups = []
+    for row in page.object_list:
+        members = [(rows[int(pk)], text) for pk, text in row.members if int(pk) in rows]
+        if len(members) >= 2:
+            groups.append(DuplicateGroup([im for im, _ in members], {im.pk: t for im, t in members[1:]}))
+    return page, groups

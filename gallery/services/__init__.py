@@ -5,6 +5,7 @@
 - `embedding`: vectors for stored images (embed queue)
 - `index_writer`: the index's single writer (index queue)
 - `moderation`: approve, reject, hide, unhide, reports
+- `duplicates`: near-duplicate scans (a task; groups stored for the staff page)
 - `imports`: bulk imports from a folder, a ZIP or a manifest
 - `model_versions`: create, train, cancel, resume, evaluate a model
 - `activation`: switch searches to another model
@@ -14,6 +15,7 @@
 - `inputs`: text, tags and actor normalisation"""
 
 from .activation import model_activate, model_activate_start
+from .duplicates import duplicate_scan_run, duplicate_scan_start
 from .embedding import images_backfill, images_embed, images_mark_failed, images_record_error
 from .imports import (
     import_job_cancel,
@@ -68,6 +70,8 @@ __all__ = [
     "MODERATION_ACTIONS",
     "api_token_issue",
     "api_token_user",
+    "duplicate_scan_run",
+    "duplicate_scan_start",
     "image_create",
     "image_fetch_from_url",
     "image_update_metadata",

@@ -60,3 +60,7 @@ def model_evaluate(version_id: int, protocol: str, data: str, limits: dict[str, 
 
 def model_activate(version_id: int) -> None:
     _after_commit("model_activate", version_id)
+
+
+def duplicate_scan_run(scan_id: int) -> None:
+    _after_commit("duplicate_scan_run", scan_id)

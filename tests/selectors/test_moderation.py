@@ -4,7 +4,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
-from gallery import selectors
+from gallery import selectors, services
 from tests.helpers import api_upload, embed_and_index
 from tests.images import encode, make_picture
 
@@ -23,5 +23,9 @@ def test_near_duplicates_are_grouped_and_flagged(client, staff, clean_index):
     groups = selectors.near_duplicate_groups()
     assert [[im.pk for im in group.images] for group in groups] == [[original, copy_id]]
     client.force_login(staff)
+    assert (
+        'id="no-duplicates"' not in client.get(reverse("gallery:duplicates")).content.decode()
+    )  # no scan yet
+    services.duplicate_scan_run(services.duplicate_scan_start(user=staff).pk)  # the task, in-process
     page = client.get(reverse("gallery:duplicates")).content.decode()
     assert page.count('class="panel dup-group"') == 1

@@ -1,0 +1,60 @@
+"""Near-duplicate scans: the copy index grouped into copies of one picture, as a background
+task whose groups are stored for the staff page (a scan of a large gallery takes minutes; a
+page must not)."""
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser
+from django.db import transaction
+from django.utils import timezone
+
+from ..embedders import copy_model
+from ..models import DuplicateGroupRow, DuplicateScan
+from ..selectors.index_journal import index_current
+from ..selectors.moderation import near_duplicate_groups
+from . import dispatch
+from .inputs import acting_user
+
+
+def duplicate_scan_start(*, user: AbstractBaseUser | AnonymousUser | None = None) -> DuplicateScan:
+    """Queue a scan, unless one is queued or running already (that one is returned)."""
+    waiting = DuplicateScan.objects.filter(
+        state__in=[DuplicateScan.State.QUEUED, DuplicateScan.State.RUNNING]
+    )
+    scan = waiting.order_by("-created_at").first()
+    if scan is not None:
+        return scan
+    scan = DuplicateScan.objects.create(started_by=acting_user(user))
+    dispatch.duplicate_scan_run(scan.pk)
+    return scan
+
+
+def duplicate_scan_run(scan_id: int) -> int:
+    """The scan (the task): every copy group of the searchable items, stored with the scan;
+    the groups of earlier scans are deleted. Returns the number of groups. Running it again
+    (a redelivered task) starts the scan over; a finished scan is left as it is."""
+    scan = DuplicateScan.objects.filter(pk=scan_id).first()
+    if scan is None or scan.state == DuplicateScan.State.DONE:
+        return 0
+    DuplicateScan.objects.filter(pk=scan.pk).update(
+        state=DuplicateScan.State.RUNNING, started_at=timezone.now(), error=""
+    )
+    try:
+        index = index_current(copy_model().index_dir)  # this process's own, fully caught-up copy
+        groups = near_duplicate_groups(index=index, limit=None) if index is not None else []
+        rows = [
+            DuplicateGroupRow(scan=scan, rank=rank, members=[[im.pk, text] for im, text in group.members])
+            for rank, group in enumerate(groups)
+        ]
+        with transaction.atomic():
+            scan.groups.all().delete()
+            DuplicateGroupRow.objects.bulk_create(rows, batch_size=1000)
+            DuplicateScan.objects.filter(pk=scan.pk).update(
+                state=DuplicateScan.State.DONE, finished_at=timezone.now(), items=len(index) if index else 0
+            )
+            DuplicateScan.objects.filter(state=DuplicateScan.State.DONE).exclude(pk=scan.pk).delete()
+    except Exception as exc:
+        DuplicateScan.objects.filter(pk=scan.pk).update(
+            state=DuplicateScan.State.FAILED, finished_at=timezone.now(), error=f"{type(exc).__name__}: {exc}"
+        )
+        raise
+    return len(rows)
