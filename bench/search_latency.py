@@ -266,16 +266,23 @@ def synthetic_fields(model, template, seed: int, n: int) -> dict:
     return values
 
 
-def wait_for_probe(app: h.BenchApp, query: bytes, probe_id: int, timeout: float = 900) -> float:
-    """Until the web process answers with the new index (the probe among the results)."""
+def wait_for_probe(
+    app: h.BenchApp, query: bytes, probe_id: int, timeout: float = 900
+) -> tuple[float, list[float]]:
+    """Until the web process answers with the new index (the probe among the results); also
+    the latency of each search meanwhile (the web loads the new index in the background and
+    answers from the old one: this says how much that slows searches)."""
     api = h.Api(app.base_url, timeout=timeout)
     started = time.perf_counter()
+    latencies = []
     try:
         while time.perf_counter() - started < timeout:
+            t0 = time.perf_counter()
             body = api.search(query, "query.jpg", k=10)
+            latencies.append(time.perf_counter() - t0)
             if probe_id in [r["id"] for r in body["results"]]:
-                return time.perf_counter() - started
-            time.sleep(0.3)
+                return time.perf_counter() - started, latencies
+            time.sleep(0.1)
     finally:
         api.close()
     raise RuntimeError(f"The web process did not serve the synthetic index within {timeout:.0f} s")
@@ -443,8 +450,10 @@ def main(argv=None) -> int:
             else:
                 synth = fill_synthetic(args.synthetic, query_vector, small, args.seed)
             if synth.get("probe_id"):
-                waited = wait_for_probe(app, query, synth["probe_id"])
+                waited, during = wait_for_probe(app, query, synth["probe_id"])
                 synth["web_reload_seconds"] = round(waited, 2)
+                synth["searches_during_reload"] = h.summarize_ms(during)
+                h.log(f"  searches while it loaded: {h.fmt_summary(synth['searches_during_reload'])}")
                 h.log(
                     f"The web process serves the {synth['index_items']}-item index ({waited:.1f} s after save)."
                 )

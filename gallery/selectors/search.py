@@ -13,7 +13,7 @@ import numpy as np
 from django.conf import settings
 
 from ..embedders import ModelRef, active_model, copy_model, served_models
-from ..index import IndexReader
+from ..index import IndexReader, VectorIndex
 from ..models import Embedding, Image
 from ..retrieval.params import retrieval_params
 from ..retrieval.regions import Box
@@ -21,6 +21,7 @@ from ..retrieval.tiers import Evidence, Match, classify
 from .index_journal import DATABASE_JOURNAL
 
 _readers: dict[str, IndexReader] = {}
+Hits = list[tuple[int, float]]  # (label, cosine similarity), best first
 
 
 def index_reader(ref: ModelRef | None = None) -> IndexReader:
@@ -95,17 +96,14 @@ def search_vector(
     index = index_reader(ref).get()
     if index is None or len(index) == 0:
         return []
-    allowed = None
-    if category:
-        allowed = set(Image.objects.searchable().filter(category=category).values_list("pk", flat=True))
-        if not allowed:
-            return []
     wanted = k + (1 if exclude_id is not None else 0)
     fetch = wanted + max(10, wanted // 2)
-    if ref.bits:
-        hits = index.hamming_query(vector, fetch, allowed, candidates=max(200, 10 * fetch))
+    if category:
+        hits = _category_hits(index, vector, fetch, category, bits=ref.bits)
+    elif ref.bits:
+        hits = index.hamming_query(vector, fetch, candidates=max(200, 10 * fetch))
     else:
-        hits = index.query(vector, fetch, allowed)
+        hits = index.query(vector, fetch)
     rows = Image.objects.searchable().in_bulk([label for label, _ in hits])
     result = []
     for label, score in hits:
@@ -115,6 +113,42 @@ def search_vector(
         if len(result) == k:
             break
     return result
+
+
+SMALL_CATEGORY = 10000  # items: scanned exactly (a few ms), no graph search
+LARGE_CATEGORY_SHARE = 0.1  # of the index: an unfiltered search over-fetched, members kept
+
+
+def _category_hits(index: VectorIndex, vector: np.ndarray, fetch: int, category: str, *, bits: int) -> Hits:
+    """The `fetch` nearest items of one category without a per-query set of the whole
+    category where it would be large: a small category's vectors are scanned exactly; a large
+    one (a tenth of the index or more) comes from an unfiltered search over-fetched by its
+    share, members kept by one database check; only in between does hnswlib filter by a set."""
+    members = Image.objects.searchable().filter(category=category)
+    ids = list(members.values_list("pk", flat=True)[: SMALL_CATEGORY + 1])
+    if len(ids) <= SMALL_CATEGORY:
+        labels, vectors = index.vectors(ids)
+        if not len(labels):
+            return []
+        scores = vectors @ np.asarray(vector, dtype=np.float32)
+        best = np.argsort(-scores, kind="stable")[:fetch]
+        return [(int(labels[i]), float(scores[i])) for i in best]
+    share = members.count() / max(1, len(index))
+    if share >= LARGE_CATEGORY_SHARE:
+        over = min(len(index), int(2 * fetch / share) + 10)
+        hits = (
+            index.hamming_query(vector, over, candidates=max(200, 10 * over))
+            if bits
+            else index.query(vector, over)
+        )
+        inside = set(members.filter(pk__in=[label for label, _ in hits]).values_list("pk", flat=True))
+        kept = [(label, score) for label, score in hits if label in inside][:fetch]
+        if len(kept) >= fetch or over >= len(index):
+            return kept
+    allowed = set(members.values_list("pk", flat=True))
+    if bits:
+        return index.hamming_query(vector, fetch, allowed, candidates=max(200, 10 * fetch))
+    return index.query(vector, fetch, allowed)
 
 
 def image_vector(image: Image, ref: ModelRef | None = None) -> np.ndarray | None:
