@@ -229,26 +229,6 @@ class VectorIndex:
             except RuntimeError:
                 return None
 
-    def vectors(self, labels: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(labels, vectors) of the live items among `labels` (the others are left out)."""
-        with self._lock.reading():
-            live = [int(label) for label in labels if int(label) not in self._deleted]
-            try:
-                found = np.asarray(self.hnsw.get_items(live), dtype=np.float32).reshape(
-                    len(live), self.meta.dim
-                )
-            except RuntimeError:  # some are not in the index: one at a time
-                kept, rows = [], []
-                for label in live:
-                    try:
-                        rows.append(np.asarray(self.hnsw.get_items([label])[0], dtype=np.float32))
-                        kept.append(label)
-                    except RuntimeError:
-                        continue
-                live = kept
-                found = np.stack(rows) if rows else np.zeros((0, self.meta.dim), dtype=np.float32)
-        return np.asarray(live, dtype=np.int64), found
-
     def query(self, vector: np.ndarray, k: int, allowed: set[int] | None = None) -> list[tuple[int, float]]:
         """The k nearest live items as (label, cosine similarity), best first. `k` is clamped
         to what the index (or the `allowed` subset) holds."""

@@ -1,0 +1,281 @@
+"""The index layer at scale, in-process: gallery.index.VectorIndex (hnswlib) at 200k or 1M items.
+
+Vectors are realistic, not noise: R real photos (CIFAR-10 `train/` and the product photos) are
+embedded by the app's default embedder as gallery vectors; the rest are synthesised from them as
+perturbed mixtures of real neighbours (x_i + a (x_j - x_i) + noise, x_j among x_i's 10 nearest,
+renormalised), so they keep the real vectors' clusters and spread. Queries are Q other real
+photos (CIFAR-10 `test/`) embedded as queries are. Reported:
+
+- build: inserts/s (both cores), snapshot bytes, write (with its read-back check) and load time;
+- memory: the process's resident growth while the index is built and loaded;
+- recall@10 of the index against an exact (brute-force) search of the same vectors;
+- search latency (the index alone: no decoding or embedding) with 1 and 8 threads, p50/p95/p99;
+- filtered search for categories of 1 %, 10 % and 50 % of the items, by each primitive the app's
+  category rule chooses from (`selectors.search._category_hits`): an exact scan of the members'
+  vectors (the app reads them from the database first: not counted here), an unfiltered search
+  over-fetched by the share, hnswlib's filter with a set;
+- the journal: how fast a reader applies changes (adds/s), as every process does after an update.
+
+    .venv/bin/python bench/scale.py --items 200000
+    .venv/bin/python bench/scale.py --items 1000000 --real 6000   # about an hour of inserts here
+    .venv/bin/python bench/scale.py --items 20000 --real 1000 --queries 100   # quick
+
+Upload -> searchable, search over HTTP and search while an import runs are measured against the
+running app by import_throughput.py and search_latency.py (its --synthetic index)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import resource
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import harness as h
+import numpy as np
+
+CIFAR = "cifar10-jpg.zip"
+PRODUCTS = "fashion-products-6k.zip"
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def read_images(zip_path: Path, names: list[str]):
+    from PIL import Image
+
+    with zipfile.ZipFile(zip_path) as zf:
+        for name in names:
+            with Image.open(io.BytesIO(zf.read(name))) as im:
+                yield im.convert("RGB")
+
+
+def embed(zip_path: Path, names: list[str], *, gallery: bool, batch: int = 64) -> np.ndarray:
+    from gallery.embedders import get_embedder
+
+    embedder = get_embedder()
+    out, pending = [], []
+    for im in read_images(zip_path, names):
+        pending.append(im)
+        if len(pending) == batch:
+            out.append(embedder.embed_gallery(pending) if gallery else embedder.embed(pending))
+            pending = []
+    if pending:
+        out.append(embedder.embed_gallery(pending) if gallery else embedder.embed(pending))
+    return np.concatenate(out).astype(np.float32)
+
+
+def synthesise(real: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
+    """`total` vectors: the real ones, then mixtures of a real vector and one of its 10 nearest
+    real neighbours with a little noise of the real vectors' own per-dimension spread."""
+    n, dim = real.shape
+    sims = real @ real.T
+    np.fill_diagonal(sims, -2)
+    neighbours = np.argsort(-sims, axis=1)[:, :10]
+    spread = real.std(axis=0)
+    out = np.empty((total, dim), dtype=np.float32)
+    out[:n] = real
+    for start in range(n, total, 50000):
+        m = min(50000, total - start)
+        i = rng.integers(0, n, m)
+        j = neighbours[i, rng.integers(0, 10, m)]
+        a = rng.uniform(0.0, 0.5, (m, 1)).astype(np.float32)
+        v = real[i] + a * (real[j] - real[i]) + 0.3 * spread * rng.standard_normal((m, dim), dtype=np.float32)
+        out[start : start + m] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
+
+
+def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    best = np.zeros((len(queries), 0), dtype=np.int64)
+    scores = np.zeros((len(queries), 0), dtype=np.float32)
+    for start in range(0, len(vectors), 100000):
+        s = queries @ vectors[start : start + 100000].T
+        top = np.argpartition(-s, min(k, s.shape[1] - 1), axis=1)[:, :k]
+        best = np.concatenate([best, top + start], axis=1)
+        scores = np.concatenate([scores, np.take_along_axis(s, top, axis=1)], axis=1)
+        keep = np.argsort(-scores, axis=1)[:, :k]
+        best, scores = np.take_along_axis(best, keep, axis=1), np.take_along_axis(scores, keep, axis=1)
+    return best
+
+
+def timed_searches(fn, queries: np.ndarray, threads: int, repeat: int) -> dict:
+    samples: list[float] = []
+    lock = threading.Lock()
+
+    def worker(offset: int) -> None:
+        mine = []
+        for r in range(repeat):
+            q = queries[(offset + r) % len(queries)]
+            t0 = time.perf_counter()
+            fn(q)
+            mine.append(time.perf_counter() - t0)
+        with lock:
+            samples.extend(mine)
+
+    started = time.perf_counter()
+    pool = [threading.Thread(target=worker, args=(t * 37,)) for t in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    wall = time.perf_counter() - started
+    return {**h.summarize_ms(samples), "threads": threads, "throughput_qps": round(len(samples) / wall, 1)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=200_000)
+    parser.add_argument("--real", type=int, default=3000, help="real photos embedded (the rest synthesised)")
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--repeat", type=int, default=200, help="searches per thread per latency level")
+    h.common_arguments(parser, redis_db=13)
+    args = parser.parse_args(argv)
+    cifar = h.require_dataset(args.datasets, CIFAR)
+    products = h.require_dataset(args.datasets, PRODUCTS)
+    rng = np.random.default_rng(args.seed)
+    pick = random.Random(args.seed)
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    os.environ.setdefault("VAR_DIR", str(tmp))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "searchsite.settings")
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)  # a throw-away database: the embedders read the active model
+
+    from gallery.embedders import embedder_identity
+    from gallery.index import JournalBatch, VectorIndex
+
+    model, dim = embedder_identity()
+    figures: dict = {"items": args.items, "model": model, "dim": dim}
+    train = [n for n in h.zip_image_names(cifar) if "/train/" in f"/{n}"]
+    test = [n for n in h.zip_image_names(cifar) if "/test/" in f"/{n}"]
+    half = args.real // 2
+    t0 = time.perf_counter()
+    real = np.concatenate(
+        [
+            embed(cifar, pick.sample(train, half), gallery=True),
+            embed(products, pick.sample(h.zip_image_names(products), args.real - half), gallery=True),
+        ]
+    )
+    queries = embed(cifar, pick.sample(test, args.queries), gallery=False)
+    figures["embed_seconds"] = round(time.perf_counter() - t0, 1)
+    h.log(f"Embedded {len(real)} real photos and {len(queries)} queries in {figures['embed_seconds']} s")
+    vectors = synthesise(real, args.items, rng)
+    labels = np.arange(1, args.items + 1, dtype=np.int64)
+
+    rss0 = rss_mb()
+    index = VectorIndex.create(
+        model,
+        dim,
+        capacity=args.items,
+        m=settings.INDEX_M,
+        ef_construction=settings.INDEX_EF_CONSTRUCTION,
+        ef=settings.INDEX_EF_SEARCH,
+    )
+    t0 = time.perf_counter()
+    for start in range(0, args.items, 10000):
+        index.add(labels[start : start + 10000].tolist(), vectors[start : start + 10000])
+        if start and start % 100000 == 0:
+            h.log(f"  {start} inserted ({start / (time.perf_counter() - t0):.0f}/s)")
+    build = time.perf_counter() - t0
+    figures["build"] = {
+        "seconds": round(build, 1),
+        "inserts_per_s": round(args.items / build, 1),
+        "rss_growth_mb": round(rss_mb() - rss0, 1),
+    }
+    h.log(f"Built: {figures['build']}")
+    directory = tmp / "index"
+    t0 = time.perf_counter()
+    index.save(directory)
+    write_s = time.perf_counter() - t0
+    del index
+    rss1 = rss_mb()
+    t0 = time.perf_counter()
+    index = VectorIndex.load(directory, ef=settings.INDEX_EF_SEARCH)
+    figures["snapshot"] = {
+        "bytes": (directory / "index.bin").stat().st_size,
+        "write_seconds": round(write_s, 2),
+        "load_seconds": round(time.perf_counter() - t0, 2),
+        "rss_of_a_loaded_copy_mb": round(rss_mb() - rss1, 1),
+    }
+    h.log(f"Snapshot: {figures['snapshot']}")
+
+    truth = exact_top(vectors, queries, 10)
+    found = [[label - 1 for label, _ in index.query(q, 10)] for q in queries]
+    figures["recall@10"] = round(float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])), 4)
+    h.log(f"recall@10 against exact search: {figures['recall@10']}")
+
+    figures["search"] = [
+        timed_searches(lambda q: index.query(q, 20), queries, n, args.repeat) for n in (1, 8)
+    ]
+    for level in figures["search"]:
+        h.log(f"  search, {level['threads']} threads: {h.fmt_summary(level)}  {level['throughput_qps']} q/s")
+
+    filtered = {}
+    fetch = 30  # what the app fetches for k=20
+    for share in (0.01, 0.10, 0.50):
+        members = np.sort(rng.choice(labels, int(share * args.items), replace=False))
+        member_set = set(members.tolist())
+        is_member = np.zeros(args.items + 1, dtype=bool)
+        is_member[members] = True
+        over = min(args.items, int(2 * fetch / share) + 10)
+
+        member_vectors = vectors[members - 1]  # as the app reads them from the database
+
+        def scan(q, member_vectors=member_vectors, members=members):
+            return members[np.argsort(-(member_vectors @ q))[:fetch]]
+
+        def overfetch(q, is_member=is_member, over=over):
+            return [label for label, _ in index.query(q, over) if is_member[label]][:fetch]
+
+        def with_set(q, member_set=member_set):
+            return index.query(q, fetch, allowed=member_set)
+
+        row = {}
+        for name, fn in (("exact_scan", scan), ("overfetch_check", overfetch), ("hnsw_set_filter", with_set)):
+            row[name] = timed_searches(fn, queries, 1, max(20, args.repeat // 4))
+        t0 = time.perf_counter()
+        for _ in range(5):
+            set(members.tolist())
+        row["set_build_ms"] = round((time.perf_counter() - t0) / 5 * 1000, 2)
+        filtered[f"{int(share * 100)}%"] = row
+        h.log(
+            f"  category {share:.0%}: scan p50 {row['exact_scan']['p50_ms']} ms, over-fetch "
+            f"{row['overfetch_check']['p50_ms']} ms, set filter {row['hnsw_set_filter']['p50_ms']} ms "
+            f"(+ set {row['set_build_ms']} ms)"
+        )
+    figures["filtered"] = filtered
+
+    extra = synthesise(real, len(real) + 2000, rng)[len(real) :]
+    batch = JournalBatch(0, list(range(args.items + 1, args.items + 2001)), extra, [], [], False)
+    t0 = time.perf_counter()
+    index.apply(batch)
+    figures["journal_replay_adds_per_s"] = round(2000 / (time.perf_counter() - t0), 1)
+    h.log(f"A reader applies journal adds at {figures['journal_replay_adds_per_s']}/s")
+    figures["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    h.write_result(
+        args.results,
+        "scale",
+        vars(args) | {"datasets": str(args.datasets)},
+        figures,
+        full_size=args.items >= 200_000,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
