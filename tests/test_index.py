@@ -264,3 +264,19 @@ def test_searches_in_threads_while_changes_are_applied(rng):
     for thread in threads:
         thread.join()
     assert not errors and len(index) == 3000 - 29
+
+
+def test_hamming_codes_follow_changes_without_a_rebuild(rng):
+    """Items added or removed after the codes were built are found (or not) at once."""
+    index = VectorIndex.create("hash", 16)
+    signs = np.where(rng.standard_normal((40, 16)) > 0, 1.0, -1.0).astype(np.float32)
+    vectors = signs / np.linalg.norm(signs, axis=1, keepdims=True)
+    index.add(list(range(30)), vectors[:30])
+    assert index.hamming_query(vectors[3], 1)[0][0] == 3  # the codes are built now
+    index.add([35], vectors[35:36])
+    index.remove([3])
+    assert index.hamming_query(vectors[35], 1)[0][0] == 35
+    assert 3 not in [label for label, _ in index.hamming_query(vectors[3], 31)]
+    index.add([3], vectors[3:4])  # back again
+    assert index.hamming_query(vectors[3], 1)[0][0] == 3
+    assert len(index.hamming_query(vectors[0], 100)) == 31
