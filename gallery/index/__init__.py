@@ -31,6 +31,7 @@ from .files import (
     IndexMeta,
     IndexUnusable,
     IndexWriteFailed,
+    journal_head_touch,
     write_lock,
 )
 from .journal import Journal, JournalBatch
@@ -52,5 +53,6 @@ __all__ = [
     "JournalBatch",
     "ReadWriteLock",
     "VectorIndex",
+    "journal_head_touch",
     "write_lock",
 ]

@@ -18,6 +18,10 @@ INDEX_FILE = "index.bin"
 HASHES_FILE = "hashes.npz"  # perceptual hashes of the items that have one (the copy index)
 META_FILE = "meta.json"
 LOCK_FILE = "write.lock"
+# Touched by the writer after each journal write commits: readers ask the journal (a database
+# query) only when it changed, or at the latest every JOURNAL_POLL_SECONDS.
+JOURNAL_HEAD_FILE = "journal.head"
+JOURNAL_POLL_SECONDS = 1.0
 MIN_CAPACITY = 1024
 
 
@@ -97,3 +101,19 @@ def write_lock(directory: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def journal_head_touch(directory: Path, seq: int) -> None:
+    """Tell this machine's readers that the journal grew (they stat this file)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{JOURNAL_HEAD_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
+    tmp.write_text(f"{seq}\n")
+    os.replace(tmp, directory / JOURNAL_HEAD_FILE)  # a new inode each time: file times are coarse
+
+
+def journal_head_stamp(directory: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(directory / JOURNAL_HEAD_FILE)
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+    except FileNotFoundError:
+        return None

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .files import META_FILE, IndexMeta, IndexUnusable
+from .files import JOURNAL_POLL_SECONDS, META_FILE, IndexMeta, IndexUnusable, journal_head_stamp
 from .journal import Journal
 from .vector_index import VectorIndex
 
@@ -42,6 +42,8 @@ class IndexReader:
         self._lock = threading.Lock()  # the reader's state; never held while loading
         self._applying = threading.Lock()  # one thread applies journal changes at a time
         self._loading: threading.Thread | None = None
+        self._head: tuple[int, int, int] | str | None = "not looked yet"  # journal.head when last read
+        self._asked_at = float("-inf")  # when the journal was last read
 
     def _meta_stamp(self) -> tuple[int, int, int] | None:
         try:
@@ -58,7 +60,11 @@ class IndexReader:
         self._follow_snapshots()
         index = self._index
         if index is not None and self.journal is not None:
-            self._catch_up_inline(index)
+            head = journal_head_stamp(self.directory)
+            if head != self._head or now - self._asked_at >= JOURNAL_POLL_SECONDS:
+                # A search asks several times: the database only when the writer said so.
+                self._head, self._asked_at = head, now
+                self._catch_up_inline(index)
         return self._index
 
     def _follow_snapshots(self) -> None:

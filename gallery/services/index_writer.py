@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from ..embedders import ModelRef, active_model, copy_model, served_models
-from ..index import IndexMeta, IndexUnusable, IndexWriteFailed, VectorIndex, write_lock
+from ..index import IndexMeta, IndexUnusable, IndexWriteFailed, VectorIndex, journal_head_touch, write_lock
 from ..models import Embedding, Image, ImageQuerySet, IndexChange
 from ..selectors.index_journal import DATABASE_JOURNAL
 from . import dispatch
@@ -85,6 +86,13 @@ def _journal_write(
     if not rows:
         return 0, 0
     IndexChange.objects.bulk_create(rows, batch_size=2000)
+    head = (
+        IndexChange.objects.filter(model_name=ref.name).order_by("-id").values_list("id", flat=True).first()
+    )
+    # Readers look when this changes: now (a reader in this transaction sees the rows), and once
+    # they are committed (the others see them then).
+    journal_head_touch(ref.index_dir, head or 0)
+    transaction.on_commit(lambda: journal_head_touch(ref.index_dir, head or 0))
     added = removed = 0
     while True:
         batch = DATABASE_JOURNAL.read(ref.name, index.meta.journal_seq, 2000)

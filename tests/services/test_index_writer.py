@@ -147,3 +147,22 @@ def test_a_reader_behind_the_pruned_journal_loads_the_new_snapshot(clean_index, 
         assert time.monotonic() < deadline, "the stale reader never caught up"
         time.sleep(0.05)
     assert current.labels() == {im.pk for im in images}
+
+
+def test_readers_ask_the_journal_only_when_the_writer_says_so(clean_index):
+    """A search asks its reader several times: the journal (a database query) is read when the
+    writer touched journal.head, or after JOURNAL_POLL_SECONDS, not on every call."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    first = services.image_create(data=make_image_bytes(80))[0]
+    embed_and_index(first.pk)
+    reader = selectors.index_reader()
+    assert len(reader.get()) == 1
+    with CaptureQueriesContext(connection) as queries:
+        for _ in range(20):
+            reader.get()
+    assert not [q for q in queries if "gallery_indexchange" in q["sql"]]
+    second = services.image_create(data=make_image_bytes(81))[0]
+    embed_and_index(second.pk)  # the writer touches journal.head
+    assert reader.get().labels() == {first.pk, second.pk}
