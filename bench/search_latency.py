@@ -136,7 +136,6 @@ def fill_synthetic(target: int, probe_vector: np.ndarray, template_bytes: bytes,
     """Grow the app's index (and the Image table) to `target` live items with synthetic ones.
     Holds the index's write lock, like the app's single writer."""
     from django.conf import settings
-    from django.db import transaction
     from django.utils import timezone
 
     from gallery import services
@@ -200,27 +199,11 @@ def fill_synthetic(target: int, probe_vector: np.ndarray, template_bytes: bytes,
         while done < n_new:
             m = min(chunk, n_new - done)
             t0 = time.perf_counter()
-            rows = [Item(**synthetic_fields(Item, template, seed, done + i)) for i in range(m)]
-            codes = rng.integers(0, 256, size=(m, 32), dtype=np.uint8)  # unrelated perceptual hashes
-            for row, code in zip(rows, codes):
-                row.pdq = code.tobytes()
-            if done == 0:
-                rows[0].title = "bench probe"
             vectors = rng.standard_normal((m, dim), dtype=np.float32)
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
             if done == 0:
                 vectors[0] = probe_vector
-            # With their vectors and hashes, as the pipeline leaves an item: an item without
-            # them would be embedded again by the backfill (the database is the truth).
-            with transaction.atomic():
-                ids = [row.pk for row in Item.objects.bulk_create(rows, batch_size=2000)]
-                Embedding.objects.bulk_create(
-                    [
-                        Embedding(image_id=pk, model_name=model, dim=dim, vector=vec.tobytes())
-                        for pk, vec in zip(ids, vectors)
-                    ],
-                    batch_size=2000,
-                )
+            ids = synthetic_rows(template, seed, done, vectors, rng, model)
             if done == 0:
                 probe_id = ids[0]
             t1 = time.perf_counter()
@@ -251,6 +234,34 @@ def fill_synthetic(target: int, probe_vector: np.ndarray, template_bytes: bytes,
     )
     h.log(f"Index saved: {total} items, {figures['index_bytes'] / 2**20:.0f} MiB, {save_s:.1f} s to save.")
     return figures
+
+
+def synthetic_rows(
+    template, seed: int, start: int, vectors: np.ndarray, rng: np.random.Generator, model: str
+) -> list:
+    """Image rows for synthetic items start.. with their Embedding rows and unrelated random
+    perceptual hashes, as the pipeline leaves an item (without them the app's backfill would
+    embed them all again: the database is the truth). Item `0` is the probe."""
+    from django.db import transaction
+
+    from gallery.models import Embedding
+    from gallery.models import Image as Item
+
+    rows = [Item(**synthetic_fields(Item, template, seed, start + i)) for i in range(len(vectors))]
+    for row, code in zip(rows, rng.integers(0, 256, size=(len(rows), 32), dtype=np.uint8)):
+        row.pdq = code.tobytes()
+    if start == 0:
+        rows[0].title = "bench probe"
+    with transaction.atomic():
+        ids = [row.pk for row in Item.objects.bulk_create(rows, batch_size=2000)]
+        Embedding.objects.bulk_create(
+            [
+                Embedding(image_id=pk, model_name=model, dim=vectors.shape[1], vector=vec.tobytes())
+                for pk, vec in zip(ids, vectors)
+            ],
+            batch_size=2000,
+        )
+    return ids
 
 
 def synthetic_fields(model, template, seed: int, n: int) -> dict:
