@@ -4,10 +4,11 @@ Measured with 1 and 8 concurrent clients (threads, one keep-alive connection eac
 (a) the 6,000-item fashion gallery (imported with `manage.py import_images`) and
 (b) a 200,000-item index: the gallery (or, with --skip-gallery, one real image) plus synthetic
     items, i.e. `Image` rows written in bulk (status indexed, all pointing at one real stored
-    file and thumbnail) and random unit vectors of the embedder's dimension added to the app's
-    index with gallery.index.VectorIndex under `write_lock`, saved while the app runs as a new
-    generation (which the web process loads in the background, as after a rebuild). One synthetic item (the probe) gets the
-    query's own vector, so the run knows when the web process serves the new index.
+    file and thumbnail, with their `Embedding` rows) and random unit vectors of the embedder's
+    dimension added to the app's index with gallery.index.VectorIndex under `write_lock`, saved
+    while the app runs as a new generation (which the web process loads in the background, as
+    after a rebuild; the searches made meanwhile are timed). One synthetic item (the probe)
+    gets the query's own vector, so the run knows when the web process serves the new index.
 Beside it, in the same run, the embedder alone: decode + embed of the same query in-process,
 as the web process does it, so that the HTTP/search overhead shows as a ratio.
 
