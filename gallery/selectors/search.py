@@ -14,7 +14,7 @@ from django.conf import settings
 
 from ..embedders import ModelRef, active_model, copy_model, served_models
 from ..index import IndexReader, VectorIndex
-from ..models import Embedding, Image
+from ..models import Embedding, Image, ImageQuerySet
 from ..retrieval.params import retrieval_params
 from ..retrieval.regions import Box
 from ..retrieval.tiers import Evidence, Match, classify
@@ -94,11 +94,16 @@ def search_vector(
     re-ranked by cosine."""
     ref = ref or active_model()
     index = index_reader(ref).get()
-    if index is None or len(index) == 0:
-        return []
     wanted = k + (1 if exclude_id is not None else 0)
     fetch = wanted + max(10, wanted // 2)
-    if category:
+    if index is None:
+        # No index this process can load (a broken file; the writer is rebuilding it): an
+        # exact scan of the database's vectors answers meanwhile.
+        members = Image.objects.searchable()
+        hits = _scan_database(ref, members.filter(category=category) if category else members, vector, fetch)
+    elif len(index) == 0:
+        return []
+    elif category:
         hits = _category_hits(index, vector, fetch, category, ref=ref)
     elif ref.bits:
         hits = index.hamming_query(vector, fetch, candidates=max(200, 10 * fetch))
@@ -130,18 +135,7 @@ def _category_hits(
     members = Image.objects.searchable().filter(category=category)
     small = members.values_list("pk", flat=True)[: SMALL_CATEGORY + 1]
     if len(small) <= SMALL_CATEGORY:
-        rows = Embedding.objects.filter(model_name=ref.name, image__in=members).values_list(
-            "image_id", "vector"
-        )
-        labels = [image_id for image_id, _ in rows]
-        if not labels:
-            return []
-        vectors = np.frombuffer(b"".join(bytes(v) for _, v in rows), dtype=np.float32).reshape(
-            len(labels), -1
-        )
-        scores = vectors @ np.asarray(vector, dtype=np.float32)
-        best = np.argsort(-scores, kind="stable")[:fetch]
-        return [(int(labels[i]), float(scores[i])) for i in best]
+        return _scan_database(ref, members, vector, fetch)
     share = members.count() / max(1, len(index))
     if share >= LARGE_CATEGORY_SHARE:
         over = min(len(index), int(2 * fetch / share) + 10)
@@ -158,6 +152,30 @@ def _category_hits(
     if ref.bits:
         return index.hamming_query(vector, fetch, allowed, candidates=max(200, 10 * fetch))
     return index.query(vector, fetch, allowed)
+
+
+def _scan_database(ref: ModelRef, members: ImageQuerySet, vector: np.ndarray, fetch: int) -> Hits:
+    """The `fetch` nearest of `members` by an exact scan of their stored vectors (read in chunks)."""
+    rows = Embedding.objects.filter(model_name=ref.name, image__in=members).values_list("image_id", "vector")
+    query = np.asarray(vector, dtype=np.float32)
+    labels: list[int] = []
+    scores: list[float] = []
+    chunk: list[tuple[int, bytes]] = []
+
+    def scan() -> None:
+        matrix = np.frombuffer(b"".join(v for _, v in chunk), dtype=np.float32).reshape(len(chunk), -1)
+        labels.extend(image_id for image_id, _ in chunk)
+        scores.extend((matrix @ query).tolist())
+        chunk.clear()
+
+    for image_id, stored in rows.iterator(chunk_size=5000):
+        chunk.append((image_id, bytes(stored)))
+        if len(chunk) == 5000:
+            scan()
+    if chunk:
+        scan()
+    best = np.argsort(-np.asarray(scores), kind="stable")[:fetch]
+    return [(labels[i], scores[i]) for i in best]
 
 
 def image_vector(image: Image, ref: ModelRef | None = None) -> np.ndarray | None:

@@ -134,7 +134,13 @@ def _search_picture(
 ) -> tuple[list[SearchHit], list[RegionScore]]:
     copies_ref, active = copy_model(), active_model()
     index = index_reader(copies_ref).get()
-    if index is None or len(index) == 0:
+    if index is None:
+        # No index this process can load (the writer is rebuilding it): look-alikes by an
+        # exact scan of the database's vectors meanwhile; copies wait for the index.
+        vector = get_embedder(active).embed([picture])[0]
+        watch.lap("embed")
+        return search_vector(vector, k, category=category, ref=active), []
+    if len(index) == 0:
         return [], []
     embedder = get_embedder(copies_ref)
     query = _Query(picture, index, embedder.embed([picture])[0], pdq_dihedral(picture)[0])

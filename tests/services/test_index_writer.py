@@ -166,3 +166,29 @@ def test_readers_ask_the_journal_only_when_the_writer_says_so(clean_index):
     second = services.image_create(data=make_image_bytes(81))[0]
     embed_and_index(second.pk)  # the writer touches journal.head
     assert reader.get().labels() == {first.pk, second.pk}
+
+
+def test_without_a_loadable_index_search_answers_from_the_database(clean_index):
+    """A process that cannot load the index (a broken file, the writer rebuilding it) answers
+    by an exact scan of the stored vectors meanwhile, not with nothing."""
+    images = [
+        services.image_create(data=make_image_bytes(seed), category="odd" if seed % 2 else "even")[0]
+        for seed in range(90, 94)
+    ]
+    embed_and_index(*(im.pk for im in images))
+    (clean_index / "index.bin").write_bytes(b"broken")
+    selectors.index_readers_forget()  # as a process starting now
+    assert selectors.index_reader().get() is None
+    vec = Embedding.objects.get(image=images[2]).as_array()
+    hits = selectors.search_vector(vec, 3)
+    assert hits[0].image.pk == images[2].pk and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert len(hits) == 3
+    assert [h.image.pk for h in selectors.search_vector(vec, 5, category="odd")] == [
+        im.pk
+        for im in sorted(
+            [im for im in images if im.category == "odd"],
+            key=lambda im: -float(Embedding.objects.get(image=im).as_array() @ vec),
+        )
+    ]
+    result = selectors.image_search_by_image(make_image_bytes(92), k=2)
+    assert result.hits[0].image.pk == images[2].pk
