@@ -34,7 +34,7 @@ from .files import (
     journal_head_touch,
     write_lock,
 )
-from .journal import Journal, JournalBatch
+from .journal import CatchUp, Journal, JournalBatch
 from .reader import IndexReader
 from .vector_index import POPCOUNT, ReadWriteLock, VectorIndex
 
@@ -45,6 +45,7 @@ __all__ = [
     "META_FILE",
     "MIN_CAPACITY",
     "POPCOUNT",
+    "CatchUp",
     "IndexMeta",
     "IndexReader",
     "IndexUnusable",

@@ -26,3 +26,12 @@ class Journal(Protocol):
 
     def done(self) -> None:
         """A background thread stops using the journal (e.g. closes its connections)."""
+
+
+@dataclass
+class CatchUp:
+    """What `VectorIndex.catch_up` applied."""
+
+    added: int = 0
+    removed: int = 0
+    more: bool = False  # stopped at its limit with changes left

@@ -124,7 +124,7 @@ class IndexReader:
         if not self._applying.acquire(blocking=False):
             return  # the background thread is applying a backlog
         try:
-            more = index.catch_up(self.journal, limit=self.INLINE_CHANGES)  # type: ignore[arg-type]
+            more = index.catch_up(self.journal, limit=self.INLINE_CHANGES).more  # type: ignore[arg-type]
         except Exception:
             logger.exception("applying the index journal of %s failed", self.directory)
             more = False

@@ -24,7 +24,7 @@ from .files import (
     load_hnsw,
     read_hashes,
 )
-from .journal import Journal, JournalBatch
+from .journal import CatchUp, Journal, JournalBatch
 
 APPLY_BATCH = 64  # items added per hold of the write lock: searches wait at most one batch
 POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
@@ -212,20 +212,22 @@ class VectorIndex:
         self.meta.journal_seq = max(self.meta.journal_seq, batch.seq)
         return len(batch.labels), removed
 
-    def catch_up(self, journal: Journal, limit: int | None = None) -> bool:
-        """Apply the journal's changes after this index's last one (at most `limit`); True
-        when more are left."""
+    def catch_up(self, journal: Journal, limit: int | None = None) -> CatchUp:
+        """Apply the journal's changes after this index's last one (at most `limit`)."""
+        result = CatchUp()
         done = 0
         while limit is None or done < limit:
             step = 2000 if limit is None else min(2000, limit - done)
             batch = journal.read(self.meta.model, self.meta.journal_seq, step)
             if batch is None:
-                return False
-            self.apply(batch)
+                return result
+            added, removed = self.apply(batch)
+            result.added, result.removed = result.added + added, result.removed + removed
             done += step
             if not batch.more:
-                return False
-        return True
+                return result
+        result.more = True
+        return result
 
     def vector(self, label: int) -> np.ndarray | None:
         with self._lock.reading():

@@ -38,17 +38,23 @@ def journal_read(model: str, after: int, limit: int) -> JournalBatch | None:
         for image_id, op in last.items()
         if op == IndexChange.Op.REMOVE or (op == IndexChange.Op.ADD and image_id not in stored)
     ]
-    hashes: list[bytes | None] = []
-    if labels and model == copy_model().name:
-        pdq = Image.objects.filter(pk__in=labels, pdq__isnull=False).values_list("pk", "pdq")
-        codes = {pk: bytes(code) for pk, code in pdq if code is not None}
-        hashes = [codes.get(label) for label in labels]
+    hashes = index_hashes(model, labels)
     vectors = (
         np.stack([np.frombuffer(bytes(stored[label]), dtype=np.float32) for label in labels])
         if labels
         else np.zeros((0, 0), dtype=np.float32)
     )
     return JournalBatch(rows[-1][0], labels, vectors, hashes, removed, more)
+
+
+def index_hashes(model: str, ids: list[int]) -> list[bytes | None]:
+    """The items' perceptual hashes, one per id (None where an item has none), when `model`'s
+    index holds them: the copy model's does; any other index gets an empty list."""
+    if not ids or model != copy_model().name:
+        return []
+    rows = Image.objects.filter(pk__in=ids, pdq__isnull=False).values_list("pk", "pdq")
+    codes = {pk: bytes(code) for pk, code in rows if code is not None}
+    return [codes.get(i) for i in ids]
 
 
 class DatabaseJournal:

@@ -22,10 +22,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from ..embedders import ModelRef, active_model, copy_model, served_models
+from ..embedders import ModelRef, active_model, served_models
 from ..index import IndexMeta, IndexUnusable, IndexWriteFailed, VectorIndex, journal_head_touch, write_lock
 from ..models import Embedding, Image, ImageQuerySet, IndexChange
-from ..selectors.index_journal import DATABASE_JOURNAL
+from ..selectors.index_journal import DATABASE_JOURNAL, index_hashes
 from . import dispatch
 from .recovery import images_catch_up_with_active_model
 
@@ -93,13 +93,8 @@ def _journal_write(
     # they are committed (the others see them then).
     journal_head_touch(ref.index_dir, head or 0)
     transaction.on_commit(lambda: journal_head_touch(ref.index_dir, head or 0))
-    added = removed = 0
-    while True:
-        batch = DATABASE_JOURNAL.read(ref.name, index.meta.journal_seq, 2000)
-        if batch is None:
-            return added, removed
-        a, r = index.apply(batch)
-        added, removed = added + a, removed + r
+    applied = index.catch_up(DATABASE_JOURNAL)
+    return applied.added, applied.removed
 
 
 def _snapshot_if_due(ref: ModelRef, index: VectorIndex, *, force: bool = False) -> bool:
@@ -136,15 +131,6 @@ def stored_vectors(images: ImageQuerySet, model_name: str) -> tuple[list[int], l
         ids.append(image_id)
         vectors.append(np.frombuffer(bytes(vector), dtype=np.float32))
     return ids, vectors
-
-
-def _hashes_of(ref: ModelRef, ids: list[int]) -> list[bytes | None] | None:
-    """The copy model's index also holds the items' perceptual hashes."""
-    if ref.name != copy_model().name:
-        return None
-    rows = Image.objects.filter(pk__in=ids).exclude(pdq__isnull=True).values_list("pk", "pdq")
-    known = {pk: bytes(code) for pk, code in rows if code is not None}
-    return [known.get(i) for i in ids]
 
 
 def index_sync(image_ids: list[int] | None = None) -> int:
@@ -258,7 +244,7 @@ def _index_build_locked(ref: ModelRef) -> int:
     index.meta.journal_seq = index.meta.journal_floor = head or 0
     for start in range(0, len(ids), 10000):
         chunk = ids[start : start + 10000]
-        index.add(chunk, np.stack(vectors[start : start + 10000]), _hashes_of(ref, chunk))
+        index.add(chunk, np.stack(vectors[start : start + 10000]), index_hashes(ref.name, chunk))
     index.save(directory)
     IndexChange.objects.filter(model_name=ref.name, id__lte=head or 0).delete()
     _writer_cache[str(directory)] = index
