@@ -137,21 +137,20 @@ def fill_synthetic(target: int, probe_vector: np.ndarray, template_bytes: bytes,
     """Grow the app's index (and the Image table) to `target` live items with synthetic ones.
     Holds the index's write lock, like the app's single writer."""
     from django.conf import settings
-    from django.utils import timezone
 
-    from gallery import services
-    from gallery.embedders import embedder_identity, get_embedder
-    from gallery.imaging import decode_image
+    from gallery.embedders import detail_model, embedder_identity
     from gallery.index import VectorIndex, write_lock
-    from gallery.models import Embedding
-    from gallery.models import Image as Item
     from gallery.selectors.index_journal import index_current
 
     model, dim = embedder_identity()
     directory = Path(settings.INDEX_DIR)
     figures = {}
     started = time.perf_counter()
-    with write_lock(directory):
+    details_ref = detail_model()
+    details_dir = details_ref.index_dir if details_ref else directory / "no-details"
+    details_dir.mkdir(parents=True, exist_ok=True)
+    with write_lock(directory), write_lock(details_dir):
+        details = details_index(details_ref, target)
         index = index_current(directory)  # the snapshot and the journal after it
         if index is None:
             index = VectorIndex.create(
@@ -166,22 +165,7 @@ def fill_synthetic(target: int, probe_vector: np.ndarray, template_bytes: bytes,
             raise RuntimeError(
                 f"The index holds {index.meta.model}/{index.meta.dim}, the embedder is {model}/{dim}"
             )
-        template = Item.objects.filter(status=Item.Status.INDEXED).order_by("pk").first()
-        if template is None:  # --skip-gallery: one real, searchable image to point the rows at
-            template, _ = services.image_create(
-                data=template_bytes,
-                title="bench template",
-                category="bench",
-                original_name="template.jpg",
-                enqueue=False,
-            )
-            decoded = decode_image(
-                template_bytes, max_bytes=settings.UPLOAD_MAX_BYTES, max_pixels=settings.UPLOAD_MAX_PIXELS
-            )
-            vec = get_embedder().embed([decoded.image])[0]
-            Embedding.objects.create(image=template, model_name=model, dim=dim, vector=vec.tobytes())
-            Item.objects.filter(pk=template.pk).update(status=Item.Status.INDEXED, indexed_at=timezone.now())
-            index.add([template.pk], vec[None, :])
+        template = bench_template(index, template_bytes, model, dim)
         existing = len(index)
         n_new = max(0, target - existing)
         figures.update(real_items=existing, synthetic_items=n_new)
@@ -204,21 +188,23 @@ def fill_synthetic(target: int, probe_vector: np.ndarray, template_bytes: bytes,
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
             if done == 0:
                 vectors[0] = probe_vector
-            ids = synthetic_rows(template, seed, done, vectors, rng, model)
+            views = detail_views(details_ref, vectors)
+            ids = synthetic_rows(template, seed, done, vectors, rng, model, views, details_ref)
             if done == 0:
                 probe_id = ids[0]
             t1 = time.perf_counter()
             index.add(ids, vectors)
+            if details is not None:
+                details.add(ids, views)
             t2 = time.perf_counter()
             rows_s += t1 - t0
             index_s += t2 - t1
             done += m
             h.log(f"  {done}/{n_new}  (rows {done / rows_s:.0f}/s, HNSW inserts {done / index_s:.0f}/s)")
         t0 = time.perf_counter()
-        # Written behind the journal's back: a new generation, which every process loads.
-        index.meta.generation = secrets.randbits(62)
-        index.meta.journal_floor = index.meta.journal_seq
-        index.save(directory)
+        save_new_generation(index, directory)
+        if details is not None:
+            save_new_generation(details, details_ref.index_dir)
         save_s = time.perf_counter() - t0
         total = len(index)
     del index
@@ -237,8 +223,80 @@ def fill_synthetic(target: int, probe_vector: np.ndarray, template_bytes: bytes,
     return figures
 
 
+def bench_template(index, template_bytes: bytes, model: str, dim: int):
+    """The first indexed item, whose fields synthetic rows copy; with --skip-gallery, one real,
+    searchable image made for it."""
+    from django.conf import settings
+    from django.utils import timezone
+
+    from gallery import services
+    from gallery.embedders import get_embedder
+    from gallery.imaging import decode_image
+    from gallery.models import Embedding
+    from gallery.models import Image as Item
+
+    template = Item.objects.filter(status=Item.Status.INDEXED).order_by("pk").first()
+    if template is None:  # --skip-gallery: one real, searchable image to point the rows at
+        template, _ = services.image_create(
+            data=template_bytes,
+            title="bench template",
+            category="bench",
+            original_name="template.jpg",
+            enqueue=False,
+        )
+        decoded = decode_image(
+            template_bytes, max_bytes=settings.UPLOAD_MAX_BYTES, max_pixels=settings.UPLOAD_MAX_PIXELS
+        )
+        vec = get_embedder().embed([decoded.image])[0]
+        Embedding.objects.create(image=template, model_name=model, dim=dim, vector=vec.tobytes())
+        Item.objects.filter(pk=template.pk).update(status=Item.Status.INDEXED, indexed_at=timezone.now())
+        index.add([template.pk], vec[None, :])
+    return template
+
+
+def detail_views(ref, vectors: np.ndarray) -> np.ndarray | None:
+    """The details of synthetic photos: each one's own detail view, once per view."""
+    from gallery.embedders import get_embedder
+
+    return None if ref is None else np.tile(get_embedder(ref).view_of(vectors), ref.views)
+
+
+def save_new_generation(index, directory: Path) -> None:
+    """Written behind the journal's back: a new generation, which every process loads."""
+    index.meta.generation = secrets.randbits(62)
+    index.meta.journal_floor = index.meta.journal_seq
+    index.save(directory)
+
+
+def details_index(ref, target: int):
+    """The details index (`gallery.embedders.detail_model`) to grow beside the copy index."""
+    from django.conf import settings
+
+    from gallery.index import VectorIndex
+    from gallery.selectors.index_journal import index_current
+
+    if ref is None:
+        return None
+    return index_current(ref.index_dir) or VectorIndex.create(
+        ref.name,
+        ref.dim,
+        views=ref.views,
+        capacity=max(target, 1024),
+        m=settings.INDEX_M,
+        ef_construction=settings.INDEX_EF_CONSTRUCTION,
+        ef=settings.INDEX_EF_SEARCH,
+    )
+
+
 def synthetic_rows(
-    template, seed: int, start: int, vectors: np.ndarray, rng: np.random.Generator, model: str
+    template,
+    seed: int,
+    start: int,
+    vectors: np.ndarray,
+    rng: np.random.Generator,
+    model: str,
+    views: np.ndarray | None = None,
+    details_ref=None,
 ) -> list:
     """Image rows for synthetic items start.. with their Embedding rows and unrelated random
     perceptual hashes, as the pipeline leaves an item (without them the app's backfill would
@@ -262,6 +320,16 @@ def synthetic_rows(
             ],
             batch_size=2000,
         )
+        if views is not None:
+            Embedding.objects.bulk_create(
+                [
+                    Embedding(
+                        image_id=pk, model_name=details_ref.name, dim=views.shape[1], vector=vec.tobytes()
+                    )
+                    for pk, vec in zip(ids, views)
+                ],
+                batch_size=2000,
+            )
     return ids
 
 

@@ -69,6 +69,31 @@ def test_filter_restricts_results(rng):
     assert sorted(label for label, _ in hits) == [3, 7, 9]
 
 
+def test_items_of_several_views_answer_by_their_best_view_and_go_whole(tmp_path, rng):
+    """A photo's details: four vectors per item, one item in the answers."""
+    index = VectorIndex.create("details", DIM, views=4, capacity=4)
+    vectors = unit(rng, 30 * 4).reshape(30, 4 * DIM)
+    index.add(list(range(100, 130)), vectors)
+    assert len(index) == 30 and index.labels() == set(range(100, 130))
+    for item in (100, 117):
+        for view in range(4):
+            label, score = index.query(vectors[item - 100, view * DIM : (view + 1) * DIM], 5)[0]
+            assert label == item and score == pytest.approx(1.0, abs=1e-4)
+    answer = index.query(vectors[0, :DIM], 10)
+    assert len(answer) == 10 and len({label for label, _ in answer}) == 10  # items, not views
+    assert index.remove([117]) == 1 and len(index) == 29 and 117 not in index.labels()
+    for view in range(4):  # no view of a removed item comes back
+        assert 117 not in [la for la, _ in index.query(vectors[17, view * DIM : (view + 1) * DIM], 29)]
+    index.save(tmp_path)
+    loaded = VectorIndex.load(tmp_path)
+    assert loaded is not None and loaded.meta.views == 4 and len(loaded) == 29
+    assert loaded.query(vectors[5, 2 * DIM : 3 * DIM], 1)[0][0] == 105
+    loaded.add([117], vectors[17:18])
+    assert loaded.query(vectors[17, 3 * DIM :], 1)[0][0] == 117 and len(loaded) == 30
+    with pytest.raises(ValueError):
+        loaded.vector(105)  # a whole vector of an item of views is not a thing
+
+
 def test_save_is_atomic_and_reload_keeps_deletes_and_ef(tmp_path, rng):
     index = VectorIndex.create("model-a", DIM, ef=77)
     vectors = unit(rng, 30)

@@ -118,6 +118,33 @@ def test_a_tiny_low_quality_thumbnail_and_a_sticker_over_the_photo_still_find_it
         assert _search(client, _jpeg(big))["results"][0]["id"] == image.pk
 
 
+def test_a_close_up_of_a_detail_finds_its_item_through_the_details_index(client, products, settings):
+    """A zoom on 40 % of each side, enlarged 3x: the details index holds the corner it is in,
+    so the item comes first, labelled a close-up."""
+    from gallery.embedders import detail_model, get_embedder
+    from gallery.selectors.search import index_reader
+
+    details = detail_model()
+    assert details is not None and details.views == 4
+    held = index_reader(details).get()
+    assert held is not None and len(held) == GALLERY_SIZE
+    found = 0
+    for n in (5, 17, 23, 31):
+        image, data = products[n]
+        picture = _open(data)
+        w, h = round(picture.width * 0.4), round(picture.height * 0.4)
+        x, y = round(picture.width * 0.08), round(picture.height * 0.55)
+        close_up = picture.crop((x, y, x + w, y + h)).resize((w * 3, h * 3), PILImage.Resampling.BICUBIC)
+        query = _jpeg(close_up)
+        view = get_embedder(details).embed([close_up])
+        assert held.query(view[0], 1)[0][0] == image.pk
+        first = _search(client, query)["results"][0]
+        if first["id"] == image.pk and first["match"] in COPY:
+            found += 1
+            assert first["explanation"] in ("a close-up of part of this photo", "a crop of this photo")
+    assert found >= 3
+
+
 def test_results_after_the_copies_are_labelled_similar(client, products):
     _, data = products[9]
     results = _search(client, _jpeg(_open(data)))["results"]

@@ -12,7 +12,7 @@ from .registry import ModelRef, active_model, served_models
 if TYPE_CHECKING:
     from .base import Embedder
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entered: a detail embedder is built on the copy model's
 _cache: dict[str, tuple[str, "Embedder"]] = {}  # model name -> (cache key, embedder)
 
 

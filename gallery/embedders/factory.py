@@ -6,13 +6,20 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 
-from .registry import ModelRef
+from .registry import DETAIL_GRID, DETAIL_SHARE, ModelRef, copy_model
 
 if TYPE_CHECKING:
     from .base import Embedder
 
 
 def build_embedder(ref: ModelRef) -> "Embedder":
+    if ref.pooling == "details":
+        from .cache import get_embedder  # cache imports this module
+        from .efficientnet_lite import EfficientNetLiteEmbedder, LiteDetailEmbedder  # torch + timm
+
+        whole = get_embedder(copy_model())  # the same network: loaded once
+        assert isinstance(whole, EfficientNetLiteEmbedder)
+        return LiteDetailEmbedder(ref.name, whole, share=DETAIL_SHARE, grid=DETAIL_GRID)
     if ref.backbone == "efficientnet_lite0":
         from .efficientnet_lite import EfficientNetLiteEmbedder  # torch + timm
 

@@ -28,7 +28,8 @@ MIN_CAPACITY = 1024
 @dataclass
 class IndexMeta:
     model: str
-    dim: int
+    dim: int  # numbers per vector
+    views: int = 1  # vectors per item (hnswlib label = item * views + view)
     count: int = 0  # live (not deleted) items
     capacity: int = MIN_CAPACITY
     version: int = 0  # snapshots written

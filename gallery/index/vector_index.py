@@ -72,7 +72,10 @@ class ReadWriteLock:
 
 class VectorIndex:
     """An in-memory hnswlib index plus the bookkeeping hnswlib lacks (live count, deletes,
-    perceptual hashes), safe to search from many threads while changes are applied."""
+    perceptual hashes), safe to search from many threads while changes are applied.
+
+    An item may have several vectors (`meta.views`, e.g. a photo's details): they are stored
+    under labels `item * views + view`, and everything here speaks of items."""
 
     def __init__(self, meta: IndexMeta, hnsw: hnswlib.Index, ef: int) -> None:
         self.meta = meta
@@ -102,12 +105,14 @@ class VectorIndex:
         m: int = 16,
         ef_construction: int = 200,
         ef: int = 128,
+        views: int = 1,
     ) -> "VectorIndex":
         hnsw = hnswlib.Index(space="cosine", dim=dim)
+        capacity *= views
         hnsw.init_index(
             max_elements=capacity, M=m, ef_construction=ef_construction, allow_replace_deleted=False
         )
-        return cls(IndexMeta(model=model, dim=dim, capacity=capacity), hnsw, ef)
+        return cls(IndexMeta(model=model, dim=dim, views=views, capacity=capacity), hnsw, ef)
 
     @classmethod
     def load(cls, directory: Path, *, ef: int = 128) -> "VectorIndex | None":
@@ -139,9 +144,21 @@ class VectorIndex:
         return self.meta.count
 
     def labels(self) -> set[int]:
-        """Live labels."""
+        """Live items."""
         with self._lock.reading():
-            return set(self.hnsw.get_ids_list()) - self._deleted
+            stored = self.hnsw.get_ids_list()
+        views = self.meta.views
+        return ({int(x) // views for x in stored} if views > 1 else set(stored)) - self._deleted
+
+    def _stored(self, items: list[int]) -> np.ndarray:
+        """hnswlib's labels of the items' vectors (all their views)."""
+        ids = np.asarray(items, dtype=np.int64)
+        views = self.meta.views
+        return ids if views == 1 else (ids[:, None] * views + np.arange(views)).reshape(-1)
+
+    def _single_view(self) -> None:
+        if self.meta.views != 1:
+            raise ValueError(f"{self.meta.model} holds {self.meta.views} vectors per item")
 
     def add(self, labels: list[int], vectors: np.ndarray, hashes: list[bytes | None] | None = None) -> None:
         """Add or replace items (and their perceptual hashes, when given), a batch at a time
@@ -149,18 +166,20 @@ class VectorIndex:
         database that they are visible (re-adding a deleted label makes it live again)."""
         if not labels:
             return
-        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(labels), self.meta.dim)
+        views = self.meta.views
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(labels), views, self.meta.dim)
         codes = list(hashes or [None] * len(labels))
         for start in range(0, len(labels), APPLY_BATCH):
             chunk = [int(x) for x in labels[start : start + APPLY_BATCH]]
+            rows = vectors[start : start + APPLY_BATCH].reshape(-1, self.meta.dim)
             with self._lock.writing():
-                needed = self.hnsw.get_current_count() + len(chunk)  # at most: some may be replaced
+                needed = self.hnsw.get_current_count() + len(rows)  # at most: some may be replaced
                 if needed > self.hnsw.get_max_elements():
                     self.hnsw.resize_index(max(needed, 2 * self.hnsw.get_max_elements()))
-                self.hnsw.add_items(vectors[start : start + APPLY_BATCH], np.asarray(chunk, dtype=np.int64))
+                self.hnsw.add_items(rows, self._stored(chunk))
                 self._deleted -= set(chunk)
                 if self._codes is not None:
-                    for label, row in zip(chunk, vectors[start : start + APPLY_BATCH]):
+                    for label, row in zip(chunk, rows):
                         self._codes_added[label] = row
                 for label, code in zip(chunk, codes[start : start + APPLY_BATCH]):
                     if code:
@@ -182,7 +201,7 @@ class VectorIndex:
 
     def _sync_meta(self) -> None:
         self.meta.capacity = self.hnsw.get_max_elements()
-        self.meta.count = self.hnsw.get_current_count() - len(self._deleted)
+        self.meta.count = self.hnsw.get_current_count() // self.meta.views - len(self._deleted)
         self.meta.deleted = sorted(self._deleted)
 
     def remove(self, labels: list[int]) -> int:
@@ -194,7 +213,8 @@ class VectorIndex:
                 if label in self._deleted:
                     continue
                 try:
-                    self.hnsw.mark_deleted(label)
+                    for stored in self._stored([label]):
+                        self.hnsw.mark_deleted(int(stored))
                 except RuntimeError:
                     continue  # not in the index
                 self._deleted.add(label)
@@ -230,6 +250,7 @@ class VectorIndex:
         return result
 
     def vector(self, label: int) -> np.ndarray | None:
+        self._single_view()
         with self._lock.reading():
             if label in self._deleted:
                 return None
@@ -245,6 +266,9 @@ class VectorIndex:
         k = min(k, limit)
         if k <= 0:
             return []
+        views = self.meta.views
+        if views > 1:
+            return self._query_views(vector, k, allowed)
         flt = None if allowed is None else (lambda label: label in allowed)
         query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
         with self._lock.reading():
@@ -274,9 +298,28 @@ class VectorIndex:
                 self.hnsw.set_ef(self.ef)
         return [(int(label), float(1.0 - d)) for label, d in zip(labels[0], distances[0])]
 
+    def _query_views(self, vector: np.ndarray, k: int, allowed: set[int] | None) -> list[tuple[int, float]]:
+        """`query` for items of several vectors: each item scores its best view. Asks for
+        k vectors per view an item has, so that k items come back."""
+        views = self.meta.views
+        flt = None if allowed is None else (lambda label: label // views in allowed)
+        wanted = min(k * views, self.hnsw.get_current_count() - len(self._deleted) * views)
+        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        with self._lock.reading():  # hnswlib searches with max(ef, k) candidates
+            try:
+                labels, distances = self.hnsw.knn_query(query, k=max(1, wanted), filter=flt)
+            except RuntimeError:
+                return []
+        best: dict[int, float] = {}
+        for label, d in zip(labels[0], distances[0]):
+            item = int(label) // views
+            best.setdefault(item, float(1.0 - d))  # nearest first: an item's first is its best
+        return sorted(best.items(), key=lambda pair: -pair[1])[:k]
+
     def neighbours(self, labels: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest items of items already in the index (themselves included), as
         arrays of labels and cosine similarities, one row per label."""
+        self._single_view()
         with self._lock.reading():
             vectors = np.asarray(self.hnsw.get_items(labels), dtype=np.float32)
             found, distances = self.hnsw.knn_query(vectors, k=k)
@@ -289,6 +332,7 @@ class VectorIndex:
         the bits): every live item ranked by Hamming distance of packed codes, the best
         `candidates` re-ranked by cosine. The codes are built once (hnswlib's `get_items`
         costs about 0.1 ms per item); later changes are merged into them."""
+        self._single_view()
         codes_now = self._codes_current()
         labels, codes, vectors = codes_now
         if allowed is not None:

@@ -62,6 +62,7 @@ class Evidence:
     hash_distance: int | None = None  # PDQ bits apart (smallest over the query's variants)
     hash_variant: int = 0  # which variant matched: 0 as is, 1-3 turned, 4-7 mirrored
     hash_gap: int = 0  # bits nearer than any other item's hash (0: not the nearest)
+    detail_cosine: float = -1.0  # the query to the item's nearest detail view (a close-up?)
     same_aspect: bool = False
     verification: Verification | None = None
     grayscale_query: bool = False
@@ -104,7 +105,7 @@ def classify(evidence: Evidence, thresholds: CopyThresholds) -> Decision:
     ):
         return Decision(Match.EXACT, "the same picture", None, 1000.0)
     v = e.verification
-    verified = verified_copy(v, e.cosine, t)
+    verified = verified_copy(v, max(e.cosine, e.detail_cosine), t)
     contradicted = v is not None and v.agreement < t.hash_agreement
     hashed = (
         e.hash_distance is not None

@@ -1,7 +1,8 @@
 """Search by image: a query goes through the retrieval pipeline (`gallery/retrieval/`):
 1. decode (JPEG drafted to about `query_side`), the visitor's box if any;
-2. the copy model's vector of the whole picture, searched in the copy index, and the
-   picture's PDQ hashes (with mirrors and turns), looked up by Hamming distance;
+2. the copy model's vector of the whole picture, searched in the copy index and in the index
+   of the catalogue photos' details (a close-up of part of an item), and the picture's PDQ
+   hashes (with mirrors and turns), looked up by Hamming distance;
 3. unless a copy is already sure by its hash: local-feature verification of the best
    candidates; unless one is a copy, the picture's regions (content box, multi-scale grid),
    each embedded and searched, and the next candidates verified;
@@ -11,7 +12,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -20,7 +21,7 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 from PIL import Image as PILImage
 
-from ..embedders import ModelRef, active_model, copy_model, get_embedder
+from ..embedders import ModelRef, active_model, copy_model, detail_model, get_embedder
 from ..imaging import decode_image, flatten, sha256_of
 from ..index import VectorIndex
 from ..models import Image
@@ -59,6 +60,12 @@ class _Candidate:
     hash_distance: int | None = None
     hash_variant: int = 0
     hash_gap: int = 0  # bits closer than any other item (set for the nearest hash only)
+    detail_cosine: float = -1.0  # the picture's detail view to the item's nearest detail
+
+    @property
+    def copy_cosine(self) -> float:
+        """The vectors' agreement a verified copy needs: of the whole photo or of a detail."""
+        return max(self.cosine, self.detail_cosine)
 
 
 @dataclass
@@ -154,15 +161,16 @@ def _search_picture(
             stored = index.vector(match.label)
             candidate.cosine = float(stored @ query.vector) if stored is not None else 0.0
     _nearest_hash(query, params)
+    details = _search_details(query, params)
     watch.lap("search")
     verified: dict[int, Verification | None] = {}
     if not _sure(query, params):
         # The best whole-picture candidates first: a verified copy needs no region search.
         checker = _Verifier(query, params)
-        verified = checker.best(params.verified_first)
+        verified = checker.best(params.verified_first, details)
         watch.lap("verify")
         if not any(
-            verified_copy(v, query.candidates[la].cosine, params.copies) for la, v in verified.items()
+            verified_copy(v, query.candidates[la].copy_cosine, params.copies) for la, v in verified.items()
         ):
             _search_regions(query, embedder.embed, params)
             watch.lap("regions")
@@ -194,6 +202,32 @@ def _nearest_hash(query: _Query, params: RetrievalParams) -> None:
     if candidate.cosine < 0:
         stored = query.index.vector(first.label)
         candidate.cosine = float(stored @ query.vector) if stored is not None else 0.0
+
+
+def _search_details(query: _Query, params: RetrievalParams) -> list[int]:
+    """Items whose details are nearest to the picture (`registry.detail_model`), best first;
+    their detail cosine is kept as evidence, their ranking among look-alikes is unchanged."""
+    ref = detail_model()
+    if ref is None:
+        return []
+    index = index_reader(ref).get()
+    if index is None or len(index) == 0:
+        return []
+    embedder = get_embedder(ref)
+    view = embedder.view_of(query.vector)[0]  # type: ignore[attr-defined]
+    found = index.query(view, params.detail_candidates)
+    kept = []
+    for label, cosine in found:
+        candidate = query.candidates.get(label)
+        if candidate is None or candidate.cosine < 0:
+            stored = query.index.vector(label)
+            if stored is None:
+                continue  # not in the copy index (yet, or any more): not searchable here
+            candidate = query.candidates.setdefault(label, _Candidate())
+            candidate.cosine = float(stored @ query.vector)
+        candidate.detail_cosine = max(candidate.detail_cosine, cosine)
+        kept.append(label)
+    return kept[: params.detail_verified]
 
 
 def _sure(query: _Query, params: RetrievalParams) -> bool:
@@ -252,14 +286,19 @@ class _Verifier:
 
     def _copy_among(self, found: dict[int, Verification | None]) -> bool:
         candidates = self.query.candidates
-        return any(verified_copy(v, candidates[la].cosine, self.params.copies) for la, v in found.items())
+        return any(
+            verified_copy(v, candidates[la].copy_cosine, self.params.copies) for la, v in found.items()
+        )
 
-    def best(self, count: int) -> dict[int, Verification | None]:
+    def best(self, count: int, also: Sequence[int] = ()) -> dict[int, Verification | None]:
+        """The `count` best candidates not checked yet, and those of `also` (the nearest
+        details) not among them."""
         candidates = self.query.candidates
         ranked = sorted(
             (label for label in candidates if label not in self.done),
             key=lambda label: (not self._hash_matched(candidates[label]), -candidates[label].cosine),
         )[: max(0, count)]
+        ranked += [label for label in also if label not in self.done and label not in ranked]
         if not ranked:
             return {}
         rows = Image.objects.in_bulk(ranked)
@@ -276,7 +315,7 @@ class _Verifier:
                 v = verify(None, query, item) if mirrored else verify(query, None, item)
                 if v is not None and not mirrored and v.inliers >= self.params.copies.inliers:
                     self._matched_as_is = True
-                if v is not None and _better(v, found[label], candidates[label].cosine, self.params):
+                if v is not None and _better(v, found[label], candidates[label].copy_cosine, self.params):
                     found[label] = v
             if self._copy_among(found):
                 break
@@ -317,6 +356,7 @@ def _evidence(
         hash_distance=c.hash_distance,
         hash_variant=c.hash_variant,
         hash_gap=c.hash_gap,
+        detail_cosine=c.detail_cosine,
         same_aspect=True,
         verification=verification,
         grayscale_query=grayscale,

@@ -98,10 +98,10 @@ def _embed_all(version: ModelVersion, *, batch_size: int, total: int) -> bool:
             except (OSError, ValueError) as exc:
                 unreadable.add(image.pk)
                 images_mark_failed([image.pk], "The stored file cannot be read", exc)
-        vectors = embedder.embed_gallery(pictures) if pictures else np.zeros((0, ref.dim), np.float32)
+        vectors = embedder.embed_gallery(pictures) if pictures else np.zeros((0, ref.vector_size), np.float32)
         Embedding.objects.bulk_create(
             [
-                Embedding(image=image, model_name=ref.name, dim=ref.dim, vector=vec.tobytes())
+                Embedding(image=image, model_name=ref.name, dim=ref.vector_size, vector=vec.tobytes())
                 for image, vec in zip(images, vectors)
             ],
             ignore_conflicts=True,

@@ -59,10 +59,10 @@ def _embed_and_hash(
             continue
         embedder = get_embedder(ref)
         vectors = embedder.embed_gallery([pictures[n] for n in todo])
-        computed[ref.name] = np.zeros((len(images), ref.dim), dtype=np.float32)
+        computed[ref.name] = np.zeros((len(images), ref.vector_size), dtype=np.float32)
         computed[ref.name][todo] = vectors
         rows += [
-            Embedding(image=images[n], model_name=ref.name, dim=ref.dim, vector=vec.tobytes())
+            Embedding(image=images[n], model_name=ref.name, dim=ref.vector_size, vector=vec.tobytes())
             for n, vec in zip(todo, vectors)
         ]
     for image, picture in zip(images, pictures):

@@ -34,10 +34,11 @@ logger = logging.getLogger(__name__)
 _writer_cache: dict[str, VectorIndex] = {}
 
 
-def _new_index(model: str, dim: int, capacity: int) -> VectorIndex:
+def _new_index(ref: ModelRef, capacity: int) -> VectorIndex:
     return VectorIndex.create(
-        model,
-        dim,
+        ref.name,
+        ref.dim,
+        views=ref.views,
         capacity=max(capacity, 1024),
         m=settings.INDEX_M,
         ef_construction=settings.INDEX_EF_CONSTRUCTION,
@@ -70,7 +71,7 @@ def _writer_index(ref: ModelRef) -> VectorIndex | None:
             _writer_cache.pop(key, None)
             return None
         _writer_cache[key] = cached
-    if cached.meta.model != ref.name or cached.meta.dim != ref.dim:
+    if cached.meta.model != ref.name or (cached.meta.dim, cached.meta.views) != (ref.dim, ref.views):
         return None
     cached.catch_up(DATABASE_JOURNAL)  # what another writer (or this one, before a restart) did
     return cached
@@ -237,7 +238,7 @@ def _index_build_locked(ref: ModelRef) -> int:
     )
     ids, vectors = stored_vectors(Image.objects.indexable(), ref.name)
     previous = IndexMeta.read(directory)
-    index = _new_index(ref.name, ref.dim, capacity=int(len(ids) * 1.25))
+    index = _new_index(ref, capacity=int(len(ids) * 1.25))
     if previous:
         index.meta.version = previous.version
     index.meta.generation = secrets.randbits(62)  # never one a reader already holds

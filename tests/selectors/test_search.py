@@ -3,7 +3,7 @@
 import pytest
 
 from gallery import selectors, services
-from gallery.embedders import active_model, forget_active_model
+from gallery.embedders import active_model, default_model, forget_active_model
 from tests.helpers import train_small
 from tests.images import encode, make_category_picture
 
@@ -45,13 +45,20 @@ def test_category_search_gives_the_exact_nearest_members_on_every_path(clean_ind
     elif path.startswith("between"):
         monkeypatch.setattr(search, "SMALL_CATEGORY", 3)
         monkeypatch.setattr(search, "LARGE_CATEGORY_SHARE", 0.9)
-    query = Embedding.objects.get(image=images[5]).as_array()
+    query = Embedding.objects.get(image=images[5], model_name=default_model().name).as_array()
     for category in ("big", "small"):
         members = [im for im in images if im.category == category]
-        truth = sorted(members, key=lambda im: -float(Embedding.objects.get(image=im).as_array() @ query))
+        truth = sorted(
+            members,
+            key=lambda im: (
+                -float(Embedding.objects.get(image=im, model_name=default_model().name).as_array() @ query)
+            ),
+        )
         hits = selectors.search_vector(query, 4, category=category)
         assert [h.image.pk for h in hits] == [im.pk for im in truth[:4]]
         assert all(h.image.category == category for h in hits)
         assert np.isclose(
-            hits[0].score, float(Embedding.objects.get(image=truth[0]).as_array() @ query), atol=1e-4
+            hits[0].score,
+            float(Embedding.objects.get(image=truth[0], model_name=default_model().name).as_array() @ query),
+            atol=1e-4,
         )

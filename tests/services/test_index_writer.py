@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gallery import selectors, services
-from gallery.embedders import get_embedder
+from gallery.embedders import default_model, get_embedder, served_models
 from gallery.index import IndexMeta, VectorIndex
 from gallery.models import Embedding, Image
 from gallery.selectors.index_journal import index_current
@@ -18,7 +18,7 @@ def test_embed_and_sync_make_images_searchable(clean_index):
     images = [services.image_create(data=make_image_bytes(seed), title=f"t{seed}")[0] for seed in range(4)]
     assert services.images_embed([im.pk for im in images]) == 4
     assert services.images_embed([im.pk for im in images]) == 0  # idempotent
-    assert Embedding.objects.count() == 4
+    assert Embedding.objects.count() == 4 * len(served_models())  # the copy model's details too
     assert services.index_sync() == 4
     assert services.index_sync() == 0
     assert set(Image.objects.values_list("status", flat=True)) == {"indexed"}
@@ -52,7 +52,7 @@ def test_rebuild_restores_a_lost_index(clean_index):
     assert services.index_rebuild() == 3
     index = index_current(clean_index)
     assert index.labels() == {im.pk for im in images}
-    vec = Embedding.objects.get(image=images[0]).as_array()
+    vec = Embedding.objects.get(image=images[0], model_name=default_model().name).as_array()
     assert index.query(vec, 1)[0][0] == images[0].pk
     assert np.isclose(np.linalg.norm(vec), 1.0, atol=1e-5)
 
@@ -79,7 +79,10 @@ def test_changes_reach_readers_through_the_journal_without_a_new_snapshot(clean_
     assert IndexMeta.read(clean_index).version == version  # no snapshot written
     assert reader.get() is held  # the same index, caught up
     assert held.labels() == {im.pk for im in first + more}
-    assert held.query(Embedding.objects.get(image=more[1]).as_array(), 1)[0][0] == more[1].pk
+    assert (
+        held.query(Embedding.objects.get(image=more[1], model_name=default_model().name).as_array(), 1)[0][0]
+        == more[1].pk
+    )
     Image.objects.filter(pk=first[0].pk).update(status=Image.Status.HIDDEN)
     assert services.index_remove([first[0].pk]) == 1
     assert first[0].pk not in reader.get().labels()
@@ -179,7 +182,7 @@ def test_without_a_loadable_index_search_answers_from_the_database(clean_index):
     (clean_index / "index.bin").write_bytes(b"broken")
     selectors.index_readers_forget()  # as a process starting now
     assert selectors.index_reader().get() is None
-    vec = Embedding.objects.get(image=images[2]).as_array()
+    vec = Embedding.objects.get(image=images[2], model_name=default_model().name).as_array()
     hits = selectors.search_vector(vec, 3)
     assert hits[0].image.pk == images[2].pk and hits[0].score == pytest.approx(1.0, abs=1e-4)
     assert len(hits) == 3
@@ -187,7 +190,9 @@ def test_without_a_loadable_index_search_answers_from_the_database(clean_index):
         im.pk
         for im in sorted(
             [im for im in images if im.category == "odd"],
-            key=lambda im: -float(Embedding.objects.get(image=im).as_array() @ vec),
+            key=lambda im: (
+                -float(Embedding.objects.get(image=im, model_name=default_model().name).as_array() @ vec)
+            ),
         )
     ]
     result = selectors.image_search_by_image(make_image_bytes(92), k=2)
