@@ -35,6 +35,7 @@ def _isolated_files(settings, tmp_path_factory, request):
     settings.MEDIA_ROOT = base["media"]
     settings.INDEX_DIR = base["index"]
     settings.MODELS_DIR = base["models"]
+    settings.ONNX_DIR = base["base"] / "onnx"  # as the worker's (VAR_DIR/onnx)
     # Rate limits are off (tests ask hundreds of times from one address) except where a
     # test turns them on; their counts live in this process's memory.
     settings.THROTTLE_RATES = dict.fromkeys(settings.THROTTLE_RATES)

@@ -113,3 +113,42 @@ def test_the_registry_needs_no_torch_and_inference_no_training_loop():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.django_db
+def test_the_default_embedder_runs_through_onnx_runtime_with_the_same_vectors(settings):
+    pictures = [make_picture(seed) for seed in range(5)]
+    fast = EfficientNetLiteEmbedder()
+    vectors = fast.embed(pictures)
+    assert fast.runtime == "onnxruntime"
+    assert list(settings.ONNX_DIR.glob("*.onnx"))  # exported once, kept for every process
+    settings.INFERENCE = "torch"
+    eager = EfficientNetLiteEmbedder()
+    assert np.abs(eager.embed(pictures) - vectors).max() < 1e-5
+    assert eager.runtime.startswith("torch")
+
+
+class _CountsItsCalls(torch.nn.Module):
+    """A network whose traced graph is not what it computes: the graph freezes the count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(3))
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x.mean(dim=(2, 3)) * self.scale + float(self.calls)
+
+
+def test_a_graph_that_disagrees_with_pytorch_is_not_used(settings, tmp_path):
+    from gallery.embedders.onnx_runtime import fast_forward
+
+    settings.ONNX_DIR = tmp_path
+    forward, runtime = fast_forward(_CountsItsCalls(), name="counts", image_size=8)
+    assert runtime.startswith("torch (ONNX differs by")
+    assert list(tmp_path.glob("counts-8-*.onnx"))  # exported, checked, and set aside
+    forward, runtime = fast_forward(torch.nn.Conv2d(3, 4, 3), name="conv", image_size=8)
+    assert runtime == "onnxruntime"
+    x = torch.rand(3, 3, 8, 8)
+    assert forward(x).shape == (3, 4, 6, 6)

@@ -1,6 +1,7 @@
 """The interface every embedder implements, and the shared torch plumbing."""
 
 import abc
+import threading
 
 import numpy as np
 import torch
@@ -8,6 +9,7 @@ from django.conf import settings
 from PIL import Image
 
 from . import transforms
+from .onnx_runtime import Forward, fast_forward
 
 
 class Embedder(abc.ABC):
@@ -36,6 +38,20 @@ class TorchEmbedder(Embedder):
     def __init__(self) -> None:
         torch.set_num_threads(max(1, settings.TORCH_THREADS))
         self.model = self.build_model().eval()
+        self._forward: Forward | None = None
+        self._forward_lock = threading.Lock()
+        self.runtime = ""  # what runs the network (`onnx_runtime.fast_forward`), once it has run
+
+    def forward(self, x: torch.Tensor) -> np.ndarray:
+        """`features` through the fastest runtime that agrees with eager PyTorch (chosen,
+        and exported if need be, on first use)."""
+        if self._forward is None:
+            with self._forward_lock:
+                if self._forward is None:
+                    self._forward, self.runtime = fast_forward(
+                        _Features(self), name=self.name, image_size=self.image_size
+                    )
+        return self._forward(x)
 
     @abc.abstractmethod
     def build_model(self) -> torch.nn.Module:
@@ -57,7 +73,18 @@ class TorchEmbedder(Embedder):
             batch = np.stack([self.preprocess(im) for im in images[start : start + self.batch_size]])
             # NCHW in memory: the pretrained networks' vectors were measured on that layout
             x = transforms.to_tensor(batch, self.normalisation).contiguous()
-            f = self.features(x)
-            f = torch.nn.functional.normalize(f.float(), dim=1)
-            out[start : start + len(batch)] = f.numpy()
+            f = self.forward(x)
+            out[start : start + len(batch)] = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
         return out
+
+
+class _Features(torch.nn.Module):
+    """An embedder's `features` as a module (what is exported to ONNX)."""
+
+    def __init__(self, embedder: TorchEmbedder) -> None:
+        super().__init__()
+        self.model = embedder.model
+        self._embedder = embedder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._embedder.features(x)

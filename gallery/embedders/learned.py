@@ -11,6 +11,7 @@ from PIL import Image
 from ..learning.model_io import load_model
 from ..learning.networks import ConvAutoencoder
 from .base import Embedder
+from .onnx_runtime import fast_forward
 from .transforms import pixels, to_tensor
 
 
@@ -24,6 +25,7 @@ class LearnedEmbedder(Embedder):
         self.spec = self.net.spec
         self.dim = self.net.dim
         self.image_size = int(self.spec["image_size"])
+        self._forward, self.runtime = fast_forward(self.net, name=name, image_size=self.image_size)
 
     def _batch(self, images: list[Image.Image]) -> torch.Tensor:
         return to_tensor(np.stack([pixels(im, self.image_size) for im in images]), self.net.normalisation)
@@ -33,7 +35,7 @@ class LearnedEmbedder(Embedder):
         out = np.zeros((len(images), self.dim), dtype=np.float32)
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
-            out[start : start + len(chunk)] = self.net(self._batch(chunk)).numpy()
+            out[start : start + len(chunk)] = self._forward(self._batch(chunk))
         return out
 
     @torch.inference_mode()

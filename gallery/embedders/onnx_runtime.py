@@ -1,0 +1,134 @@
+"""The networks' forward passes through ONNX Runtime: the same graph, exported from the torch
+module (weights and all) once into `ONNX_DIR` and run by ORT's CPU kernels, which are several
+times faster than eager PyTorch on small inputs (bench/embed_speed.py). Training and export
+stay in PyTorch.
+
+A graph is used only when its vectors agree with eager PyTorch's on a fixed probe batch
+(`ONNX_TOLERANCE`, largest difference of the L2-normalised vectors); otherwise, or when
+`INFERENCE=torch`, or when the export fails, the torch module runs as before and the log says
+why. Exported files are named by a digest of the weights, so a retrained model is another
+file; they are written beside and renamed into place (two processes may export at once)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+Forward = Callable[[torch.Tensor], np.ndarray]  # a batch (N x 3 x S x S) -> N x dim features
+
+_lock = threading.Lock()
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """A short digest of a module's parameters and buffers (names, shapes, values)."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _torch_forward(module: torch.nn.Module) -> Forward:
+    def run(x: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            out: np.ndarray = module(x).float().numpy()
+        return out
+
+    return run
+
+
+def _export(module: torch.nn.Module, path: Path, image_size: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        example = torch.zeros(2, 3, image_size, image_size)
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            # (the caller may be in inference mode; the TorchScript exporter warns that it is
+            # deprecated in favour of one that needs onnxscript, which torch 2.14 still ships it)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                module,
+                (example,),
+                tmp,
+                dynamo=False,  # the TorchScript exporter: no onnxscript needed, fixed graph
+                input_names=["pixels"],
+                output_names=["features"],
+                dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},
+                opset_version=17,
+            )
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _normalised(v: np.ndarray) -> np.ndarray:
+    flat = v.reshape(len(v), -1)
+    out: np.ndarray = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+    return out
+
+
+def probe_batch(image_size: int, count: int = 4) -> torch.Tensor:
+    """Fixed inputs the graph and the module must agree on (pixels in about [-1, 1])."""
+    rng = np.random.default_rng(20241126)
+    return torch.from_numpy(rng.uniform(-1.0, 1.0, (count, 3, image_size, image_size)).astype(np.float32))
+
+
+def largest_difference(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest absolute difference of the L2-normalised vectors."""
+    return float(np.abs(_normalised(a) - _normalised(b)).max())
+
+
+def fast_forward(module: torch.nn.Module, *, name: str, image_size: int) -> tuple[Forward, str]:
+    """The fastest forward pass of `module` that agrees with it, and what it is
+    (`onnxruntime` or `torch`, with the reason)."""
+    module = module.eval()
+    eager = _torch_forward(module)
+    if settings.INFERENCE != "onnx":
+        return eager, "torch (INFERENCE=torch)"
+    try:
+        import onnxruntime as ort  # only processes that embed load it
+    except ImportError:
+        return eager, "torch (onnxruntime is not installed)"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    path = Path(settings.ONNX_DIR) / f"{safe}-{image_size}-{weights_digest(module)}.onnx"
+    try:
+        with _lock:
+            if not path.exists():
+                _export(module, path, image_size)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, settings.TORCH_THREADS)
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # an operator the exporter or ORT lacks: eager PyTorch serves
+        logger.warning("%s runs in eager PyTorch: no ONNX graph (%s: %s)", name, type(exc).__name__, exc)
+        return eager, f"torch (export failed: {type(exc).__name__})"
+
+    def run(x: torch.Tensor) -> np.ndarray:
+        out: np.ndarray = session.run(None, {"pixels": np.ascontiguousarray(x.numpy(), dtype=np.float32)})[0]
+        return out
+
+    probe = probe_batch(image_size)
+    difference = largest_difference(run(probe), eager(probe))
+    if difference > settings.ONNX_TOLERANCE:
+        logger.warning(
+            "%s runs in eager PyTorch: its ONNX graph differs by %.2g (tolerance %.2g)",
+            name,
+            difference,
+            settings.ONNX_TOLERANCE,
+        )
+        return eager, f"torch (ONNX differs by {difference:.2g})"
+    return run, "onnxruntime"
