@@ -153,10 +153,12 @@ QUERY_URL_ALLOW_PRIVATE = env.bool("QUERY_URL_ALLOW_PRIVATE", default=False)
 # Embedding and the vector index.
 EMBEDDER = env("EMBEDDER", default="efficientnet_lite0")
 EMBEDDER_IMAGE_SIZE = env.int("EMBEDDER_IMAGE_SIZE", default=128)
-# Keep vectors of each catalogue photo's details (four corners) beside the whole photo's, so a
-# close-up of part of an item finds it: four more passes per imported photo, and an index of
-# 4 x 192 numbers per item (half the copy index). Off: zooms on a detail are often missed.
-COPY_DETAILS = env.bool("COPY_DETAILS", default=True)
+# Keep vectors of each catalogue photo's details (four corners) beside the whole photo's, for
+# close-ups of part of an item: four more passes per imported photo, and an index of 4 x 192
+# numbers per item (half the copy index). Off by default: on bench/robust.py it found 1 more
+# zoom of 24 (recall@1 0.54 -> 0.58; the detail candidates rarely pass verification) for 2.3x
+# the embedding work.
+COPY_DETAILS = env.bool("COPY_DETAILS", default=False)
 EMBEDDER_WEIGHTS_DIR = env("EMBEDDER_WEIGHTS_DIR", default=str(VAR_DIR / "weights"))
 TORCH_THREADS = env.int("TORCH_THREADS", default=2)
 # The networks run through ONNX Runtime (exported from PyTorch on first use, kept in ONNX_DIR)

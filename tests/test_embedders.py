@@ -152,3 +152,19 @@ def test_a_graph_that_disagrees_with_pytorch_is_not_used(settings, tmp_path):
     assert runtime == "onnxruntime"
     x = torch.rand(3, 3, 8, 8)
     assert forward(x).shape == (3, 4, 6, 6)
+
+
+@pytest.mark.django_db
+def test_the_copy_models_details_are_served_only_when_kept(settings):
+    from gallery.embedders import copy_model, detail_model, served_models
+
+    settings.COPY_DETAILS = True
+    details = detail_model()
+    assert details is not None and details.views == 4 and details.vector_size == 4 * details.dim
+    assert [ref.name for ref in served_models()] == [copy_model().name, details.name]
+    vectors = get_embedder(details).embed_gallery([make_picture(3), make_picture(4)])
+    assert vectors.shape == (2, details.vector_size)
+    views = vectors.reshape(2, details.views, details.dim)
+    assert np.allclose(np.linalg.norm(views, axis=2), 1.0, atol=1e-5)  # each corner its own unit vector
+    settings.COPY_DETAILS = False
+    assert detail_model() is None and [ref.name for ref in served_models()] == [copy_model().name]

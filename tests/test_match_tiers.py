@@ -118,7 +118,12 @@ def test_a_tiny_low_quality_thumbnail_and_a_sticker_over_the_photo_still_find_it
         assert _search(client, _jpeg(big))["results"][0]["id"] == image.pk
 
 
-def test_a_close_up_of_a_detail_finds_its_item_through_the_details_index(client, products, settings):
+@pytest.fixture
+def details_kept(settings):
+    settings.COPY_DETAILS = True
+
+
+def test_a_close_up_of_a_detail_finds_its_item_through_the_details_index(client, details_kept, products):
     """A zoom on 40 % of each side, enlarged 3x: the details index holds the corner it is in,
     so the item comes first, labelled a close-up."""
     from gallery.embedders import detail_model, get_embedder

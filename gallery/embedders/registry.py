@@ -136,10 +136,11 @@ def copy_model() -> ModelRef:
     return default_model()
 
 
-# The copy model's detail views: its stage-5 features (the part of the vector with the most
-# local detail, 192 numbers) of the four 60 % corners of each catalogue photo. A zoom on a
-# detail is nearest to the view that holds it (measured on 1,500 product photos: recall@10
-# of a 40 % zoom 0.55 -> 0.90 with them; all 192 numbers where the whole vector has 1,472).
+# The copy model's detail views (`COPY_DETAILS`): its stage-5 features (the part of the vector
+# with the most local detail, 192 numbers) of the four 60 % corners of each catalogue photo. A
+# zoom on a detail is nearest to the view that holds it (measured on 1,500 product photos: a
+# 40 % zoom's item in the top 10 by its vector 0.55 -> 0.90), but the pipeline ranks it first
+# only when local features verify it, which they rarely do (bench/robust.py: zoom 0.54 -> 0.58).
 DETAIL_SHARE = 0.6
 DETAIL_GRID = 2
 
