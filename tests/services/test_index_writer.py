@@ -115,7 +115,7 @@ def test_a_rebuilt_index_is_loaded_in_the_background_while_the_old_one_serves(cl
     until the new one is loaded and caught up."""
     import time
 
-    images = [services.image_create(data=make_image_bytes(seed))[0] for seed in range(60, 63)]
+    images = [services.image_create(data=make_image_bytes(seed), enqueue=False)[0] for seed in range(60, 63)]
     embed_and_index(*(im.pk for im in images))
     reader = selectors.index_reader()
     old = reader.get()
@@ -137,7 +137,8 @@ def test_a_reader_behind_the_pruned_journal_loads_the_new_snapshot(clean_index, 
     import time
 
     settings.INDEX_SNAPSHOT_CHANGES, settings.INDEX_SNAPSHOT_FRACTION = 1, 0.0
-    images = [services.image_create(data=make_image_bytes(seed))[0] for seed in range(70, 74)]
+    # enqueue=False: this process does the work (a worker running for other tests must not)
+    images = [services.image_create(data=make_image_bytes(seed), enqueue=False)[0] for seed in range(70, 74)]
     embed_and_index(images[0].pk)
     stale = selectors.index_reader()
     old = stale.get()
