@@ -19,6 +19,7 @@ import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,6 +93,18 @@ def largest_difference(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(_normalised(a) - _normalised(b)).max())
 
 
+def _session(ort: Any, path: Path, threads: int) -> Any:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Threads that spin waiting for work after a run took a core from the rest of the
+    # request (decoding, verification) and from the other processes: 9.5 ms per query and
+    # the work after it twice as slow with spinning, 6.5 ms and no slowdown without; on the
+    # calling thread alone, 6.0 ms.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def fast_forward(module: torch.nn.Module, *, name: str, image_size: int) -> tuple[Forward, str]:
     """The fastest forward pass of `module` that agrees with it, and what it is
     (`onnxruntime` or `torch`, with the reason)."""
@@ -109,24 +122,20 @@ def fast_forward(module: torch.nn.Module, *, name: str, image_size: int) -> tupl
         with _lock:
             if not path.exists():
                 _export(module, path, image_size)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, settings.TORCH_THREADS)
-        options.inter_op_num_threads = 1
-        # Threads that spin waiting for work after a run took a core from the rest of the
-        # request (decoding, verification) and from the other processes: 9.5 ms per query
-        # and the work after it twice as slow with spinning, 6.5 ms and no slowdown without.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        sessions = [_session(ort, path, 1), _session(ort, path, max(1, settings.TORCH_THREADS))]
     except Exception as exc:  # an operator the exporter or ORT lacks: eager PyTorch serves
         logger.warning("%s runs in eager PyTorch: no ONNX graph (%s: %s)", name, type(exc).__name__, exc)
         return eager, f"torch (export failed: {type(exc).__name__})"
 
     def run(x: torch.Tensor) -> np.ndarray:
+        # One query on the calling thread (a web process serves several at once, one per
+        # core); a batch (the workers) on TORCH_THREADS threads.
+        session = sessions[0] if len(x) <= 2 else sessions[1]
         out: np.ndarray = session.run(None, {"pixels": np.ascontiguousarray(x.numpy(), dtype=np.float32)})[0]
         return out
 
     probe = probe_batch(image_size)
-    difference = largest_difference(run(probe), eager(probe))
+    difference = max(largest_difference(run(batch), eager(batch)) for batch in (probe, probe[:1]))
     if difference > settings.ONNX_TOLERANCE:
         logger.warning(
             "%s runs in eager PyTorch: its ONNX graph differs by %.2g (tolerance %.2g)",
