@@ -168,3 +168,24 @@ def test_the_copy_models_details_are_served_only_when_kept(settings):
     assert np.allclose(np.linalg.norm(views, axis=2), 1.0, atol=1e-5)  # each corner its own unit vector
     settings.COPY_DETAILS = False
     assert detail_model() is None and [ref.name for ref in served_models()] == [copy_model().name]
+
+
+def test_a_learned_lite0_network_runs_through_onnx_runtime_with_the_same_vectors(tmp_path, settings):
+    """The trained stages' small-map depthwise layers export as the convolutions they stand for."""
+    from gallery.embedders.learned import LearnedEmbedder
+    from gallery.learning.model_io import save_model
+    from gallery.learning.networks import SmallMapDepthwise, build_network
+    from gallery.learning.spec import make_spec
+
+    settings.ONNX_DIR = tmp_path / "onnx"
+    spec = make_spec("metric", bits=48)
+    spec["classes"] = [f"c{i}" for i in range(4)]
+    net = build_network(spec.copy(), pretrained=False).eval()
+    assert any(isinstance(m, SmallMapDepthwise) for m in net.modules())
+    save_model(tmp_path / "model.pt", net, spec, {})
+    pictures = [make_picture(seed) for seed in range(3)]
+    fast = LearnedEmbedder("metric-test", tmp_path / "model.pt")
+    assert fast.runtime == "onnxruntime"
+    settings.INFERENCE = "torch"
+    eager = LearnedEmbedder("metric-test", tmp_path / "model.pt")
+    assert np.abs(fast.embed(pictures) - eager.embed(pictures)).max() < 1e-4

@@ -73,8 +73,23 @@ class SmallMapDepthwise(nn.Module):
             self._taps[key] = (index, (ho, wo))
         return self._taps[key]
 
+    def _traced(self, x: torch.Tensor) -> torch.Tensor:
+        """The wrapped layer's own forward (its padding rules: timm's 'same' convolutions pad
+        in forward) with this weight, in a form a trace follows (the stateless API and the
+        tap layout, computed by swapping the probe's weight, are not)."""
+        probe = self._probe[0]
+        saved = probe.weight
+        probe.weight = self.weight
+        try:
+            out: torch.Tensor = probe(x)
+        finally:
+            probe.weight = saved
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
+        if torch.jit.is_tracing():  # an ONNX export: the wrapped layer, as a plain convolution
+            return self._traced(x)
         if h * w > self.MAX_PIXELS:  # the wrapped layer, with this (trained) weight
             return torch.func.functional_call(self._probe[0], {"weight": self.weight}, (x,))
         index, (ho, wo) = self._layout(h, w)
