@@ -138,8 +138,9 @@ def fill_synthetic(target: int, probe_vector: np.ndarray, template_bytes: bytes,
     Holds the index's write lock, like the app's single writer."""
     from django.conf import settings
 
-    from gallery.embedders import detail_model, embedder_identity
-    from gallery.index import VectorIndex, write_lock
+    from gallery import services
+    from gallery.embedders import active_model, detail_model, embedder_identity
+    from gallery.index import write_lock
     from gallery.selectors.index_journal import index_current
 
     model, dim = embedder_identity()
@@ -153,14 +154,7 @@ def fill_synthetic(target: int, probe_vector: np.ndarray, template_bytes: bytes,
         details = details_index(details_ref, target)
         index = index_current(directory)  # the snapshot and the journal after it
         if index is None:
-            index = VectorIndex.create(
-                model,
-                dim,
-                capacity=max(target, 1024),
-                m=settings.INDEX_M,
-                ef_construction=settings.INDEX_EF_CONSTRUCTION,
-                ef=settings.INDEX_EF_SEARCH,
-            )
+            index = services.index_empty(active_model(), target)
         elif (index.meta.model, index.meta.dim) != (model, dim):
             raise RuntimeError(
                 f"The index holds {index.meta.model}/{index.meta.dim}, the embedder is {model}/{dim}"
@@ -270,22 +264,12 @@ def save_new_generation(index, directory: Path) -> None:
 
 def details_index(ref, target: int):
     """The details index (`gallery.embedders.detail_model`) to grow beside the copy index."""
-    from django.conf import settings
-
-    from gallery.index import VectorIndex
+    from gallery import services
     from gallery.selectors.index_journal import index_current
 
     if ref is None:
         return None
-    return index_current(ref.index_dir) or VectorIndex.create(
-        ref.name,
-        ref.dim,
-        views=ref.views,
-        capacity=max(target, 1024),
-        m=settings.INDEX_M,
-        ef_construction=settings.INDEX_EF_CONSTRUCTION,
-        ef=settings.INDEX_EF_SEARCH,
-    )
+    return index_current(ref.index_dir) or services.index_empty(ref, target)
 
 
 def synthetic_rows(

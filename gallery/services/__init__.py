@@ -30,6 +30,7 @@ from .imports import (
 )
 from .index_writer import (
     index_build,
+    index_empty,
     index_rebuild,
     index_reconcile,
     index_remove,
@@ -93,6 +94,7 @@ __all__ = [
     "import_root_path",
     "import_upload_store",
     "index_build",
+    "index_empty",
     "index_rebuild",
     "index_reconcile",
     "index_remove",

@@ -34,7 +34,9 @@ logger = logging.getLogger(__name__)
 _writer_cache: dict[str, VectorIndex] = {}
 
 
-def _new_index(ref: ModelRef, capacity: int) -> VectorIndex:
+def index_empty(ref: ModelRef, capacity: int) -> VectorIndex:
+    """A new, empty in-memory index for `ref`'s vectors with the configured HNSW parameters
+    (not saved: the caller fills it and saves it under the write lock)."""
     return VectorIndex.create(
         ref.name,
         ref.dim,
@@ -238,7 +240,7 @@ def _index_build_locked(ref: ModelRef) -> int:
     )
     ids, vectors = stored_vectors(Image.objects.indexable(), ref.name)
     previous = IndexMeta.read(directory)
-    index = _new_index(ref, capacity=int(len(ids) * 1.25))
+    index = index_empty(ref, capacity=int(len(ids) * 1.25))
     if previous:
         index.meta.version = previous.version
     index.meta.generation = secrets.randbits(62)  # never one a reader already holds
