@@ -118,6 +118,29 @@ def test_a_tiny_low_quality_thumbnail_and_a_sticker_over_the_photo_still_find_it
         assert _search(client, _jpeg(big))["results"][0]["id"] == image.pk
 
 
+def test_a_close_up_of_a_detail_is_found_by_its_pixels_and_labelled(client, products):
+    """A zoom on part of the photo (its vector is far from the whole photo's; too few pixels
+    for local features): the photo's pixels are found in it, without the details index."""
+    found = 0
+    for n, share, (left, top) in (
+        (5, 0.35, (0.5, 0.1)),
+        (17, 0.4, (0.2, 0.4)),
+        (23, 0.35, (0.0, 0.5)),
+        (31, 0.4, (0.6, 0.6)),
+    ):
+        image, data = products[n]
+        picture = _open(data)
+        w, h = round(picture.width * share), round(picture.height * share)
+        x, y = round(picture.width * left), round(picture.height * top)
+        close_up = picture.crop((x, y, x + w, y + h)).resize((w * 3, h * 3), PILImage.Resampling.BICUBIC)
+        first = _search(client, _jpeg(close_up, quality=75))["results"][0]
+        if first["id"] == image.pk:
+            assert first["match"] == "near_duplicate"
+            assert first["explanation"] == "a close-up of part of this photo"
+            found += 1
+    assert found >= 3
+
+
 @pytest.fixture
 def details_kept(settings):
     settings.COPY_DETAILS = True

@@ -1,5 +1,6 @@
 """The retrieval pipeline's parts on their own: the hash index's exact nearest-hash scan and
-both local-feature detectors' verification of a copy (real product photos)."""
+both local-feature detectors' verification of a copy, and pixel matching of a close-up (real
+product photos)."""
 
 import io
 import zipfile
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image as PILImage
 
 from gallery.retrieval.hashes import HashIndex, hamming, pdq_hash
+from gallery.retrieval.pixels import QueryPixels, best_pixel_match, item_pixels
 from gallery.retrieval.verify import Detector, item_features, query_features, verify
 from tests.conftest import dataset
 
@@ -58,3 +60,23 @@ def test_each_detector_verifies_a_copy_on_a_canvas_and_not_another_item(detector
     )  # pixels of the 512-wide query
     wrong = verify(query, None, item_features(other, detector))
     assert wrong is None or wrong.inliers < 15 or wrong.agreement < 0.3
+
+
+def test_a_close_up_s_pixels_are_found_in_its_photo_and_lead_the_other_candidates():
+    photos = _products(30)
+    item = photos[7]
+    w, h = round(item.width * 0.45), round(item.height * 0.45)
+    close_up = item.crop((20, 30, 20 + w, 30 + h)).resize((w * 4, h * 4), PILImage.Resampling.BICUBIC)
+    out = io.BytesIO()
+    close_up.save(out, "JPEG", quality=70)
+    query = QueryPixels(PILImage.open(out))
+    match = query.match(item_pixels(item))
+    assert match is not None and match.correlation >= 0.98 and 0.35 < match.share < 0.6
+    label, best = best_pixel_match(query, {n: item_pixels(p) for n, p in enumerate(photos)})
+    assert label == 7 and best.gap > 0.01  # (shoes of the same shape in the same pose come next)
+    # A picture not made of the photo's pixels (another item, turned) is not taken for it.
+    turned = QueryPixels(photos[3].rotate(20, expand=True, fillcolor=(255, 255, 255)))
+    found = best_pixel_match(turned, {n: item_pixels(p) for n, p in enumerate(photos) if n != 3})
+    assert found is None or found[1].correlation < 0.98 or found[1].gap < 0.02
+    # A flat picture says nothing.
+    assert QueryPixels(PILImage.new("RGB", (300, 400), (200, 30, 30))).match(item_pixels(item)) is None

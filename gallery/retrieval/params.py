@@ -20,6 +20,7 @@ class RetrievalParams:
     candidates: int = 30  # neighbours taken from the copy index per query vector
     verified: int = 10  # best candidates checked with local features when no copy is sure yet,
     verified_first: int = 3  # ...these before the region search (a copy found stops it)
+    pixel_candidates: int = 30  # best candidates whose photos are searched for a close-up's pixels
     detail_candidates: int = 10  # items taken from the details index (nearest detail first)
     detail_verified: int = 2  # ...of which the first are checked with the first candidates
     sure_hash_distance: int = 16  # a copy found by its hash this close needs no region search

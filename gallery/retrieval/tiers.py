@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .pixels import PixelMatch
 from .regions import Box
 from .verify import Verification
 
@@ -50,6 +51,10 @@ class CopyThresholds:
     nearest_copy_distance: int = 60
     nearest_copy_gap: int = 24
     nearest_copy_cosine: float = 0.8  # and its vector agrees this much
+    # A close-up whose pixels are part of the photo's (`retrieval.pixels`), clearly more than
+    # any other candidate's (set on random close-ups and outside pictures, not the bench's).
+    pixel_correlation: float = 0.98
+    pixel_gap: float = 0.02
 
 
 @dataclass
@@ -63,6 +68,7 @@ class Evidence:
     hash_variant: int = 0  # which variant matched: 0 as is, 1-3 turned, 4-7 mirrored
     hash_gap: int = 0  # bits nearer than any other item's hash (0: not the nearest)
     detail_cosine: float = -1.0  # the query to the item's nearest detail view (a close-up?)
+    pixels: PixelMatch | None = None  # the query's pixels found in the photo (the best candidate's)
     same_aspect: bool = False
     verification: Verification | None = None
     grayscale_query: bool = False
@@ -92,6 +98,11 @@ def verified_copy(v: Verification | None, cosine: float, t: CopyThresholds) -> b
 def distinct_nearest_hash(distance: int | None, gap: int, t: CopyThresholds) -> bool:
     """The nearest hash, near enough and by far nearer than the next item's: a changed copy?"""
     return distance is not None and distance <= t.nearest_hash_distance and gap >= t.nearest_hash_gap
+
+
+def pixel_copy(m: PixelMatch | None, t: CopyThresholds) -> bool:
+    """The query's pixels are part of this photo's, clearly more than of any other's."""
+    return m is not None and m.correlation >= t.pixel_correlation and m.gap >= t.pixel_gap
 
 
 def classify(evidence: Evidence, thresholds: CopyThresholds) -> Decision:
@@ -127,6 +138,8 @@ def classify(evidence: Evidence, thresholds: CopyThresholds) -> Decision:
         return Decision(
             Match.NEAR_DUPLICATE, _photometric_explanation(e), e.region, 100.0 + 64 - e.hash_distance
         )
+    if pixel_copy(e.pixels, t):
+        return Decision(Match.NEAR_DUPLICATE, _pixel_explanation(e.pixels), None, 100.0)
     distinct = distinct_nearest_hash(e.hash_distance, e.hash_gap, t)
     strength = e.cosine + (t.nearest_hash_bonus if distinct else 0.0)
     return Decision(Match.SIMILAR, "similar colours and shape", e.region, strength, distinct)
@@ -144,6 +157,12 @@ def _geometric_explanation(v: Verification, e: Evidence) -> str:
     if v.shown < 0.9:
         return "a crop of this photo"
     return _photometric_explanation(e)
+
+
+def _pixel_explanation(m: PixelMatch | None) -> str:
+    if m is not None and m.share < 0.6:
+        return "a close-up of part of this photo"
+    return "a crop of this photo"
 
 
 def _photometric_explanation(e: Evidence) -> str:

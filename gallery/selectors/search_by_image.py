@@ -6,7 +6,9 @@
 3. unless a copy is already sure by its hash: local-feature verification of the best
    candidates; unless one is a copy, the picture's regions (content box, multi-scale grid),
    each embedded and searched, and the next candidates verified;
-4. every candidate classified `exact` / `near_duplicate` / `similar` (`retrieval.tiers`);
+4. still no copy: the picture's pixels looked for in the best candidates' photos (a close-up
+   of a detail, `retrieval.pixels`);
+5. every candidate classified `exact` / `near_duplicate` / `similar` (`retrieval.tiers`);
    copies first, then look-alikes by the active model's similarity."""
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ..models import Image
 from ..retrieval import regions as region_tools
 from ..retrieval.hashes import HASH_BITS, pdq_dihedral
 from ..retrieval.params import RetrievalParams, retrieval_params
+from ..retrieval.pixels import PixelMatch, QueryPixels, best_pixel_match, item_pixels
 from ..retrieval.regions import Box
 from ..retrieval.tiers import COPY_TIERS, Decision, Evidence, classify, distinct_nearest_hash, verified_copy
 from ..retrieval.verify import (
@@ -177,10 +180,19 @@ def _search_picture(
             verified |= checker.best(params.verified - len(verified))
             watch.lap("verify")
     grayscale = _is_grayscale(picture)
-    decisions = {
-        label: classify(_evidence(c, label, same_bytes, grayscale, verified.get(label)), params.copies)
+    evidence = {
+        label: _evidence(c, label, same_bytes, grayscale, verified.get(label))
         for label, c in query.candidates.items()
     }
+    decisions = {label: classify(e, params.copies) for label, e in evidence.items()}
+    if not any(d.match in COPY_TIERS for d in decisions.values()):
+        # No copy yet: is the picture a close-up of part of a candidate's photo?
+        close_up = _match_pixels(query, params)
+        if close_up is not None:
+            label, pixels = close_up
+            evidence[label].pixels = pixels
+            decisions[label] = classify(evidence[label], params.copies)
+        watch.lap("pixels")
     hits = _rank(query, decisions, k, category, active, copies_ref, params)
     watch.lap("rank")
     return hits, _suggested_regions(query, decisions, params)
@@ -338,6 +350,29 @@ def _item_features(label: int, file_name: str, detector: Detector) -> Features |
     try:
         with default_storage.open(file_name) as fh, PILImage.open(fh) as im:
             return item_features(flatten(im.convert("RGBA" if im.mode == "RGBA" else "RGB")), detector)
+    except (OSError, ValueError):
+        return None
+
+
+def _match_pixels(query: _Query, params: RetrievalParams) -> tuple[int, PixelMatch] | None:
+    """The best candidates' photos searched for the picture's pixels (`retrieval.pixels`)."""
+    candidates = query.candidates
+    ranked = sorted(candidates, key=lambda label: -candidates[label].copy_cosine)[: params.pixel_candidates]
+    names = dict(Image.objects.filter(pk__in=ranked).values_list("pk", "file"))
+    photos = {
+        label: p
+        for label in ranked
+        if label in names and (p := _item_pixels(label, names[label])) is not None
+    }
+    return best_pixel_match(QueryPixels(query.picture), photos)
+
+
+@lru_cache(maxsize=4096)
+def _item_pixels(label: int, file_name: str) -> np.ndarray | None:
+    """An item's photo for pixel matching (at most 96 pixels a side: 9 kB each, kept per process)."""
+    try:
+        with default_storage.open(file_name) as fh, PILImage.open(fh) as im:
+            return item_pixels(flatten(im.convert("RGBA" if im.mode == "RGBA" else "RGB")))
     except (OSError, ValueError):
         return None
 

@@ -1,0 +1,103 @@
+"""Pixel matching of a close-up: is the query an enlarged part of a candidate's photo?
+
+A zoom on a detail of a small catalogue photo (a 60x80 product photo: a 40 % close-up holds
+24x32 of its pixels) has too few local features to verify, and its vector is far from the
+whole photo's. Its pixels, though, are the photo's: the query in grey, shrunk to each of a
+range of sizes relative to the photo, is slid over it (`cv2.matchTemplate`, normalised
+correlation, so brightness and contrast changes do not matter). The same photo's part
+correlates at 0.95-1.0 whatever the zoom; other photos rarely above 0.98, and a candidate
+must also beat every other one clearly (`CopyThresholds.pixel_*`). Translation and scale
+only: turned or mirrored close-ups are left to local features.
+
+Measured on 150 random close-ups (30-75 % of each side, enlarged 2-6x, blurred or not, JPEG
+50-90) of the 6,000 product photos, their item among the copy index's 30 nearest for 76 %:
+recall@1 0.39 by the vector, 0.68 with this check (`CopyThresholds` 0.98, lead 0.02); of 150
+CIFAR-10 pictures none was taken for an item, of 150 close-ups of items not among the
+candidates and 120 edited copies of other kinds one each. About 20 ms for 30 candidates."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+ITEM_SIDE = 96  # the catalogue photo's longer side for the search (small photos kept as they are)
+QUERY_SIDE = 128  # the query is shrunk to this first: templates are at most ITEM_SIDE
+MIN_SIDE = 8  # templates smaller than this say nothing
+MIN_CONTRAST = 4.0  # grey levels (standard deviation): a flat template matches anywhere
+# The query's longer side as a share of the photo's: a coarse geometric sweep, then a finer
+# one around the best share for the best few candidates.
+COARSE_SHARES = tuple(float(s) for s in np.geomspace(0.25, 1.0, 12))
+FINE_STEPS = tuple(float(s) for s in np.geomspace(0.9, 1.1, 7))
+REFINED = 3  # candidates whose best share is refined
+
+
+@dataclass(frozen=True)
+class PixelMatch:
+    correlation: float  # normalised correlation of the query's pixels and the photo's part
+    share: float  # the query's longer side as a share of the photo's
+    gap: float = 0.0  # correlation above the best other candidate's
+
+
+def item_pixels(image: Image.Image) -> np.ndarray:
+    """A catalogue photo as the matcher sees it: grey, at most ITEM_SIDE (uint8: kept per process)."""
+    grey = image.convert("L")
+    if max(grey.size) > ITEM_SIDE:
+        grey.thumbnail((ITEM_SIDE, ITEM_SIDE), Image.Resampling.BOX)
+    return np.asarray(grey, dtype=np.uint8)
+
+
+class QueryPixels:
+    """A query's grey pixels, with its templates made once per size (catalogue photos often
+    share theirs)."""
+
+    def __init__(self, picture: Image.Image) -> None:
+        grey = picture.convert("L")
+        if max(grey.size) > QUERY_SIDE:
+            grey.thumbnail((QUERY_SIDE, QUERY_SIDE), Image.Resampling.BOX)
+        self.pixels = np.asarray(grey, dtype=np.uint8)
+        self._templates: dict[tuple[int, int], np.ndarray | None] = {}
+
+    def _template(self, w: int, h: int) -> np.ndarray | None:
+        if (w, h) not in self._templates:
+            t = cv2.resize(self.pixels, (w, h), interpolation=cv2.INTER_AREA)
+            self._templates[w, h] = t if float(t.std()) >= MIN_CONTRAST else None
+        return self._templates[w, h]
+
+    def match(self, item: np.ndarray, shares: tuple[float, ...] = COARSE_SHARES) -> PixelMatch | None:
+        """The best correlation of the query, at each share of the item's longer side, anywhere
+        in the item's photo."""
+        ih, iw = item.shape
+        qh, qw = self.pixels.shape
+        best: PixelMatch | None = None
+        for share in shares:
+            f = share * max(iw, ih) / max(qw, qh)
+            w, h = round(qw * f), round(qh * f)
+            if w > iw or h > ih or min(w, h) < MIN_SIDE:
+                continue
+            template = self._template(w, h)
+            if template is None:
+                continue
+            correlation = float(cv2.matchTemplate(item, template, cv2.TM_CCOEFF_NORMED).max())
+            if best is None or correlation > best.correlation:
+                best = PixelMatch(correlation, share)
+        return best
+
+
+def best_pixel_match(query: QueryPixels, items: Mapping[int, np.ndarray]) -> tuple[int, PixelMatch] | None:
+    """The candidate whose photo holds the query's pixels best, with its lead over the others."""
+    found = {label: m for label, pixels in items.items() if (m := query.match(pixels)) is not None}
+    for label in sorted(found, key=lambda la: -found[la].correlation)[:REFINED]:
+        coarse = found[label]
+        fine = query.match(items[label], tuple(coarse.share * step for step in FINE_STEPS))
+        if fine is not None and fine.correlation > coarse.correlation:
+            found[label] = fine
+    if not found:
+        return None
+    ranked = sorted(found, key=lambda la: -found[la].correlation)
+    best = found[ranked[0]]
+    runner_up = found[ranked[1]].correlation if len(ranked) > 1 else -1.0
+    return ranked[0], PixelMatch(best.correlation, best.share, best.correlation - runner_up)
