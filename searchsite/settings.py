@@ -171,6 +171,18 @@ INDEX_DIR = Path(env("INDEX_DIR", default=str(VAR_DIR / "index")))
 # Trained models: one folder per model version (weights, checkpoints, pictures).
 MODELS_DIR = Path(env("MODELS_DIR", default=str(VAR_DIR / "models")))
 ONNX_DIR = Path(env("ONNX_DIR", default=str(VAR_DIR / "onnx")))
+# Where the vectors are searched: `hnswlib` (files in INDEX_DIR, one machine) or `pgvector`
+# (PostgreSQL with the pgvector extension: every web and worker machine shares one database;
+# see the README, "Scaling out").
+VECTOR_BACKEND = env("VECTOR_BACKEND", default="hnswlib")
+if VECTOR_BACKEND not in ("hnswlib", "pgvector"):
+    raise ImproperlyConfigured(f"VECTOR_BACKEND must be hnswlib or pgvector, not {VECTOR_BACKEND!r}")
+if VECTOR_BACKEND == "pgvector" and not DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    raise ImproperlyConfigured("VECTOR_BACKEND=pgvector needs a PostgreSQL DATABASE_URL")
+if VECTOR_BACKEND == "pgvector" and COPY_DETAILS:
+    raise ImproperlyConfigured(
+        "COPY_DETAILS keeps several vectors per item, which pgvector does not hold here"
+    )
 INDEX_EF_SEARCH = env.int("INDEX_EF_SEARCH", default=128)
 INDEX_M = env.int("INDEX_M", default=16)
 INDEX_EF_CONSTRUCTION = env.int("INDEX_EF_CONSTRUCTION", default=200)

@@ -6,11 +6,10 @@ from django.core.paginator import Page, Paginator
 from django.db.models import Count, Q, QuerySet
 
 from ..embedders import copy_model
-from ..index import VectorIndex
 from ..models import DuplicateGroupRow, DuplicateScan, Image, ImageQuerySet, ModerationAction, Report
 from ..retrieval.params import retrieval_params
 from ..retrieval.tiers import COPY_TIERS, Evidence, classify
-from .search import index_reader
+from .search import SearchIndex, index_reader
 
 MODERATION_VIEWS = ("pending", "reported", "hidden", "all")
 
@@ -57,7 +56,7 @@ class DuplicateGroup:
 
 
 def near_duplicate_groups(
-    *, index: VectorIndex | None = None, limit: int | None = 200
+    *, index: SearchIndex | None = None, limit: int | None = 200
 ) -> list[DuplicateGroup]:
     """Groups of searchable items that are copies of one another by the same rule as
     search's tiers (`retrieval.tiers.classify` on the copy channel: perceptual hashes close
@@ -99,7 +98,7 @@ def near_duplicate_groups(
     return groups
 
 
-def _copy_links(index: VectorIndex) -> list[tuple[int, int, str]]:
+def _copy_links(index: SearchIndex) -> list[tuple[int, int, str]]:
     """(item, item, explanation) for every pair the copy tiers call a copy."""
     thresholds = retrieval_params().copies
     hashes = index.hash_index()

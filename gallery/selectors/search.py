@@ -14,24 +14,29 @@ from django.conf import settings
 
 from ..embedders import ModelRef, active_model, copy_model, served_models
 from ..index import IndexReader, VectorIndex
+from ..index.pgvector import PgVectorIndex, PgVectorReader
 from ..models import Embedding, Image, ImageQuerySet
 from ..retrieval.params import retrieval_params
 from ..retrieval.regions import Box
 from ..retrieval.tiers import Evidence, Match, classify
 from .index_journal import DATABASE_JOURNAL
 
-_readers: dict[str, IndexReader] = {}
+_readers: dict[str, IndexReader | PgVectorReader] = {}
 Hits = list[tuple[int, float]]  # (label, cosine similarity), best first
 
 
-def index_reader(ref: ModelRef | None = None) -> IndexReader:
-    """The reader of a model's index (the active model's by default). The readers (and
-    indexes) of models no longer served are let go."""
-    directory = (ref or active_model()).index_dir
+def index_reader(ref: ModelRef | None = None) -> IndexReader | PgVectorReader:
+    """The reader of a model's index (the active model's by default): its hnswlib files, or
+    with `VECTOR_BACKEND=pgvector` the database's table. The readers (and indexes) of models
+    no longer served are let go."""
+    ref = ref or active_model()
+    directory = ref.index_dir
     key = str(directory)
     keep = {str(served.index_dir) for served in served_models()} | {key}
     for old in [old for old in list(_readers) if old not in keep]:
         _readers.pop(old, None)  # a model no longer served: its index is let go
+    if key not in _readers and settings.VECTOR_BACKEND == "pgvector":
+        _readers[key] = PgVectorReader(pgvector_index(ref))
     if key not in _readers:
         from ..services.index_writer import index_request_rebuild  # a write: asks the writer
 
@@ -42,6 +47,26 @@ def index_reader(ref: ModelRef | None = None) -> IndexReader:
             on_unusable=index_request_rebuild,
         )
     return _readers[key]
+
+
+SearchIndex = VectorIndex | PgVectorIndex  # what a reader's `get` gives: both answer the same questions
+_pg_indexes: dict[str, PgVectorIndex] = {}
+
+
+def pgvector_index(ref: ModelRef) -> PgVectorIndex:
+    """A model's vectors in PostgreSQL (`VECTOR_BACKEND=pgvector`), one object per process,
+    with the configured HNSW parameters."""
+    if ref.views != 1:
+        raise ValueError(f"{ref.name}: items of {ref.views} vectors are not held in pgvector")
+    if ref.name not in _pg_indexes:
+        _pg_indexes[ref.name] = PgVectorIndex(
+            ref.name,
+            ref.dim,
+            ef=settings.INDEX_EF_SEARCH,
+            m=settings.INDEX_M,
+            ef_construction=settings.INDEX_EF_CONSTRUCTION,
+        )
+    return _pg_indexes[ref.name]
 
 
 def index_readers_forget() -> None:
@@ -125,7 +150,7 @@ LARGE_CATEGORY_SHARE = 0.02  # of the index: an unfiltered search over-fetched, 
 
 
 def _category_hits(
-    index: VectorIndex, vector: np.ndarray, fetch: int, category: str, *, ref: ModelRef
+    index: SearchIndex, vector: np.ndarray, fetch: int, category: str, *, ref: ModelRef
 ) -> Hits:
     """The `fetch` nearest items of one category without a per-query set of the whole
     category where it would be large: a small category's vectors are read from the database

@@ -14,35 +14,23 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from functools import lru_cache
+from collections.abc import Callable
 
 import numpy as np
 from django.conf import settings
-from django.core.files.storage import default_storage
 from PIL import Image as PILImage
 
 from ..embedders import ModelRef, active_model, copy_model, detail_model, get_embedder
 from ..imaging import decode_image, flatten, sha256_of
-from ..index import VectorIndex
 from ..models import Image
 from ..retrieval import regions as region_tools
 from ..retrieval.hashes import HASH_BITS, pdq_dihedral
 from ..retrieval.params import RetrievalParams, retrieval_params
-from ..retrieval.pixels import PixelMatch, QueryPixels, best_pixel_match, item_pixels
 from ..retrieval.regions import Box
-from ..retrieval.tiers import COPY_TIERS, Decision, Evidence, classify, distinct_nearest_hash, verified_copy
-from ..retrieval.verify import (
-    Detector,
-    Features,
-    Verification,
-    item_features,
-    mirrored_query_features,
-    query_features,
-    verify,
-)
+from ..retrieval.tiers import COPY_TIERS, Decision, Evidence, classify, verified_copy
+from ..retrieval.verify import Verification
 from .search import RegionScore, SearchHit, SearchResult, clamp_k, index_reader, search_vector
+from .search_checks import Candidate, Query, Verifier, match_pixels
 
 
 class _Stopwatch:
@@ -54,38 +42,6 @@ class _Stopwatch:
         now = time.perf_counter()
         self.stages[stage] = round(self.stages.get(stage, 0.0) + (now - self._last) * 1000, 2)
         self._last = now
-
-
-@dataclass
-class _Candidate:
-    cosine: float = -1.0
-    region: Box | None = None  # None: the whole picture
-    hash_distance: int | None = None
-    hash_variant: int = 0
-    hash_gap: int = 0  # bits closer than any other item (set for the nearest hash only)
-    detail_cosine: float = -1.0  # the picture's detail view to the item's nearest detail
-
-    @property
-    def copy_cosine(self) -> float:
-        """The vectors' agreement a verified copy needs: of the whole photo or of a detail."""
-        return max(self.cosine, self.detail_cosine)
-
-
-@dataclass
-class _Query:
-    """One search's state: the picture, its copy-model vectors and what they found."""
-
-    picture: PILImage.Image
-    index: VectorIndex
-    vector: np.ndarray
-    hashes: np.ndarray
-    candidates: dict[int, _Candidate] = field(default_factory=dict)
-    regions: list[RegionScore] = field(default_factory=list)
-
-    def found(self, label: int, cosine: float, region: Box | None) -> None:
-        candidate = self.candidates.setdefault(label, _Candidate())
-        if cosine > candidate.cosine:
-            candidate.cosine, candidate.region = cosine, region
 
 
 def image_search_by_image(data: bytes, *, k: int = 20, category: str = "", box: str = "") -> SearchResult:
@@ -153,12 +109,12 @@ def _search_picture(
     if len(index) == 0:
         return [], []
     embedder = get_embedder(copies_ref)
-    query = _Query(picture, index, embedder.embed([picture])[0], pdq_dihedral(picture)[0])
+    query = Query(picture, index, embedder.embed([picture])[0], pdq_dihedral(picture)[0])
     watch.lap("embed")
     for label, cosine in index.query(query.vector, params.candidates):
         query.found(label, cosine, None)
     for match in index.hash_index().within(query.hashes, params.copies.loose_hash_distance):
-        candidate = query.candidates.setdefault(match.label, _Candidate())
+        candidate = query.candidates.setdefault(match.label, Candidate())
         candidate.hash_distance, candidate.hash_variant = match.distance, match.variant
         if candidate.cosine < 0:
             stored = index.vector(match.label)
@@ -169,7 +125,7 @@ def _search_picture(
     verified: dict[int, Verification | None] = {}
     if not _sure(query, params):
         # The best whole-picture candidates first: a verified copy needs no region search.
-        checker = _Verifier(query, params)
+        checker = Verifier(query, params)
         verified = checker.best(params.verified_first, details)
         watch.lap("verify")
         if not any(
@@ -187,7 +143,7 @@ def _search_picture(
     decisions = {label: classify(e, params.copies) for label, e in evidence.items()}
     if not any(d.match in COPY_TIERS for d in decisions.values()):
         # No copy yet: is the picture a close-up of part of a candidate's photo?
-        close_up = _match_pixels(query, params)
+        close_up = match_pixels(query, params)
         if close_up is not None:
             label, pixels = close_up
             evidence[label].pixels = pixels
@@ -198,7 +154,7 @@ def _search_picture(
     return hits, _suggested_regions(query, decisions, params)
 
 
-def _nearest_hash(query: _Query, params: RetrievalParams) -> None:
+def _nearest_hash(query: Query, params: RetrievalParams) -> None:
     """The item whose hash is nearest to the picture's, at any distance, with how much nearer
     it is than the next one: a copy too changed for the radius lookup (a tiny thumbnail, a
     sticker over the photo) is still far nearer than everything else."""
@@ -207,7 +163,7 @@ def _nearest_hash(query: _Query, params: RetrievalParams) -> None:
         return
     first = nearest[0]
     gap = nearest[1].distance - first.distance if len(nearest) > 1 else HASH_BITS
-    candidate = query.candidates.setdefault(first.label, _Candidate())
+    candidate = query.candidates.setdefault(first.label, Candidate())
     if candidate.hash_distance is None or first.distance < candidate.hash_distance:
         candidate.hash_distance, candidate.hash_variant = first.distance, 0
     candidate.hash_gap = gap
@@ -216,7 +172,7 @@ def _nearest_hash(query: _Query, params: RetrievalParams) -> None:
         candidate.cosine = float(stored @ query.vector) if stored is not None else 0.0
 
 
-def _search_details(query: _Query, params: RetrievalParams) -> list[int]:
+def _search_details(query: Query, params: RetrievalParams) -> list[int]:
     """Items whose details are nearest to the picture (`registry.detail_model`), best first;
     their detail cosine is kept as evidence, their ranking among look-alikes is unchanged."""
     ref = detail_model()
@@ -235,14 +191,14 @@ def _search_details(query: _Query, params: RetrievalParams) -> list[int]:
             stored = query.index.vector(label)
             if stored is None:
                 continue  # not in the copy index (yet, or any more): not searchable here
-            candidate = query.candidates.setdefault(label, _Candidate())
+            candidate = query.candidates.setdefault(label, Candidate())
             candidate.cosine = float(stored @ query.vector)
         candidate.detail_cosine = max(candidate.detail_cosine, cosine)
         kept.append(label)
     return kept[: params.detail_verified]
 
 
-def _sure(query: _Query, params: RetrievalParams) -> bool:
+def _sure(query: Query, params: RetrievalParams) -> bool:
     """A copy found by its hash, close enough and confirmed by its vector: no need to look
     for it in parts of the picture."""
     return any(
@@ -254,7 +210,7 @@ def _sure(query: _Query, params: RetrievalParams) -> bool:
 
 
 def _search_regions(
-    query: _Query, embed: Callable[[list[PILImage.Image]], np.ndarray], params: RetrievalParams
+    query: Query, embed: Callable[[list[PILImage.Image]], np.ndarray], params: RetrievalParams
 ) -> None:
     boxes = region_tools.proposals(query.picture, scales=params.grid)
     if not boxes:
@@ -268,117 +224,8 @@ def _search_regions(
             query.regions.append(RegionScore(box, found[0][1]))
 
 
-# (detector, on the query's mirror image), cheapest first; the checks stop at a copy.
-_PASSES = ((Detector.ORB, False), (Detector.SIFT, False), (Detector.ORB, True), (Detector.SIFT, True))
-
-
-class _Verifier:
-    """Local-feature checks of a query's best candidates not checked yet (hash matches first),
-    cheapest first: ORB, then SIFT only when ORB verified no copy; the query's mirror image
-    by ORB, and by SIFT only when nothing matched as it is (ORB finds a symmetric item's
-    mirror image consistent with itself at times). Each query's features are computed once."""
-
-    def __init__(self, query: _Query, params: RetrievalParams) -> None:
-        self.query, self.params = query, params
-        self.done: dict[int, Verification | None] = {}
-        self._features: dict[tuple[Detector, bool], Features] = {}
-        self._matched_as_is = False
-
-    def _hash_matched(self, c: _Candidate) -> bool:
-        t = self.params.copies
-        close = c.hash_distance is not None and c.hash_distance <= t.loose_hash_distance
-        return close or distinct_nearest_hash(c.hash_distance, c.hash_gap, t)
-
-    def _query_features(self, detector: Detector, mirrored: bool) -> Features:
-        key = (detector, mirrored)
-        if key not in self._features:
-            make = mirrored_query_features if mirrored else query_features
-            self._features[key] = make(self.query.picture, detector)
-        return self._features[key]
-
-    def _copy_among(self, found: dict[int, Verification | None]) -> bool:
-        candidates = self.query.candidates
-        return any(
-            verified_copy(v, candidates[la].copy_cosine, self.params.copies) for la, v in found.items()
-        )
-
-    def best(self, count: int, also: Sequence[int] = ()) -> dict[int, Verification | None]:
-        """The `count` best candidates not checked yet, and those of `also` (the nearest
-        details) not among them."""
-        candidates = self.query.candidates
-        ranked = sorted(
-            (label for label in candidates if label not in self.done),
-            key=lambda label: (not self._hash_matched(candidates[label]), -candidates[label].cosine),
-        )[: max(0, count)]
-        ranked += [label for label in also if label not in self.done and label not in ranked]
-        if not ranked:
-            return {}
-        rows = Image.objects.in_bulk(ranked)
-        names = {label: rows[label].file.name for label in ranked if label in rows}
-        found: dict[int, Verification | None] = dict.fromkeys(names)
-        for detector, mirrored in _PASSES:
-            if mirrored and detector is Detector.SIFT and self._matched_as_is:
-                break  # something matched as it is: the costly mirror pass is not needed
-            query = self._query_features(detector, mirrored)
-            for label, name in names.items():
-                item = _item_features(label, name, detector)
-                if item is None:
-                    continue
-                v = verify(None, query, item) if mirrored else verify(query, None, item)
-                if v is not None and not mirrored and v.inliers >= self.params.copies.inliers:
-                    self._matched_as_is = True
-                if v is not None and _better(v, found[label], candidates[label].copy_cosine, self.params):
-                    found[label] = v
-            if self._copy_among(found):
-                break
-        self.done |= found
-        return found
-
-
-def _better(v: Verification, than: Verification | None, cosine: float, params: RetrievalParams) -> bool:
-    """A verification that makes a copy beats one that does not; else more inliers win."""
-    if than is None:
-        return True
-    makes, made = (verified_copy(x, cosine, params.copies) for x in (v, than))
-    return makes > made or (makes == made and v.inliers > than.inliers)
-
-
-@lru_cache(maxsize=2048)
-def _item_features(label: int, file_name: str, detector: Detector) -> Features | None:
-    """The local features of an item's stored photo (kept per process: the same items come
-    back for many queries)."""
-    try:
-        with default_storage.open(file_name) as fh, PILImage.open(fh) as im:
-            return item_features(flatten(im.convert("RGBA" if im.mode == "RGBA" else "RGB")), detector)
-    except (OSError, ValueError):
-        return None
-
-
-def _match_pixels(query: _Query, params: RetrievalParams) -> tuple[int, PixelMatch] | None:
-    """The best candidates' photos searched for the picture's pixels (`retrieval.pixels`)."""
-    candidates = query.candidates
-    ranked = sorted(candidates, key=lambda label: -candidates[label].copy_cosine)[: params.pixel_candidates]
-    names = dict(Image.objects.filter(pk__in=ranked).values_list("pk", "file"))
-    photos = {
-        label: p
-        for label in ranked
-        if label in names and (p := _item_pixels(label, names[label])) is not None
-    }
-    return best_pixel_match(QueryPixels(query.picture), photos)
-
-
-@lru_cache(maxsize=4096)
-def _item_pixels(label: int, file_name: str) -> np.ndarray | None:
-    """An item's photo for pixel matching (at most 96 pixels a side: 9 kB each, kept per process)."""
-    try:
-        with default_storage.open(file_name) as fh, PILImage.open(fh) as im:
-            return item_pixels(flatten(im.convert("RGBA" if im.mode == "RGBA" else "RGB")))
-    except (OSError, ValueError):
-        return None
-
-
 def _evidence(
-    c: _Candidate,
+    c: Candidate,
     label: int,
     same_bytes: int | None,
     grayscale: bool,
@@ -404,7 +251,7 @@ def _is_grayscale(picture: PILImage.Image) -> bool:
 
 
 def _rank(
-    query: _Query,
+    query: Query,
     decisions: dict[int, Decision],
     k: int,
     category: str,
@@ -458,7 +305,7 @@ def _rank(
 
 
 def _suggested_regions(
-    query: _Query, decisions: dict[int, Decision], params: RetrievalParams
+    query: Query, decisions: dict[int, Decision], params: RetrievalParams
 ) -> list[RegionScore]:
     """Where the items may be: verified copies' outlines, then the best regions searched,
     without overlapping ones."""

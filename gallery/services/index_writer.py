@@ -14,18 +14,21 @@ generation, which every reader loads in the background."""
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from ..embedders import ModelRef, active_model, served_models
 from ..index import IndexMeta, IndexUnusable, IndexWriteFailed, VectorIndex, journal_head_touch, write_lock
+from ..index.pgvector import PgVectorIndex
 from ..models import Embedding, Image, ImageQuerySet, IndexChange
 from ..selectors.index_journal import DATABASE_JOURNAL, index_hashes
+from ..selectors.search import SearchIndex, pgvector_index
 from . import dispatch
 from .recovery import images_catch_up_with_active_model
 
@@ -48,9 +51,30 @@ def index_empty(ref: ModelRef, capacity: int) -> VectorIndex:
     )
 
 
-def _writer_index(ref: ModelRef) -> VectorIndex | None:
-    """The writer's in-memory index, reloaded when another writer saved a newer version.
-    Call with the write lock held."""
+def _in_database() -> bool:
+    return bool(settings.VECTOR_BACKEND == "pgvector")
+
+
+@contextmanager
+def _writing(ref: ModelRef) -> Iterator[None]:
+    """The writer's lock on a model's index: the index folder's `flock`, or with pgvector a
+    database-wide advisory lock (writers on several machines), its changes one transaction."""
+    if not _in_database():
+        with write_lock(ref.index_dir):
+            yield
+        return
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"index {ref.name}"])
+        yield
+
+
+def _writer_index(ref: ModelRef) -> SearchIndex | None:
+    """The writer's index: the database's table (pgvector), or the in-memory hnswlib index,
+    reloaded when another writer saved a newer version. Call with the write lock held."""
+    if _in_database():
+        index = pgvector_index(ref)
+        index.ensure()
+        return index
     directory = ref.index_dir
     key = str(directory)
     on_disk = IndexMeta.read(directory)
@@ -80,10 +104,12 @@ def _writer_index(ref: ModelRef) -> VectorIndex | None:
 
 
 def _journal_write(
-    ref: ModelRef, index: VectorIndex, *, add: Sequence[int] = (), remove: Sequence[int] = ()
+    ref: ModelRef, index: SearchIndex, *, add: Sequence[int] = (), remove: Sequence[int] = ()
 ) -> tuple[int, int]:
-    """Record changes in the journal and apply them to the writer's index as every reader will;
-    returns (added, removed) as applied."""
+    """Record changes in the journal and apply them to the writer's index as every reader will
+    (pgvector: write the rows every reader searches); returns (added, removed) as applied."""
+    if isinstance(index, PgVectorIndex):
+        return _rows_put(ref, index, list(add)), index.remove(list(remove))
     rows = [IndexChange(model_name=ref.name, image_id=i, op=IndexChange.Op.ADD) for i in add]
     rows += [IndexChange(model_name=ref.name, image_id=i, op=IndexChange.Op.REMOVE) for i in remove]
     if not rows:
@@ -100,11 +126,23 @@ def _journal_write(
     return applied.added, applied.removed
 
 
-def _snapshot_if_due(ref: ModelRef, index: VectorIndex, *, force: bool = False) -> bool:
+def _rows_put(ref: ModelRef, index: PgVectorIndex, ids: list[int]) -> int:
+    """The items' stored vectors (and hashes, for the copy model) into the database's index."""
+    added = 0
+    for start in range(0, len(ids), 2000):
+        chunk, vectors = stored_vectors(Image.objects.filter(pk__in=ids[start : start + 2000]), ref.name)
+        hashes = dict(zip(chunk, index_hashes(ref.name, chunk)))
+        added += index.put([(i, v, hashes.get(i)) for i, v in zip(chunk, vectors)])
+    return added
+
+
+def _snapshot_if_due(ref: ModelRef, index: SearchIndex, *, force: bool = False) -> bool:
     """Save a snapshot when the journal since the last one holds more than a few percent of the
     index (or any change, once the snapshot is older than INDEX_SNAPSHOT_SECONDS), so that a
     process that starts has little to replay; then prune the journal before the previous
-    snapshot (a reader still there loads the new snapshot)."""
+    snapshot (a reader still there loads the new snapshot). The database's index has none."""
+    if isinstance(index, PgVectorIndex):
+        return False
     on_disk = IndexMeta.read(ref.index_dir)
     since = on_disk.journal_seq if on_disk else 0
     if index.meta.journal_seq <= since and not force:
@@ -166,8 +204,7 @@ def index_sync_models(refs: list[ModelRef], image_ids: list[int] | None) -> int:
 
 
 def _sync_one(ref: ModelRef, ids: list[int]) -> int:
-    directory = ref.index_dir
-    with write_lock(directory):
+    with _writing(ref):
         index = _writer_index(ref)
         if index is None:
             return _index_build_locked(ref)
@@ -192,7 +229,7 @@ def index_remove(image_ids: list[int]) -> int:
     gone = [pk for pk in image_ids if pk not in staying]  # deleted rows too
     removed = 0
     for ref in served_models(active_model(fresh=True)):
-        with write_lock(ref.index_dir):
+        with _writing(ref):
             index = _writer_index(ref)
             if index is None:
                 continue
@@ -226,12 +263,19 @@ def index_rebuild() -> int:
 
 def index_build(ref: ModelRef) -> int:
     """A fresh index of `ref`'s vectors of every indexable image, saved atomically in its own
-    folder. Takes that folder's write lock."""
-    with write_lock(ref.index_dir):
+    folder (pgvector: its rows replaced in one transaction). Takes the index's write lock."""
+    with _writing(ref):
         return _index_build_locked(ref)
 
 
 def _index_build_locked(ref: ModelRef) -> int:
+    if _in_database():
+        table = pgvector_index(ref)
+        table.ensure()
+        table.clear()
+        return _rows_put(
+            ref, table, list(Image.objects.indexable().with_vector(ref.name).values_list("pk", flat=True))
+        )
     directory = ref.index_dir
     directory.mkdir(parents=True, exist_ok=True)
     # The journal so far is what this build reads from the database: it starts after it.
@@ -260,7 +304,7 @@ def index_reconcile() -> dict[str, int]:
     not be there. Runs on the index queue (the single writer), from the beat."""
     added = removed = 0
     for ref in served_models(active_model(fresh=True)):
-        with write_lock(ref.index_dir):
+        with _writing(ref):
             index = _writer_index(ref)
             if index is None:
                 _index_build_locked(ref)

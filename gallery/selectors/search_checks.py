@@ -1,0 +1,172 @@
+"""The checks of a search's candidates (`search_by_image`): local features with a homography
+(`retrieval.verify`), and, when no copy is found, the picture's pixels looked for in the best
+candidates' photos (`retrieval.pixels`). Each candidate's stored photo is read once per
+process for each."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+from django.core.files.storage import default_storage
+from PIL import Image as PILImage
+
+from ..imaging import flatten
+from ..models import Image
+from ..retrieval.params import RetrievalParams
+from ..retrieval.pixels import PixelMatch, QueryPixels, best_pixel_match, item_pixels
+from ..retrieval.regions import Box
+from ..retrieval.tiers import distinct_nearest_hash, verified_copy
+from ..retrieval.verify import (
+    Detector,
+    Features,
+    Verification,
+    item_features,
+    mirrored_query_features,
+    query_features,
+    verify,
+)
+from .search import RegionScore, SearchIndex
+
+
+@dataclass
+class Candidate:
+    cosine: float = -1.0
+    region: Box | None = None  # None: the whole picture
+    hash_distance: int | None = None
+    hash_variant: int = 0
+    hash_gap: int = 0  # bits closer than any other item (set for the nearest hash only)
+    detail_cosine: float = -1.0  # the picture's detail view to the item's nearest detail
+
+    @property
+    def copy_cosine(self) -> float:
+        """The vectors' agreement a verified copy needs: of the whole photo or of a detail."""
+        return max(self.cosine, self.detail_cosine)
+
+
+@dataclass
+class Query:
+    """One search's state: the picture, its copy-model vectors and what they found."""
+
+    picture: PILImage.Image
+    index: SearchIndex
+    vector: np.ndarray
+    hashes: np.ndarray
+    candidates: dict[int, Candidate] = field(default_factory=dict)
+    regions: list[RegionScore] = field(default_factory=list)
+
+    def found(self, label: int, cosine: float, region: Box | None) -> None:
+        candidate = self.candidates.setdefault(label, Candidate())
+        if cosine > candidate.cosine:
+            candidate.cosine, candidate.region = cosine, region
+
+
+# (detector, on the query's mirror image), cheapest first; the checks stop at a copy.
+_PASSES = ((Detector.ORB, False), (Detector.SIFT, False), (Detector.ORB, True), (Detector.SIFT, True))
+
+
+class Verifier:
+    """Local-feature checks of a query's best candidates not checked yet (hash matches first),
+    cheapest first: ORB, then SIFT only when ORB verified no copy; the query's mirror image
+    by ORB, and by SIFT only when nothing matched as it is (ORB finds a symmetric item's
+    mirror image consistent with itself at times). Each query's features are computed once."""
+
+    def __init__(self, query: Query, params: RetrievalParams) -> None:
+        self.query, self.params = query, params
+        self.done: dict[int, Verification | None] = {}
+        self._features: dict[tuple[Detector, bool], Features] = {}
+        self._matched_as_is = False
+
+    def _hash_matched(self, c: Candidate) -> bool:
+        t = self.params.copies
+        close = c.hash_distance is not None and c.hash_distance <= t.loose_hash_distance
+        return close or distinct_nearest_hash(c.hash_distance, c.hash_gap, t)
+
+    def _query_features(self, detector: Detector, mirrored: bool) -> Features:
+        key = (detector, mirrored)
+        if key not in self._features:
+            make = mirrored_query_features if mirrored else query_features
+            self._features[key] = make(self.query.picture, detector)
+        return self._features[key]
+
+    def _copy_among(self, found: dict[int, Verification | None]) -> bool:
+        candidates = self.query.candidates
+        return any(
+            verified_copy(v, candidates[la].copy_cosine, self.params.copies) for la, v in found.items()
+        )
+
+    def best(self, count: int, also: Sequence[int] = ()) -> dict[int, Verification | None]:
+        """The `count` best candidates not checked yet, and those of `also` (the nearest
+        details) not among them."""
+        candidates = self.query.candidates
+        ranked = sorted(
+            (label for label in candidates if label not in self.done),
+            key=lambda label: (not self._hash_matched(candidates[label]), -candidates[label].cosine),
+        )[: max(0, count)]
+        ranked += [label for label in also if label not in self.done and label not in ranked]
+        if not ranked:
+            return {}
+        rows = Image.objects.in_bulk(ranked)
+        names = {label: rows[label].file.name for label in ranked if label in rows}
+        found: dict[int, Verification | None] = dict.fromkeys(names)
+        for detector, mirrored in _PASSES:
+            if mirrored and detector is Detector.SIFT and self._matched_as_is:
+                break  # something matched as it is: the costly mirror pass is not needed
+            query = self._query_features(detector, mirrored)
+            for label, name in names.items():
+                item = _item_features(label, name, detector)
+                if item is None:
+                    continue
+                v = verify(None, query, item) if mirrored else verify(query, None, item)
+                if v is not None and not mirrored and v.inliers >= self.params.copies.inliers:
+                    self._matched_as_is = True
+                if v is not None and _better(v, found[label], candidates[label].copy_cosine, self.params):
+                    found[label] = v
+            if self._copy_among(found):
+                break
+        self.done |= found
+        return found
+
+
+def _better(v: Verification, than: Verification | None, cosine: float, params: RetrievalParams) -> bool:
+    """A verification that makes a copy beats one that does not; else more inliers win."""
+    if than is None:
+        return True
+    makes, made = (verified_copy(x, cosine, params.copies) for x in (v, than))
+    return makes > made or (makes == made and v.inliers > than.inliers)
+
+
+@lru_cache(maxsize=2048)
+def _item_features(label: int, file_name: str, detector: Detector) -> Features | None:
+    """The local features of an item's stored photo (kept per process: the same items come
+    back for many queries)."""
+    try:
+        with default_storage.open(file_name) as fh, PILImage.open(fh) as im:
+            return item_features(flatten(im.convert("RGBA" if im.mode == "RGBA" else "RGB")), detector)
+    except (OSError, ValueError):
+        return None
+
+
+def match_pixels(query: Query, params: RetrievalParams) -> tuple[int, PixelMatch] | None:
+    """The best candidates' photos searched for the picture's pixels (`retrieval.pixels`)."""
+    candidates = query.candidates
+    ranked = sorted(candidates, key=lambda label: -candidates[label].copy_cosine)[: params.pixel_candidates]
+    names = dict(Image.objects.filter(pk__in=ranked).values_list("pk", "file"))
+    photos = {
+        label: p
+        for label in ranked
+        if label in names and (p := _item_pixels(label, names[label])) is not None
+    }
+    return best_pixel_match(QueryPixels(query.picture), photos)
+
+
+@lru_cache(maxsize=4096)
+def _item_pixels(label: int, file_name: str) -> np.ndarray | None:
+    """An item's photo for pixel matching (at most 96 pixels a side: 9 kB each, kept per process)."""
+    try:
+        with default_storage.open(file_name) as fh, PILImage.open(fh) as im:
+            return item_pixels(flatten(im.convert("RGBA" if im.mode == "RGBA" else "RGB")))
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,166 @@
+"""Beyond one machine (`VECTOR_BACKEND=pgvector`): two app instances (`manage.py runapp`: web,
+embed, index and train workers each), as two machines would run them, share one PostgreSQL
+with pgvector (PyPI's `pgserver`: Debian's PostgreSQL has no pgvector), one Redis and one
+media folder; each keeps its own local folder. Every upload, made on either, is searchable
+from both; a category filter and a removal hold on both."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import psycopg
+import pytest
+import requests
+
+from tests.conftest import dataset
+from tests.test_runapp import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def postgres_with_pgvector(tmp_path_factory):
+    """A private PostgreSQL 16 with pgvector 0.6.2 (pgserver), and a fresh database in it."""
+    pgserver = pytest.importorskip("pgserver")
+    server = pgserver.get_server(str(tmp_path_factory.mktemp("pgdata")), cleanup_mode="stop")
+    socket_dir = server.get_uri().split("host=", 1)[1]
+    name = f"gallery_machines_{os.getpid()}"
+    with psycopg.connect(host=socket_dir, user="postgres", dbname="postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    yield socket_dir, name, f"postgres://postgres@/{name}?host={socket_dir}"
+    server.cleanup()
+
+
+def _machine(root: Path, name: str, shared_env: dict[str, str]) -> tuple[subprocess.Popen, str, Path]:
+    port = free_port()
+    local = root / name
+    local.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "CELERY_", "REDIS_URL"))}
+    env.update(shared_env, VAR_DIR=str(local / "var"), INDEX_DIR=str(local / "var" / "index"))
+    log = local / "runapp.log"
+    with open(log, "w") as out:  # the child writes through its own copy
+        proc = subprocess.Popen(
+            [sys.executable, "manage.py", "runapp", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return proc, f"http://127.0.0.1:{port}", log
+
+
+def _ready(base: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if requests.get(base + "/readyz", timeout=10).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{base} never became ready:\n" + log.read_text()[-4000:])
+
+
+def _photos(count: int) -> list[bytes]:
+    with zipfile.ZipFile(dataset("fashion-products-6k.zip")) as zf:
+        names = sorted(n for n in zf.namelist() if n.endswith(".jpg"))[::250][:count]
+        return [zf.read(n) for n in names]
+
+
+def _first(base: str, data: bytes, **fields: str) -> dict:
+    response = requests.post(base + "/api/search", files={"image": ("q.jpg", data)}, data=fields, timeout=60)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    return results[0] if results else {}
+
+
+@pytest.fixture
+def two_machines(postgres_with_pgvector, redis_url, tmp_path):
+    """Two running app instances on the shared database, broker and media folder."""
+    _, _, url = postgres_with_pgvector
+    shared = {
+        "DATABASE_URL": url,
+        "VECTOR_BACKEND": "pgvector",
+        "CELERY_BROKER_URL": redis_url,
+        "REDIS_URL": redis_url,
+        "MEDIA_ROOT": str(tmp_path / "shared-media"),
+        "THROTTLE_UPLOAD": "off",
+        "THROTTLE_SEARCH": "off",
+    }
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput"],
+        cwd=ROOT,
+        env={**os.environ, **shared, "VAR_DIR": str(tmp_path / "migrate")},
+        check=True,
+        capture_output=True,
+    )
+    machines = [_machine(tmp_path, name, shared) for name in ("machine-a", "machine-b")]
+    try:
+        for proc, base, log in machines:
+            _ready(base, proc, log)
+        yield [base for _, base, _ in machines], [log for _, _, log in machines]
+    finally:
+        for proc, _, _ in machines:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc, _, _ in machines:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _wait_indexed(base: str, ids: set[int], log: Path) -> None:
+    deadline = time.monotonic() + 240
+    waiting = set(ids)
+    while waiting and time.monotonic() < deadline:
+        for image_id in list(waiting):
+            status = requests.get(f"{base}/api/images/{image_id}", timeout=30).json()["status"]
+            assert status != "failed", status
+            if status == "indexed":
+                waiting.discard(image_id)
+        time.sleep(0.5)
+    assert not waiting, f"never indexed: {waiting}\n" + log.read_text()[-3000:]
+
+
+def test_two_machines_share_one_postgres_index(two_machines, postgres_with_pgvector, tmp_path):
+    (a, b), logs = two_machines
+    socket_dir, database, _ = postgres_with_pgvector
+    uploaded: dict[int, tuple[bytes, str]] = {}
+    for n, data in enumerate(_photos(8)):
+        category = ("shoes", "bags")[n // 4]
+        created = requests.post(
+            (a, b)[n % 2] + "/api/images",
+            files={"image": (f"p{n}.jpg", data)},
+            data={"title": f"photo {n}", "category": category},
+            timeout=60,
+        )
+        assert created.status_code == 201, created.text
+        uploaded[created.json()["id"]] = (data, category)
+    _wait_indexed(a, set(uploaded), logs[1])
+    for image_id, (data, category) in uploaded.items():
+        for base in (a, b):
+            first = _first(base, data)
+            assert (first.get("id"), first.get("match")) == (image_id, "exact"), (base, image_id, first)
+            other = "bags" if category == "shoes" else "shoes"
+            assert _first(base, data, category=other).get("id") != image_id
+    similar = requests.get(f"{b}/api/images/{next(iter(uploaded))}/similar", timeout=30).json()
+    assert similar["results"] and all(r["id"] in uploaded for r in similar["results"])
+    # The vectors are in the database, one row per image and served model, under an HNSW index.
+    with psycopg.connect(host=socket_dir, user="postgres", dbname=database) as conn:
+        rows = conn.execute("SELECT count(DISTINCT image_id) FROM gallery_vector").fetchone()
+        hnsw = conn.execute(
+            "SELECT count(*) FROM pg_indexes WHERE tablename = 'gallery_vector' AND indexdef LIKE '%hnsw%'"
+        ).fetchone()
+    assert rows == (len(uploaded),) and hnsw is not None and hnsw[0] >= 1
+    # No index files on either machine: nothing to load, nothing to copy between them.
+    files = [p for m in ("machine-a", "machine-b") for p in (tmp_path / m).rglob("index.bin")]
+    assert not files, files
+    for base in (a, b):
+        assert requests.get(base + "/readyz", timeout=30).json()["checks"]["index"] == "ok"
