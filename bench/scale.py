@@ -1,4 +1,5 @@
-"""The index layer at scale, in-process: gallery.index.VectorIndex (hnswlib) at 200k or 1M items.
+"""The index layer at scale, in-process: gallery.index.VectorIndex (hnswlib) at 200k or 1M items,
+and with `--pgvector` the same vectors in PostgreSQL (gallery.index.pgvector) side by side.
 
 Vectors are realistic, not noise: R real photos (CIFAR-10 `train/` and the product photos) are
 embedded by the app's default embedder as gallery vectors; the rest are synthesised from them as
@@ -14,11 +15,17 @@ photos (CIFAR-10 `test/`) embedded as queries are. Reported:
   category rule chooses from (`selectors.search._category_hits`): an exact scan of the members'
   vectors (the app reads them from the database first: not counted here), an unfiltered search
   over-fetched by the share, hnswlib's filter with a set;
-- the journal: how fast a reader applies changes (adds/s), as every process does after an update.
+- the journal: how fast a reader applies changes (adds/s), as every process does after an update;
+- with `--pgvector`: a PostgreSQL 16 with pgvector 0.6.2 (PyPI `pgserver`, started here, or
+  `--pg-url`) holding the same vectors under the app's own `PgVectorIndex`: inserts/s (through
+  its HNSW index, as the app writes), table and index size on disk, recall@10, search latency
+  with 1 and 8 threads (a connection each), filtered search (exact scan of 1 %, over-fetch of
+  10 % and 50 %).
 
     .venv/bin/python bench/scale.py --items 200000
     .venv/bin/python bench/scale.py --items 1000000 --real 6000   # about an hour of inserts here
     .venv/bin/python bench/scale.py --items 20000 --real 1000 --queries 100   # quick
+    .venv/bin/python bench/scale.py --items 50000 --pgvector   # both backends side by side
 
 Upload -> searchable, search over HTTP and search while an import runs are measured against the
 running app by import_throughput.py and search_latency.py (its --synthetic index)."""
@@ -108,17 +115,22 @@ def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return best
 
 
-def timed_searches(fn, queries: np.ndarray, threads: int, repeat: int) -> dict:
+def timed_searches(fn, queries: np.ndarray, threads: int, repeat: int, done=None) -> dict:
+    """Latency of `fn(query)` from `threads` threads at once (`done()` ends each thread)."""
     samples: list[float] = []
     lock = threading.Lock()
 
     def worker(offset: int) -> None:
         mine = []
-        for r in range(repeat):
-            q = queries[(offset + r) % len(queries)]
-            t0 = time.perf_counter()
-            fn(q)
-            mine.append(time.perf_counter() - t0)
+        try:
+            for r in range(repeat):
+                q = queries[(offset + r) % len(queries)]
+                t0 = time.perf_counter()
+                fn(q)
+                mine.append(time.perf_counter() - t0)
+        finally:
+            if done is not None:
+                done()
         with lock:
             samples.extend(mine)
 
@@ -132,12 +144,126 @@ def timed_searches(fn, queries: np.ndarray, threads: int, repeat: int) -> dict:
     return {**h.summarize_ms(samples), "threads": threads, "throughput_qps": round(len(samples) / wall, 1)}
 
 
+def use_pgvector(args, tmp: Path) -> None:
+    """With --pgvector, the app's database is the PostgreSQL the vectors go to."""
+    if not args.pgvector:
+        return
+    os.environ["DATABASE_URL"] = args.pg_url or start_pgserver(tmp)
+    os.environ["VECTOR_BACKEND"] = "pgvector"
+
+
+def start_pgserver(tmp: Path) -> str:
+    """A private PostgreSQL with pgvector (PyPI `pgserver`), and a database URL for Django."""
+    import pgserver  # a development requirement
+
+    server = pgserver.get_server(str(tmp / "pgdata"), cleanup_mode="stop")
+    socket_dir = server.get_uri().split("host=", 1)[1]
+    server.psql("CREATE DATABASE scale")
+    start_pgserver.server = server  # type: ignore[attr-defined]  # alive until the process ends
+    return f"postgres://postgres@/scale?host={socket_dir}"
+
+
+def _pg_filtered(index, members: np.ndarray, share: float, items: int, fetch: int):
+    """The app's way to a category's nearest in pgvector: an exact scan of a small one's
+    members, an over-fetched unfiltered search of a large one, members kept."""
+    if share < 0.02:
+        allowed = set(members.tolist())
+        return "exact_scan", lambda q: index.query(q, fetch, allowed)
+    over = min(items, int(2 * fetch / share) + 10)
+    is_member = np.zeros(items + 1, dtype=bool)
+    is_member[members] = True
+
+    def overfetch(q):
+        return [label for label, _ in index.query(q, over) if is_member[label]][:fetch]
+
+    return "overfetch_check", overfetch
+
+
+def measure_pgvector(args, model: str, dim: int, vectors, queries, truth, rng) -> dict:
+    """With --pgvector, the same vectors, searches and filters through the app's
+    `PgVectorIndex`: {"pgvector": figures}."""
+    if not args.pgvector:
+        return {}
+    from django.conf import settings
+    from django.db import connection, connections
+
+    from gallery.index.pgvector import PgVectorIndex
+    from gallery.models import Image
+
+    figures: dict = {}
+    t0 = time.perf_counter()
+    for start in range(0, args.items, 5000):  # the rows the vectors belong to (a foreign key)
+        Image.objects.bulk_create(
+            Image(
+                pk=i + 1,
+                title="",
+                file=f"{i}.jpg",
+                width=1,
+                height=1,
+                byte_size=1,
+                sha256=f"{i:064x}",
+                status=Image.Status.INDEXED,
+            )
+            for i in range(start, min(args.items, start + 5000))
+        )
+    h.log(f"pgvector: {args.items} image rows in {time.perf_counter() - t0:.0f} s")
+    index = PgVectorIndex(
+        model,
+        dim,
+        ef=settings.INDEX_EF_SEARCH,
+        m=settings.INDEX_M,
+        ef_construction=settings.INDEX_EF_CONSTRUCTION,
+    )
+    index.ensure()
+    t0 = time.perf_counter()
+    for start in range(0, args.items, 1000):
+        index.put([(i + 1, vectors[i], None) for i in range(start, min(args.items, start + 1000))])
+        if start and start % 20000 == 0:
+            h.log(f"  pgvector: {start} inserted ({start / (time.perf_counter() - t0):.0f}/s)")
+    build = time.perf_counter() - t0
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_total_relation_size('gallery_vector'), pg_indexes_size('gallery_vector')")
+        total, indexes = cursor.fetchone()
+    figures["build"] = {
+        "seconds": round(build, 1),
+        "inserts_per_s": round(args.items / build, 1),
+        "table_bytes": int(total),
+        "index_bytes": int(indexes),
+    }
+    h.log(f"pgvector built: {figures['build']}")
+    found = [[label - 1 for label, _ in index.query(q, 10)] for q in queries]
+    figures["recall@10"] = round(float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])), 4)
+    h.log(f"pgvector recall@10 against exact search: {figures['recall@10']}")
+    close = connections.close_all
+    figures["search"] = [
+        timed_searches(lambda q: index.query(q, 20), queries, n, args.repeat, done=close) for n in (1, 8)
+    ]
+    for level in figures["search"]:
+        h.log(
+            f"  pgvector search, {level['threads']} threads: {h.fmt_summary(level)}  {level['throughput_qps']} q/s"
+        )
+    labels = np.arange(1, args.items + 1, dtype=np.int64)
+    filtered = {}
+    fetch = 30
+    for share in (0.01, 0.10, 0.50):
+        members = np.sort(rng.choice(labels, int(share * args.items), replace=False))
+        name, fn = _pg_filtered(index, members, share, args.items, fetch)
+        filtered[f"{int(share * 100)}%"] = {name: timed_searches(fn, queries, 1, max(20, args.repeat // 4))}
+        h.log(
+            f"  pgvector category {share:.0%}: {name} p50 {filtered[f'{int(share * 100)}%'][name]['p50_ms']} ms"
+        )
+    figures["filtered"] = filtered
+    return {"pgvector": figures}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=200_000)
     parser.add_argument("--real", type=int, default=3000, help="real photos embedded (the rest synthesised)")
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=200, help="searches per thread per latency level")
+    parser.add_argument("--pgvector", action="store_true", help="also measure PostgreSQL + pgvector")
+    parser.add_argument("--pg-url", default="", help="a PostgreSQL with pgvector (default: start pgserver)")
     h.common_arguments(parser, redis_db=13)
     args = parser.parse_args(argv)
     cifar = h.require_dataset(args.datasets, CIFAR)
@@ -148,6 +274,7 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     os.environ.setdefault("VAR_DIR", str(tmp))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "searchsite.settings")
+    use_pgvector(args, tmp)
     import django
 
     django.setup()
@@ -267,6 +394,7 @@ def main(argv=None) -> int:
     figures["journal_replay_adds_per_s"] = round(2000 / (time.perf_counter() - t0), 1)
     h.log(f"A reader applies journal adds at {figures['journal_replay_adds_per_s']}/s")
     figures["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    figures |= measure_pgvector(args, model, dim, vectors, queries, truth, rng)
     h.write_result(
         args.results,
         "scale",
