@@ -1,6 +1,6 @@
 """Latency of `POST /api/search` with a 1024x768 JPEG query: p50/p95/p99, mean, throughput.
 
-Measured with 1 and 8 concurrent clients (threads, one keep-alive connection each) against
+Measured with 1, 8 and 16 concurrent clients (threads, one keep-alive connection each) against
 (a) the 6,000-item fashion gallery (imported with `manage.py import_images`) and
 (b) a 200,000-item index: the gallery (or, with --skip-gallery, one real image) plus synthetic
     items, i.e. `Image` rows written in bulk (status indexed, all pointing at one real stored
@@ -468,8 +468,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--clients",
         type=lambda s: [int(x) for x in s.split(",")],
-        default=[1, 8],
-        help="concurrency levels, comma-separated (default: 1,8)",
+        default=[1, 8, 16],
+        help="concurrency levels, comma-separated (default: 1,8,16)",
     )
     parser.add_argument("--k", type=int, default=20, help="results per search (the API default: 20)")
     parser.add_argument(
