@@ -1,7 +1,10 @@
-"""Gunicorn settings for `manage.py runapp`. Threads share one copy of the model; torch
-releases the GIL while it computes."""
+"""Gunicorn settings for `manage.py runapp`. Threads share one copy of the model; ONNX Runtime
+releases the GIL while it computes. The web embeds queries only: through the agreed ONNX graphs,
+without importing torch (`TORCH_FREE_QUERIES`, unless the environment says otherwise)."""
 
 import os
+
+os.environ.setdefault("TORCH_FREE_QUERIES", "1")
 
 workers = int(os.environ.get("WEB_WORKERS", 1))
 threads = int(os.environ.get("WEB_THREADS", 8))

@@ -165,6 +165,9 @@ TORCH_THREADS = env.int("TORCH_THREADS", default=2)
 # when its vectors agree with eager PyTorch's within ONNX_TOLERANCE; `torch`: eager PyTorch.
 INFERENCE = env("INFERENCE", default="onnx")
 ONNX_TOLERANCE = env.float("ONNX_TOLERANCE", default=1e-3)
+# Embed queries with the agreed ONNX graphs alone, never importing torch (about 700 MB less per
+# process): set for the web by searchsite/gunicorn.conf.py; the workers keep torch.
+TORCH_FREE_QUERIES = env.bool("TORCH_FREE_QUERIES", default=False)
 EMBED_BATCH_SIZE = env.int("EMBED_BATCH_SIZE", default=32)
 EMBED_MAX_ATTEMPTS = env.int("EMBED_MAX_ATTEMPTS", default=3)
 INDEX_DIR = Path(env("INDEX_DIR", default=str(VAR_DIR / "index")))

@@ -189,3 +189,50 @@ def test_a_learned_lite0_network_runs_through_onnx_runtime_with_the_same_vectors
     settings.INFERENCE = "torch"
     eager = LearnedEmbedder("metric-test", tmp_path / "model.pt")
     assert np.abs(fast.embed(pictures) - eager.embed(pictures)).max() < 1e-4
+
+
+_QUERY_SCRIPT = """
+import sys
+import django
+django.setup()
+import numpy as np
+from PIL import Image
+from gallery.embedders import copy_model, get_embedder
+rng = np.random.default_rng(1)
+pictures = [Image.fromarray(rng.integers(0, 255, (90, 70, 3), dtype=np.uint8)) for _ in range(3)]
+embedder = get_embedder(copy_model())
+np.save(sys.argv[1], embedder.embed(pictures))
+print(type(embedder).__name__, "torch" in sys.modules)
+"""
+
+
+def test_a_web_process_embeds_queries_without_torch(tmp_path):
+    """With TORCH_FREE_QUERIES (the web), a process embeds queries through the graph a torch
+    process agreed on and recorded, never importing torch: the same vectors. Before any
+    graph is recorded it falls back to the torch embedder, which records one."""
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "searchsite.settings",
+        "VAR_DIR": str(tmp_path),
+        "TORCH_FREE_QUERIES": "1",
+    }
+
+    def run(name: str) -> tuple[str, np.ndarray]:
+        out = subprocess.run(
+            [sys.executable, "-c", _QUERY_SCRIPT, str(tmp_path / f"{name}.npy")],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip().splitlines()[-1], np.load(tmp_path / f"{name}.npy")
+
+    first, with_torch = run("first")
+    assert first == "EfficientNetLiteEmbedder True"  # nothing recorded yet: torch, which records
+    second, without_torch = run("second")
+    assert second == "OnnxQueryEmbedder False"
+    assert np.abs(with_torch - without_torch).max() < 1e-5

@@ -1,4 +1,4 @@
-"""The interface every embedder implements, and the shared torch plumbing."""
+"""The shared torch plumbing of the embedders (`Embedder`, their interface, is in `interface`)."""
 
 import abc
 import threading
@@ -9,22 +9,9 @@ from django.conf import settings
 from PIL import Image
 
 from . import transforms
+from .interface import Embedder
+from .onnx_query import QueryPreprocessing
 from .onnx_runtime import Forward, fast_forward
-
-
-class Embedder(abc.ABC):
-    """Maps images to L2-normalised float32 vectors; cosine similarity = dot product."""
-
-    name: str
-    dim: int
-
-    @abc.abstractmethod
-    def embed(self, images: list[Image.Image]) -> np.ndarray:
-        """One vector per image, for queries."""
-
-    def embed_gallery(self, images: list[Image.Image]) -> np.ndarray:
-        """Vectors for gallery items (may differ from query vectors, e.g. by augmentation)."""
-        return self.embed(images)
 
 
 class TorchEmbedder(Embedder):
@@ -48,8 +35,15 @@ class TorchEmbedder(Embedder):
         if self._forward is None:
             with self._forward_lock:
                 if self._forward is None:
+                    query = QueryPreprocessing(
+                        self.image_size,
+                        self.normalisation.mean,
+                        self.normalisation.std,
+                        self.blur_radius,
+                        self.dim,
+                    )
                     self._forward, self.runtime = fast_forward(
-                        _Features(self), name=self.name, image_size=self.image_size
+                        _Features(self), name=self.name, image_size=self.image_size, query=query
                     )
         return self._forward(x)
 

@@ -10,7 +10,7 @@ from .factory import build_embedder
 from .registry import ModelRef, active_model, served_models
 
 if TYPE_CHECKING:
-    from .base import Embedder
+    from .interface import Embedder
 
 _lock = threading.RLock()  # re-entered: a detail embedder is built on the copy model's
 _cache: dict[str, tuple[str, "Embedder"]] = {}  # model name -> (cache key, embedder)

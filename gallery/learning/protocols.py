@@ -22,7 +22,7 @@ from .edits import EDIT_KINDS, apply_edit
 from .evaluation import pack_codes, retrieval_metrics
 
 if TYPE_CHECKING:  # the embedders import torch; these functions are handed one
-    from ..embedders.base import Embedder
+    from ..embedders.interface import Embedder
 
 Report = Callable[[dict[str, Any]], None]  # progress: {"stage", "done", "total", ...}
 

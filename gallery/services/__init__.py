@@ -16,7 +16,13 @@
 
 from .activation import model_activate, model_activate_start
 from .duplicates import duplicate_scan_run, duplicate_scan_start
-from .embedding import images_backfill, images_embed, images_mark_failed, images_record_error
+from .embedding import (
+    embedders_prepare,
+    images_backfill,
+    images_embed,
+    images_mark_failed,
+    images_record_error,
+)
 from .imports import (
     import_job_cancel,
     import_job_create,
@@ -73,6 +79,7 @@ __all__ = [
     "api_token_user",
     "duplicate_scan_run",
     "duplicate_scan_start",
+    "embedders_prepare",
     "image_create",
     "image_fetch_from_url",
     "image_update_metadata",

@@ -182,3 +182,15 @@ def images_mark_failed(image_ids: list[int], error: str, cause: BaseException | 
     Image.objects.filter(pk__in=image_ids).processing().update(
         status=Image.Status.FAILED, error=_shown(error, cause)[:2000]
     )
+
+
+def embedders_prepare() -> dict[str, str]:
+    """Load every served model's embedder once, so that its ONNX graph is exported, checked
+    and recorded before the web starts (the web then embeds queries without torch). Returns
+    what runs each model."""
+    prepared = {}
+    for ref in served_models(active_model(fresh=True)):
+        embedder = get_embedder(ref)
+        embedder.embed([PILImage.new("RGB", (64, 64), "white")])
+        prepared[ref.name] = str(getattr(embedder, "runtime", "") or type(embedder).__name__)
+    return prepared

@@ -53,6 +53,11 @@ class Command(BaseCommand):
         bindir = Path(python).parent
         web_env = {**env, "TORCH_THREADS": env.get("WEB_TORCH_THREADS", "1")}  # one query, many threads
         celery = [str(bindir / "celery"), "-A", "searchsite", "worker", "--loglevel", "INFO"]
+        # The served models' ONNX graphs, recorded before the web starts: it then embeds
+        # queries without loading torch (about 700 MB less). A failure only costs that.
+        subprocess.run(
+            [python, "manage.py", "prepare_embedders"], env=env, cwd=settings.BASE_DIR, check=False
+        )
         try:
             self.start(
                 "web",

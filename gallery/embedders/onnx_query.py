@@ -1,0 +1,139 @@
+"""Queries embedded by ONNX Runtime alone, without PyTorch: what a web process needs. Importing
+torch and timm costs a process about 700 MB resident; the web only embeds queries.
+
+When a network's exported graph has passed the agreement check (`onnx_runtime.fast_forward`),
+a manifest beside it (`ONNX_DIR/<model>.json`) records the graph and the query's preprocessing
+(input size, normalisation, blur). A process with `TORCH_FREE_QUERIES` (the web: set by
+`searchsite/gunicorn.conf.py`) builds its query embedders from the manifest: the same pixels
+(`transforms.pixels`, `transforms.to_array`), the same graph, the same vectors. Without a
+manifest yet (a fresh install, before a worker has embedded anything) it loads the torch
+embedder, which writes one. Gallery vectors (several views per photo) stay with the torch
+embedder, which this one loads only if asked for them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from PIL import Image
+
+from . import transforms
+from .interface import Embedder
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QueryPreprocessing:
+    """How a network's query pixels are made (what `TorchEmbedder.embed` does before the net)."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    blur_radius: float
+    dim: int
+    weights_mtime_ns: int = 0  # the model file's, when the model is a file (a retrained one differs)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def manifest_path(name: str) -> Path:
+    return Path(settings.ONNX_DIR) / f"{_safe(name)}.json"
+
+
+def write_manifest(name: str, graph: Path, query: QueryPreprocessing) -> None:
+    """Record an agreed graph for torch-free queries (written beside, then renamed)."""
+    path = manifest_path(name)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"graph": graph.name, **asdict(query)}))
+    os.replace(tmp, path)
+
+
+def read_manifest(name: str, weights_mtime_ns: int = 0) -> tuple[Path, QueryPreprocessing] | None:
+    """The agreed graph of `name` and its preprocessing, when there is one for these weights."""
+    try:
+        data = json.loads(manifest_path(name).read_text())
+        graph = Path(settings.ONNX_DIR) / data.pop("graph")
+        query = QueryPreprocessing(
+            **{**data, "mean": tuple(data["mean"]), "std": tuple(data["std"])}  # JSON lists
+        )
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if not graph.exists() or query.weights_mtime_ns != weights_mtime_ns:
+        return None
+    return graph, query
+
+
+def session(ort: Any, path: Path, threads: int) -> Any:
+    """An ORT session of a graph on `threads` threads that do not spin."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Threads that spin waiting for work after a run took a core from the rest of the
+    # request (decoding, verification) and from the other processes: 9.5 ms per query and
+    # the work after it twice as slow with spinning, 6.5 ms and no slowdown without; on the
+    # calling thread alone, 6.0 ms.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxQueryEmbedder(Embedder):
+    """A model's query vectors from its agreed ONNX graph, without torch."""
+
+    def __init__(
+        self, name: str, graph: Path, query: QueryPreprocessing, full: Callable[[], Embedder]
+    ) -> None:
+        import onnxruntime as ort  # late: only processes that embed load it
+
+        self.name, self.dim, self.query = name, query.dim, query
+        self.norm = transforms.Normalisation(query.mean, query.std)
+        self.runtime = "onnxruntime (without torch)"
+        self._sessions = [session(ort, graph, 1), session(ort, graph, max(1, settings.TORCH_THREADS))]
+        self._full_factory = full
+        self._full: Embedder | None = None
+        self._lock = threading.Lock()
+
+    def embed(self, images: list[Image.Image]) -> np.ndarray:
+        q = self.query
+        batch = np.stack([transforms.pixels(im, q.image_size, q.blur_radius) for im in images])
+        x = transforms.to_array(batch, self.norm)
+        out: np.ndarray = self._sessions[0 if len(x) <= 2 else 1].run(None, {"pixels": x})[0]
+        out = out.reshape(len(x), -1).astype(np.float32)
+        normalised: np.ndarray = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return normalised
+
+    def embed_gallery(self, images: list[Image.Image]) -> np.ndarray:
+        """Gallery vectors take the torch embedder's views (loaded on first use)."""
+        with self._lock:
+            if self._full is None:
+                logger.info("%s: loading the torch embedder for gallery vectors", self.name)
+                self._full = self._full_factory()
+        return self._full.embed_gallery(images)
+
+
+def query_embedder(name: str, weights: str, full: Callable[[], Embedder]) -> Any:
+    """The torch-free query embedder of a model with an agreed graph, or None."""
+    mtime = 0
+    if weights:
+        try:
+            mtime = os.stat(weights).st_mtime_ns
+        except OSError:
+            return None
+    found = read_manifest(name, mtime)
+    if found is None:
+        return None
+    try:
+        return OnnxQueryEmbedder(name, *found, full=full)
+    except Exception as exc:  # a graph ORT cannot load: the torch embedder serves
+        logger.warning("%s: torch-free queries unavailable (%s: %s)", name, type(exc).__name__, exc)
+        return None
