@@ -424,6 +424,10 @@ def run_levels(app, query, args, label: str) -> dict:
             f"  {f['throughput_rps']:.1f} req/s, errors {f['errors']}; client {h.fmt_summary(f['latency'])}"
         )
         h.log(f"  server took_ms: {h.fmt_summary(f['server_took'])}")
+        f["resident_mib"] = {  # each role's processes, after the level (the web's: TORCH_FREE_QUERIES)
+            role: round(v["rss_kb"] / 1024, 1) for role, v in h.MemorySampler(app).sample().items()
+        }
+        h.log(f"  resident: {f['resident_mib']} MiB")
         total = sum(f["stages_mean_ms"].values()) or 1.0
         h.log(
             "  stages (mean ms, share): "
