@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 
+from .details import LiteDetailEmbedder
 from .registry import DETAIL_GRID, DETAIL_SHARE, ModelRef, copy_model
 
 if TYPE_CHECKING:
@@ -27,10 +28,8 @@ def build_embedder(ref: ModelRef) -> "Embedder":
 def _with_torch(ref: ModelRef) -> "Embedder":
     if ref.pooling == "details":
         from .cache import get_embedder  # cache imports this module
-        from .efficientnet_lite import EfficientNetLiteEmbedder, LiteDetailEmbedder  # torch + timm
 
-        whole = get_embedder(copy_model())  # the same network: loaded once
-        assert isinstance(whole, EfficientNetLiteEmbedder)
+        whole = get_embedder(copy_model())  # the same network (or its torch-free graph): loaded once
         return LiteDetailEmbedder(ref.name, whole, share=DETAIL_SHARE, grid=DETAIL_GRID)
     if ref.backbone == "efficientnet_lite0":
         from .efficientnet_lite import EfficientNetLiteEmbedder  # torch + timm
