@@ -81,9 +81,25 @@ def _first(base: str, data: bytes, **fields: str) -> dict:
 
 
 @pytest.fixture
-def two_machines(postgres_with_pgvector, redis_url, tmp_path):
+def machines_broker(redis_url):
+    """A Redis database of their own: the session's test worker consumes every queue of the
+    session's database, and would take (and run against its own database) the machines'
+    tasks; their beat's tasks left behind would keep it busy after them."""
+    import redis
+
+    base, _, number = redis_url.rpartition("/")
+    url = f"{base}/{(int(number or 0) + 1) % 16}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+
+
+@pytest.fixture
+def two_machines(postgres_with_pgvector, machines_broker, tmp_path):
     """Two running app instances on the shared database, broker and media folder."""
     _, _, url = postgres_with_pgvector
+    redis_url = machines_broker
     shared = {
         "DATABASE_URL": url,
         "VECTOR_BACKEND": "pgvector",
