@@ -63,7 +63,8 @@ def learned_model_files(folder: Path) -> dict[str, Path]:
 
 def build(name: str, files: dict[str, Path]):
     """(embedder, how it embeds) of a model under the current INFERENCE setting."""
-    from gallery.embedders.efficientnet_lite import EfficientNetLiteEmbedder, LiteDetailEmbedder
+    from gallery.embedders.details import LiteDetailEmbedder
+    from gallery.embedders.efficientnet_lite import EfficientNetLiteEmbedder
     from gallery.embedders.learned import LearnedEmbedder
     from gallery.embedders.registry import DETAIL_GRID, DETAIL_SHARE
 
