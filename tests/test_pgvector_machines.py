@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from tests.conftest import dataset
-from tests.test_runapp import free_port
+from tests.test_runapp import free_port, spawn_runapp
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,16 +43,7 @@ def _machine(root: Path, name: str, shared_env: dict[str, str]) -> tuple[subproc
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "CELERY_", "REDIS_URL"))}
     env.update(shared_env, VAR_DIR=str(local / "var"), INDEX_DIR=str(local / "var" / "index"))
     log = local / "runapp.log"
-    with open(log, "w") as out:  # the child writes through its own copy
-        proc = subprocess.Popen(
-            [sys.executable, "manage.py", "runapp", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return proc, f"http://127.0.0.1:{port}", log
+    return spawn_runapp(env, log, port), f"http://127.0.0.1:{port}", log
 
 
 def _ready(base: str, proc: subprocess.Popen, log: Path) -> None:

@@ -25,6 +25,19 @@ def free_port():
         return s.getsockname()[1]
 
 
+def spawn_runapp(env: dict[str, str], log_path: Path, port: int) -> subprocess.Popen:
+    """`manage.py runapp` in its own session (stopped as a group), its output in `log_path`."""
+    with open(log_path, "w") as log:  # the child writes through its own copy
+        return subprocess.Popen(
+            [sys.executable, "manage.py", "runapp", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def start_app(tmp_path, extra_env):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "CELERY_", "REDIS_URL"))}
@@ -36,15 +49,7 @@ def start_app(tmp_path, extra_env):
         check=True,
         capture_output=True,
     )
-    with open(tmp_path / "runapp.log", "w") as log:  # the child writes through its own copy
-        proc = subprocess.Popen(
-            [sys.executable, "manage.py", "runapp", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = spawn_runapp(env, tmp_path / "runapp.log", port)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
