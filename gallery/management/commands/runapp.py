@@ -52,6 +52,12 @@ class Command(BaseCommand):
         python = sys.executable
         bindir = Path(python).parent
         web_env = {**env, "TORCH_THREADS": env.get("WEB_TORCH_THREADS", "1")}  # one query, many threads
+        if int(env.get("WEB_WORKERS", "2")) > 1 and not env.get("PROMETHEUS_MULTIPROC_DIR"):
+            # Several web processes: /metrics counts every one's requests (emptied per start).
+            metrics_dir = Path(settings.VAR_DIR) / "prometheus"
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            metrics_dir.mkdir(parents=True)
+            web_env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         celery = [str(bindir / "celery"), "-A", "searchsite", "worker", "--loglevel", "INFO"]
         # The served models' ONNX graphs, recorded before the web starts: it then embeds
         # queries without loading torch (about 700 MB less). A failure only costs that.
