@@ -4,6 +4,8 @@ with pgvector (PyPI's `pgserver`: Debian's PostgreSQL has no pgvector), one Redi
 media folder; each keeps its own local folder. Every upload, made on either, is searchable
 from both; a category filter and a removal hold on both."""
 
+import io
+import json
 import os
 import signal
 import subprocess
@@ -15,11 +17,22 @@ from pathlib import Path
 import psycopg
 import pytest
 import requests
+from PIL import Image as PILImage
 
 from tests.conftest import dataset
 from tests.test_runapp import free_port, spawn_runapp
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+_SCAN = """
+import json
+from gallery import services
+from gallery.models import DuplicateScan
+scan = DuplicateScan.objects.create()
+services.duplicate_scan_run(scan.pk)
+print(json.dumps([sorted(int(pk) for pk, _ in row.members) for row in scan.groups.all()]))
+"""
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +124,7 @@ def two_machines(postgres_with_pgvector, machines_broker, tmp_path):
     try:
         for proc, base, log in machines:
             _ready(base, proc, log)
-        yield [base for _, base, _ in machines], [log for _, _, log in machines]
+        yield [base for _, base, _ in machines], [log for _, _, log in machines], shared
     finally:
         for proc, _, _ in machines:
             if proc.poll() is None:
@@ -137,7 +150,7 @@ def _wait_indexed(base: str, ids: set[int], log: Path) -> None:
 
 
 def test_two_machines_share_one_postgres_index(two_machines, postgres_with_pgvector, tmp_path):
-    (a, b), logs = two_machines
+    (a, b), logs, shared = two_machines
     socket_dir, database, _ = postgres_with_pgvector
     uploaded: dict[int, tuple[bytes, str]] = {}
     for n, data in enumerate(_photos(8)):
@@ -166,6 +179,24 @@ def test_two_machines_share_one_postgres_index(two_machines, postgres_with_pgvec
             "SELECT count(*) FROM pg_indexes WHERE tablename = 'gallery_vector' AND indexdef LIKE '%hnsw%'"
         ).fetchone()
     assert rows == (len(uploaded),) and hnsw is not None and hnsw[0] >= 1
+    # The staff's near-duplicate scan reads the database's index too: a re-encoded, enlarged
+    # copy uploaded on the other machine is grouped with its original.
+    first_id, (first_data, _) = next(iter(uploaded.items()))
+    picture = PILImage.open(io.BytesIO(first_data)).convert("RGB")
+    copy = io.BytesIO()
+    picture.resize((picture.width * 2, picture.height * 2)).save(copy, "JPEG", quality=70)
+    created = requests.post(b + "/api/images", files={"image": ("copy.jpg", copy.getvalue())}, timeout=60)
+    assert created.status_code == 201, created.text
+    _wait_indexed(a, {created.json()["id"]}, logs[1])
+    scan = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", _SCAN],
+        cwd=ROOT,
+        env={**os.environ, **shared, "VAR_DIR": str(tmp_path / "scan")},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert [first_id, created.json()["id"]] in json.loads(scan.stdout.strip().splitlines()[-1]), scan.stdout
     # No index files on either machine: nothing to load, nothing to copy between them.
     files = [p for m in ("machine-a", "machine-b") for p in (tmp_path / m).rglob("index.bin")]
     assert not files, files

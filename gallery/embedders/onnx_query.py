@@ -43,12 +43,13 @@ class QueryPreprocessing:
     weights_mtime_ns: int = 0  # the model file's, when the model is a file (a retrained one differs)
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
+    """A model name as part of a file name in ONNX_DIR."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def manifest_path(name: str) -> Path:
-    return Path(settings.ONNX_DIR) / f"{_safe(name)}.json"
+    return Path(settings.ONNX_DIR) / f"{safe_name(name)}.json"
 
 
 def write_manifest(name: str, graph: Path, query: QueryPreprocessing) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from django.conf import settings
 
-from .onnx_query import QueryPreprocessing, session, write_manifest
+from .onnx_query import QueryPreprocessing, safe_name, session, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +108,7 @@ def fast_forward(
         import onnxruntime as ort  # only processes that embed load it
     except ImportError:
         return eager, "torch (onnxruntime is not installed)"
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    path = Path(settings.ONNX_DIR) / f"{safe}-{image_size}-{weights_digest(module)}.onnx"
+    path = Path(settings.ONNX_DIR) / f"{safe_name(name)}-{image_size}-{weights_digest(module)}.onnx"
     try:
         with _lock:
             if not path.exists():

@@ -94,10 +94,14 @@ class PgVectorIndex:
         self._index_name = "gallery_vector_" + hashlib.sha1(model.encode()).hexdigest()[:16]
         self._m, self._ef_construction = m, ef_construction
         self._count = _Count()
+        self._ensured = False
 
     # -- schema ---------------------------------------------------------------------------
     def ensure(self) -> None:
-        """The table and this model's HNSW index (built before the model's first row)."""
+        """The table and this model's HNSW index (built before the model's first row); once
+        per process."""
+        if self._ensured:
+            return
         with transaction.atomic():
             ensure_schema()
             with connection.cursor() as cursor:
@@ -107,6 +111,7 @@ class PgVectorIndex:
                     f"WITH (m = {int(self._m)}, ef_construction = {int(self._ef_construction)}) "
                     f"WHERE model_name = '{self.model}'"
                 )
+        self._ensured = True
 
     # -- reading ----------------------------------------------------------------------------
     def __len__(self) -> int:

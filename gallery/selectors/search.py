@@ -35,7 +35,7 @@ def index_reader(ref: ModelRef | None = None) -> IndexReader | PgVectorReader:
     keep = {str(served.index_dir) for served in served_models()} | {key}
     for old in [old for old in list(_readers) if old not in keep]:
         _readers.pop(old, None)  # a model no longer served: its index is let go
-    if key not in _readers and settings.VECTOR_BACKEND == "pgvector":
+    if key not in _readers and vectors_in_database():
         _readers[key] = PgVectorReader(pgvector_index(ref))
     if key not in _readers:
         from ..services.index_writer import index_request_rebuild  # a write: asks the writer
@@ -50,6 +50,13 @@ def index_reader(ref: ModelRef | None = None) -> IndexReader | PgVectorReader:
 
 
 SearchIndex = VectorIndex | PgVectorIndex  # what a reader's `get` gives: both answer the same questions
+
+
+def vectors_in_database() -> bool:
+    """`VECTOR_BACKEND=pgvector`: the vectors are searched in PostgreSQL, not in index files."""
+    return bool(settings.VECTOR_BACKEND == "pgvector")
+
+
 _pg_indexes: dict[str, PgVectorIndex] = {}
 
 

@@ -142,11 +142,8 @@ def _better(v: Verification, than: Verification | None, cosine: float, params: R
 def _item_features(label: int, file_name: str, detector: Detector) -> Features | None:
     """The local features of an item's stored photo (kept per process: the same items come
     back for many queries)."""
-    try:
-        with default_storage.open(file_name) as fh, PILImage.open(fh) as im:
-            return item_features(flatten(im.convert("RGBA" if im.mode == "RGBA" else "RGB")), detector)
-    except (OSError, ValueError):
-        return None
+    photo = _stored_photo(file_name)
+    return item_features(photo, detector) if photo is not None else None
 
 
 def match_pixels(query: Query, params: RetrievalParams) -> tuple[int, PixelMatch] | None:
@@ -165,8 +162,14 @@ def match_pixels(query: Query, params: RetrievalParams) -> tuple[int, PixelMatch
 @lru_cache(maxsize=4096)
 def _item_pixels(label: int, file_name: str) -> np.ndarray | None:
     """An item's photo for pixel matching (at most 96 pixels a side: 9 kB each, kept per process)."""
+    photo = _stored_photo(file_name)
+    return item_pixels(photo) if photo is not None else None
+
+
+def _stored_photo(file_name: str) -> PILImage.Image | None:
+    """An item's stored photo on white, or None when it cannot be read."""
     try:
         with default_storage.open(file_name) as fh, PILImage.open(fh) as im:
-            return item_pixels(flatten(im.convert("RGBA" if im.mode == "RGBA" else "RGB")))
+            return flatten(im.convert("RGBA" if im.mode == "RGBA" else "RGB"))
     except (OSError, ValueError):
         return None

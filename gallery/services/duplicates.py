@@ -11,6 +11,7 @@ from ..embedders import copy_model
 from ..models import DuplicateGroupRow, DuplicateScan
 from ..selectors.index_journal import index_current
 from ..selectors.moderation import near_duplicate_groups
+from ..selectors.search import pgvector_index, vectors_in_database
 from . import dispatch
 from .inputs import acting_user
 
@@ -39,7 +40,9 @@ def duplicate_scan_run(scan_id: int) -> int:
         state=DuplicateScan.State.RUNNING, started_at=timezone.now(), error=""
     )
     try:
-        index = index_current(copy_model().index_dir)  # this process's own, fully caught-up copy
+        ref = copy_model()
+        # this process's own, fully caught-up copy of the files, or the database's index
+        index = pgvector_index(ref) if vectors_in_database() else index_current(ref.index_dir)
         groups = near_duplicate_groups(index=index, limit=None) if index is not None else []
         rows = [
             DuplicateGroupRow(scan=scan, rank=rank, members=[[im.pk, text] for im, text in group.members])

@@ -28,7 +28,7 @@ from ..index import IndexMeta, IndexUnusable, IndexWriteFailed, VectorIndex, jou
 from ..index.pgvector import PgVectorIndex
 from ..models import Embedding, Image, ImageQuerySet, IndexChange
 from ..selectors.index_journal import DATABASE_JOURNAL, index_hashes
-from ..selectors.search import SearchIndex, pgvector_index
+from ..selectors.search import SearchIndex, pgvector_index, vectors_in_database
 from . import dispatch
 from .recovery import images_catch_up_with_active_model
 
@@ -51,15 +51,11 @@ def index_empty(ref: ModelRef, capacity: int) -> VectorIndex:
     )
 
 
-def _in_database() -> bool:
-    return bool(settings.VECTOR_BACKEND == "pgvector")
-
-
 @contextmanager
 def _writing(ref: ModelRef) -> Iterator[None]:
     """The writer's lock on a model's index: the index folder's `flock`, or with pgvector a
     database-wide advisory lock (writers on several machines), its changes one transaction."""
-    if not _in_database():
+    if not vectors_in_database():
         with write_lock(ref.index_dir):
             yield
         return
@@ -71,7 +67,7 @@ def _writing(ref: ModelRef) -> Iterator[None]:
 def _writer_index(ref: ModelRef) -> SearchIndex | None:
     """The writer's index: the database's table (pgvector), or the in-memory hnswlib index,
     reloaded when another writer saved a newer version. Call with the write lock held."""
-    if _in_database():
+    if vectors_in_database():
         index = pgvector_index(ref)
         index.ensure()
         return index
@@ -269,7 +265,7 @@ def index_build(ref: ModelRef) -> int:
 
 
 def _index_build_locked(ref: ModelRef) -> int:
-    if _in_database():
+    if vectors_in_database():
         table = pgvector_index(ref)
         table.ensure()
         table.clear()
