@@ -104,11 +104,19 @@ def test_an_edited_copy_comes_first_labelled_a_copy_with_words(client, products)
 
 
 def test_a_tiny_low_quality_thumbnail_and_a_sticker_over_the_photo_still_find_it_first(client, products):
-    """Beyond the hash lookup's radius: the item whose hash is by far the nearest leads."""
-    for image, data in (products[5], products[17], products[23]):
+    """Beyond the hash lookup's radius: the item whose hash is by far the nearest leads, and a
+    thumbnail is labelled a smaller copy when its pixels, compared at its size, say so."""
+    labelled = 0
+    for image, data in (products[0], products[4], products[21]):
         picture = _open(data)
         tiny = picture.resize((picture.width // 3, picture.height // 3), PILImage.Resampling.BILINEAR)
-        assert _search(client, _jpeg(tiny, quality=30))["results"][0]["id"] == image.pk
+        first = _search(client, _jpeg(tiny, quality=30))["results"][0]
+        assert first["id"] == image.pk
+        if first["match"] in COPY:
+            assert first["explanation"] == "a smaller copy of this photo"
+            labelled += 1
+    for image, data in (products[5], products[17], products[23]):
+        picture = _open(data)
         big = picture.resize((picture.width * 4, picture.height * 4), PILImage.Resampling.BICUBIC)
         draw = ImageDraw.Draw(big)
         radius = big.width // 5
@@ -116,6 +124,7 @@ def test_a_tiny_low_quality_thumbnail_and_a_sticker_over_the_photo_still_find_it
             (40, 60, 40 + 2 * radius, 60 + 2 * radius), fill=(255, 205, 0), outline=(0, 0, 0), width=3
         )
         assert _search(client, _jpeg(big))["results"][0]["id"] == image.pk
+    assert labelled >= 2
 
 
 def test_a_close_up_of_a_detail_is_found_by_its_pixels_and_labelled(client, products):

@@ -1,6 +1,6 @@
 """The retrieval pipeline's parts on their own: the hash index's exact nearest-hash scan and
-both local-feature detectors' verification of a copy, and pixel matching of a close-up (real
-product photos)."""
+both local-feature detectors' verification of a copy, and pixel matching of a close-up and of
+a smaller copy (real product photos)."""
 
 import io
 import zipfile
@@ -10,7 +10,8 @@ import pytest
 from PIL import Image as PILImage
 
 from gallery.retrieval.hashes import HashIndex, hamming, pdq_hash
-from gallery.retrieval.pixels import QueryPixels, best_pixel_match, item_pixels
+from gallery.retrieval.pixels import QueryPixels, best_pixel_match, best_smaller_copy, item_pixels
+from gallery.retrieval.tiers import CopyThresholds, pixel_copy
 from gallery.retrieval.verify import Detector, item_features, query_features, verify
 from tests.conftest import dataset
 
@@ -80,3 +81,42 @@ def test_a_close_up_s_pixels_are_found_in_its_photo_and_lead_the_other_candidate
     assert found is None or found[1].correlation < 0.98 or found[1].gap < 0.02
     # A flat picture says nothing.
     assert QueryPixels(PILImage.new("RGB", (300, 400), (200, 30, 30))).match(item_pixels(item)) is None
+
+
+def _jpeg_thumbnail(photo: PILImage.Image, share: float, quality: int) -> PILImage.Image:
+    small = photo.resize(
+        (round(photo.width * share), round(photo.height * share)), PILImage.Resampling.BILINEAR
+    )
+    out = io.BytesIO()
+    small.save(out, "JPEG", quality=quality)
+    return PILImage.open(out)
+
+
+def test_a_smaller_copy_is_compared_at_its_own_size_and_leads_the_other_candidates():
+    photos = _products(40)
+    items = {n: item_pixels(p) for n, p in enumerate(photos[:30])}
+    thresholds = CopyThresholds()
+    for share, quality in ((0.33, 30), (0.5, 20)):
+        labelled, enlarged = [], []
+        for n in range(30):
+            thumbnail = QueryPixels(_jpeg_thumbnail(photos[n], share, quality))
+            label, best = best_smaller_copy(thumbnail, items)
+            if pixel_copy(best, thresholds):
+                labelled.append(label == n)
+            # Enlarged to the photo's size (the close-up sweep), it rarely passes, never wrongly.
+            close_up = best_pixel_match(thumbnail, items)
+            enlarged.append(close_up is not None and pixel_copy(close_up[1], thresholds) and close_up[0] == n)
+            assert close_up is None or not pixel_copy(close_up[1], thresholds) or close_up[0] == n
+        # Most are taken for their photo (not those with a twin among the 30: shoes of one
+        # shape in one pose), and none for another.
+        assert len(labelled) >= 18 and all(labelled), (share, labelled)
+        assert sum(enlarged) < len(labelled) // 2
+        # Thumbnails of items that are not among the candidates are taken for none of them.
+        for outside in photos[30:]:
+            found = best_smaller_copy(QueryPixels(_jpeg_thumbnail(outside, share, quality)), items)
+            assert found is None or not pixel_copy(found[1], thresholds), found
+    # A picture as big as the photo, or of another shape, is not a smaller copy.
+    assert QueryPixels(photos[7]).smaller_copy(items[7]) is None
+    assert (
+        QueryPixels(_jpeg_thumbnail(photos[7].crop((0, 0, 60, 40)), 0.5, 50)).smaller_copy(items[7]) is None
+    )

@@ -23,7 +23,8 @@ class RetrievalParams:
     # is often 10th-30th; non-copy queries' p95 from 303 to 467 ms),
     verified: int = 30
     verified_first: int = 3  # ...these before the region search (a copy found stops it)
-    pixel_candidates: int = 30  # best candidates whose photos are searched for a close-up's pixels
+    pixel_candidates: int = 100  # best candidates whose photos are screened for a close-up's pixels
+    pixel_checked: int = 10  # ...of which the best are searched fully (`retrieval.pixels`)
     detail_candidates: int = 10  # items taken from the details index (nearest detail first)
     detail_verified: int = 2  # ...of which the first are checked with the first candidates
     sure_hash_distance: int = 16  # a copy found by its hash this close needs no region search

@@ -55,6 +55,10 @@ class CopyThresholds:
     # any other candidate's (set on random close-ups and outside pictures, not the bench's).
     pixel_correlation: float = 0.98
     pixel_gap: float = 0.02
+    # A smaller copy of the whole photo compared at its own size (`retrieval.pixels`; set on
+    # random thumbnails and outside pictures, not the bench's).
+    smaller_correlation: float = 0.97
+    smaller_gap: float = 0.03
 
 
 @dataclass
@@ -69,6 +73,7 @@ class Evidence:
     hash_gap: int = 0  # bits nearer than any other item's hash (0: not the nearest)
     detail_cosine: float = -1.0  # the query to the item's nearest detail view (a close-up?)
     pixels: PixelMatch | None = None  # the query's pixels found in the photo (the best candidate's)
+    smaller: PixelMatch | None = None  # the query is the photo, smaller (the best candidate's)
     same_aspect: bool = False
     verification: Verification | None = None
     grayscale_query: bool = False
@@ -101,8 +106,13 @@ def distinct_nearest_hash(distance: int | None, gap: int, t: CopyThresholds) -> 
 
 
 def pixel_copy(m: PixelMatch | None, t: CopyThresholds) -> bool:
-    """The query's pixels are part of this photo's, clearly more than of any other's."""
-    return m is not None and m.correlation >= t.pixel_correlation and m.gap >= t.pixel_gap
+    """The query's pixels are part of this photo's, or the whole photo's at a smaller size,
+    clearly more than of any other's."""
+    if m is None:
+        return False
+    if m.smaller:
+        return m.correlation >= t.smaller_correlation and m.gap >= t.smaller_gap
+    return m.correlation >= t.pixel_correlation and m.gap >= t.pixel_gap
 
 
 def classify(evidence: Evidence, thresholds: CopyThresholds) -> Decision:
@@ -140,6 +150,8 @@ def classify(evidence: Evidence, thresholds: CopyThresholds) -> Decision:
         )
     if pixel_copy(e.pixels, t):
         return Decision(Match.NEAR_DUPLICATE, _pixel_explanation(e.pixels), None, 100.0)
+    if pixel_copy(e.smaller, t):
+        return Decision(Match.NEAR_DUPLICATE, "a smaller copy of this photo", None, 100.0)
     distinct = distinct_nearest_hash(e.hash_distance, e.hash_gap, t)
     strength = e.cosine + (t.nearest_hash_bonus if distinct else 0.0)
     return Decision(Match.SIMILAR, "similar colours and shape", e.region, strength, distinct)

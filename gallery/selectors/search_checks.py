@@ -16,7 +16,14 @@ from PIL import Image as PILImage
 from ..imaging import flatten
 from ..models import Image
 from ..retrieval.params import RetrievalParams
-from ..retrieval.pixels import PixelMatch, QueryPixels, best_pixel_match, item_pixels
+from ..retrieval.pixels import (
+    PixelMatch,
+    QueryPixels,
+    best_pixel_match,
+    best_smaller_copy,
+    item_pixels,
+    screened,
+)
 from ..retrieval.regions import Box
 from ..retrieval.tiers import distinct_nearest_hash, verified_copy
 from ..retrieval.verify import (
@@ -146,17 +153,37 @@ def _item_features(label: int, file_name: str, detector: Detector) -> Features |
     return item_features(photo, detector) if photo is not None else None
 
 
-def match_pixels(query: Query, params: RetrievalParams) -> tuple[int, PixelMatch] | None:
-    """The best candidates' photos searched for the picture's pixels (`retrieval.pixels`)."""
+def match_pixels(query: Query, params: RetrievalParams) -> list[tuple[int, PixelMatch]]:
+    """The best candidates' photos searched for the picture's pixels (`retrieval.pixels`): the
+    candidate that holds them best as a close-up (of the `pixel_candidates` nearest, the
+    vector's next neighbours included: a close-up's item is often far down), and the one most
+    like them as a whole photo at the picture's size (when it is smaller). A new candidate
+    that matches joins the query's candidates."""
     candidates = query.candidates
-    ranked = sorted(candidates, key=lambda label: -candidates[label].copy_cosine)[: params.pixel_candidates]
+    ranked = sorted(candidates, key=lambda label: -candidates[label].copy_cosine)
+    nearest = dict(query.index.query(query.vector, params.pixel_candidates))
+    ranked = list(dict.fromkeys(ranked + list(nearest)))[: params.pixel_candidates]
     names = dict(Image.objects.filter(pk__in=ranked).values_list("pk", "file"))
     photos = {
         label: p
         for label in ranked
         if label in names and (p := _item_pixels(label, names[label])) is not None
     }
-    return best_pixel_match(QueryPixels(query.picture), photos)
+    pixels = QueryPixels(query.picture)
+    checked = screened(pixels, photos, params.pixel_checked)
+    first = {label: photos[label] for label in ranked[: params.candidates] if label in photos}
+    found = [
+        m
+        for m in (
+            best_pixel_match(pixels, {label: photos[label] for label in checked}),
+            best_smaller_copy(pixels, first),
+        )
+        if m is not None
+    ]
+    for label, _ in found:
+        if label not in candidates:
+            candidates[label] = Candidate(cosine=nearest.get(label, -1.0))
+    return found
 
 
 @lru_cache(maxsize=4096)
