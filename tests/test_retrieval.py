@@ -10,7 +10,13 @@ import pytest
 from PIL import Image as PILImage
 
 from gallery.retrieval.hashes import HashIndex, hamming, pdq_hash
-from gallery.retrieval.pixels import QueryPixels, best_pixel_match, best_smaller_copy, item_pixels
+from gallery.retrieval.pixels import (
+    QueryPixels,
+    best_pixel_match,
+    best_smaller_copy,
+    item_colour,
+    item_pixels,
+)
 from gallery.retrieval.tiers import CopyThresholds, pixel_copy
 from gallery.retrieval.verify import Detector, item_features, query_features, verify
 from tests.conftest import dataset
@@ -120,3 +126,20 @@ def test_a_smaller_copy_is_compared_at_its_own_size_and_leads_the_other_candidat
     assert (
         QueryPixels(_jpeg_thumbnail(photos[7].crop((0, 0, 60, 40)), 0.5, 50)).smaller_copy(items[7]) is None
     )
+
+
+def test_a_close_up_is_told_apart_from_a_colour_variant_of_its_photo_by_its_colours():
+    """Colour variants of one shot are alike in grey: the lead is then their colours'."""
+    photo = _products(8)[7]
+    y, cb, cr = photo.convert("YCbCr").split()
+    twin = PILImage.merge("YCbCr", (y, cr, cb)).convert("RGB")  # the same greys, other colours
+    w, h = round(photo.width * 0.45), round(photo.height * 0.45)
+    query = QueryPixels(
+        photo.crop((10, 20, 10 + w, 20 + h)).resize((w * 3, h * 3), PILImage.Resampling.BICUBIC)
+    )
+    items = {1: item_pixels(photo), 2: item_pixels(twin)}
+    grey = best_pixel_match(query, items)
+    assert grey is not None and grey[1].gap < 0.02  # in grey, no lead
+    colours = {1: item_colour(photo), 2: item_colour(twin)}
+    label, match = best_pixel_match(query, items, colours.get)
+    assert label == 1 and match.correlation >= 0.98 and match.gap >= 0.02

@@ -21,6 +21,7 @@ from ..retrieval.pixels import (
     QueryPixels,
     best_pixel_match,
     best_smaller_copy,
+    item_colour,
     item_pixels,
     screened,
 )
@@ -175,7 +176,9 @@ def match_pixels(query: Query, params: RetrievalParams) -> list[tuple[int, Pixel
     found = [
         m
         for m in (
-            best_pixel_match(pixels, {label: photos[label] for label in checked}),
+            best_pixel_match(
+                pixels, {label: photos[label] for label in checked}, lambda la: _item_colour(la, names[la])
+            ),
             best_smaller_copy(pixels, first),
         )
         if m is not None
@@ -191,6 +194,13 @@ def _item_pixels(label: int, file_name: str) -> np.ndarray | None:
     """An item's photo for pixel matching (at most 96 pixels a side: 9 kB each, kept per process)."""
     photo = _stored_photo(file_name)
     return item_pixels(photo) if photo is not None else None
+
+
+@lru_cache(maxsize=256)
+def _item_colour(label: int, file_name: str) -> np.ndarray | None:
+    """An item's photo in colour for pixel matching (the best few candidates' only)."""
+    photo = _stored_photo(file_name)
+    return item_colour(photo) if photo is not None else None
 
 
 def _stored_photo(file_name: str) -> PILImage.Image | None:
