@@ -127,6 +127,28 @@ def test_a_tiny_low_quality_thumbnail_and_a_sticker_over_the_photo_still_find_it
     assert labelled >= 2
 
 
+def _under_marks(picture: PILImage.Image, banner_tenths: int) -> PILImage.Image:
+    big = picture.resize((picture.width * 4, picture.height * 4), PILImage.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(big)
+    h = big.height * banner_tenths // 10
+    draw.rectangle((0, big.height - h, big.width, big.height), fill=(30, 30, 30))
+    draw.text((10, big.height - h + 5), "ONLY TODAY 30% OFF", fill=(255, 255, 255))
+    r = big.width // 4
+    draw.ellipse((big.width - 2 * r - 5, 10, big.width - 5, 10 + 2 * r), fill=(250, 200, 0))
+    return big
+
+
+def test_a_copy_under_a_banner_and_a_sticker_is_labelled_by_the_pixels_it_shows(client, products):
+    """Local features miss some (a plain item, a third of it hidden): most of the item's own
+    pixels are still there, unchanged, in the photo's frame."""
+    for n in (0, 35):
+        image, data = products[n]
+        first = _search(client, _jpeg(_under_marks(_open(data), n % 3 + 2)))["results"][0]
+        assert first["id"] == image.pk
+        assert first["match"] == "near_duplicate", first
+        assert first["explanation"] == "this photo, with marks or text over part of it"
+
+
 def test_a_close_up_of_a_detail_is_found_by_its_pixels_and_labelled(client, products):
     """A zoom on part of the photo (its vector is far from the whole photo's; too few pixels
     for local features): the photo's pixels are found in it, without the details index."""

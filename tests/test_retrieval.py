@@ -1,6 +1,6 @@
 """The retrieval pipeline's parts on their own: the hash index's exact nearest-hash scan and
 both local-feature detectors' verification of a copy, and pixel matching of a close-up and of
-a smaller copy (real product photos)."""
+a smaller copy and of a copy under marks (real product photos)."""
 
 import io
 import zipfile
@@ -8,10 +8,12 @@ import zipfile
 import numpy as np
 import pytest
 from PIL import Image as PILImage
+from PIL import ImageDraw
 
 from gallery.retrieval.hashes import HashIndex, hamming, pdq_hash
 from gallery.retrieval.pixels import (
     QueryPixels,
+    best_overlaid_copy,
     best_pixel_match,
     best_smaller_copy,
     item_colour,
@@ -143,3 +145,34 @@ def test_a_close_up_is_told_apart_from_a_colour_variant_of_its_photo_by_its_colo
     colours = {1: item_colour(photo), 2: item_colour(twin)}
     label, match = best_pixel_match(query, items, colours.get)
     assert label == 1 and match.correlation >= 0.98 and match.gap >= 0.02
+
+
+def _marked(photo: PILImage.Image, colour: tuple[int, int, int]) -> PILImage.Image:
+    """The photo enlarged 4x under a banner across the bottom quarter and a round sticker."""
+    big = photo.resize((photo.width * 4, photo.height * 4), PILImage.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(big)
+    draw.rectangle((0, big.height * 3 // 4, big.width, big.height), fill=colour)
+    draw.ellipse((20, 30, 20 + big.width // 3, 30 + big.width // 3), fill=(255, 205, 0))
+    out = io.BytesIO()
+    big.save(out, "JPEG", quality=85)
+    return PILImage.open(out).convert("RGB")
+
+
+def test_a_copy_under_marks_shows_most_of_its_photo_unchanged_and_leads_the_other_candidates():
+    photos = _products(40)
+    colours = {n: item_colour(p) for n, p in enumerate(photos[:30])}
+    thresholds = CopyThresholds()
+    taken = []
+    for n in range(0, 30, 3):
+        found = best_overlaid_copy(QueryPixels(_marked(photos[n], (200, 20, 30))), colours)
+        assert found is not None
+        if pixel_copy(found[1], thresholds):
+            taken.append(found[0] == n)
+    assert len(taken) >= 7 and all(taken), taken
+    for outside in photos[30:]:  # items not among the candidates, under the same marks
+        found = best_overlaid_copy(QueryPixels(_marked(outside, (200, 20, 30))), colours)
+        assert found is None or not pixel_copy(found[1], thresholds), found
+    # A picture of another shape (the photo inside a wider one) is not compared.
+    wide = PILImage.new("RGB", (300, 120), "white")
+    wide.paste(photos[3], (100, 20))
+    assert QueryPixels(wide).overlaid_copy(colours[3]) is None

@@ -4,10 +4,10 @@ alike? Decided from the evidence gathered for it, with thresholds set on held-ou
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
-from .pixels import PixelMatch
+from .pixels import PixelCheck, PixelMatch
 from .regions import Box
 from .verify import Verification
 
@@ -59,6 +59,10 @@ class CopyThresholds:
     # random thumbnails and outside pictures, not the bench's).
     smaller_correlation: float = 0.97
     smaller_gap: float = 0.03
+    # The whole photo under marks (a banner, a sticker, text): the share of its pixels the
+    # query shows unchanged, and its lead (set on random overlays and outside pictures).
+    overlaid_agreement: float = 0.6
+    overlaid_gap: float = 0.2
 
 
 @dataclass
@@ -72,8 +76,8 @@ class Evidence:
     hash_variant: int = 0  # which variant matched: 0 as is, 1-3 turned, 4-7 mirrored
     hash_gap: int = 0  # bits nearer than any other item's hash (0: not the nearest)
     detail_cosine: float = -1.0  # the query to the item's nearest detail view (a close-up?)
-    pixels: PixelMatch | None = None  # the query's pixels found in the photo (the best candidate's)
-    smaller: PixelMatch | None = None  # the query is the photo, smaller (the best candidate's)
+    # What the pixel checks found in this photo (each check's best candidate only)
+    pixels: dict[PixelCheck, PixelMatch] = field(default_factory=dict)
     same_aspect: bool = False
     verification: Verification | None = None
     grayscale_query: bool = False
@@ -106,12 +110,14 @@ def distinct_nearest_hash(distance: int | None, gap: int, t: CopyThresholds) -> 
 
 
 def pixel_copy(m: PixelMatch | None, t: CopyThresholds) -> bool:
-    """The query's pixels are part of this photo's, or the whole photo's at a smaller size,
-    clearly more than of any other's."""
+    """The query's pixels are this photo's (part of it, smaller, or under marks), clearly more
+    than any other's."""
     if m is None:
         return False
-    if m.smaller:
+    if m.check == PixelCheck.SMALLER:
         return m.correlation >= t.smaller_correlation and m.gap >= t.smaller_gap
+    if m.check == PixelCheck.OVERLAID:
+        return m.correlation >= t.overlaid_agreement and m.gap >= t.overlaid_gap
     return m.correlation >= t.pixel_correlation and m.gap >= t.pixel_gap
 
 
@@ -148,10 +154,9 @@ def classify(evidence: Evidence, thresholds: CopyThresholds) -> Decision:
         return Decision(
             Match.NEAR_DUPLICATE, _photometric_explanation(e), e.region, 100.0 + 64 - e.hash_distance
         )
-    if pixel_copy(e.pixels, t):
-        return Decision(Match.NEAR_DUPLICATE, _pixel_explanation(e.pixels), None, 100.0)
-    if pixel_copy(e.smaller, t):
-        return Decision(Match.NEAR_DUPLICATE, "a smaller copy of this photo", None, 100.0)
+    for m in e.pixels.values():
+        if pixel_copy(m, t):
+            return Decision(Match.NEAR_DUPLICATE, _pixel_explanation(m), None, 100.0)
     distinct = distinct_nearest_hash(e.hash_distance, e.hash_gap, t)
     strength = e.cosine + (t.nearest_hash_bonus if distinct else 0.0)
     return Decision(Match.SIMILAR, "similar colours and shape", e.region, strength, distinct)
@@ -171,8 +176,12 @@ def _geometric_explanation(v: Verification, e: Evidence) -> str:
     return _photometric_explanation(e)
 
 
-def _pixel_explanation(m: PixelMatch | None) -> str:
-    if m is not None and m.share < 0.6:
+def _pixel_explanation(m: PixelMatch) -> str:
+    if m.check == PixelCheck.SMALLER:
+        return "a smaller copy of this photo"
+    if m.check == PixelCheck.OVERLAID:
+        return "this photo, with marks or text over part of it"
+    if m.share < 0.6:
         return "a close-up of part of this photo"
     return "a crop of this photo"
 

@@ -7,7 +7,7 @@
    candidates; unless one is a copy, the picture's regions (content box, multi-scale grid),
    each embedded and searched, and the next candidates verified;
 4. still no copy: the picture's pixels looked for in the best candidates' photos (a close-up
-   of a detail, or a smaller copy of the whole photo: `retrieval.pixels`);
+   of a detail, a smaller copy of the whole photo, or the photo under marks: `retrieval.pixels`);
 5. every candidate classified `exact` / `near_duplicate` / `similar` (`retrieval.tiers`);
    copies first, then look-alikes by the active model's similarity."""
 
@@ -142,7 +142,8 @@ def _search_picture(
     }
     decisions = {label: classify(e, params.copies) for label, e in evidence.items()}
     if not any(d.match in COPY_TIERS for d in decisions.values()):
-        # No copy yet: is the picture a close-up of part of a candidate's photo, or smaller?
+        # No copy yet: is the picture part of a candidate's photo, or all of it smaller or
+        # under marks?
         _check_pixels(query, evidence, decisions, params, same_bytes, grayscale)
         watch.lap("pixels")
     hits = _rank(query, decisions, k, category, active, copies_ref, params)
@@ -163,10 +164,7 @@ def _check_pixels(
     for label, pixels in match_pixels(query, params):
         if label not in evidence:  # found by its pixels alone (further down the vector's list)
             evidence[label] = _evidence(query.candidates[label], label, same_bytes, grayscale, None)
-        if pixels.smaller:
-            evidence[label].smaller = pixels
-        else:
-            evidence[label].pixels = pixels
+        evidence[label].pixels[pixels.check] = pixels
         decisions[label] = classify(evidence[label], params.copies)
 
 

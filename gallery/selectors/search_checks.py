@@ -19,6 +19,7 @@ from ..retrieval.params import RetrievalParams
 from ..retrieval.pixels import (
     PixelMatch,
     QueryPixels,
+    best_overlaid_copy,
     best_pixel_match,
     best_smaller_copy,
     item_colour,
@@ -157,9 +158,10 @@ def _item_features(label: int, file_name: str, detector: Detector) -> Features |
 def match_pixels(query: Query, params: RetrievalParams) -> list[tuple[int, PixelMatch]]:
     """The best candidates' photos searched for the picture's pixels (`retrieval.pixels`): the
     candidate that holds them best as a close-up (of the `pixel_candidates` nearest, the
-    vector's next neighbours included: a close-up's item is often far down), and the one most
-    like them as a whole photo at the picture's size (when it is smaller). A new candidate
-    that matches joins the query's candidates."""
+    vector's next neighbours included: a close-up's item is often far down), the one most
+    like them as a whole photo at the picture's size (when it is smaller), and the one the
+    picture shows unchanged in most places (under marks). A new candidate that matches joins
+    the query's candidates."""
     candidates = query.candidates
     ranked = sorted(candidates, key=lambda label: -candidates[label].copy_cosine)
     nearest = dict(query.index.query(query.vector, params.pixel_candidates))
@@ -172,14 +174,18 @@ def match_pixels(query: Query, params: RetrievalParams) -> list[tuple[int, Pixel
     }
     pixels = QueryPixels(query.picture)
     checked = screened(pixels, photos, params.pixel_checked)
-    first = {label: photos[label] for label in ranked[: params.candidates] if label in photos}
+
+    def colour_of(label: int) -> np.ndarray | None:
+        return _item_colour(label, names[label])
+
+    first = [label for label in ranked[: params.candidates] if label in photos]
+    colours = {label: c for label in first if (c := colour_of(label)) is not None}
     found = [
         m
         for m in (
-            best_pixel_match(
-                pixels, {label: photos[label] for label in checked}, lambda la: _item_colour(la, names[la])
-            ),
-            best_smaller_copy(pixels, first),
+            best_pixel_match(pixels, {label: photos[label] for label in checked}, colour_of),
+            best_smaller_copy(pixels, {label: photos[label] for label in first}, colour_of),
+            best_overlaid_copy(pixels, colours),
         )
         if m is not None
     ]
@@ -196,7 +202,7 @@ def _item_pixels(label: int, file_name: str) -> np.ndarray | None:
     return item_pixels(photo) if photo is not None else None
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=1024)
 def _item_colour(label: int, file_name: str) -> np.ndarray | None:
     """An item's photo in colour for pixel matching (the best few candidates' only)."""
     photo = _stored_photo(file_name)
