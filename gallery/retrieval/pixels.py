@@ -45,6 +45,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -70,6 +71,8 @@ SAME_SHAPE = 0.08  # a smaller copy's aspect ratio is the photo's within this sh
 AGREE_LEVELS = 24
 DETAIL_LEVELS = 20
 _SQUARE = np.ones((3, 3), np.uint8)
+
+_T = TypeVar("_T")
 
 
 class PixelCheck(StrEnum):
@@ -219,35 +222,48 @@ def best_pixel_match(
     With `colour_of` (a candidate's `item_colour`), the best few in grey are told apart in
     colour: the lead is then their colours' (colour variants of one shot are alike in grey)."""
     found = {label: m for label, pixels in items.items() if (m := query.match(pixels)) is not None}
-    for label in sorted(found, key=lambda la: -found[la].correlation)[:REFINED]:
+    for label in _best(found, lambda m: m.correlation):
         coarse = found[label]
         fine = query.match(items[label], tuple(coarse.share * step for step in FINE_STEPS))
         if fine is not None and fine.correlation > coarse.correlation:
             found[label] = fine
     if not found:
         return None
-    ranked = sorted(found, key=lambda la: -found[la].correlation)
-    colours = _colour_scores(query, ranked[:REFINED], found, colour_of) if colour_of else {}
-    if len(colours) > 1:
-        order = sorted(colours, key=lambda la: -colours[la])
-        best = found[order[0]]
-        return order[0], PixelMatch(best.correlation, best.share, colours[order[0]] - colours[order[1]])
-    best = found[ranked[0]]
-    runner_up = found[ranked[1]].correlation if len(ranked) > 1 else -1.0
-    return ranked[0], PixelMatch(best.correlation, best.share, best.correlation - runner_up)
+    colours = _colour_scores(query, _best(found, lambda m: m.correlation), found, colour_of)
+    label, gap = _leader({la: m.correlation for la, m in found.items()}, colours)
+    return label, PixelMatch(found[label].correlation, found[label].share, gap)
+
+
+def _best(found: Mapping[int, _T], score: Callable[[_T], float]) -> list[int]:
+    """The REFINED best labels by `score`."""
+    return sorted(found, key=lambda la: -score(found[la]))[:REFINED]
+
+
+def _leader(scores: Mapping[int, float], colours: Mapping[int, float]) -> tuple[int, float]:
+    """The best candidate and its lead over the next: by their colour scores when the best few
+    have them (colour variants of one shot are alike in grey), else by `scores`."""
+    ranking = colours if len(colours) > 1 else scores
+    ranked = sorted(ranking, key=lambda la: -ranking[la])
+    runner_up = ranking[ranked[1]] if len(ranked) > 1 else -1.0
+    return ranked[0], ranking[ranked[0]] - runner_up
 
 
 def _colour_scores(
     query: QueryPixels,
     labels: list[int],
-    found: Mapping[int, PixelMatch],
-    colour_of: Callable[[int], np.ndarray | None],
+    found: Mapping[int, PixelMatch] | None,
+    colour_of: Callable[[int], np.ndarray | None] | None,
 ) -> dict[int, float]:
-    scores = {}
+    """The query's colour correlation with each candidate's photo: at its best share (a
+    close-up), or at the query's size when `found` is None (a smaller copy)."""
+    scores: dict[int, float] = {}
+    if colour_of is None:
+        return scores
     for label in labels:
         colour = colour_of(label)
         if colour is not None:
-            scores[label] = query.colour_match(colour, found[label].share)
+            share = found[label].share if found is not None else 1.0
+            scores[label] = query.colour_match(colour, share, whole=found is None)
     return scores
 
 
@@ -262,21 +278,9 @@ def best_smaller_copy(
     found = {label: c for label, pixels in items.items() if (c := query.smaller_copy(pixels)) is not None}
     if not found:
         return None
-    ranked = sorted(found, key=lambda la: -found[la])
-    colours = {}
-    if colour_of is not None:
-        for label in ranked[:REFINED]:
-            colour = colour_of(label)
-            if colour is not None:
-                colours[label] = query.colour_match(colour, 1.0, whole=True)
-    if len(colours) > 1:
-        order = sorted(colours, key=lambda la: -colours[la])
-        return order[0], PixelMatch(
-            found[order[0]], 1.0, colours[order[0]] - colours[order[1]], PixelCheck.SMALLER
-        )
-    runner_up = found[ranked[1]] if len(ranked) > 1 else -1.0
-    best = found[ranked[0]]
-    return ranked[0], PixelMatch(best, 1.0, best - runner_up, PixelCheck.SMALLER)
+    colours = _colour_scores(query, _best(found, float), None, colour_of)
+    label, gap = _leader(found, colours)
+    return label, PixelMatch(found[label], 1.0, gap, PixelCheck.SMALLER)
 
 
 def best_overlaid_copy(
@@ -287,7 +291,5 @@ def best_overlaid_copy(
     found = {label: a for label, colour in colours.items() if (a := query.overlaid_copy(colour)) is not None}
     if not found:
         return None
-    ranked = sorted(found, key=lambda la: -found[la])
-    runner_up = found[ranked[1]] if len(ranked) > 1 else 0.0
-    best = found[ranked[0]]
-    return ranked[0], PixelMatch(best, 1.0, best - runner_up, PixelCheck.OVERLAID)
+    label, gap = _leader(found, {})
+    return label, PixelMatch(found[label], 1.0, gap, PixelCheck.OVERLAID)
