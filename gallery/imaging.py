@@ -3,12 +3,14 @@
 Every entry point (page, API, import, search query) decodes through `decode_image`, so
 every one refuses the same bad inputs with the same words."""
 
+from __future__ import annotations
+
 import hashlib
 import io
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"}
 FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
@@ -25,6 +27,28 @@ class DecodedImage:
     format: str
     width: int  # full-size pixels as the picture is shown (after its EXIF orientation)
     height: int
+    # How a JPEG was compressed, when `image` holds its pixels as stored (no reduced-scale
+    # draft, no EXIF turn): a small copy can then be compared with a photo compressed alike.
+    jpeg: JpegTables | None = None
+
+
+@dataclass(frozen=True)
+class JpegTables:
+    """A JPEG's quantisation tables (PIL's order) and chroma subsampling (PIL's code, -1
+    when unknown): saving other pixels with them gives those pixels the same artefacts."""
+
+    tables: tuple[tuple[int, ...], ...]
+    subsampling: int
+
+    @classmethod
+    def of(cls, im: Image.Image) -> JpegTables | None:
+        tables = getattr(im, "quantization", None)
+        if not tables:
+            return None
+        return cls(
+            tuple(tuple(int(v) for v in tables[key]) for key in sorted(tables)),
+            JpegImagePlugin.get_sampling(im),
+        )
 
 
 def sha256_of(data: bytes) -> str:
@@ -64,6 +88,8 @@ def decode_image(
             if draft_size and fmt in ("JPEG", "MPO"):
                 im.draft("RGB", (draft_size, draft_size))
             im.load()
+            as_stored = im.size == (width, height) and im.getexif().get(ORIENTATION_TAG) in (None, 1)
+            jpeg = JpegTables.of(im) if fmt in ("JPEG", "MPO") and as_stored else None
             if im.getexif().get(ORIENTATION_TAG) in (5, 6, 7, 8):  # turned a quarter: axes swap
                 width, height = height, width
             picture = _to_rgb(ImageOps.exif_transpose(im))
@@ -77,7 +103,9 @@ def decode_image(
         raise ImageRejected("The image has too many pixels (it looks like a decompression bomb).") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
         raise ImageRejected(f"The image is truncated or corrupt and cannot be decoded ({exc}).") from exc
-    return DecodedImage(image=picture, format="JPEG" if fmt == "MPO" else fmt, width=width, height=height)
+    return DecodedImage(
+        image=picture, format="JPEG" if fmt == "MPO" else fmt, width=width, height=height, jpeg=jpeg
+    )
 
 
 def _check_header(fmt: str, size: tuple[int, int], max_pixels: int) -> None:

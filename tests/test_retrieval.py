@@ -10,6 +10,7 @@ import pytest
 from PIL import Image as PILImage
 from PIL import ImageDraw
 
+from gallery.imaging import decode_image
 from gallery.retrieval.hashes import HashIndex, hamming, pdq_hash
 from gallery.retrieval.pixels import (
     QueryPixels,
@@ -128,6 +129,39 @@ def test_a_smaller_copy_is_compared_at_its_own_size_and_leads_the_other_candidat
     assert (
         QueryPixels(_jpeg_thumbnail(photos[7].crop((0, 0, 60, 40)), 0.5, 50)).smaller_copy(items[7]) is None
     )
+
+
+def test_a_thumbnail_is_compared_with_its_photo_compressed_as_it_was():
+    """A tiny JPEG's 8x8-block artefacts set it apart from the sharp photo; the photo shrunk
+    and saved with the query's own tables (read at decoding) has them too, whatever common
+    filter made the thumbnail."""
+    photos = _products(16)
+    filters = (
+        PILImage.Resampling.BOX,
+        PILImage.Resampling.BILINEAR,
+        PILImage.Resampling.BICUBIC,
+        PILImage.Resampling.LANCZOS,
+    )
+    alike, plain = [], []
+    for n, photo in enumerate(photos):
+        small = photo.resize((round(photo.width / 3), round(photo.height / 3)), filters[n % 4])
+        out = io.BytesIO()
+        small.save(out, "JPEG", quality=20 + n)
+        decoded = decode_image(out.getvalue(), max_bytes=10**6, max_pixels=10**6)
+        assert decoded.jpeg is not None
+        item = item_pixels(photo)
+        alike.append(QueryPixels(decoded.image, decoded.jpeg).smaller_copy(item))
+        plain.append(QueryPixels(decoded.image).smaller_copy(item))
+    assert min(alike) >= 0.99, alike
+    assert np.mean(alike) > np.mean(plain) + 0.01, (alike, plain)
+    # Only a JPEG's pixels as stored have its artefacts: not a PNG, not a reduced-scale draft.
+    png = io.BytesIO()
+    photos[0].save(png, "PNG")
+    assert decode_image(png.getvalue(), max_bytes=10**6, max_pixels=10**6).jpeg is None
+    big = io.BytesIO()
+    photos[0].resize((600, 800)).save(big, "JPEG", quality=80)
+    drafted = decode_image(big.getvalue(), max_bytes=10**7, max_pixels=10**7, draft_size=200)
+    assert drafted.image.width < 600 and drafted.jpeg is None
 
 
 def test_a_close_up_is_told_apart_from_a_colour_variant_of_its_photo_by_its_colours():

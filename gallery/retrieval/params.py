@@ -22,6 +22,12 @@ class RetrievalParams:
     # 528 queries: 10 -> 30 took recall@1 from 0.953 to 0.962, an occluded photo's original
     # is often 10th-30th; non-copy queries' p95 from 303 to 467 ms),
     verified: int = 30
+    # SIFT (20 ms per catalogue photo's features, 4x ORB's) checks these best candidates, and
+    # the others only where ORB found this many consistent matches: on 180 edited copies of
+    # the tuning kinds (two seeds other than bench/robust.py's) the same copies were found,
+    # and photos not in the catalogue took 534 ms at p50 instead of 657 (this machine, slow).
+    sift_top: int = 5
+    sift_orb_inliers: int = 6
     verified_first: int = 3  # ...these before the region search (a copy found stops it)
     pixel_candidates: int = 100  # best candidates whose photos are screened for a close-up's pixels
     pixel_checked: int = 10  # ...of which the best are searched fully (`retrieval.pixels`)

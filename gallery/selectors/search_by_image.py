@@ -21,7 +21,7 @@ from django.conf import settings
 from PIL import Image as PILImage
 
 from ..embedders import ModelRef, active_model, copy_model, detail_model, get_embedder
-from ..imaging import decode_image, flatten, sha256_of
+from ..imaging import JpegTables, decode_image, flatten, sha256_of
 from ..models import Image
 from ..retrieval import regions as region_tools
 from ..retrieval.hashes import HASH_BITS, pdq_dihedral
@@ -75,7 +75,9 @@ def image_search_by_image(data: bytes, *, k: int = 20, category: str = "", box: 
     same_bytes = (
         None if box else Image.objects.filter(sha256=sha256_of(data)).values_list("pk", flat=True).first()
     )
-    hits, regions = _search_picture(picture, clamp_k(k), category, params, watch, same_bytes)
+    as_stored = not box and shrink == 1.0 and picture.size == (decoded.width, decoded.height)
+    jpeg = decoded.jpeg if as_stored else None
+    hits, regions = _search_picture(picture, clamp_k(k), category, params, watch, same_bytes, jpeg)
 
     def to_upload(b: Box) -> Box:
         inner = Box(round(b.x * shrink), round(b.y * shrink), round(b.w * shrink), round(b.h * shrink))
@@ -97,6 +99,7 @@ def _search_picture(
     params: RetrievalParams,
     watch: _Stopwatch,
     same_bytes: int | None,
+    jpeg: JpegTables | None = None,
 ) -> tuple[list[SearchHit], list[RegionScore]]:
     copies_ref, active = copy_model(), active_model()
     index = index_reader(copies_ref).get()
@@ -109,7 +112,7 @@ def _search_picture(
     if len(index) == 0:
         return [], []
     embedder = get_embedder(copies_ref)
-    query = Query(picture, index, embedder.embed([picture])[0], pdq_dihedral(picture)[0])
+    query = Query(picture, index, embedder.embed([picture])[0], pdq_dihedral(picture)[0], jpeg=jpeg)
     watch.lap("embed")
     for label, cosine in index.query(query.vector, params.candidates):
         query.found(label, cosine, None)

@@ -13,7 +13,7 @@ import numpy as np
 from django.core.files.storage import default_storage
 from PIL import Image as PILImage
 
-from ..imaging import flatten
+from ..imaging import JpegTables, flatten
 from ..models import Image
 from ..retrieval.params import RetrievalParams
 from ..retrieval.pixels import (
@@ -65,6 +65,7 @@ class Query:
     hashes: np.ndarray
     candidates: dict[int, Candidate] = field(default_factory=dict)
     regions: list[RegionScore] = field(default_factory=list)
+    jpeg: JpegTables | None = None  # the query's compression, while `picture` is as stored
 
     def found(self, label: int, cosine: float, region: Box | None) -> None:
         candidate = self.candidates.setdefault(label, Candidate())
@@ -106,37 +107,62 @@ class Verifier:
             verified_copy(v, candidates[la].copy_cosine, self.params.copies) for la, v in found.items()
         )
 
-    def best(self, count: int, also: Sequence[int] = ()) -> dict[int, Verification | None]:
-        """The `count` best candidates not checked yet, and those of `also` (the nearest
-        details) not among them."""
+    def _sift_worth(self, among_best: bool, orb_inliers: int) -> bool:
+        """SIFT for the best few, and for others where ORB saw part of the photo (where it saw
+        nothing, SIFT rarely does either)."""
+        return among_best or orb_inliers >= self.params.sift_orb_inliers
+
+    def _ranked(self, count: int, also: Sequence[int]) -> list[int]:
+        """Hash matches first, then by cosine; then `also`."""
         candidates = self.query.candidates
         ranked = sorted(
             (label for label in candidates if label not in self.done),
             key=lambda label: (not self._hash_matched(candidates[label]), -candidates[label].cosine),
         )[: max(0, count)]
-        ranked += [label for label in also if label not in self.done and label not in ranked]
+        return ranked + [label for label in also if label not in self.done and label not in ranked]
+
+    def best(self, count: int, also: Sequence[int] = ()) -> dict[int, Verification | None]:
+        """The `count` best candidates not checked yet, and those of `also` (the nearest
+        details) not among them."""
+        ranked = self._ranked(count, also)
         if not ranked:
             return {}
         rows = Image.objects.in_bulk(ranked)
         names = {label: rows[label].file.name for label in ranked if label in rows}
         found: dict[int, Verification | None] = dict.fromkeys(names)
+        orb_inliers: dict[tuple[int, bool], int] = {}
+        sift_always = set(ranked[: self.params.sift_top])
         for detector, mirrored in _PASSES:
             if mirrored and detector is Detector.SIFT and self._matched_as_is:
                 break  # something matched as it is: the costly mirror pass is not needed
-            query = self._query_features(detector, mirrored)
             for label, name in names.items():
-                item = _item_features(label, name, detector)
-                if item is None:
+                if detector is Detector.SIFT and not self._sift_worth(
+                    label in sift_always, orb_inliers.get((label, mirrored), 0)
+                ):
                     continue
-                v = verify(None, query, item) if mirrored else verify(query, None, item)
-                if v is not None and not mirrored and v.inliers >= self.params.copies.inliers:
-                    self._matched_as_is = True
-                if v is not None and _better(v, found[label], candidates[label].copy_cosine, self.params):
+                v = self._verify(label, name, detector, mirrored)
+                if detector is Detector.ORB:
+                    orb_inliers[label, mirrored] = v.inliers if v is not None else 0
+                copy_cosine = self.query.candidates[label].copy_cosine
+                if v is not None and _better(v, found[label], copy_cosine, self.params):
                     found[label] = v
             if self._copy_among(found):
                 break
         self.done |= found
         return found
+
+    def _verify(
+        self, label: int, name: str | None, detector: Detector, mirrored: bool
+    ) -> Verification | None:
+        """One candidate checked by one detector, on the query as it is or on its mirror."""
+        item = _item_features(label, name, detector) if name else None
+        if item is None:
+            return None
+        query = self._query_features(detector, mirrored)
+        v = verify(None, query, item) if mirrored else verify(query, None, item)
+        if v is not None and not mirrored and v.inliers >= self.params.copies.inliers:
+            self._matched_as_is = True
+        return v
 
 
 def _better(v: Verification, than: Verification | None, cosine: float, params: RetrievalParams) -> bool:
@@ -172,7 +198,7 @@ def match_pixels(query: Query, params: RetrievalParams) -> list[tuple[int, Pixel
         for label in ranked
         if label in names and (p := _item_pixels(label, names[label])) is not None
     }
-    pixels = QueryPixels(query.picture)
+    pixels = QueryPixels(query.picture, query.jpeg)
     checked = screened(pixels, photos, params.pixel_checked)
 
     def colour_of(label: int) -> np.ndarray | None:
@@ -184,7 +210,7 @@ def match_pixels(query: Query, params: RetrievalParams) -> list[tuple[int, Pixel
         m
         for m in (
             best_pixel_match(pixels, {label: photos[label] for label in checked}, colour_of),
-            best_smaller_copy(pixels, {label: photos[label] for label in first}, colour_of),
+            best_smaller_copy(pixels, photos, colour_of, params.pixel_checked),
             best_overlaid_copy(pixels, colours),
         )
         if m is not None
