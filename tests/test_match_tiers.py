@@ -139,14 +139,15 @@ def _under_marks(picture: PILImage.Image, banner_tenths: int) -> PILImage.Image:
 
 
 def test_a_copy_under_a_banner_and_a_sticker_is_labelled_by_the_pixels_it_shows(client, products):
-    """Local features miss some (a plain item, a third of it hidden): most of the item's own
-    pixels are still there, unchanged, in the photo's frame."""
+    """Local features alone miss some (a plain item, a third of it hidden): most of the item's
+    own pixels are still there, unchanged, in the photo's frame."""
     for n in (0, 35):
         image, data = products[n]
         first = _search(client, _jpeg(_under_marks(_open(data), n % 3 + 2)))["results"][0]
         assert first["id"] == image.pk
         assert first["match"] == "near_duplicate", first
-        assert first["explanation"] == "this photo, with marks or text over part of it"
+        # Told by the pixels it shows, or by local features whose laid-over colours agree.
+        assert "marks" in first["explanation"], first
 
 
 def test_a_close_up_of_a_detail_is_found_by_its_pixels_and_labelled(client, products):

@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 from PIL import Image as PILImage
-from PIL import ImageDraw
+from PIL import ImageDraw, ImageOps
 
 from gallery.imaging import decode_image
 from gallery.retrieval.hashes import HashIndex, hamming, pdq_hash
@@ -19,9 +19,16 @@ from gallery.retrieval.pixels import (
     best_smaller_copy,
     item_colour,
     item_pixels,
+    laid_colour_agreement,
 )
 from gallery.retrieval.tiers import CopyThresholds, pixel_copy
-from gallery.retrieval.verify import Detector, item_features, query_features, verify
+from gallery.retrieval.verify import (
+    Detector,
+    item_features,
+    mirrored_query_features,
+    query_features,
+    verify,
+)
 from tests.conftest import dataset
 
 
@@ -210,3 +217,38 @@ def test_a_copy_under_marks_shows_most_of_its_photo_unchanged_and_leads_the_othe
     wide = PILImage.new("RGB", (300, 120), "white")
     wide.paste(photos[3], (100, 20))
     assert QueryPixels(wide).overlaid_copy(colours[3]) is None
+
+
+def _turned_and_captioned(photo: PILImage.Image) -> PILImage.Image:
+    """Mirrored, turned 6 degrees, enlarged 4x, a caption over it, JPEG 50."""
+    big = ImageOps.mirror(photo).resize((photo.width * 4, photo.height * 4), PILImage.Resampling.BICUBIC)
+    big = big.rotate(6, resample=PILImage.Resampling.BICUBIC, fillcolor=(255, 255, 255))
+    draw = ImageDraw.Draw(big)
+    for x in range(12, big.width - 20, 14):  # letters of a caption
+        draw.rectangle((x, 40, x + 8, 56), fill=(20, 20, 20))
+    out = io.BytesIO()
+    big.save(out, "JPEG", quality=50)
+    return PILImage.open(out).convert("RGB")
+
+
+def test_a_turned_captioned_copy_keeps_its_photo_s_colours_and_another_colour_of_it_does_not():
+    """Marks and a turn lower the laid-over pixels' agreement (edges) under the bar for a
+    copy; its colours, laid over the photo by the homography, are still the photo's, while
+    another colour of the same shot (the same greys) keeps few of them."""
+    photos = _products(8)
+    for n in (0, 3, 7):  # coloured items (a grey one's other colour is itself)
+        photo = photos[n]
+        y, cb, cr = photo.convert("YCbCr").split()
+        twin = PILImage.merge("YCbCr", (y, cr, cb)).convert("RGB")  # the same shot, other colours
+        query = _turned_and_captioned(photo)
+        found = verify(None, mirrored_query_features(query, Detector.ORB), item_features(photo, Detector.ORB))
+        assert found is not None and found.inliers >= 20 and found.homography is not None and found.mirrored
+        assert found.agreement < CopyThresholds().agreement  # the edges alone do not say "copy"
+        picture = np.asarray(query)
+        own = laid_colour_agreement(picture, item_colour(photo), found.homography, True)
+        other = laid_colour_agreement(picture, item_colour(twin), found.homography, True)
+        assert own is not None and own >= CopyThresholds().colour_agreement, own
+        assert other is not None and other < 0.5, other
+        # Laid over without the mirror, it is not the photo.
+        unmirrored = laid_colour_agreement(picture, item_colour(photo), found.homography, False)
+        assert unmirrored is None or unmirrored < 0.6, unmirrored

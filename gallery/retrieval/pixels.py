@@ -238,6 +238,34 @@ class QueryPixels:
         return best
 
 
+def laid_colour_agreement(
+    query: np.ndarray, item_colour: np.ndarray, to_item: np.ndarray, mirrored: bool = False
+) -> float | None:
+    """The share of the photo's detailed pixels (as in `QueryPixels.overlaid_copy`) that the
+    query, laid over the photo by `to_item` (a homography from the query's pixels, of its
+    mirror image when `mirrored`, to the photo as a unit square), shows in the same colours;
+    None when they hardly overlap. An edited copy keeps most of them outside its marks; another
+    colour of the same shot, or another photo of a look-alike, few."""
+    ih, iw = item_colour.shape[:2]
+    if mirrored:
+        query = np.ascontiguousarray(query[:, ::-1])
+    to_photo = np.diag([float(iw), float(ih), 1.0]) @ to_item
+    scale = float(np.sqrt(abs(np.linalg.det(to_photo[:2, :2] / to_photo[2, 2]))))
+    if scale < 1.0:  # shrink the query first: sampling it sparsely would alias
+        qh, qw = query.shape[:2]
+        size = (max(1, round(qw * scale)), max(1, round(qh * scale)))
+        query = cv2.resize(query, size, interpolation=cv2.INTER_AREA)
+        to_photo = to_photo @ np.diag([qw / size[0], qh / size[1], 1.0])
+    laid = cv2.warpPerspective(query, to_photo, (iw, ih), flags=cv2.INTER_LINEAR).astype(np.int16)
+    inside = cv2.warpPerspective(np.full(query.shape[:2], 255, np.uint8), to_photo, (iw, ih)) > 250
+    grey = cv2.cvtColor(item_colour, cv2.COLOR_RGB2GRAY)
+    shown = (cv2.morphologyEx(grey, cv2.MORPH_GRADIENT, _SQUARE) >= DETAIL_LEVELS) & inside
+    if shown.sum() < 0.05 * shown.size:
+        return None
+    agree = np.abs(laid - item_colour.astype(np.int16)).max(axis=2) <= AGREE_LEVELS
+    return float(agree[shown].mean())
+
+
 def compressed_like(pixels: np.ndarray, jpeg: JpegTables) -> np.ndarray:
     """`pixels` (grey or RGB) saved and read back as a JPEG with `jpeg`'s tables: grey ones
     with the luminance table alone, which is how a JPEG's grey levels are compressed."""

@@ -40,6 +40,13 @@ class CopyThresholds:
     strong_inliers: int = 45  # so many matches that a lower pixel agreement will do
     strong_agreement: float = 0.25  # (overlays, stickers and text hide part of the pixels)
     inlier_cosine: float = 0.55  # ...and the copy model's vectors agree at least this much
+    # Fewer matches and a lower pixel agreement (marks over it, turned and re-compressed) will
+    # do when the laid-over photo's detailed pixels keep their colours
+    # (`pixels.laid_colour_agreement`): another colour of the same shot, or a look-alike in
+    # the same pose, keeps few.
+    coloured_inliers: int = 20
+    coloured_agreement: float = 0.35
+    colour_agreement: float = 0.7
     hash_agreement: float = 0.0  # a hash match whose laid-over pixels disagree more is not a copy
     # The nearest hash at any distance (tiny thumbnails, stickers), looked at up to this far,
     # is ranked first among look-alikes (its cosine + the bonus) when this much nearer than
@@ -100,8 +107,14 @@ def verified_copy(v: Verification | None, cosine: float, t: CopyThresholds) -> b
         and (
             (v.inliers >= t.inliers and v.agreement >= t.agreement)
             or (v.inliers >= t.strong_inliers and v.agreement >= t.strong_agreement)
+            or (coloured_candidate(v, t) and (v.colour_agreement or 0.0) >= t.colour_agreement)
         )
     )
+
+
+def coloured_candidate(v: Verification, t: CopyThresholds) -> bool:
+    """Enough matches and pixel agreement for the laid-over colours to decide."""
+    return v.inliers >= t.coloured_inliers and v.agreement >= t.coloured_agreement
 
 
 def distinct_nearest_hash(distance: int | None, gap: int, t: CopyThresholds) -> bool:

@@ -99,6 +99,9 @@ class Verification:
     shown: float  # share of the item's photo visible in the query (< 1: a crop or a zoom)
     fills: float  # share of the query the item's photo fills (< 1: inside a larger picture)
     agreement: float = 0.0  # pixel correlation of the item's photo laid over the query (1: same pixels)
+    # query pixels (of its mirror image when `mirrored`) -> the item's photo as a unit square
+    homography: np.ndarray | None = None
+    colour_agreement: float | None = None  # `pixels.laid_colour_agreement`, when it was needed
 
 
 def _homography(query: Features, item: Features) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -167,6 +170,7 @@ def verify(query: Features | None, mirrored: Features | None, item: Features) ->
         if best is not None and inliers <= best.inliers:
             continue
         best = _describe(h, inliers, flipped, side.size, item.size)
+        best.homography = np.diag([1 / item.size[0], 1 / item.size[1], 1.0]) @ h
         if inliers >= AGREEMENT_MIN_INLIERS:
             best.agreement = agreement(h, side, item)
     return best

@@ -24,10 +24,11 @@ from ..retrieval.pixels import (
     best_smaller_copy,
     item_colour,
     item_pixels,
+    laid_colour_agreement,
     screened,
 )
 from ..retrieval.regions import Box
-from ..retrieval.tiers import distinct_nearest_hash, verified_copy
+from ..retrieval.tiers import coloured_candidate, distinct_nearest_hash, verified_copy
 from ..retrieval.verify import (
     Detector,
     Features,
@@ -88,6 +89,7 @@ class Verifier:
         self.done: dict[int, Verification | None] = {}
         self._features: dict[tuple[Detector, bool], Features] = {}
         self._matched_as_is = False
+        self._rgb: np.ndarray | None = None
 
     def _hash_matched(self, c: Candidate) -> bool:
         t = self.params.copies
@@ -160,9 +162,22 @@ class Verifier:
             return None
         query = self._query_features(detector, mirrored)
         v = verify(None, query, item) if mirrored else verify(query, None, item)
-        if v is not None and not mirrored and v.inliers >= self.params.copies.inliers:
+        if v is None:
+            return None
+        if not mirrored and v.inliers >= self.params.copies.inliers:
             self._matched_as_is = True
+        t = self.params.copies
+        if coloured_candidate(v, t) and v.homography is not None and not verified_copy(v, 1.0, t):
+            colour = _item_colour(label, name)
+            if colour is not None:
+                v.colour_agreement = laid_colour_agreement(self._colours(), colour, v.homography, v.mirrored)
         return v
+
+    def _colours(self) -> np.ndarray:
+        """The query's RGB pixels (made once)."""
+        if self._rgb is None:
+            self._rgb = np.asarray(self.query.picture.convert("RGB"))
+        return self._rgb
 
 
 def _better(v: Verification, than: Verification | None, cosine: float, params: RetrievalParams) -> bool:
