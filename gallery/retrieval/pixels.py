@@ -89,6 +89,11 @@ SAME_SHAPE = 0.08  # a smaller copy's aspect ratio is the photo's within this sh
 AGREE_LEVELS = 24
 DETAIL_LEVELS = 20
 _SQUARE = np.ones((3, 3), np.uint8)
+# A verified copy's colours are compared after one gain and offset (brightness, contrast),
+# fitted twice on the share of pixel values that fit best, the gain within these bounds.
+TONE_FITS = 2
+TONE_KEPT = 0.7
+TONE_GAINS = (0.6, 1.6)
 
 _T = TypeVar("_T")
 
@@ -243,8 +248,8 @@ def laid_colour_agreement(
 ) -> float | None:
     """The share of the photo's detailed pixels (as in `QueryPixels.overlaid_copy`) that the
     query, laid over the photo by `to_item` (a homography from the query's pixels, of its
-    mirror image when `mirrored`, to the photo as a unit square), shows in the same colours;
-    None when they hardly overlap. An edited copy keeps most of them outside its marks; another
+    mirror image when `mirrored`, to the photo as a unit square), shows in the same colours
+    (after one brightness and contrast change, `_tone_fitted`); None when they hardly overlap. An edited copy keeps most of them outside its marks; another
     colour of the same shot, or another photo of a look-alike, few."""
     ih, iw = item_colour.shape[:2]
     if mirrored:
@@ -262,8 +267,27 @@ def laid_colour_agreement(
     shown = (cv2.morphologyEx(grey, cv2.MORPH_GRADIENT, _SQUARE) >= DETAIL_LEVELS) & inside
     if shown.sum() < 0.05 * shown.size:
         return None
-    agree = np.abs(laid - item_colour.astype(np.int16)).max(axis=2) <= AGREE_LEVELS
-    return float(agree[shown].mean())
+    seen = laid[shown].astype(np.float32)
+    fitted = _tone_fitted(item_colour[shown].astype(np.float32), seen)
+    agree = np.abs(fitted - seen).max(axis=1) <= AGREE_LEVELS
+    return float(agree.mean())
+
+
+def _tone_fitted(photo: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """The photo's colours (n x 3) with the query's brightness and contrast: one gain and
+    offset for all channels, fitted on the pixels that fit best (marks over some are left
+    out). A gain per channel would turn an item of one colour on white into any other colour."""
+    x, y = photo.ravel(), seen.ravel()
+    kept = np.ones(len(x), bool)
+    gain, offset = 1.0, 0.0
+    for _ in range(TONE_FITS):
+        design = np.stack([x[kept], np.ones(int(kept.sum()), np.float32)], axis=1)
+        (gain, offset), *_ = np.linalg.lstsq(design, y[kept], rcond=None)
+        gain = float(np.clip(gain, *TONE_GAINS))
+        residual = np.abs(gain * x + offset - y)
+        kept = residual <= np.quantile(residual, TONE_KEPT)
+    fitted: np.ndarray = gain * photo + offset
+    return fitted
 
 
 def compressed_like(pixels: np.ndarray, jpeg: JpegTables) -> np.ndarray:
