@@ -300,10 +300,13 @@ def compressed_like(pixels: np.ndarray, jpeg: JpegTables) -> np.ndarray:
     if not grey and jpeg.subsampling >= 0:
         options["subsampling"] = jpeg.subsampling
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "JPEG", **options)
-    buffer.seek(0)
-    with Image.open(buffer) as read:
-        return np.asarray(read.convert("L" if grey else "RGB"), dtype=np.uint8)
+    try:
+        Image.fromarray(pixels).save(buffer, "JPEG", **options)
+        buffer.seek(0)
+        with Image.open(buffer) as read:
+            return np.asarray(read.convert("L" if grey else "RGB"), dtype=np.uint8)
+    except (OSError, ValueError):  # tables a JPEG may carry but PIL will not write: compare as is
+        return pixels
 
 
 def halve(pixels: np.ndarray) -> np.ndarray:
