@@ -88,9 +88,10 @@ def decode_image(
             if draft_size and fmt in ("JPEG", "MPO"):
                 im.draft("RGB", (draft_size, draft_size))
             im.load()
-            as_stored = im.size == (width, height) and im.getexif().get(ORIENTATION_TAG) in (None, 1)
+            orientation = im.getexif().get(ORIENTATION_TAG)
+            as_stored = im.size == (width, height) and orientation in (None, 1)
             jpeg = JpegTables.of(im) if fmt in ("JPEG", "MPO") and as_stored else None
-            if im.getexif().get(ORIENTATION_TAG) in (5, 6, 7, 8):  # turned a quarter: axes swap
+            if orientation in (5, 6, 7, 8):  # turned a quarter: axes swap
                 width, height = height, width
             picture = _to_rgb(ImageOps.exif_transpose(im))
     except ImageRejected:

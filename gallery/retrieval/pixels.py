@@ -208,8 +208,7 @@ class QueryPixels:
             return None
         query = cv2.resize(self.full, (iw, ih), interpolation=cv2.INTER_AREA).astype(np.int16)
         photo = item_colour.astype(np.int16)
-        grey = cv2.cvtColor(item_colour, cv2.COLOR_RGB2GRAY)
-        shown = cv2.morphologyEx(grey, cv2.MORPH_GRADIENT, _SQUARE) >= DETAIL_LEVELS  # not flat
+        shown = _detailed(item_colour)
         if shown.sum() < 0.1 * shown.size:
             return None
         agree = np.abs(query - photo).max(axis=2) <= AGREE_LEVELS
@@ -249,8 +248,9 @@ def laid_colour_agreement(
     """The share of the photo's detailed pixels (as in `QueryPixels.overlaid_copy`) that the
     query, laid over the photo by `to_item` (a homography from the query's pixels, of its
     mirror image when `mirrored`, to the photo as a unit square), shows in the same colours
-    (after one brightness and contrast change, `_tone_fitted`); None when they hardly overlap. An edited copy keeps most of them outside its marks; another
-    colour of the same shot, or another photo of a look-alike, few."""
+    (after one brightness and contrast change, `_tone_fitted`); None when they hardly
+    overlap. An edited copy keeps most of them outside its marks; another colour of the same
+    shot, or another photo of a look-alike, few."""
     ih, iw = item_colour.shape[:2]
     if mirrored:
         query = np.ascontiguousarray(query[:, ::-1])
@@ -263,14 +263,21 @@ def laid_colour_agreement(
         to_photo = to_photo @ np.diag([qw / size[0], qh / size[1], 1.0])
     laid = cv2.warpPerspective(query, to_photo, (iw, ih), flags=cv2.INTER_LINEAR).astype(np.int16)
     inside = cv2.warpPerspective(np.full(query.shape[:2], 255, np.uint8), to_photo, (iw, ih)) > 250
-    grey = cv2.cvtColor(item_colour, cv2.COLOR_RGB2GRAY)
-    shown = (cv2.morphologyEx(grey, cv2.MORPH_GRADIENT, _SQUARE) >= DETAIL_LEVELS) & inside
+    shown = _detailed(item_colour) & inside
     if shown.sum() < 0.05 * shown.size:
         return None
     seen = laid[shown].astype(np.float32)
     fitted = _tone_fitted(item_colour[shown].astype(np.float32), seen)
     agree = np.abs(fitted - seen).max(axis=1) <= AGREE_LEVELS
     return float(agree.mean())
+
+
+def _detailed(colour: np.ndarray) -> np.ndarray:
+    """Where a photo has detail (edges, texture): its grey levels change by DETAIL_LEVELS
+    within 3x3 pixels. Flat backgrounds, white or coloured, agree with anything flat."""
+    grey = cv2.cvtColor(colour, cv2.COLOR_RGB2GRAY)
+    detailed: np.ndarray = cv2.morphologyEx(grey, cv2.MORPH_GRADIENT, _SQUARE) >= DETAIL_LEVELS
+    return detailed
 
 
 def _tone_fitted(photo: np.ndarray, seen: np.ndarray) -> np.ndarray:
