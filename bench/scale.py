@@ -7,6 +7,9 @@ perturbed mixtures of real neighbours (x_i + a (x_j - x_i) + noise, x_j among x_
 renormalised), so they keep the real vectors' clusters and spread. Queries are Q other real
 photos (CIFAR-10 `test/`) embedded as queries are. Reported:
 
+- the form of the vectors in hnswlib: compact (the app's rule, `INDEX_COMPACT_*`: from 100,000
+  items a PCA to 256 numbers learned on the vectors, the full ones as float16 beside it for the
+  re-rank) or full (`--compact 0`);
 - build: inserts/s (both cores), snapshot bytes, write (with its read-back check) and load time;
 - memory: the process's resident growth while the index is built and loaded;
 - recall@10 of the index against an exact (brute-force) search of the same vectors;
@@ -26,6 +29,7 @@ photos (CIFAR-10 `test/`) embedded as queries are. Reported:
     .venv/bin/python bench/scale.py --items 1000000 --real 6000   # about an hour of inserts here
     .venv/bin/python bench/scale.py --items 20000 --real 1000 --queries 100   # quick
     .venv/bin/python bench/scale.py --items 50000 --pgvector   # both backends side by side
+    .venv/bin/python bench/scale.py --items 20000 --compact 256   # compact below the app's threshold
 
 Upload -> searchable, search over HTTP and search while an import runs are measured against the
 running app by import_throughput.py and search_latency.py (its --synthetic index)."""
@@ -262,6 +266,12 @@ def main(argv=None) -> int:
     parser.add_argument("--real", type=int, default=3000, help="real photos embedded (the rest synthesised)")
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=200, help="searches per thread per latency level")
+    parser.add_argument(
+        "--compact",
+        type=int,
+        default=-1,
+        help="numbers per vector in hnswlib (0: full vectors; default: the app's INDEX_COMPACT_* rule)",
+    )
     parser.add_argument("--pgvector", action="store_true", help="also measure PostgreSQL + pgvector")
     parser.add_argument("--pg-url", default="", help="a PostgreSQL with pgvector (default: start pgserver)")
     h.common_arguments(parser, redis_db=13)
@@ -283,8 +293,10 @@ def main(argv=None) -> int:
 
     call_command("migrate", verbosity=0)  # a throw-away database: the embedders read the active model
 
-    from gallery.embedders import embedder_identity
+    from gallery.embedders import active_model, embedder_identity
     from gallery.index import JournalBatch, VectorIndex
+    from gallery.index.compact import Projection
+    from gallery.services.index_writer import compact_dims
 
     model, dim = embedder_identity()
     figures: dict = {"items": args.items, "model": model, "dim": dim}
@@ -305,6 +317,11 @@ def main(argv=None) -> int:
     labels = np.arange(1, args.items + 1, dtype=np.int64)
 
     rss0 = rss_mb()
+    dims = args.compact if args.compact >= 0 else compact_dims(active_model(), args.items)
+    t0 = time.perf_counter()
+    projection = Projection.learn(vectors, dims) if dims else None
+    figures["compact"] = {"dims": dims, "learn_seconds": round(time.perf_counter() - t0, 1)}
+    h.log(f"Vectors in hnswlib: {dims or dim} numbers ({figures['compact']})")
     index = VectorIndex.create(
         model,
         dim,
@@ -312,6 +329,8 @@ def main(argv=None) -> int:
         m=settings.INDEX_M,
         ef_construction=settings.INDEX_EF_CONSTRUCTION,
         ef=settings.INDEX_EF_SEARCH,
+        projection=projection,
+        learned_on=args.items,
     )
     t0 = time.perf_counter()
     for start in range(0, args.items, 10000):
@@ -333,8 +352,10 @@ def main(argv=None) -> int:
     rss1 = rss_mb()
     t0 = time.perf_counter()
     index = VectorIndex.load(directory, ef=settings.INDEX_EF_SEARCH)
+    full_file = directory / "vectors.f16"
     figures["snapshot"] = {
         "bytes": (directory / "index.bin").stat().st_size,
+        "full_vectors_bytes": full_file.stat().st_size if full_file.exists() else 0,
         "write_seconds": round(write_s, 2),
         "load_seconds": round(time.perf_counter() - t0, 2),
         "rss_of_a_loaded_copy_mb": round(rss_mb() - rss1, 1),

@@ -189,6 +189,12 @@ if VECTOR_BACKEND == "pgvector" and COPY_DETAILS:
 INDEX_EF_SEARCH = env.int("INDEX_EF_SEARCH", default=128)
 INDEX_M = env.int("INDEX_M", default=16)
 INDEX_EF_CONSTRUCTION = env.int("INDEX_EF_CONSTRUCTION", default=200)
+# Compact vectors (gallery/index/compact.py): an index of at least INDEX_COMPACT_MIN_ITEMS items
+# holds its vectors projected to INDEX_COMPACT_DIMS numbers by a PCA learned on the gallery (and
+# learned again when the gallery doubled), the full ones as float16 beside it for the re-rank.
+# 0 keeps the full vectors at every size.
+INDEX_COMPACT_DIMS = env.int("INDEX_COMPACT_DIMS", default=256)
+INDEX_COMPACT_MIN_ITEMS = env.int("INDEX_COMPACT_MIN_ITEMS", default=100_000)
 # Index changes go to a journal every process replays; a snapshot (the whole index file) is
 # written once this many changes (or this fraction of the index) piled up, or when the last one
 # is this old and something changed.

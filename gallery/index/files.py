@@ -38,6 +38,13 @@ class IndexMeta:
     generation: int = 0  # a new one per rebuild: a reader of another generation loads again
     journal_seq: int = 0  # the last journal change this snapshot holds
     journal_floor: int = 0  # changes up to this one may have been pruned from the journal
+    compact_dims: int = 0  # hnswlib holds vectors projected to this many numbers (0: the full ones)
+    compact_learned_on: int = 0  # items the projection was learned from
+
+    @property
+    def graph_dim(self) -> int:
+        """Numbers per vector in hnswlib."""
+        return self.compact_dims or self.dim
 
     @classmethod
     def read(cls, directory: Path) -> "IndexMeta | None":

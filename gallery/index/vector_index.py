@@ -11,6 +11,7 @@ import hnswlib
 import numpy as np
 
 from ..retrieval.hashes import HashIndex, HashIndexView
+from .compact import FULL_LABELS_FILE, FULL_VECTORS_FILE, PROJECTION_FILE, FullVectors, Projection
 from .files import (
     HASHES_FILE,
     INDEX_FILE,
@@ -27,6 +28,7 @@ from .files import (
 from .journal import CatchUp, Journal, JournalBatch
 
 APPLY_BATCH = 64  # items added per hold of the write lock: searches wait at most one batch
+RERANK = 100  # a compact index's candidates re-ranked by the full vectors (at least 4 k)
 POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
@@ -75,12 +77,25 @@ class VectorIndex:
     perceptual hashes), safe to search from many threads while changes are applied.
 
     An item may have several vectors (`meta.views`, e.g. a photo's details): they are stored
-    under labels `item * views + view`, and everything here speaks of items."""
+    under labels `item * views + view`, and everything here speaks of items.
 
-    def __init__(self, meta: IndexMeta, hnsw: hnswlib.Index, ef: int) -> None:
+    A compact index (`projection`, one view per item) holds projected vectors in hnswlib and
+    the full ones in `full`; searches re-rank their first candidates by the full vectors, and
+    `vector` gives the full one (see `compact`)."""
+
+    def __init__(
+        self,
+        meta: IndexMeta,
+        hnsw: hnswlib.Index,
+        ef: int,
+        projection: Projection | None = None,
+        full: FullVectors | None = None,
+    ) -> None:
         self.meta = meta
         self.hnsw = hnsw
         self.ef = ef
+        self.projection = projection
+        self.full = full if full is not None or projection is None else FullVectors(meta.dim)
         self._lock = ReadWriteLock()
         self._deleted = set(meta.deleted)
         self._hashes: dict[int, bytes] = {}  # label -> PDQ hash
@@ -106,13 +121,19 @@ class VectorIndex:
         ef_construction: int = 200,
         ef: int = 128,
         views: int = 1,
+        projection: Projection | None = None,
+        learned_on: int = 0,
     ) -> "VectorIndex":
-        hnsw = hnswlib.Index(space="cosine", dim=dim)
-        capacity *= views
+        if projection is not None and views != 1:
+            raise ValueError("a compact index holds one vector per item")
+        meta = IndexMeta(model=model, dim=dim, views=views, capacity=capacity * views)
+        if projection is not None:
+            meta.compact_dims, meta.compact_learned_on = projection.dims, learned_on
+        hnsw = hnswlib.Index(space="cosine", dim=meta.graph_dim)
         hnsw.init_index(
-            max_elements=capacity, M=m, ef_construction=ef_construction, allow_replace_deleted=False
+            max_elements=meta.capacity, M=m, ef_construction=ef_construction, allow_replace_deleted=False
         )
-        return cls(IndexMeta(model=model, dim=dim, views=views, capacity=capacity), hnsw, ef)
+        return cls(meta, hnsw, ef, projection)
 
     @classmethod
     def load(cls, directory: Path, *, ef: int = 128) -> "VectorIndex | None":
@@ -130,8 +151,14 @@ class VectorIndex:
                 raise IndexUnusable(
                     f"{path} has {size} bytes, version {meta.version} wrote {meta.index_bytes}"
                 )
-            hnsw = load_hnsw(path, meta.dim, meta.capacity)
-            index = cls(meta, hnsw, ef)
+            hnsw = load_hnsw(path, meta.graph_dim, meta.capacity)
+            if meta.compact_dims:
+                projection = Projection.read(directory / PROJECTION_FILE)
+                if projection.dims != meta.compact_dims or len(projection.mean) != meta.dim:
+                    raise IndexUnusable(f"{directory / PROJECTION_FILE} does not match {META_FILE}")
+                index = cls(meta, hnsw, ef, projection, FullVectors.load(directory, meta.dim))
+            else:
+                index = cls(meta, hnsw, ef)
             if (directory / HASHES_FILE).exists():
                 index._hashes = read_hashes(directory / HASHES_FILE)
         except IndexUnusable:
@@ -176,7 +203,11 @@ class VectorIndex:
                 needed = self.hnsw.get_current_count() + len(rows)  # at most: some may be replaced
                 if needed > self.hnsw.get_max_elements():
                     self.hnsw.resize_index(max(needed, 2 * self.hnsw.get_max_elements()))
-                self.hnsw.add_items(rows, self._stored(chunk))
+                if self.projection is not None and self.full is not None:
+                    self.full.put(chunk, rows)
+                    self.hnsw.add_items(self.projection.apply(rows), self._stored(chunk))
+                else:
+                    self.hnsw.add_items(rows, self._stored(chunk))
                 self._deleted -= set(chunk)
                 if self._codes is not None:
                     for label, row in zip(chunk, rows):
@@ -255,9 +286,17 @@ class VectorIndex:
             if label in self._deleted:
                 return None
             try:
-                return np.asarray(self.hnsw.get_items([label])[0], dtype=np.float32)
+                stored = self._full_rows([label])[0]
             except RuntimeError:
                 return None
+            return stored if self.full is None or stored.any() else None
+
+    def _full_rows(self, labels: list[int] | np.ndarray) -> np.ndarray:
+        """The items' full vectors (call with the lock held; hnswlib raises RuntimeError for a
+        label it does not hold, a compact index gives zeros)."""
+        if self.full is not None:
+            return self.full.get(labels)
+        return np.asarray(self.hnsw.get_items(labels), dtype=np.float32).reshape(-1, self.meta.dim)
 
     def query(self, vector: np.ndarray, k: int, allowed: set[int] | None = None) -> list[tuple[int, float]]:
         """The k nearest live items as (label, cosine similarity), best first. `k` is clamped
@@ -266,9 +305,20 @@ class VectorIndex:
         k = min(k, limit)
         if k <= 0:
             return []
-        views = self.meta.views
-        if views > 1:
+        if self.meta.views > 1:
             return self._query_views(vector, k, allowed)
+        if self.projection is None:
+            return self._graph_query(vector, k, allowed)
+        # Compact: the first candidates by the projected vectors, ranked by the full ones.
+        found = self._graph_query(self.projection.apply(vector)[0], min(limit, max(RERANK, 4 * k)), allowed)
+        labels = [label for label, _ in found]
+        with self._lock.reading():
+            scores = self._full_rows(labels) @ np.asarray(vector, dtype=np.float32).reshape(-1)
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [(labels[i], float(scores[i])) for i in order]
+
+    def _graph_query(self, vector: np.ndarray, k: int, allowed: set[int] | None) -> list[tuple[int, float]]:
+        """hnswlib's k nearest of one vector as it stores them (projected, when compact)."""
         flt = None if allowed is None else (lambda label: label in allowed)
         query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
         with self._lock.reading():
@@ -316,15 +366,6 @@ class VectorIndex:
             best.setdefault(item, float(1.0 - d))  # nearest first: an item's first is its best
         return sorted(best.items(), key=lambda pair: -pair[1])[:k]
 
-    def neighbours(self, labels: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The k nearest items of items already in the index (themselves included), as
-        arrays of labels and cosine similarities, one row per label."""
-        self._single_view()
-        with self._lock.reading():
-            vectors = np.asarray(self.hnsw.get_items(labels), dtype=np.float32)
-            found, distances = self.hnsw.knn_query(vectors, k=k)
-        return found.astype(np.int64), 1.0 - distances
-
     def hamming_query(
         self, vector: np.ndarray, k: int, allowed: set[int] | None = None, candidates: int = 200
     ) -> list[tuple[int, float]]:
@@ -352,9 +393,7 @@ class VectorIndex:
             if self._codes is None:
                 labels = np.array(sorted(set(self.hnsw.get_ids_list()) - self._deleted), dtype=np.int64)
                 vectors = (
-                    np.asarray(self.hnsw.get_items(labels), dtype=np.float32)
-                    if len(labels)
-                    else np.zeros((0, self.meta.dim), dtype=np.float32)
+                    self._full_rows(labels) if len(labels) else np.zeros((0, self.meta.dim), dtype=np.float32)
                 )
                 self._codes = (labels, np.packbits(vectors > 0, axis=1), vectors)
                 self._codes_added, self._codes_removed = {}, set()
@@ -411,7 +450,7 @@ class VectorIndex:
         items."""
         self.hnsw.save_index(str(path))
         try:
-            written = load_hnsw(path, self.meta.dim, self.hnsw.get_max_elements()).get_current_count()
+            written = load_hnsw(path, self.meta.graph_dim, self.hnsw.get_max_elements()).get_current_count()
         except (OSError, RuntimeError, ValueError, MemoryError) as exc:
             raise IndexWriteFailed(f"the index written to {path} cannot be read back: {exc}") from exc
         if written != self.hnsw.get_current_count():
@@ -428,6 +467,14 @@ class VectorIndex:
             self.meta.version += 1
             self.meta.capacity = self.hnsw.get_max_elements()
             atomic_write(directory / INDEX_FILE, self._write_hnsw)
+            if self.projection is not None and self.full is not None:
+                atomic_write(directory / PROJECTION_FILE, self.projection.write)
+                live = np.fromiter(set(self.hnsw.get_ids_list()) - self._deleted, dtype=np.int64)
+                self.full.write(directory, live)
+                self.full = FullVectors.load(directory, self.meta.dim)  # the file's rows, shared
+            else:
+                for name in (PROJECTION_FILE, FULL_VECTORS_FILE, FULL_LABELS_FILE):
+                    (directory / name).unlink(missing_ok=True)
             if self._hashes:
                 atomic_write(directory / HASHES_FILE, self._write_hashes)
             else:

@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from ..embedders import ModelRef, active_model, served_models
 from ..index import IndexMeta, IndexUnusable, IndexWriteFailed, VectorIndex, journal_head_touch, write_lock
+from ..index.compact import Projection
 from ..index.pgvector import PgVectorIndex
 from ..models import Embedding, Image, ImageQuerySet, IndexChange
 from ..selectors.index_journal import DATABASE_JOURNAL, index_hashes
@@ -37,7 +38,9 @@ logger = logging.getLogger(__name__)
 _writer_cache: dict[str, VectorIndex] = {}
 
 
-def index_empty(ref: ModelRef, capacity: int) -> VectorIndex:
+def index_empty(
+    ref: ModelRef, capacity: int, projection: Projection | None = None, learned_on: int = 0
+) -> VectorIndex:
     """A new, empty in-memory index for `ref`'s vectors with the configured HNSW parameters
     (not saved: the caller fills it and saves it under the write lock)."""
     return VectorIndex.create(
@@ -48,7 +51,29 @@ def index_empty(ref: ModelRef, capacity: int) -> VectorIndex:
         m=settings.INDEX_M,
         ef_construction=settings.INDEX_EF_CONSTRUCTION,
         ef=settings.INDEX_EF_SEARCH,
+        projection=projection,
+        learned_on=learned_on,
     )
+
+
+def compact_dims(ref: ModelRef, items: int) -> int:
+    """How many numbers an index of `items` of `ref`'s vectors holds each projected to (0: the
+    full vectors): the rule of `INDEX_COMPACT_DIMS` and `INDEX_COMPACT_MIN_ITEMS`. One vector
+    per item, longer than the projection, and not a hash model's (its signs are its codes)."""
+    dims = int(settings.INDEX_COMPACT_DIMS)
+    eligible = dims > 0 and ref.views == 1 and not ref.bits and ref.dim > dims
+    return dims if eligible and items >= settings.INDEX_COMPACT_MIN_ITEMS else 0
+
+
+def compact_due(ref: ModelRef, meta: IndexMeta) -> bool:
+    """The index should be built again to become compact (it grew past the threshold), to learn
+    its projection again (the gallery doubled since), or to give it up (the setting changed)."""
+    wanted = compact_dims(ref, meta.count)
+    if not meta.compact_dims:
+        return bool(wanted)
+    if compact_dims(ref, settings.INDEX_COMPACT_MIN_ITEMS) != meta.compact_dims:
+        return True
+    return meta.count >= 2 * max(1, meta.compact_learned_on)
 
 
 @contextmanager
@@ -280,7 +305,9 @@ def _index_build_locked(ref: ModelRef) -> int:
     )
     ids, vectors = stored_vectors(Image.objects.indexable(), ref.name)
     previous = IndexMeta.read(directory)
-    index = index_empty(ref, capacity=int(len(ids) * 1.25))
+    dims = compact_dims(ref, len(ids))
+    projection = Projection.learn(vectors, dims) if dims else None
+    index = index_empty(ref, capacity=int(len(ids) * 1.25), projection=projection, learned_on=len(ids))
     if previous:
         index.meta.version = previous.version
     index.meta.generation = secrets.randbits(62)  # never one a reader already holds
@@ -314,6 +341,12 @@ def index_reconcile() -> dict[str, int]:
             new, gone = _journal_write(ref, index, add=ids, remove=extra)
             if new or gone:
                 logger.warning("index %s reconciled: %d added, %d removed", ref.name, new, gone)
+            if isinstance(index, VectorIndex) and compact_due(ref, index.meta):
+                logger.warning(
+                    "index %s built again for its compact vectors (%d items)", ref.name, len(index)
+                )
+                _index_build_locked(ref)
+                continue
             # Quiet times write the snapshot the last changes have not yet earned.
             _snapshot_if_due(ref, index)
             added, removed = max(added, new), max(removed, gone)
