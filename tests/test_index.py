@@ -305,3 +305,73 @@ def test_hamming_codes_follow_changes_without_a_rebuild(rng):
     index.add([3], vectors[3:4])  # back again
     assert index.hamming_query(vectors[3], 1)[0][0] == 3
     assert len(index.hamming_query(vectors[0], 100)) == 31
+
+
+def clustered(rng, n, dim=64, clusters=12):
+    """Like an embedder's vectors: most of their spread in a few directions (here 10 of 64)."""
+    basis = np.random.default_rng(7).normal(size=(10, dim))
+    centres = np.random.default_rng(8).normal(size=(clusters, 10))
+    latent = centres[rng.integers(0, clusters, n)] + 0.5 * rng.normal(size=(n, 10))
+    v = (latent @ basis + 0.3 * rng.normal(size=(n, dim))).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_a_compact_index_ranks_and_scores_by_the_full_vectors_and_survives_a_snapshot(rng, tmp_path):
+    """hnswlib holds 16 of 64 numbers; the answers are still the full vectors' nearest, with
+    their cosines (float16: within 2e-3), before and after a save and load, with changes made
+    after the snapshot and deletes."""
+    from gallery.index.compact import Projection
+
+    vectors = clustered(rng, 600)
+    index = VectorIndex.create("m", 64, projection=Projection.learn(vectors, 16), learned_on=600)
+    index.add(list(range(1, 601)), vectors)
+    assert index.meta.compact_dims == 16 and index.hnsw.dim == 16
+    queries = clustered(rng, 30)
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10] + 1
+
+    def check(ix, removed=()):
+        for q, truth in zip(queries, exact):
+            truth = [int(t) for t in truth if t not in removed][:5]
+            found = ix.query(q, 5)
+            assert [s for _, s in found] == pytest.approx(
+                [float(q @ vectors[t - 1]) for t, _ in found], abs=2e-3
+            )
+            assert [s for _, s in found] == pytest.approx(
+                [float(q @ vectors[t - 1]) for t in truth], abs=2e-3
+            )
+            assert found[0][0] == truth[0]
+
+    check(index)
+    assert index.vector(7) == pytest.approx(vectors[6], abs=1e-3)
+    gone = int(exact[0][0])
+    index.remove([gone])
+    index.save(tmp_path)
+    loaded = VectorIndex.load(tmp_path)
+    assert loaded.meta.compact_dims == 16 and len(loaded) == 599
+    check(loaded, removed={gone})
+    assert loaded.vector(gone) is None
+    extra = clustered(rng, 1)
+    loaded.add([9999], extra)  # after the snapshot: kept in memory until the next one
+    assert loaded.query(extra[0], 1)[0] == (9999, pytest.approx(1.0, abs=2e-3))
+    loaded.save(tmp_path)
+    again = VectorIndex.load(tmp_path)
+    assert again.query(extra[0], 1)[0][0] == 9999 and len(again) == 600
+
+    with open(tmp_path / "vectors.f16", "r+b") as fh:
+        fh.truncate(1000)  # a half-written file of full vectors is refused, not served
+    with pytest.raises(IndexUnusable):
+        VectorIndex.load(tmp_path)
+
+
+def test_a_full_index_saved_over_a_compact_one_leaves_no_compact_files(rng, tmp_path):
+    from gallery.index.compact import Projection
+
+    vectors = clustered(rng, 50)
+    compact = VectorIndex.create("m", 64, projection=Projection.learn(vectors, 8))
+    compact.add(list(range(50)), vectors)
+    compact.save(tmp_path)
+    full = VectorIndex.create("m", 64)
+    full.add(list(range(50)), vectors)
+    full.save(tmp_path)
+    assert not any((tmp_path / name).exists() for name in ("vectors.f16", "projection.npz"))
+    assert VectorIndex.load(tmp_path).meta.compact_dims == 0

@@ -36,7 +36,8 @@ from .files import (
 )
 from .journal import CatchUp, Journal, JournalBatch
 from .reader import IndexReader
-from .vector_index import POPCOUNT, ReadWriteLock, VectorIndex
+from .sign_codes import POPCOUNT
+from .vector_index import ReadWriteLock, VectorIndex
 
 __all__ = [
     "HASHES_FILE",

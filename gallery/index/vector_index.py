@@ -26,10 +26,10 @@ from .files import (
     read_hashes,
 )
 from .journal import CatchUp, Journal, JournalBatch
+from .sign_codes import SignCodes, hamming_ranked
 
 APPLY_BATCH = 64  # items added per hold of the write lock: searches wait at most one batch
 RERANK = 100  # a compact index's candidates re-ranked by the full vectors (at least 4 k)
-POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
 class ReadWriteLock:
@@ -104,10 +104,7 @@ class VectorIndex:
         self._hash_removed: set[int] = set()
         self._hash_view: HashIndexView | None = None
         # (labels, packed sign bits, vectors), for hamming_query
-        self._codes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        self._codes_added: dict[int, np.ndarray] = {}  # changes since the codes were built
-        self._codes_removed: set[int] = set()
-        self._codes_lock = threading.Lock()
+        self._codes = SignCodes(meta.dim)  # for hamming_query, built on its first call
         hnsw.set_ef(ef)  # not persisted by hnswlib: set after every load
 
     @classmethod
@@ -209,9 +206,7 @@ class VectorIndex:
                 else:
                     self.hnsw.add_items(rows, self._stored(chunk))
                 self._deleted -= set(chunk)
-                if self._codes is not None:
-                    for label, row in zip(chunk, rows):
-                        self._codes_added[label] = row
+                self._codes.added(chunk, rows)
                 for label, code in zip(chunk, codes[start : start + APPLY_BATCH]):
                     if code:
                         self._hash_set(label, bytes(code))
@@ -250,8 +245,7 @@ class VectorIndex:
                     continue  # not in the index
                 self._deleted.add(label)
                 self._hash_drop(label)
-                self._codes_added.pop(label, None)
-                self._codes_removed.add(label)
+                self._codes.removed(label)
                 removed += 1
             self._sync_meta()
         return removed
@@ -369,49 +363,18 @@ class VectorIndex:
     def hamming_query(
         self, vector: np.ndarray, k: int, allowed: set[int] | None = None, candidates: int = 200
     ) -> list[tuple[int, float]]:
-        """Binary-code search for hash models (vector = normalised 2h - 1, so its signs are
-        the bits): every live item ranked by Hamming distance of packed codes, the best
-        `candidates` re-ranked by cosine. The codes are built once (hnswlib's `get_items`
-        costs about 0.1 ms per item); later changes are merged into them."""
+        """Binary-code search for hash models (`sign_codes`): every live item ranked by
+        Hamming distance, the best `candidates` re-ranked by cosine."""
         self._single_view()
-        codes_now = self._codes_current()
-        labels, codes, vectors = codes_now
-        if allowed is not None:
-            keep = np.isin(labels, np.fromiter(allowed, dtype=np.int64, count=len(allowed)))
-            labels, codes, vectors = labels[keep], codes[keep], vectors[keep]
-        if not len(labels):
-            return []
-        query = np.asarray(vector, dtype=np.float32)
-        distance = POPCOUNT[codes ^ np.packbits(query > 0)].sum(axis=1, dtype=np.int32)
-        best = np.argsort(distance, kind="stable")[: max(k, candidates)]
-        scores = vectors[best] @ query
-        order = np.argsort(-scores, kind="stable")[:k]
-        return [(int(labels[best[i]]), float(scores[i])) for i in order]
+        with self._lock.reading():
+            codes = self._codes.current(self._live_rows)
+        return hamming_ranked(codes, vector, k, allowed, candidates)
 
-    def _codes_current(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        with self._lock.reading(), self._codes_lock:  # searches merge one at a time
-            if self._codes is None:
-                labels = np.array(sorted(set(self.hnsw.get_ids_list()) - self._deleted), dtype=np.int64)
-                vectors = (
-                    self._full_rows(labels) if len(labels) else np.zeros((0, self.meta.dim), dtype=np.float32)
-                )
-                self._codes = (labels, np.packbits(vectors > 0, axis=1), vectors)
-                self._codes_added, self._codes_removed = {}, set()
-            elif self._codes_added or self._codes_removed:
-                labels, codes, vectors = self._codes
-                gone = np.fromiter(self._codes_removed | set(self._codes_added), dtype=np.int64)
-                keep = ~np.isin(labels, gone)
-                new_labels = np.fromiter(self._codes_added, dtype=np.int64, count=len(self._codes_added))
-                new_vectors = np.asarray(list(self._codes_added.values()), dtype=np.float32).reshape(
-                    len(new_labels), self.meta.dim
-                )
-                self._codes = (
-                    np.concatenate([labels[keep], new_labels]),
-                    np.concatenate([codes[keep], np.packbits(new_vectors > 0, axis=1)]),
-                    np.concatenate([vectors[keep], new_vectors]),
-                )
-                self._codes_added, self._codes_removed = {}, set()
-            return self._codes
+    def _live_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.array(sorted(set(self.hnsw.get_ids_list()) - self._deleted), dtype=np.int64)
+        if not len(labels):
+            return labels, np.zeros((0, self.meta.dim), dtype=np.float32)
+        return labels, self._full_rows(labels)
 
     def hash_index(self) -> HashIndexView:
         """The live items' perceptual hashes, searchable by Hamming distance. The multi-index

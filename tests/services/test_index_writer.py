@@ -198,3 +198,32 @@ def test_without_a_loadable_index_search_answers_from_the_database(clean_index):
     ]
     result = selectors.image_search_by_image(make_image_bytes(92), k=2)
     assert result.hits[0].image.pk == images[2].pk
+
+
+def test_a_gallery_past_the_compact_threshold_is_built_again_compact_and_searches_alike(
+    clean_index, settings
+):
+    """The reconcile (the beat's background task) builds the index again with compact vectors
+    once it holds INDEX_COMPACT_MIN_ITEMS, and back with full ones when the setting is turned
+    off; searches give the same items with the same scores (float16: within 2e-3)."""
+    settings.INDEX_COMPACT_DIMS, settings.INDEX_COMPACT_MIN_ITEMS = 8, 6
+    images = [services.image_create(data=make_image_bytes(seed))[0] for seed in range(70, 76)]
+    embed_and_index(*(im.pk for im in images[:5]))
+    assert IndexMeta.read(clean_index).compact_dims == 0
+    query = make_image_bytes(72)
+    before = [(hit.image.pk, hit.score) for hit in selectors.image_search_by_image(query, k=5).hits]
+    embed_and_index(images[5].pk)
+    services.index_reconcile()
+    meta = IndexMeta.read(clean_index)
+    assert (meta.compact_dims, meta.compact_learned_on, meta.count) == (8, 6, 6)
+    assert (clean_index / "vectors.f16").stat().st_size == 6 * meta.dim * 2
+    selectors.index_readers_forget()
+    after = [(hit.image.pk, hit.score) for hit in selectors.image_search_by_image(query, k=5).hits]
+    assert [pk for pk, _ in after][:2] == [pk for pk, _ in before][:2] == [images[2].pk, after[1][0]]
+    assert after[0][1] == pytest.approx(before[0][1], abs=2e-3)
+    services.index_reconcile()
+    assert IndexMeta.read(clean_index).generation == meta.generation  # not built again: nothing due
+    settings.INDEX_COMPACT_DIMS = 0
+    services.index_reconcile()
+    assert IndexMeta.read(clean_index).compact_dims == 0
+    assert not (clean_index / "vectors.f16").exists()
