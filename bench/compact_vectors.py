@@ -9,7 +9,10 @@ hashes or verification: what an index holds).
   catalogue photos count as the same original). Re-rank: the first 50.
 - Categories: CIFAR-10, 10,000 `train/` photos as the gallery, 1,000 `test/` photos as queries:
   mAP@1000 by class. Re-rank: the first 100.
-- Memory per item of each form.
+- The app's own form (`gallery.index.compact`: its PCA, the first max(100, 4 k) candidates
+  re-ranked by the float16 full vectors).
+- Memory per item of each form (in hnswlib; the app's form keeps 2 bytes per number beside it,
+  in a file shared by every process).
 
     .venv/bin/python bench/compact_vectors.py
     .venv/bin/python bench/compact_vectors.py --cifar-gallery 2000 --cifar-queries 200 --per 4   # quick"""
@@ -30,6 +33,7 @@ import numpy as np
 from harness import edits
 from PIL import Image
 
+APP_DIMS = 256  # INDEX_COMPACT_DIMS's default
 CIFAR = "cifar10-jpg.zip"
 PRODUCTS = "fashion-products-6k.zip"
 
@@ -98,6 +102,8 @@ def main(argv=None) -> int:
 
     django.setup()
     from gallery.embedders import copy_model, get_embedder
+    from gallery.index.compact import Projection
+    from gallery.index.vector_index import RERANK
 
     embedder = get_embedder(copy_model())
     rng = random.Random(args.seed)
@@ -149,6 +155,26 @@ def main(argv=None) -> int:
             for rerank in (False, True):
                 name = f"PCA {dims}-d, whitening power {power}" + (", exact re-rank" if rerank else "")
                 rows[name] = measure(products_pca, cifar_pca, rerank) | {"bytes_per_item": dims * 4}
+    # What the app does (gallery.index.compact, VectorIndex.query): its Projection, the first
+    # max(RERANK, 4 k) candidates re-ranked by the float16 full vectors.
+    app_products, app_cifar = Projection.learn(gallery, APP_DIMS), Projection.learn(cg, APP_DIMS)
+    g16, q16 = half(gallery), queries
+    r1, r10 = near_duplicate_recall(
+        ranked(app_products.apply(gallery), app_products.apply(queries), g16, q16, 50, max(RERANK, 40)),
+        truth,
+        same,
+    )
+    m = mean_average_precision(
+        ranked(app_cifar.apply(cg), app_cifar.apply(cq), half(cg), cq, 1000, min(1000, max(RERANK, 4000))),
+        cg_labels,
+        cq_labels,
+    )
+    rows[f"app: PCA {APP_DIMS}-d + float16 re-rank"] = {
+        "neardup_recall@1": r1,
+        "neardup_recall@10": r10,
+        "cifar_map@1000": m,
+        "bytes_per_item": APP_DIMS * 4,
+    }
     baseline = rows["full 1472-d float32"]
     h.log(f"{'form':<48}{'nd r@1':>8}{'nd r@10':>9}{'mAP@1000':>10}{'bytes':>7}")
     for name, row in rows.items():

@@ -14,6 +14,8 @@ photos (CIFAR-10 `test/`) embedded as queries are. Reported:
 - memory: the process's resident growth while the index is built and loaded;
 - recall@10 of the index against an exact (brute-force) search of the same vectors;
 - search latency (the index alone: no decoding or embedding) with 1 and 8 threads, p50/p95/p99;
+- one client's search with the query's embedding: a 768x1024 JPEG decoded, embedded and hashed,
+  the hash lookups over as many codes as items, the index's nearest (`measure_query_path`);
 - filtered search for categories of 1 %, 10 % and 50 % of the items, by each primitive the app's
   category rule chooses from (`selectors.search._category_hits`): an exact scan of the members'
   vectors (the app reads them from the database first: not counted here), an unfiltered search
@@ -260,6 +262,101 @@ def measure_pgvector(args, model: str, dim: int, vectors, queries, truth, rng) -
     return {"pgvector": figures}
 
 
+def query_photos(zip_path: Path, names: list[str]) -> list[bytes]:
+    """Product photos as a phone sends them: 768x1024 JPEGs."""
+    from PIL import Image
+
+    out = []
+    for im in read_images(zip_path, names):
+        buf = io.BytesIO()
+        im.resize((768, 1024), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def measure_query_path(index, photos: list[bytes], items: int, rng: np.random.Generator, repeat: int) -> dict:
+    """One client's search at this size with the query's embedding: decode a 768x1024 JPEG
+    (the search's reduced-scale draft), its vector and PDQ hashes (mirrors and turns), the
+    index's 30 nearest, and the hash lookups over as many codes as items (multi-index within
+    the loose radius, the exact nearest scan). The pipeline's other stages work on a fixed
+    number of candidates, whatever the size."""
+    from django.conf import settings
+
+    from gallery.embedders import get_embedder
+    from gallery.imaging import decode_image
+    from gallery.retrieval.hashes import HashIndex, pdq_dihedral
+    from gallery.retrieval.params import retrieval_params
+
+    embedder = get_embedder()
+    codes = rng.integers(0, 256, (items, 32), dtype=np.uint8)
+    t0 = time.perf_counter()
+    hashes = HashIndex(np.arange(1, items + 1), codes)
+    hashes.nearest(codes[0], 1)  # its columns, built once per index version
+    build_s = time.perf_counter() - t0
+    radius = retrieval_params().copies.loose_hash_distance
+    stages: dict[str, list[float]] = {"decode_embed": [], "hashes": [], "vector_index": [], "total": []}
+    for r in range(repeat + 3):
+        t0 = time.perf_counter()
+        picture = decode_image(
+            photos[r % len(photos)],
+            max_bytes=settings.UPLOAD_MAX_BYTES,
+            max_pixels=settings.UPLOAD_MAX_PIXELS,
+            draft_size=2 * settings.EMBEDDER_IMAGE_SIZE,
+        ).image
+        vector = embedder.embed([picture])[0]
+        t1 = time.perf_counter()
+        own, _ = pdq_dihedral(picture)
+        hashes.within(own, radius)
+        hashes.nearest(own[0], 5)
+        t2 = time.perf_counter()
+        index.query(vector, 30)
+        t3 = time.perf_counter()
+        if r >= 3:  # the first ones warm the embedder
+            for name, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
+                stages[name].append(value)
+    return {"hash_index_build_seconds": round(build_s, 2)} | {
+        name: h.summarize_ms(values) for name, values in stages.items()
+    }
+
+
+def measure_filtered(index, vectors: np.ndarray, labels: np.ndarray, queries: np.ndarray, rng, args) -> dict:
+    """Categories of 1 %, 10 % and 50 % of the items, by each primitive the app chooses from."""
+    filtered = {}
+    fetch = 30  # what the app fetches for k=20
+    for share in (0.01, 0.10, 0.50):
+        members = np.sort(rng.choice(labels, int(share * args.items), replace=False))
+        member_set = set(members.tolist())
+        is_member = np.zeros(args.items + 1, dtype=bool)
+        is_member[members] = True
+        over = min(args.items, int(2 * fetch / share) + 10)
+
+        member_vectors = vectors[members - 1]  # as the app reads them from the database
+
+        def scan(q, member_vectors=member_vectors, members=members):
+            return members[np.argsort(-(member_vectors @ q))[:fetch]]
+
+        def overfetch(q, is_member=is_member, over=over):
+            return [label for label, _ in index.query(q, over) if is_member[label]][:fetch]
+
+        def with_set(q, member_set=member_set):
+            return index.query(q, fetch, allowed=member_set)
+
+        row = {}
+        for name, fn in (("exact_scan", scan), ("overfetch_check", overfetch), ("hnsw_set_filter", with_set)):
+            row[name] = timed_searches(fn, queries, 1, max(20, args.repeat // 4))
+        t0 = time.perf_counter()
+        for _ in range(5):
+            set(members.tolist())
+        row["set_build_ms"] = round((time.perf_counter() - t0) / 5 * 1000, 2)
+        filtered[f"{int(share * 100)}%"] = row
+        h.log(
+            f"  category {share:.0%}: scan p50 {row['exact_scan']['p50_ms']} ms, over-fetch "
+            f"{row['overfetch_check']['p50_ms']} ms, set filter {row['hnsw_set_filter']['p50_ms']} ms "
+            f"(+ set {row['set_build_ms']} ms)"
+        )
+    return filtered
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=200_000)
@@ -373,40 +470,13 @@ def main(argv=None) -> int:
     for level in figures["search"]:
         h.log(f"  search, {level['threads']} threads: {h.fmt_summary(level)}  {level['throughput_qps']} q/s")
 
-    filtered = {}
-    fetch = 30  # what the app fetches for k=20
-    for share in (0.01, 0.10, 0.50):
-        members = np.sort(rng.choice(labels, int(share * args.items), replace=False))
-        member_set = set(members.tolist())
-        is_member = np.zeros(args.items + 1, dtype=bool)
-        is_member[members] = True
-        over = min(args.items, int(2 * fetch / share) + 10)
-
-        member_vectors = vectors[members - 1]  # as the app reads them from the database
-
-        def scan(q, member_vectors=member_vectors, members=members):
-            return members[np.argsort(-(member_vectors @ q))[:fetch]]
-
-        def overfetch(q, is_member=is_member, over=over):
-            return [label for label, _ in index.query(q, over) if is_member[label]][:fetch]
-
-        def with_set(q, member_set=member_set):
-            return index.query(q, fetch, allowed=member_set)
-
-        row = {}
-        for name, fn in (("exact_scan", scan), ("overfetch_check", overfetch), ("hnsw_set_filter", with_set)):
-            row[name] = timed_searches(fn, queries, 1, max(20, args.repeat // 4))
-        t0 = time.perf_counter()
-        for _ in range(5):
-            set(members.tolist())
-        row["set_build_ms"] = round((time.perf_counter() - t0) / 5 * 1000, 2)
-        filtered[f"{int(share * 100)}%"] = row
-        h.log(
-            f"  category {share:.0%}: scan p50 {row['exact_scan']['p50_ms']} ms, over-fetch "
-            f"{row['overfetch_check']['p50_ms']} ms, set filter {row['hnsw_set_filter']['p50_ms']} ms "
-            f"(+ set {row['set_build_ms']} ms)"
-        )
-    figures["filtered"] = filtered
+    figures["query_path"] = measure_query_path(
+        index, query_photos(products, pick.sample(h.zip_image_names(products), 50)), args.items, rng, 100
+    )
+    for stage, value in figures["query_path"].items():
+        shown = value if isinstance(value, float) else h.fmt_summary(value)
+        h.log(f"  one client's search, {stage}: {shown}")
+    figures["filtered"] = measure_filtered(index, vectors, labels, queries, rng, args)
 
     extra = synthesise(real, len(real) + 2000, rng)[len(real) :]
     batch = JournalBatch(0, list(range(args.items + 1, args.items + 2001)), extra, [], [], False)
