@@ -12,6 +12,7 @@ and the journal before the previous snapshot is pruned then. A rebuild starts a 
 generation, which every reader loads in the background."""
 
 import logging
+import random
 import secrets
 import time
 from collections.abc import Iterator, Sequence
@@ -25,7 +26,7 @@ from django.utils import timezone
 
 from ..embedders import ModelRef, active_model, served_models
 from ..index import IndexMeta, IndexUnusable, IndexWriteFailed, VectorIndex, journal_head_touch, write_lock
-from ..index.compact import Projection
+from ..index.compact import LEARN_SAMPLE, Projection
 from ..index.pgvector import PgVectorIndex
 from ..models import Embedding, Image, ImageQuerySet, IndexChange
 from ..selectors.index_journal import DATABASE_JOURNAL, index_hashes
@@ -36,6 +37,7 @@ from .recovery import images_catch_up_with_active_model
 logger = logging.getLogger(__name__)
 
 _writer_cache: dict[str, VectorIndex] = {}
+BUILD_CHUNK = 5000  # images whose vectors a build reads at once
 
 
 def index_empty(
@@ -195,6 +197,17 @@ def stored_vectors(images: ImageQuerySet, model_name: str) -> tuple[list[int], l
     return ids, vectors
 
 
+def _vectors_of(ref: ModelRef, ids: list[int]) -> tuple[list[int], list[np.ndarray]]:
+    """`stored_vectors` of the given images, read BUILD_CHUNK at a time."""
+    found: list[int] = []
+    vectors: list[np.ndarray] = []
+    for start in range(0, len(ids), BUILD_CHUNK):
+        chunk, rows = stored_vectors(Image.objects.filter(pk__in=ids[start : start + BUILD_CHUNK]), ref.name)
+        found += chunk
+        vectors += rows
+    return found, vectors
+
+
 def index_sync(image_ids: list[int] | None = None) -> int:
     """Add every image still marked processing that has all it needs (and the given indexed
     ones, e.g. just approved or just hashed) to every served index if it may be searched,
@@ -303,18 +316,23 @@ def _index_build_locked(ref: ModelRef) -> int:
     head = (
         IndexChange.objects.filter(model_name=ref.name).order_by("-id").values_list("id", flat=True).first()
     )
-    ids, vectors = stored_vectors(Image.objects.indexable(), ref.name)
+    # Read a chunk at a time (a million vectors are 6 GB): the writer holds the new index only.
+    ids = list(Image.objects.indexable().with_vector(ref.name).order_by("pk").values_list("pk", flat=True))
     previous = IndexMeta.read(directory)
     dims = compact_dims(ref, len(ids))
-    projection = Projection.learn(vectors, dims) if dims else None
+    projection = None
+    if dims:
+        sample = sorted(random.Random(len(ids)).sample(ids, min(len(ids), LEARN_SAMPLE)))
+        projection = Projection.learn(_vectors_of(ref, sample)[1], dims)
     index = index_empty(ref, capacity=int(len(ids) * 1.25), projection=projection, learned_on=len(ids))
     if previous:
         index.meta.version = previous.version
     index.meta.generation = secrets.randbits(62)  # never one a reader already holds
     index.meta.journal_seq = index.meta.journal_floor = head or 0
-    for start in range(0, len(ids), 10000):
-        chunk = ids[start : start + 10000]
-        index.add(chunk, np.stack(vectors[start : start + 10000]), index_hashes(ref.name, chunk))
+    for start in range(0, len(ids), BUILD_CHUNK):
+        chunk, vectors = _vectors_of(ref, ids[start : start + BUILD_CHUNK])
+        if chunk:
+            index.add(chunk, np.stack(vectors), index_hashes(ref.name, chunk))
     index.save(directory)
     IndexChange.objects.filter(model_name=ref.name, id__lte=head or 0).delete()
     _writer_cache[str(directory)] = index
