@@ -9,7 +9,7 @@ hashes or verification: what an index holds).
   catalogue photos count as the same original). Re-rank: the first 50.
 - Categories: CIFAR-10, 10,000 `train/` photos as the gallery, 1,000 `test/` photos as queries:
   mAP@1000 by class. Re-rank: the first 100.
-- The app's own form (`gallery.index.compact`: its PCA, the first max(100, 4 k) candidates
+- The app's own form (`gallery.index.compact`: its PCA, the first max(RERANK, 2 k) candidates
   re-ranked by the float16 full vectors).
 - Memory per item of each form (in hnswlib; the app's form keeps 2 bytes per number beside it,
   in a file shared by every process).
@@ -156,16 +156,23 @@ def main(argv=None) -> int:
                 name = f"PCA {dims}-d, whitening power {power}" + (", exact re-rank" if rerank else "")
                 rows[name] = measure(products_pca, cifar_pca, rerank) | {"bytes_per_item": dims * 4}
     # What the app does (gallery.index.compact, VectorIndex.query): its Projection, the first
-    # max(RERANK, 4 k) candidates re-ranked by the float16 full vectors.
+    # max(RERANK, 2 k) candidates re-ranked by the float16 full vectors.
     app_products, app_cifar = Projection.learn(gallery, APP_DIMS), Projection.learn(cg, APP_DIMS)
     g16, q16 = half(gallery), queries
     r1, r10 = near_duplicate_recall(
-        ranked(app_products.apply(gallery), app_products.apply(queries), g16, q16, 50, max(RERANK, 40)),
+        ranked(
+            app_products.apply(gallery),
+            app_products.apply(queries),
+            g16,
+            q16,
+            max(50, RERANK),
+            max(RERANK, 20),
+        ),
         truth,
         same,
     )
     m = mean_average_precision(
-        ranked(app_cifar.apply(cg), app_cifar.apply(cq), half(cg), cq, 1000, min(1000, max(RERANK, 4000))),
+        ranked(app_cifar.apply(cg), app_cifar.apply(cq), half(cg), cq, 1000, min(1000, max(RERANK, 2000))),
         cg_labels,
         cq_labels,
     )

@@ -2,10 +2,10 @@
 by a PCA learned on the gallery it serves (a few hundred numbers instead of 1,472: a fifth of the
 memory, faster inserts and searches); the full vectors are kept beside it as float16 in a file
 that every process maps read-only (one copy in the page cache, not one per process), and the
-first candidates of every search are re-ranked by them, so scores stay the full vectors' cosines
-(the tiers' thresholds are set on those). bench/compact_vectors.py measured the forms:
-unwhitened PCA to 256-d, re-ranked, keeps near-duplicate recall@1 and raises CIFAR-10 mAP@1000
-(0.402 -> 0.424); whitening lowers it."""
+first candidates of every search (`vector_index.RERANK`) are re-ranked by them, so scores stay
+the full vectors' cosines (the tiers' thresholds are set on those). bench/compact_vectors.py
+measured the forms: unwhitened PCA to 256-d, re-ranked, keeps near-duplicate recall@1 and
+raises CIFAR-10 mAP@1000 (0.402 -> 0.424); whitening lowers it."""
 
 from __future__ import annotations
 
