@@ -8,6 +8,7 @@ fashion ids are unique) must come first.
 
     .venv/bin/python bench/neardup.py                      # full size: 6,000 photos, 500 queries
     .venv/bin/python bench/neardup.py --limit 300 --queries 50
+    .venv/bin/python bench/neardup.py --compact 256        # the index's compact form (issue 15)
 
 Queries without the JPEG edit are sent as PNG so that only the named edit applies. Catalogue
 photos whose decoded pixels are identical count as the same original (the import stores
@@ -16,6 +17,7 @@ byte-identical files once; the report says how many such groups there are)."""
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import time
@@ -35,6 +37,22 @@ from gallery.learning.edits import EDIT_KINDS, apply_edit  # noqa: E402
 # --- main ----------------------------------------------------------------------------------------
 
 
+def compact_during_import(app: h.BenchApp, compact: int) -> None:
+    """With --compact: none during the import (one build of the whole gallery after it)."""
+    if compact:
+        app.env.update(INDEX_COMPACT_DIMS=str(compact), INDEX_COMPACT_MIN_ITEMS=str(10**9))
+
+
+def index_built(app: h.BenchApp, compact: int) -> dict:
+    """The index's meta.json once it is in the asked form (--compact: built again compact)."""
+    if compact:
+        app.run_manage(["rebuild_index"], env={"INDEX_COMPACT_MIN_ITEMS": "1"})
+        time.sleep(5)  # the web process loads the new generation in the background
+    meta: dict = json.loads((app.index_dir / "meta.json").read_text())
+    h.log(f"Index: {meta['count']} items, {meta.get('compact_dims') or 'full'} numbers per vector in hnswlib")
+    return meta
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", type=int, default=0, help="import only N catalogue photos (seeded sample)")
@@ -43,6 +61,13 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--k", type=int, default=10, help="results asked per query (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=0, help="give up the import after this many seconds")
+    parser.add_argument(
+        "--compact",
+        type=int,
+        default=0,
+        help="after the import, build the index again with its vectors projected to this many numbers "
+        "(INDEX_COMPACT_DIMS, whatever the gallery's size) and query that",
+    )
     h.common_arguments(parser, redis_db=9)
     args = parser.parse_args(argv)
     h.install_signal_handlers()
@@ -73,6 +98,7 @@ def main(argv=None) -> int:
 
     with h.BenchApp("neardup", args) as app:
         app.prepare()
+        compact_during_import(app, args.compact)
         app.start()
         source = (
             zip_path
@@ -86,6 +112,8 @@ def main(argv=None) -> int:
             f"(new {imported.get('new')}, already present {imported.get('duplicates')}, "
             f"refused {imported.get('refused')}, failed {imported.get('failed')})."
         )
+
+        index_meta = index_built(app, args.compact)
 
         api = h.Api(app.base_url)
         for q in queries[:3]:  # warm-up, not counted
@@ -165,6 +193,7 @@ def main(argv=None) -> int:
             for k in ("seconds", "stored_seconds", "new", "duplicates", "refused", "searchable", "failed")
         },
         "query_seconds": round(query_seconds, 2),
+        "index_compact_dims": index_meta.get("compact_dims", 0),
         "server_took_ms": h.summarize_ms(
             [q["took_ms"] / 1000 for q in queries if q.get("took_ms") is not None]
         ),

@@ -20,7 +20,8 @@ photos (CIFAR-10 `test/`) embedded as queries are. Reported:
   category rule chooses from (`selectors.search._category_hits`): an exact scan of the members'
   vectors (the app reads them from the database first: not counted here), an unfiltered search
   over-fetched by the share, hnswlib's filter with a set;
-- the journal: how fast a reader applies changes (adds/s), as every process does after an update;
+- the journal: how fast a reader applies changes (adds/s), as every process does after an update,
+  and the next snapshot's cost (compact: the full vectors' file is appended to);
 - with `--pgvector`: a PostgreSQL 16 with pgvector 0.6.2 (PyPI `pgserver`, started here, or
   `--pg-url`) holding the same vectors under the app's own `PgVectorIndex`: inserts/s (through
   its HNSW index, as the app writes), table and index size on disk, recall@10, search latency
@@ -484,6 +485,10 @@ def main(argv=None) -> int:
     index.apply(batch)
     figures["journal_replay_adds_per_s"] = round(2000 / (time.perf_counter() - t0), 1)
     h.log(f"A reader applies journal adds at {figures['journal_replay_adds_per_s']}/s")
+    t0 = time.perf_counter()
+    index.save(directory)  # the next snapshot, 2,000 changes later
+    figures["snapshot_after_2000_adds_seconds"] = round(time.perf_counter() - t0, 2)
+    h.log(f"The next snapshot, 2,000 adds later: {figures['snapshot_after_2000_adds_seconds']} s")
     figures["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     figures |= measure_pgvector(args, model, dim, vectors, queries, truth, rng)
     h.write_result(

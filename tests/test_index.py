@@ -352,10 +352,20 @@ def test_a_compact_index_ranks_and_scores_by_the_full_vectors_and_survives_a_sna
     assert loaded.vector(gone) is None
     extra = clustered(rng, 1)
     loaded.add([9999], extra)  # after the snapshot: kept in memory until the next one
+    loaded.add([7], vectors[8:9])  # a replaced vector: its new row wins
     assert loaded.query(extra[0], 1)[0] == (9999, pytest.approx(1.0, abs=2e-3))
-    loaded.save(tmp_path)
+    rows_file = tmp_path / "vectors.f16"
+    before = rows_file.stat()
+    loaded.save(tmp_path)  # the two new rows appended, the file not written anew
+    after = rows_file.stat()
+    assert (after.st_ino, after.st_size) == (before.st_ino, before.st_size + 2 * 64 * 2)
     again = VectorIndex.load(tmp_path)
     assert again.query(extra[0], 1)[0][0] == 9999 and len(again) == 600
+    assert again.vector(7) == pytest.approx(vectors[8], abs=1e-3)
+    again.remove(list(range(1, 401)))  # most rows dead: the file is written anew, live rows only
+    again.save(tmp_path)
+    assert rows_file.stat().st_ino != after.st_ino and rows_file.stat().st_size == 201 * 64 * 2
+    assert VectorIndex.load(tmp_path).vector(9999) == pytest.approx(extra[0], abs=1e-3)
 
     with open(tmp_path / "vectors.f16", "r+b") as fh:
         fh.truncate(1000)  # a half-written file of full vectors is refused, not served

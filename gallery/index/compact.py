@@ -9,17 +9,19 @@ raises CIFAR-10 mAP@1000 (0.402 -> 0.424); whitening lowers it."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from .files import atomic_write
 
 PROJECTION_FILE = "projection.npz"
-FULL_VECTORS_FILE = "vectors.f16"  # rows of float16, in the order of FULL_LABELS_FILE
-FULL_LABELS_FILE = "vector_labels.npy"  # sorted int64
+FULL_VECTORS_FILE = "vectors.f16"  # rows of float16, appended to (see FullVectors)
+FULL_LABELS_FILE = "vector_labels.npy"  # int64: the label of each row, in file order
 LEARN_SAMPLE = 50_000  # vectors a projection is learned on (a random sample of the gallery)
 
 
@@ -65,28 +67,47 @@ class Projection:
 
 class FullVectors:
     """Each item's full vector as float16 (its cosines are within about 1e-3 of float32's): the
-    snapshot's rows mapped from its file, rows added since kept in memory until the next
-    snapshot. Rows of deleted items stay until then; the index never asks for them."""
+    snapshot's rows mapped from its file, rows added since kept in memory until the next one.
 
-    def __init__(self, dim: int, labels: np.ndarray | None = None, rows: np.ndarray | None = None) -> None:
+    The file grows by appending: a snapshot writes at its end only the rows added since the last
+    one (its cost is in proportion to the change, not to the index) and then, atomically, the
+    label of every row in file order; a label's last row is its vector. Rows of deleted or
+    replaced items are left until they are a third of the file, which is then written anew (as
+    it is when the file on disk is not the one these rows came from, e.g. after a rebuild).
+    Appending never touches the rows other processes have mapped."""
+
+    def __init__(
+        self,
+        dim: int,
+        file_labels: np.ndarray | None = None,
+        rows: np.ndarray | None = None,
+        origin: tuple[int, int, int] | None = None,
+    ) -> None:
         self.dim = dim
-        self._labels = labels if labels is not None else np.zeros(0, dtype=np.int64)
+        self._file_labels = file_labels if file_labels is not None else np.zeros(0, dtype=np.int64)
         self._rows = rows if rows is not None else np.zeros((0, dim), dtype=np.float16)
+        self._origin = origin  # (device, inode, bytes) of the file the rows are mapped from
+        order = np.argsort(self._file_labels, kind="stable")
+        ordered = self._file_labels[order]
+        last = np.ones(len(order), dtype=bool)
+        last[:-1] = ordered[1:] != ordered[:-1]  # of equal labels, the later row
+        self._labels, self._label_rows = ordered[last], order[last]
         self._added: dict[int, np.ndarray] = {}
 
     @classmethod
     def load(cls, directory: Path, dim: int) -> FullVectors:
-        labels = np.load(directory / FULL_LABELS_FILE)
-        expected = len(labels) * dim * 2
-        size = (directory / FULL_VECTORS_FILE).stat().st_size
-        if size != expected:
-            raise ValueError(f"{directory / FULL_VECTORS_FILE} has {size} bytes, {expected} expected")
+        file_labels = np.load(directory / FULL_LABELS_FILE).astype(np.int64)
+        path = directory / FULL_VECTORS_FILE
+        expected = len(file_labels) * dim * 2
+        st = path.stat()
+        if st.st_size < expected:
+            raise ValueError(f"{path} has {st.st_size} bytes, {expected} expected")
         rows = (
-            np.memmap(directory / FULL_VECTORS_FILE, dtype=np.float16, mode="r", shape=(len(labels), dim))
-            if len(labels)
+            np.memmap(path, dtype=np.float16, mode="r", shape=(len(file_labels), dim))
+            if len(file_labels)
             else None
         )
-        return cls(dim, labels.astype(np.int64), rows)
+        return cls(dim, file_labels, rows, (st.st_dev, st.st_ino, expected))
 
     def put(self, labels: list[int], vectors: np.ndarray) -> None:
         for label, row in zip(labels, np.asarray(vectors, dtype=np.float16).reshape(len(labels), self.dim)):
@@ -108,26 +129,46 @@ class FullVectors:
             pos = np.minimum(np.searchsorted(self._labels, wanted[where]), len(self._labels) - 1)
             found = self._labels[pos] == wanted[where]
             if found.any():
-                order = np.argsort(pos[found])  # ascending file offsets: fewer page faults
-                out[where[found][order]] = self._rows[pos[found][order]]
+                rows = self._label_rows[pos[found]]
+                order = np.argsort(rows)  # ascending file offsets: fewer page faults
+                out[where[found][order]] = self._rows[rows[order]]
         return out
 
     def write(self, directory: Path, live: np.ndarray) -> int:
-        """Write the rows of the `live` labels as the snapshot's files; returns the bytes."""
-        labels = np.unique(np.asarray(live, dtype=np.int64))
-
-        def rows(tmp: Path) -> None:
-            with open(tmp, "wb") as fh:
-                for start in range(0, len(labels), 20000):
-                    fh.write(self.get(labels[start : start + 20000]).astype(np.float16).tobytes())
-            if tmp.stat().st_size != len(labels) * self.dim * 2:
-                raise OSError(f"{tmp} was not written whole")
-
-        atomic_write(directory / FULL_VECTORS_FILE, rows)
+        """Write the snapshot's files for the `live` labels; returns the bytes of rows written."""
+        live = np.unique(np.asarray(live, dtype=np.int64))
+        path = directory / FULL_VECTORS_FILE
+        added = np.array(sorted(self._added), dtype=np.int64)
+        added = added[np.isin(added, live)]
+        try:
+            st = path.stat()
+            ours = self._origin == (st.st_dev, st.st_ino, st.st_size)  # nobody else wrote it since
+        except FileNotFoundError:
+            ours = False
+        if ours and 2 * (len(self._file_labels) + len(added)) <= 3 * len(live):
+            with open(path, "r+b") as fh:
+                fh.seek(0, 2)
+                self._write_rows(fh, added)
+                fh.flush()
+                os.fsync(fh.fileno())
+            file_labels, written = np.concatenate([self._file_labels, added]), len(added)
+        else:
+            atomic_write(path, lambda tmp: self._write_file(tmp, live))
+            file_labels, written = live, len(live)
 
         def label_file(tmp: Path) -> None:
             with open(tmp, "wb") as fh:
-                np.save(fh, labels)
+                np.save(fh, file_labels)
 
         atomic_write(directory / FULL_LABELS_FILE, label_file)
-        return len(labels) * self.dim * 2
+        return written * self.dim * 2
+
+    def _write_rows(self, fh: BinaryIO, labels: np.ndarray) -> None:
+        for start in range(0, len(labels), 20000):
+            fh.write(self.get(labels[start : start + 20000]).astype(np.float16).tobytes())
+
+    def _write_file(self, tmp: Path, labels: np.ndarray) -> None:
+        with open(tmp, "wb") as fh:
+            self._write_rows(fh, labels)
+        if tmp.stat().st_size != len(labels) * self.dim * 2:
+            raise OSError(f"{tmp} was not written whole")
