@@ -33,6 +33,7 @@ photos (CIFAR-10 `test/`) embedded as queries are. Reported:
     .venv/bin/python bench/scale.py --items 20000 --real 1000 --queries 100   # quick
     .venv/bin/python bench/scale.py --items 50000 --pgvector   # both backends side by side
     .venv/bin/python bench/scale.py --items 20000 --compact 256   # compact below the app's threshold
+    .venv/bin/python bench/scale.py --kept /tmp/bench-scale-XXXX/index   # one client's search on a kept index, alone
 
 Upload -> searchable, search over HTTP and search while an import runs are measured against the
 running app by import_throughput.py and search_latency.py (its --synthetic index)."""
@@ -358,6 +359,57 @@ def measure_filtered(index, vectors: np.ndarray, labels: np.ndarray, queries: np
     return filtered
 
 
+def memory_mb() -> dict:
+    """This process's resident and proportional (shared pages split) memory."""
+    out = {"rss_mb": round(rss_mb(), 1)}
+    with open("/proc/self/smaps_rollup") as fh:
+        for line in fh:
+            if line.startswith("Pss:"):
+                out["pss_mb"] = round(int(line.split()[1]) / 1024, 1)
+    return out
+
+
+def measure_kept(args) -> int:
+    """One client's search on a kept index, alone in a fresh process (`--kept`)."""
+    os.environ.setdefault("VAR_DIR", tempfile.mkdtemp(prefix="bench-scale-kept-"))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "searchsite.settings")
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    from gallery.index import VectorIndex
+
+    products = h.require_dataset(args.datasets, PRODUCTS)
+    before = memory_mb()
+    t0 = time.perf_counter()
+    index = VectorIndex.load(args.kept, ef=settings.INDEX_EF_SEARCH)
+    figures: dict = {"items": len(index), "compact_dims": index.meta.compact_dims}
+    figures["load_seconds"] = round(time.perf_counter() - t0, 2)
+    figures["memory_loaded"] = memory_mb()
+    photos = query_photos(products, random.Random(args.seed).sample(h.zip_image_names(products), 50))
+    rng = np.random.default_rng(args.seed)
+    figures["query_path"] = measure_query_path(index, photos, len(index), rng, 300)
+    figures["memory_after_searches"] = memory_mb()
+    figures["memory_before_load"] = before
+    for stage, value in figures["query_path"].items():
+        shown = value if isinstance(value, float) else h.fmt_summary(value)
+        h.log(f"  one client's search, {stage}: {shown}")
+    h.log(
+        f"Memory: before {before}, loaded {figures['memory_loaded']}, after {figures['memory_after_searches']}"
+    )
+    h.write_result(
+        args.results,
+        "scale-kept",
+        vars(args) | {"datasets": str(args.datasets), "kept": str(args.kept)},
+        figures,
+        full_size=len(index) >= 200_000,
+    )
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=200_000)
@@ -372,8 +424,15 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--pgvector", action="store_true", help="also measure PostgreSQL + pgvector")
     parser.add_argument("--pg-url", default="", help="a PostgreSQL with pgvector (default: start pgserver)")
+    parser.add_argument(
+        "--kept",
+        type=Path,
+        help="an index folder an earlier run left (its VAR_DIR/index): measure one client's search on it alone",
+    )
     h.common_arguments(parser, redis_db=13)
     args = parser.parse_args(argv)
+    if args.kept:
+        return measure_kept(args)
     cifar = h.require_dataset(args.datasets, CIFAR)
     products = h.require_dataset(args.datasets, PRODUCTS)
     rng = np.random.default_rng(args.seed)
@@ -490,6 +549,7 @@ def main(argv=None) -> int:
     figures["snapshot_after_2000_adds_seconds"] = round(time.perf_counter() - t0, 2)
     h.log(f"The next snapshot, 2,000 adds later: {figures['snapshot_after_2000_adds_seconds']} s")
     figures["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    h.log(f"The index stays in {directory} (for --kept; remove the folder when done)")
     figures |= measure_pgvector(args, model, dim, vectors, queries, truth, rng)
     h.write_result(
         args.results,
