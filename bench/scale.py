@@ -40,9 +40,12 @@ running app by import_throughput.py and search_latency.py (its --synthetic index
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the web process runs (searchsite/gunicorn.conf.py)
+
 import argparse
 import io
-import os
 import random
 import resource
 import tempfile

@@ -5,6 +5,11 @@ without importing torch (`TORCH_FREE_QUERIES`, unless the environment says other
 import os
 
 os.environ.setdefault("TORCH_FREE_QUERIES", "1")
+# NumPy's OpenBLAS threads spin after a product big enough to share (a compact index's re-rank,
+# an exact scan) and take the cores from the next query's ONNX Runtime run: one client's search
+# at a million items, p50 74.5 -> 32.7 ms with one BLAS thread (bench/scale.py --kept). Requests
+# run side by side in threads and processes anyway.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # Two processes: the web holds no torch now (about 500 MB each with a 6,000-item gallery), and
 # a second process escapes the GIL: 8 clients 42.0 -> 60.7 req/s, p95 271 -> 199 ms, one
