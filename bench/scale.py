@@ -19,7 +19,8 @@ photos (CIFAR-10 `test/`) embedded as queries are. Reported:
 - filtered search for categories of 1 %, 10 % and 50 % of the items, by each primitive the app's
   category rule chooses from (`selectors.search._category_hits`): an exact scan of the members'
   vectors (the app reads them from the database first: not counted here), an unfiltered search
-  over-fetched by the share, hnswlib's filter with a set;
+  over-fetched by the share, `VectorIndex.query` with a set (hnswlib's filter; a compact index
+  ranks a set of up to 20,000 whole);
 - the journal: how fast a reader applies changes (adds/s), as every process does after an update,
   and the next snapshot's cost (compact: the full vectors' file is appended to);
 - with `--pgvector`: a PostgreSQL 16 with pgvector 0.6.2 (PyPI `pgserver`, started here, or
@@ -397,6 +398,21 @@ def measure_kept(args) -> int:
     figures["query_path"] = measure_query_path(index, photos, len(index), rng, 300)
     figures["memory_after_searches"] = memory_mb()
     figures["memory_before_load"] = before
+    labels = np.array(sorted(index.labels()), dtype=np.int64)
+    queries = embed(
+        h.require_dataset(args.datasets, CIFAR),
+        random.Random(args.seed).sample(
+            [n for n in h.zip_image_names(h.require_dataset(args.datasets, CIFAR)) if "/test/" in f"/{n}"],
+            100,
+        ),
+        gallery=False,
+    )
+    figures["filtered_query"] = {}
+    for share in (0.01, 0.02, 0.10):
+        members = set(rng.choice(labels, int(share * len(labels)), replace=False).tolist())
+        row = timed_searches(lambda q, members=members: index.query(q, 30, allowed=members), queries, 1, 50)
+        figures["filtered_query"][f"{share:.0%}"] = row
+        h.log(f"  category {share:.0%}: VectorIndex.query with the set {h.fmt_summary(row)}")
     for stage, value in figures["query_path"].items():
         shown = value if isinstance(value, float) else h.fmt_summary(value)
         h.log(f"  one client's search, {stage}: {shown}")

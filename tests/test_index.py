@@ -385,3 +385,21 @@ def test_a_full_index_saved_over_a_compact_one_leaves_no_compact_files(rng, tmp_
     full.save(tmp_path)
     assert not any((tmp_path / name).exists() for name in ("vectors.f16", "projection.npz"))
     assert VectorIndex.load(tmp_path).meta.compact_dims == 0
+
+
+def test_a_compact_index_ranks_a_small_filter_s_members_whole(rng):
+    """A category of a compact index: its members ranked by their full vectors (hnswlib would
+    walk far to find enough of them); labels the index does not hold and deleted ones never
+    come back."""
+    from gallery.index.compact import Projection
+
+    vectors = clustered(rng, 300)
+    index = VectorIndex.create("m", 64, projection=Projection.learn(vectors, 16))
+    index.add(list(range(1, 301)), vectors)
+    index.remove([5])
+    members = {2, 5, 9, 40, 77, 123, 250, 999}
+    query = clustered(rng, 1)[0]
+    found = index.query(query, 10, allowed=members)
+    expected = sorted({2, 9, 40, 77, 123, 250}, key=lambda label: -float(query @ vectors[label - 1]))
+    assert [label for label, _ in found] == expected
+    assert [s for _, s in found] == pytest.approx([float(query @ vectors[t - 1]) for t in expected], abs=2e-3)

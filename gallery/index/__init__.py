@@ -36,8 +36,9 @@ from .files import (
 )
 from .journal import CatchUp, Journal, JournalBatch
 from .reader import IndexReader
+from .rwlock import ReadWriteLock
 from .sign_codes import POPCOUNT
-from .vector_index import ReadWriteLock, VectorIndex
+from .vector_index import VectorIndex
 
 __all__ = [
     "HASHES_FILE",
