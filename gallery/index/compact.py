@@ -117,13 +117,15 @@ class FullVectors:
         """float32 rows of the labels, in their order (zeros for one never stored)."""
         wanted = np.asarray(labels, dtype=np.int64).reshape(-1)
         out = np.zeros((len(wanted), self.dim), dtype=np.float32)
-        missing = []
-        for i, label in enumerate(wanted.tolist()):
-            row = self._added.get(label)
-            if row is not None:
-                out[i] = row
-            else:
-                missing.append(i)
+        missing = list(range(len(wanted)))
+        if self._added:  # rows since the snapshot (none in a process that just loaded one)
+            missing = []
+            for i, label in enumerate(wanted.tolist()):
+                row = self._added.get(label)
+                if row is not None:
+                    out[i] = row
+                else:
+                    missing.append(i)
         if missing and len(self._labels):
             where = np.asarray(missing)
             pos = np.minimum(np.searchsorted(self._labels, wanted[where]), len(self._labels) - 1)

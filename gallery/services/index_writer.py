@@ -70,9 +70,8 @@ def compact_dims(ref: ModelRef, items: int) -> int:
 def compact_due(ref: ModelRef, meta: IndexMeta) -> bool:
     """The index should be built again to become compact (it grew past the threshold), to learn
     its projection again (the gallery doubled since), or to give it up (the setting changed)."""
-    wanted = compact_dims(ref, meta.count)
     if not meta.compact_dims:
-        return bool(wanted)
+        return bool(compact_dims(ref, meta.count))
     if compact_dims(ref, settings.INDEX_COMPACT_MIN_ITEMS) != meta.compact_dims:
         return True
     return meta.count >= 2 * max(1, meta.compact_learned_on)
@@ -152,8 +151,7 @@ def _journal_write(
 def _rows_put(ref: ModelRef, index: PgVectorIndex, ids: list[int]) -> int:
     """The items' stored vectors (and hashes, for the copy model) into the database's index."""
     added = 0
-    for start in range(0, len(ids), 2000):
-        chunk, vectors = stored_vectors(Image.objects.filter(pk__in=ids[start : start + 2000]), ref.name)
+    for chunk, vectors in _stored_chunks(ref, ids):
         hashes = dict(zip(chunk, index_hashes(ref.name, chunk)))
         added += index.put([(i, v, hashes.get(i)) for i, v in zip(chunk, vectors)])
     return added
@@ -197,15 +195,15 @@ def stored_vectors(images: ImageQuerySet, model_name: str) -> tuple[list[int], l
     return ids, vectors
 
 
-def _vectors_of(ref: ModelRef, ids: list[int]) -> tuple[list[int], list[np.ndarray]]:
-    """`stored_vectors` of the given images, read BUILD_CHUNK at a time."""
-    found: list[int] = []
-    vectors: list[np.ndarray] = []
+def _stored_chunks(ref: ModelRef, ids: list[int]) -> Iterator[tuple[list[int], list[np.ndarray]]]:
+    """`stored_vectors` of the given images, BUILD_CHUNK images at a time (a million vectors
+    are 6 GB: a build holds one chunk besides the index it fills)."""
     for start in range(0, len(ids), BUILD_CHUNK):
-        chunk, rows = stored_vectors(Image.objects.filter(pk__in=ids[start : start + BUILD_CHUNK]), ref.name)
-        found += chunk
-        vectors += rows
-    return found, vectors
+        chunk, vectors = stored_vectors(
+            Image.objects.filter(pk__in=ids[start : start + BUILD_CHUNK]), ref.name
+        )
+        if chunk:
+            yield chunk, vectors
 
 
 def index_sync(image_ids: list[int] | None = None) -> int:
@@ -316,23 +314,20 @@ def _index_build_locked(ref: ModelRef) -> int:
     head = (
         IndexChange.objects.filter(model_name=ref.name).order_by("-id").values_list("id", flat=True).first()
     )
-    # Read a chunk at a time (a million vectors are 6 GB): the writer holds the new index only.
     ids = list(Image.objects.indexable().with_vector(ref.name).order_by("pk").values_list("pk", flat=True))
     previous = IndexMeta.read(directory)
     dims = compact_dims(ref, len(ids))
     projection = None
     if dims:
         sample = sorted(random.Random(len(ids)).sample(ids, min(len(ids), LEARN_SAMPLE)))
-        projection = Projection.learn(_vectors_of(ref, sample)[1], dims)
+        projection = Projection.learn([v for _, rows in _stored_chunks(ref, sample) for v in rows], dims)
     index = index_empty(ref, capacity=int(len(ids) * 1.25), projection=projection, learned_on=len(ids))
     if previous:
         index.meta.version = previous.version
     index.meta.generation = secrets.randbits(62)  # never one a reader already holds
     index.meta.journal_seq = index.meta.journal_floor = head or 0
-    for start in range(0, len(ids), BUILD_CHUNK):
-        chunk, vectors = _vectors_of(ref, ids[start : start + BUILD_CHUNK])
-        if chunk:
-            index.add(chunk, np.stack(vectors), index_hashes(ref.name, chunk))
+    for chunk, vectors in _stored_chunks(ref, ids):
+        index.add(chunk, np.stack(vectors), index_hashes(ref.name, chunk))
     index.save(directory)
     IndexChange.objects.filter(model_name=ref.name, id__lte=head or 0).delete()
     _writer_cache[str(directory)] = index
