@@ -173,6 +173,34 @@ def test_a_close_up_of_a_detail_is_found_by_its_pixels_and_labelled(client, prod
     assert found >= 3
 
 
+def test_a_close_up_s_item_is_searched_for_its_pixels_before_candidates_of_regions_only(products):
+    """The region search adds many candidates of high cosine for parts of the picture; the
+    pixel checks compare the whole picture, so its own candidates (its item, often 30th-100th
+    by its vector for a close-up) are screened first and not pushed off the list."""
+    from gallery.embedders import copy_model, get_embedder
+    from gallery.retrieval.hashes import pdq_dihedral
+    from gallery.retrieval.params import RetrievalParams
+    from gallery.retrieval.regions import Box
+    from gallery.selectors.search import index_reader
+    from gallery.selectors.search_checks import Candidate, Query, match_pixels
+
+    image, data = products[17]
+    picture = _open(data)
+    w, h = round(picture.width * 0.4), round(picture.height * 0.4)
+    x, y = round(picture.width * 0.2), round(picture.height * 0.4)
+    close_up = _open(_jpeg(picture.crop((x, y, x + w, y + h)).resize((w * 3, h * 3)), quality=75))
+    index = index_reader(copy_model()).get()
+    assert index is not None
+    query = Query(close_up, index, get_embedder(copy_model()).embed([close_up])[0], pdq_dihedral(close_up)[0])
+    query.candidates[image.pk] = Candidate(cosine=0.2)  # the whole picture's, far down
+    for other, _ in products[20:32]:  # found by regions only, nearer by far
+        query.candidates[other.pk] = Candidate(cosine=0.99, region=Box(0, 0, 10, 10))
+    params = RetrievalParams(pixel_candidates=3, pixel_region_candidates=0, pixel_nearest_checked=0)
+    found = match_pixels(query, params)
+    close = [label for label, m in found if m.check == "close_up"]
+    assert close == [image.pk], found
+
+
 @pytest.fixture
 def details_kept(settings):
     settings.COPY_DETAILS = True

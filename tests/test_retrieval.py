@@ -256,3 +256,20 @@ def test_a_turned_captioned_copy_keeps_its_photo_s_colours_and_another_colour_of
         # Laid over without the mirror, it is not the photo.
         unmirrored = laid_colour_agreement(picture, item_colour(photo), found.homography, False)
         assert unmirrored is None or unmirrored < 0.6, unmirrored
+
+
+def test_a_close_up_without_a_lead_is_not_a_copy_but_leads_the_look_alikes():
+    """Part of this photo and nearly as much of a look-alike's (another colour of one shot):
+    not labelled a copy, but ranked above every look-alike by its vectors."""
+    from gallery.retrieval.pixels import PixelCheck, PixelMatch
+    from gallery.retrieval.tiers import Evidence, Match, classify
+
+    t = CopyThresholds()
+    tied = Evidence(cosine=0.3, pixels={PixelCheck.CLOSE_UP: PixelMatch(0.995, 0.4, gap=0.005)})
+    decision = classify(tied, t)
+    assert decision.match == Match.SIMILAR and decision.strength > 1.0 + t.nearest_hash_bonus
+    assert decision.explanation == "much like part of this photo"
+    clear = Evidence(cosine=0.3, pixels={PixelCheck.CLOSE_UP: PixelMatch(0.995, 0.4, gap=0.05)})
+    assert classify(clear, t).match == Match.NEAR_DUPLICATE
+    weak = Evidence(cosine=0.3, pixels={PixelCheck.CLOSE_UP: PixelMatch(0.95, 0.4, gap=0.005)})
+    assert classify(weak, t).strength < 1.0

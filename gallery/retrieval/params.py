@@ -30,7 +30,9 @@ class RetrievalParams:
     sift_orb_inliers: int = 6
     verified_first: int = 3  # ...these before the region search (a copy found stops it)
     pixel_candidates: int = 100  # best candidates whose photos are screened for a close-up's pixels
+    pixel_region_candidates: int = 30  # ...and the regions' best candidates besides
     pixel_checked: int = 10  # ...of which the best are searched fully (`retrieval.pixels`)
+    pixel_nearest_checked: int = 3  # ...and the picture's nearest by its vector, however screened
     detail_candidates: int = 10  # items taken from the details index (nearest detail first)
     detail_verified: int = 2  # ...of which the first are checked with the first candidates
     sure_hash_distance: int = 16  # a copy found by its hash this close needs no region search

@@ -172,6 +172,11 @@ def classify(evidence: Evidence, thresholds: CopyThresholds) -> Decision:
     for m in e.pixels.values():
         if pixel_copy(m, t):
             return Decision(Match.NEAR_DUPLICATE, _pixel_explanation(m), None, 100.0)
+    close_up = e.pixels.get(PixelCheck.CLOSE_UP)
+    if close_up is not None and close_up.correlation >= t.pixel_correlation:
+        # Part of this photo, and nearly as much of a look-alike's (another colour of the
+        # shot, a near-identical photo): not labelled a copy, but the likeliest item first.
+        return Decision(Match.SIMILAR, "much like part of this photo", None, 1.0 + close_up.correlation)
     distinct = distinct_nearest_hash(e.hash_distance, e.hash_gap, t)
     strength = e.cosine + (t.nearest_hash_bonus if distinct else 0.0)
     return Decision(Match.SIMILAR, "similar colours and shape", e.region, strength, distinct)
