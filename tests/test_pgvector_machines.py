@@ -188,6 +188,14 @@ def test_two_machines_share_one_postgres_index(two_machines, postgres_with_pgvec
     created = requests.post(b + "/api/images", files={"image": ("copy.jpg", copy.getvalue())}, timeout=60)
     assert created.status_code == 201, created.text
     _wait_indexed(a, {created.json()["id"]}, logs[1])
+    # Both web processes loaded the hashes with their first search: the new upload's hash
+    # reaches them from the table within about a second (re-encoded: not the same bytes).
+    again = io.BytesIO()
+    PILImage.open(copy).save(again, "JPEG", quality=92)
+    time.sleep(1.5)
+    for base in (a, b):
+        first = _first(base, again.getvalue())
+        assert (first.get("id"), first.get("match")) == (created.json()["id"], "exact"), (base, first)
     scan = subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", _SCAN],
         cwd=ROOT,

@@ -2,10 +2,12 @@
 worker machine searches the one database, so any number of them share one index.
 
 One table, `gallery_vector`: a row per (model, image) with the vector and, for the copy
-model, the image's PDQ hash as `bit(256)`. Each model has its own partial HNSW index over
-`embedding::vector(dim)` (pgvector indexes one dimension; models differ), created before the
-model's first row, so an activation fills its index before the switch. Hash lookups are
-`bit_count` scans (PostgreSQL 14+): exact, and linear in the items (about 0.1 s per 100,000 here).
+model, the image's PDQ hash as `bit(256)`, and `seq`, taken from a sequence by every insert and
+update. Each model has its own partial HNSW index over `embedding::vector(dim)` (pgvector indexes
+one dimension; models differ), created before the model's first row, so an activation fills its
+index before the switch. Hash lookups run in each process on the hashes it holds
+(`CachedHashes`: the same multi-index lookup as hnswlib's), kept up to date by `seq`; a
+`bit_count` scan of the table (`SqlHashes`) costs about 0.1 s per 100,000 items per lookup.
 
 The same reading interface as `VectorIndex` (`query`, `vector`, `hash_index`, `labels`...), so
 search does not care where the vectors are; the index writer upserts and deletes rows instead
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -25,11 +28,16 @@ import numpy as np
 from django.db import connection, transaction
 from django.db.backends.utils import CursorWrapper
 
-from ..retrieval.hashes import HASH_BYTES, HashMatch
+from ..retrieval.hashes import HASH_BYTES, HashIndex, HashIndexView, HashMatch
 from .files import IndexMeta
 
 TABLE = "gallery_vector"
 COUNT_SECONDS = 2.0  # a count is kept this long (an exact count scans the model's rows)
+HASH_REFRESH_SECONDS = 1.0  # a process reads the hashes changed since at most this often
+# ...from the newest `seq` it had seen this long before: a transaction that took its values
+# earlier may commit after one that took later ones.
+HASH_OVERLAP_SECONDS = 10.0
+HASH_LOAD_MARGIN = 1_000  # ...and, after a load, the rows this far below the newest
 _NAME = re.compile(r"^[A-Za-z0-9._:+-]{1,100}$")
 
 
@@ -75,6 +83,8 @@ def ensure_schema() -> None:
                 PRIMARY KEY (model_name, image_id)
             )"""
         )
+        cursor.execute(f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS seq bigserial")
+        cursor.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_seq ON {TABLE} (model_name, seq)")
 
 
 @dataclass
@@ -95,6 +105,7 @@ class PgVectorIndex:
         self._m, self._ef_construction = m, ef_construction
         self._count = _Count()
         self._ensured = False
+        self._hashes: CachedHashes | None = None
 
     # -- schema ---------------------------------------------------------------------------
     def ensure(self) -> None:
@@ -168,8 +179,11 @@ class PgVectorIndex:
         """A hash model's search: the nearest by cosine (the codes are the vectors' signs)."""
         return self.query(vector, k, allowed)
 
-    def hash_index(self) -> SqlHashes:
-        return SqlHashes(self.model)
+    def hash_index(self) -> HashIndexView:
+        """The items' hashes as this process holds them, brought up to date first."""
+        if self._hashes is None:
+            self._hashes = CachedHashes(self.model)
+        return self._hashes.current(expected=len(self))
 
     # -- writing ----------------------------------------------------------------------------
     def put(self, rows: Sequence[tuple[int, np.ndarray, bytes | None]]) -> int:
@@ -181,7 +195,8 @@ class PgVectorIndex:
                 f"INSERT INTO {TABLE} (model_name, image_id, embedding, pdq) "
                 f"VALUES (%s, %s, %s::vector, %s::bit(256)) "
                 f"ON CONFLICT (model_name, image_id) DO UPDATE "
-                f"SET embedding = EXCLUDED.embedding, pdq = EXCLUDED.pdq",
+                f"SET embedding = EXCLUDED.embedding, pdq = EXCLUDED.pdq, "
+                f"seq = nextval(pg_get_serial_sequence('{TABLE}', 'seq'))",
                 [
                     (self.model, label, _literal(vec), _bits(pdq) if pdq is not None else None)
                     for label, vec, pdq in rows
@@ -206,6 +221,92 @@ class PgVectorIndex:
         with connection.cursor() as cursor:
             cursor.execute(f"DELETE FROM {TABLE} WHERE model_name = %s", [self.model])
         self._count.at = float("-inf")
+
+
+class CachedHashes:
+    """One model's hashes held in this process: loaded once (four 64-bit words per row), then
+    the rows inserted or updated since (`seq`) read at most every HASH_REFRESH_SECONDS, so an
+    upload is found by its hash on every machine within about a second. Changes are kept
+    beside the multi-index tables (`HashIndexView`) until they grow past a twentieth, then
+    merged. A removed item is dropped when the model holds fewer hashes than this process
+    (all are read again); search checks every hit against the searchable images anyway."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self._lock = threading.Lock()
+        self._base = HashIndex(np.zeros(0, np.int64), np.zeros((0, HASH_BYTES), np.uint8))
+        self._added: dict[int, np.ndarray] = {}
+        self._view: HashIndexView | None = None
+        self._floors: list[tuple[float, int]] = []  # (when, the newest seq read then)
+        self._checked = float("-inf")
+
+    def current(self, expected: int) -> HashIndexView:
+        with self._lock:
+            now = time.monotonic()
+            if self._view is None or expected < len(self._view):
+                self._load(now)
+            elif now - self._checked >= HASH_REFRESH_SECONDS:
+                self._refresh(now)
+            self._checked = now
+            assert self._view is not None
+            return self._view
+
+    def _rows(self, since: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """(labels, codes, newest seq) of the model's hashed rows after `since`."""
+        words = ", ".join(f"substring(pdq from {1 + 64 * i} for 64)::bit(64)::bigint" for i in range(4))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT image_id, seq, {words} FROM {TABLE} "
+                f"WHERE model_name = %s AND pdq IS NOT NULL AND seq > %s",
+                [self.model, since],
+            )
+            rows = np.array(cursor.fetchall(), dtype=np.int64).reshape(-1, 6)
+        codes = rows[:, 2:].astype(">i8").view(np.uint8).reshape(len(rows), HASH_BYTES)
+        return rows[:, 0], codes, int(rows[:, 1].max()) if len(rows) else since
+
+    def _load(self, now: float) -> None:
+        labels, codes, newest = self._rows(0)
+        self._base, self._added = HashIndex(labels, codes), {}
+        # A transaction that took its values before the newest one read may commit later:
+        # the rows just below it are read again until HASH_OVERLAP_SECONDS have passed.
+        self._floors = [(now, max(0, newest - HASH_LOAD_MARGIN))]
+        self._publish()
+
+    def _refresh(self, now: float) -> None:
+        settled = [n for n, (at, _) in enumerate(self._floors) if now - at >= HASH_OVERLAP_SECONDS]
+        if settled:
+            self._floors = self._floors[settled[-1] :]
+        labels, codes, newest = self._rows(self._floors[0][1])
+        self._floors.append((now, max(newest, self._floors[-1][1])))
+        held, known = self._held_codes(labels)
+        changed = ~known | ~(held == codes).all(axis=1)
+        if not changed.any():
+            return
+        fresh = {int(la): c for la, c in zip(labels[changed], codes[changed])}
+        self._added |= fresh
+        if len(self._added) > max(2000, len(self._base) // 20):
+            self._load(now)
+        else:
+            self._publish()
+
+    def _held_codes(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The codes this process holds for `labels`, and which it holds at all."""
+        held = np.zeros((len(labels), HASH_BYTES), np.uint8)
+        known = np.zeros(len(labels), bool)
+        for n, label in enumerate(labels.tolist()):
+            code = self._added.get(label)
+            if code is None:
+                row = self._base.row_of(label)
+                code = self._base.codes[row] if row is not None else None
+            if code is not None:
+                held[n], known[n] = code, True
+        return held, known
+
+    def _publish(self) -> None:
+        labels = np.array(sorted(self._added), dtype=np.int64)
+        codes = np.array([self._added[int(la)] for la in labels], np.uint8).reshape(-1, HASH_BYTES)
+        size = len(self._base) + sum(self._base.row_of(int(la)) is None for la in labels)
+        self._view = HashIndexView(self._base, HashIndex(labels, codes), set(self._added), size)
 
 
 class SqlHashes:
