@@ -160,19 +160,8 @@ def use_pgvector(args, tmp: Path) -> None:
     """With --pgvector, the app's database is the PostgreSQL the vectors go to."""
     if not args.pgvector:
         return
-    os.environ["DATABASE_URL"] = args.pg_url or start_pgserver(tmp)
+    os.environ["DATABASE_URL"] = args.pg_url or h.start_pgserver(tmp, "scale")
     os.environ["VECTOR_BACKEND"] = "pgvector"
-
-
-def start_pgserver(tmp: Path) -> str:
-    """A private PostgreSQL with pgvector (PyPI `pgserver`), and a database URL for Django."""
-    import pgserver  # a development requirement
-
-    server = pgserver.get_server(str(tmp / "pgdata"), cleanup_mode="stop")
-    socket_dir = server.get_uri().split("host=", 1)[1]
-    server.psql("CREATE DATABASE scale")
-    start_pgserver.server = server  # type: ignore[attr-defined]  # alive until the process ends
-    return f"postgres://postgres@/scale?host={socket_dir}"
 
 
 def _pg_filtered(index, members: np.ndarray, share: float, items: int, fetch: int):

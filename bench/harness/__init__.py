@@ -13,7 +13,8 @@ Modules, each importing only those listed before it:
     results   paths (PROJECT_ROOT, put on sys.path), log, common arguments, the results file
     datasets  the shared datasets: require_dataset, the images of a ZIP, a subset ZIP
     stats     percentile, duration summaries, run_concurrent
-    procs     signal handlers, free ports, the /proc process table, stopping a process group
+    procs     signal handlers, free ports, the /proc process table, stopping a process group,
+              a private PostgreSQL with pgvector (pgserver)
     http      multipart encoding, Api (the JSON API), Session (cookies, CSRF, admin pages)
     memory    MemorySampler (peak memory of the app's processes by role)
     app       BenchApp (the throw-away app instance), venv_python
@@ -35,6 +36,7 @@ from .procs import (
     proc_cmd_name,
     proc_memory_kb,
     proc_table,
+    start_pgserver,
     stop_process_group,
 )
 from .results import (
@@ -80,6 +82,7 @@ __all__ = [
     "proc_table",
     "require_dataset",
     "run_concurrent",
+    "start_pgserver",
     "stop_process_group",
     "summarize_ms",
     "venv_python",

@@ -117,3 +117,18 @@ def stop_process_group(proc: subprocess.Popen, *, first: int = signal.SIGTERM, g
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+def start_pgserver(tmp: Path, database: str) -> str:
+    """A private PostgreSQL with pgvector (PyPI `pgserver`, a development requirement) in
+    `tmp`, with an empty `database`, alive until this process ends; its URL for Django."""
+    import pgserver
+
+    server = pgserver.get_server(str(tmp / "pgdata"), cleanup_mode="stop")
+    socket_dir = server.get_uri().split("host=", 1)[1]
+    server.psql(f"CREATE DATABASE {database}")
+    _servers.append(server)
+    return f"postgres://postgres@/{database}?host={socket_dir}"
+
+
+_servers: list[object] = []  # kept alive until the process ends
