@@ -38,6 +38,12 @@ HASH_REFRESH_SECONDS = 1.0  # a process reads the hashes changed since at most t
 # earlier may commit after one that took later ones.
 HASH_OVERLAP_SECONDS = 10.0
 HASH_LOAD_MARGIN = 1_000  # ...and, after a load, the rows this far below the newest
+# PostgreSQL's binary COPY: a header of 19 bytes, then per row a field count and, per field,
+# its length and value (big-endian); here six 64-bit numbers.
+_COPY_HEADER = 19
+_COPY_ROW = np.dtype(
+    [("n", ">i2")] + [item for i in range(6) for item in ((f"l{i}", ">i4"), (f"v{i}", ">i8"))]
+)
 _NAME = re.compile(r"^[A-Za-z0-9._:+-]{1,100}$")
 
 
@@ -252,17 +258,24 @@ class CachedHashes:
             return self._view
 
     def _rows(self, since: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """(labels, codes, newest seq) of the model's hashed rows after `since`."""
+        """(labels, codes, newest seq) of the model's hashed rows after `since`, by label.
+        Read as binary COPY of six 64-bit numbers a row (a million rows in a second or two;
+        as Python rows, 13 s)."""
         words = ", ".join(f"substring(pdq from {1 + 64 * i} for 64)::bit(64)::bigint" for i in range(4))
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT image_id, seq, {words} FROM {TABLE} "
-                f"WHERE model_name = %s AND pdq IS NOT NULL AND seq > %s",
-                [self.model, since],
-            )
-            rows = np.array(cursor.fetchall(), dtype=np.int64).reshape(-1, 6)
-        codes = rows[:, 2:].astype(">i8").view(np.uint8).reshape(len(rows), HASH_BYTES)
-        return rows[:, 0], codes, int(rows[:, 1].max()) if len(rows) else since
+        query = (
+            f"COPY (SELECT image_id, seq, {words} FROM {TABLE} "
+            f"WHERE model_name = %s AND pdq IS NOT NULL AND seq > %s) TO STDOUT (FORMAT BINARY)"
+        )
+        with connection.cursor() as cursor, cursor.cursor.copy(query, [self.model, since]) as copy:
+            data = b"".join(bytes(block) for block in copy)
+        rows = np.frombuffer(
+            data, _COPY_ROW, offset=_COPY_HEADER, count=(len(data) - _COPY_HEADER - 2) // _COPY_ROW.itemsize
+        )
+        order = np.argsort(rows["v0"], kind="stable")
+        labels = rows["v0"][order].astype(np.int64)
+        words_be = np.stack([rows[f"v{i}"][order] for i in range(2, 6)], axis=1).astype(">i8")
+        codes = np.ascontiguousarray(words_be).view(np.uint8).reshape(len(rows), HASH_BYTES)
+        return labels, codes, int(rows["v1"].max()) if len(rows) else since
 
     def _load(self, now: float) -> None:
         labels, codes, newest = self._rows(0)
@@ -291,21 +304,28 @@ class CachedHashes:
 
     def _held_codes(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The codes this process holds for `labels`, and which it holds at all."""
+        rows, known = self._in_base(labels)
         held = np.zeros((len(labels), HASH_BYTES), np.uint8)
-        known = np.zeros(len(labels), bool)
+        held[known] = self._base.codes[rows[known]]
         for n, label in enumerate(labels.tolist()):
             code = self._added.get(label)
-            if code is None:
-                row = self._base.row_of(label)
-                code = self._base.codes[row] if row is not None else None
             if code is not None:
                 held[n], known[n] = code, True
         return held, known
 
+    def _in_base(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row, whether held) of each label in the base, whose labels are sorted (no table of
+        a million labels is built for a few new rows)."""
+        base = self._base.labels
+        if not len(base):
+            return np.zeros(len(labels), np.int64), np.zeros(len(labels), bool)
+        rows = np.minimum(np.searchsorted(base, labels), len(base) - 1)
+        return rows, base[rows] == labels
+
     def _publish(self) -> None:
         labels = np.array(sorted(self._added), dtype=np.int64)
         codes = np.array([self._added[int(la)] for la in labels], np.uint8).reshape(-1, HASH_BYTES)
-        size = len(self._base) + sum(self._base.row_of(int(la)) is None for la in labels)
+        size = len(self._base) + int((~self._in_base(labels)[1]).sum())
         self._view = HashIndexView(self._base, HashIndex(labels, codes), set(self._added), size)
 
 

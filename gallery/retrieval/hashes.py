@@ -98,9 +98,6 @@ class HashIndex:
         """label -> row (built once: uploads ask for one item's distance each)."""
         return {int(label): row for row, label in enumerate(self.labels)}
 
-    def row_of(self, label: int) -> int | None:
-        return self._rows.get(label)
-
     def _candidates(self, query: np.ndarray) -> np.ndarray:
         """Rows whose chunk equals one of the query chunk's 17 variants, for any chunk."""
         wanted = _chunks(query.reshape(1, HASH_BYTES))[0][:, None] ^ _FLIPS[None, :]  # 16 x 17
