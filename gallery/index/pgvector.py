@@ -185,7 +185,7 @@ class PgVectorIndex:
         """A hash model's search: the nearest by cosine (the codes are the vectors' signs)."""
         return self.query(vector, k, allowed)
 
-    def hash_index(self) -> HashIndexView:
+    def hash_index(self) -> HashIndexView | SqlHashes:
         """The items' hashes as this process holds them, brought up to date first."""
         if self._hashes is None:
             self._hashes = CachedHashes(self.model)
@@ -245,17 +245,45 @@ class CachedHashes:
         self._view: HashIndexView | None = None
         self._floors: list[tuple[float, int]] = []  # (when, the newest seq read then)
         self._checked = float("-inf")
+        self._loading = threading.Thread()  # a load in the background, when alive
 
-    def current(self, expected: int) -> HashIndexView:
+    def current(self, expected: int) -> HashIndexView | SqlHashes:
+        """The hashes brought up to date. Reading all of them (about 10 s for a million on a
+        slow day) is done in the background: meanwhile the table is scanned, or, after
+        removals, the hashes held so far answer."""
         with self._lock:
             now = time.monotonic()
             if self._view is None or expected < len(self._view):
-                self._load(now)
-            elif now - self._checked >= HASH_REFRESH_SECONDS:
+                self._load_in_background()
+            elif now - self._checked >= HASH_REFRESH_SECONDS and not self._loading.is_alive():
                 self._refresh(now)
-            self._checked = now
-            assert self._view is not None
-            return self._view
+                self._checked = now
+            return self._view if self._view is not None else SqlHashes(self.model)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Until a load in the background has ended (for measurements and tests)."""
+        self._loading.join(timeout)
+
+    def _load_in_background(self) -> None:
+        if self._loading.is_alive():
+            return
+
+        def load() -> None:
+            try:
+                labels, codes, newest = self._rows(0)
+                base = HashIndex(labels, codes)
+                with self._lock:
+                    self._base, self._added = base, {}
+                    # A transaction that took its values before the newest one read may commit
+                    # later: the rows just below it are read again for HASH_OVERLAP_SECONDS.
+                    self._floors = [(time.monotonic(), max(0, newest - HASH_LOAD_MARGIN))]
+                    self._checked = time.monotonic()
+                    self._publish()
+            finally:
+                connection.close()  # this thread's own connection
+
+        self._loading = threading.Thread(target=load, name="pgvector-hashes", daemon=True)
+        self._loading.start()
 
     def _rows(self, since: int) -> tuple[np.ndarray, np.ndarray, int]:
         """(labels, codes, newest seq) of the model's hashed rows after `since`, by label.
@@ -277,14 +305,6 @@ class CachedHashes:
         codes = np.ascontiguousarray(words_be).view(np.uint8).reshape(len(rows), HASH_BYTES)
         return labels, codes, int(rows["v1"].max()) if len(rows) else since
 
-    def _load(self, now: float) -> None:
-        labels, codes, newest = self._rows(0)
-        self._base, self._added = HashIndex(labels, codes), {}
-        # A transaction that took its values before the newest one read may commit later:
-        # the rows just below it are read again until HASH_OVERLAP_SECONDS have passed.
-        self._floors = [(now, max(0, newest - HASH_LOAD_MARGIN))]
-        self._publish()
-
     def _refresh(self, now: float) -> None:
         settled = [n for n, (at, _) in enumerate(self._floors) if now - at >= HASH_OVERLAP_SECONDS]
         if settled:
@@ -297,10 +317,9 @@ class CachedHashes:
             return
         fresh = {int(la): c for la, c in zip(labels[changed], codes[changed])}
         self._added |= fresh
+        self._publish()
         if len(self._added) > max(2000, len(self._base) // 20):
-            self._load(now)
-        else:
-            self._publish()
+            self._load_in_background()  # merged into new multi-index tables
 
     def _held_codes(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The codes this process holds for `labels`, and which it holds at all."""
