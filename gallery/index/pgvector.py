@@ -262,7 +262,8 @@ class CachedHashes:
 
     def wait(self, timeout: float | None = None) -> None:
         """Until a load in the background has ended (for measurements and tests)."""
-        self._loading.join(timeout)
+        if self._loading.is_alive():
+            self._loading.join(timeout)
 
     def _load_in_background(self) -> None:
         if self._loading.is_alive():
