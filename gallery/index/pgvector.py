@@ -28,8 +28,8 @@ import numpy as np
 from django.db import connection, transaction
 from django.db.backends.utils import CursorWrapper
 
-from ..retrieval.hashes import HASH_BYTES, HashIndex, HashIndexView, HashMatch
-from .files import IndexMeta
+from ..retrieval.hashes import HASH_BYTES, HashIndex, HashIndexView, HashMatch, merge_due
+from .files import IndexMeta, hash_arrays
 
 TABLE = "gallery_vector"
 COUNT_SECONDS = 2.0  # a count is kept this long (an exact count scans the model's rows)
@@ -241,7 +241,7 @@ class CachedHashes:
         self.model = model
         self._lock = threading.Lock()
         self._base = HashIndex(np.zeros(0, np.int64), np.zeros((0, HASH_BYTES), np.uint8))
-        self._added: dict[int, np.ndarray] = {}
+        self._added: dict[int, bytes] = {}
         self._view: HashIndexView | None = None
         self._floors: list[tuple[float, int]] = []  # (when, the newest seq read then)
         self._checked = float("-inf")
@@ -316,10 +316,10 @@ class CachedHashes:
         changed = ~known | ~(held == codes).all(axis=1)
         if not changed.any():
             return
-        fresh = {int(la): c for la, c in zip(labels[changed], codes[changed])}
+        fresh = {int(la): c.tobytes() for la, c in zip(labels[changed], codes[changed])}
         self._added |= fresh
         self._publish()
-        if len(self._added) > max(2000, len(self._base) // 20):
+        if merge_due(len(self._added), len(self._base)):
             self._load_in_background()  # merged into new multi-index tables
 
     def _held_codes(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -330,7 +330,7 @@ class CachedHashes:
         for n, label in enumerate(labels.tolist()):
             code = self._added.get(label)
             if code is not None:
-                held[n], known[n] = code, True
+                held[n], known[n] = np.frombuffer(code, np.uint8), True
         return held, known
 
     def _in_base(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -343,8 +343,7 @@ class CachedHashes:
         return rows, base[rows] == labels
 
     def _publish(self) -> None:
-        labels = np.array(sorted(self._added), dtype=np.int64)
-        codes = np.array([self._added[int(la)] for la in labels], np.uint8).reshape(-1, HASH_BYTES)
+        labels, codes = hash_arrays(self._added)
         size = len(self._base) + int((~self._in_base(labels)[1]).sum())
         self._view = HashIndexView(self._base, HashIndex(labels, codes), set(self._added), size)
 

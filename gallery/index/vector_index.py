@@ -7,7 +7,7 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
-from ..retrieval.hashes import HashIndex, HashIndexView
+from ..retrieval.hashes import HashIndex, HashIndexView, merge_due
 from .compact import FULL_LABELS_FILE, FULL_VECTORS_FILE, PROJECTION_FILE, FullVectors, Projection
 from .files import (
     HASHES_FILE,
@@ -359,7 +359,7 @@ class VectorIndex:
             return view
         with self._lock.reading():
             changed = len(self._hash_added) + len(self._hash_removed)
-            if self._hash_base is None or changed > max(2000, len(self._hashes) // 20):
+            if self._hash_base is None or merge_due(changed, len(self._hashes)):
                 self._hash_base = HashIndex(*hash_arrays(self._hashes))
                 self._hash_added, self._hash_removed = {}, set()
             view = HashIndexView(

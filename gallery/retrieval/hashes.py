@@ -164,6 +164,12 @@ class HashIndex:
         return {int(self.labels[row]): int(d) for row, d in zip(rows, best)}
 
 
+def merge_due(changed: int, size: int) -> bool:
+    """Whether the changes kept beside a `HashIndex` (a `HashIndexView`'s) have grown enough
+    to build its multi-index tables again: past a twentieth, and at least 2,000."""
+    return changed > max(2000, size // 20)
+
+
 class HashIndexView:
     """A built `HashIndex` plus the changes since it was built (a small `HashIndex` of the
     items added or changed, and the labels to leave out of the big one), answering as one
