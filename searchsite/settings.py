@@ -186,6 +186,11 @@ if VECTOR_BACKEND == "pgvector" and COPY_DETAILS:
     raise ImproperlyConfigured(
         "COPY_DETAILS keeps several vectors per item, which pgvector does not hold here"
     )
+# Searches by image one web process runs at once; the others wait their turn (0: no limit).
+# One per process: each search is CPU work, and the web runs two processes on two cores
+# (bench/search_latency.py, 8 clients: see gallery/selectors/search_slots.py).
+SEARCH_SLOTS = env.int("SEARCH_SLOTS", default=1)
+SEARCH_SLOT_WAIT_SECONDS = env.float("SEARCH_SLOT_WAIT_SECONDS", default=20.0)
 INDEX_EF_SEARCH = env.int("INDEX_EF_SEARCH", default=128)
 INDEX_M = env.int("INDEX_M", default=16)
 INDEX_EF_CONSTRUCTION = env.int("INDEX_EF_CONSTRUCTION", default=200)

@@ -31,6 +31,7 @@ from ..retrieval.tiers import COPY_TIERS, Decision, Evidence, classify, verified
 from ..retrieval.verify import Verification
 from .search import RegionScore, SearchHit, SearchResult, clamp_k, index_reader, search_vector
 from .search_checks import Candidate, Query, Verifier, match_pixels
+from .search_slots import search_slot
 
 
 class _Stopwatch:
@@ -46,9 +47,18 @@ class _Stopwatch:
 
 def image_search_by_image(data: bytes, *, k: int = 20, category: str = "", box: str = "") -> SearchResult:
     """Raises `ImageRejected` for bad query files, exactly like an upload, and ValueError for
-    a box that does not fit the picture (words a person understands)."""
+    a box that does not fit the picture (words a person understands). Runs in one of the
+    process's search slots (`search_slots`); the wait is the `wait` stage."""
     started = time.perf_counter()
     watch = _Stopwatch()
+    with search_slot():
+        watch.lap("wait")
+        return _search_by_image(data, k, category, box, started, watch)
+
+
+def _search_by_image(
+    data: bytes, k: int, category: str, box: str, started: float, watch: _Stopwatch
+) -> SearchResult:
     params = retrieval_params()
     decoded = decode_image(
         data,
@@ -263,7 +273,7 @@ def _evidence(
 
 
 def _is_grayscale(picture: PILImage.Image) -> bool:
-    small = np.asarray(picture.convert("RGB").resize((32, 32)), dtype=np.int16)
+    small = np.asarray(picture.convert("RGB").resize((32, 32), PILImage.Resampling.BOX), dtype=np.int16)
     return bool(np.abs(small - small.mean(axis=2, keepdims=True)).mean() < 2.0)
 
 
