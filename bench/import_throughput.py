@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import os
 import random
 import re
 import secrets
@@ -595,6 +596,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     """The command line of both modes (the default import and --admin)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also import the same files on the eager path the issue started from "
+        "(INFERENCE=torch, one embedding process of two threads), in the same run, for the ratio",
+    )
+    parser.add_argument(
         "--limit",
         type=int,
         default=0,
@@ -817,6 +825,60 @@ def log_import_summary(figures: dict, args) -> None:
         )
 
 
+# The import path the issue measured (27.4 img/s then): eager PyTorch in one embedding process.
+EAGER_BASELINE_ENV = {"INFERENCE": "torch", "EMBED_PROCESSES": "1", "EMBED_TORCH_THREADS": "2"}
+
+
+def eager_baseline_import(args, blobs: dict[str, bytes], fresh: list[tuple[str, bytes]]) -> dict:
+    """The same files imported by a fresh app on the eager path, until searchable (after one
+    warm-up upload of a `fresh` photo)."""
+    with h.BenchApp("import-eager-baseline", args) as app:
+        app.env.update(EAGER_BASELINE_ENV)
+        app.prepare()
+        folder = write_class_folders(app.tmp / "cifar-test", blobs)
+        app.start()
+        api = h.Api(app.base_url)
+        warm_up(api, list(fresh), args)
+        api.close()
+        h.log(f"Eager baseline: importing the same {len(blobs)} images ...")
+        before = cpu_by_role(app)
+        imported = app.import_images(folder)
+        processed = len(blobs) - imported.get("refused", 0)
+        return {
+            "env": EAGER_BASELINE_ENV,
+            "seconds": round(imported["seconds"], 2),
+            "images_per_s": round(processed / imported["seconds"], 2),
+            "cpu_seconds": cpu_spent(before, cpu_by_role(app)),
+        }
+
+
+def cpu_by_role(app: h.BenchApp) -> dict[str, float]:
+    """CPU seconds so far of each role's processes, and of this process's finished children
+    (`import_images` runs as one)."""
+    spent = {
+        role: sum(h.proc_cpu_seconds(pid) or 0.0 for pid, _, _ in procs)
+        for role, procs in app.app_processes().items()
+    }
+    times = os.times()
+    spent["import_command"] = times.children_user + times.children_system
+    return spent
+
+
+def cpu_spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {role: round(after[role] - before.get(role, 0.0), 1) for role in after}
+
+
+def log_cpu(imported: dict) -> None:
+    """Where the import's CPU went: two cores give 2 s of CPU per second of import."""
+    cpu = imported["cpu_seconds"]
+    total = sum(cpu.values())
+    h.log(
+        f"  CPU seconds: {total:.0f} in {imported['seconds']:.0f} s "
+        f"({total / max(imported['seconds'], 1e-9):.2f} cores busy): "
+        + ", ".join(f"{role} {v:.0f}" for role, v in sorted(cpu.items(), key=lambda kv: -kv[1]) if v >= 0.5)
+    )
+
+
 def run_import(args) -> int:
     """The default mode: the raw embedder, then import_images of the test/ images until all are
     searchable, then single uploads timed until searchable; one JSON line."""
@@ -835,8 +897,11 @@ def run_import(args) -> int:
         warm_up(api, pending, args)
 
         h.log(f"Importing {len(blobs)} images with import_images (until searchable) ...")
+        before = cpu_by_role(app)
         imported = app.import_images(folder)
         figures.update(import_figures(imported, len(blobs), figures["raw_embedder"]))
+        figures["import"]["cpu_seconds"] = cpu_spent(before, cpu_by_role(app))
+        log_cpu(figures["import"])
 
         timed = time_single_uploads(api, pending, args)
         api.close()
@@ -844,7 +909,18 @@ def run_import(args) -> int:
         add_indexed_seconds(timed)
 
     figures["upload_to_searchable"] = upload_figures(timed, imported, args.poll)
+    if args.baseline:
+        figures["eager_baseline"] = eager_baseline_import(args, blobs, uploads)
+        figures["ratio_import_over_eager_baseline"] = round(
+            figures["import"]["images_per_s"] / figures["eager_baseline"]["images_per_s"], 2
+        )
     log_import_summary(figures, args)
+    if args.baseline:
+        b = figures["eager_baseline"]
+        h.log(
+            f"Eager baseline (INFERENCE=torch, one embedding process): {b['images_per_s']:.1f} img/s; "
+            f"this import is {figures['ratio_import_over_eager_baseline']:.2f}x it (issue 16: >= 3.5x, >= 100 img/s)"
+        )
 
     params = {
         "limit": args.limit or None,

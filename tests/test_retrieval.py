@@ -273,3 +273,20 @@ def test_a_close_up_without_a_lead_is_not_a_copy_but_leads_the_look_alikes():
     assert classify(clear, t).match == Match.NEAR_DUPLICATE
     weak = Evidence(cosine=0.3, pixels={PixelCheck.CLOSE_UP: PixelMatch(0.95, 0.4, gap=0.005)})
     assert classify(weak, t).strength < 1.0
+
+
+def test_a_query_is_black_and_white_only_when_no_part_of_it_has_colour():
+    """A red tie on a white page is mostly white, yet a colour photo: a copy of its catalogue
+    photo is not explained as "in black and white"; the grey copy of any photo is."""
+    from gallery.selectors.search_by_image import is_grayscale
+
+    with zipfile.ZipFile(dataset("fashion-products-6k.zip")) as zf:
+        tie = PILImage.open(io.BytesIO(zf.read("other/40216.jpg"))).convert("RGB")
+    photos = [*_products(12), tie]
+    for photo in photos:
+        out = io.BytesIO()
+        ImageOps.grayscale(photo).convert("RGB").resize((512, 683)).save(out, "JPEG", quality=75)
+        assert is_grayscale(PILImage.open(out))
+    tie_query = tie.resize((512, 683), PILImage.Resampling.BILINEAR)
+    assert np.asarray(tie_query).std(axis=2).mean() < 2.0  # on average it looks grey...
+    assert not is_grayscale(tie_query)  # ...but the tie has colour

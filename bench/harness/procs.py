@@ -105,6 +105,18 @@ def proc_memory_kb(pid: int) -> dict[str, int] | None:
     return {k: int(v) for k, v in found.items()}
 
 
+def proc_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a live process and of its waited-for children; None when
+    it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    ticks = sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def stop_process_group(proc: subprocess.Popen, *, first: int = signal.SIGTERM, grace: float = 20.0) -> None:
     """`first` to the group of a process started with start_new_session=True, then SIGKILL."""
     if proc.poll() is not None:

@@ -78,7 +78,19 @@ class Command(BaseCommand):
                 web_env,
             )
             beat = ["-B", "-s", str(Path(settings.VAR_DIR) / "celerybeat-schedule")]
-            self.start("embed-worker", [*celery, "-Q", queues.EMBED, "-c", "1", "-n", "embed@%h", *beat], env)
+            # Two embedding processes of one thread each: while one decodes, hashes and
+            # stores a batch (Python, one core), the other's network keeps the second core
+            # busy; one process of two threads left a core idle for a third of an import.
+            processes = max(1, int(env.get("EMBED_PROCESSES", "2")))
+            embed_env = {
+                **env,
+                "TORCH_THREADS": env.get("EMBED_TORCH_THREADS", "1" if processes > 1 else "2"),
+            }
+            self.start(
+                "embed-worker",
+                [*celery, "-Q", queues.EMBED, "-c", str(processes), "-n", "embed@%h", *beat],
+                embed_env,
+            )
             # The index has a single writer: its own queue, one process.
             self.start("index-worker", [*celery, "-Q", queues.INDEX, "-c", "1", "-n", "index@%h"], env)
             # Training, evaluation and re-embedding for a new model: long runs, never in the
