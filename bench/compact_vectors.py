@@ -4,7 +4,7 @@ learned on the gallery it serves), with and without an exact re-rank of the firs
 by the full vectors, and float16 storage. In-process, whole-picture vectors only (no regions,
 hashes or verification: what an index holds).
 
-- Near-duplicates: the 6,000 product photos as the gallery; 528 edited copies (the 22 kinds of
+- Near-duplicates: the 6,000 product photos as the gallery; 696 edited copies (the 29 kinds of
   bench/harness/edits.py x 2 strengths x 12) as queries: recall@1 and recall@10 (pixel-identical
   catalogue photos count as the same original). Re-rank: the first 50.
 - Categories: CIFAR-10, 10,000 `train/` photos as the gallery, 1,000 `test/` photos as queries:

@@ -11,31 +11,17 @@ so a bench can tell a method that generalises from one fitted to its own cases."
 
 from __future__ import annotations
 
-import io
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
-Box = tuple[int, int, int, int]
+from .edits_base import Edited
+from .edits_base import upscale as _upscale
+from .edits_outside import OUTSIDE_KINDS
+
 STRENGTHS = ("weak", "strong")
-
-
-@dataclass
-class Edited:
-    image: Image.Image
-    box: Box | None = None  # where the item is, when it is part of a larger picture
-    jpeg_quality: int | None = None  # encode as JPEG at this quality (PNG otherwise)
-
-    def encode(self) -> tuple[bytes, str]:
-        buf = io.BytesIO()
-        if self.jpeg_quality:
-            self.image.convert("RGB").save(buf, "JPEG", quality=self.jpeg_quality)
-            return buf.getvalue(), "jpg"
-        self.image.save(buf, "PNG")
-        return buf.getvalue(), "png"
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -43,11 +29,6 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow without sized default fonts
         return ImageFont.load_default()
-
-
-def _upscale(im: Image.Image, width: int) -> Image.Image:
-    height = max(1, round(im.height * width / im.width))
-    return im.resize((width, height), Image.Resampling.BICUBIC)
 
 
 def _words(rng: random.Random, n: int) -> str:
@@ -422,12 +403,13 @@ KINDS: dict[str, Edit] = {
     "watermark": watermark,
     "combo": combo,
     "framed": framed,
+    **OUTSIDE_KINDS,  # (last: the first kinds' queries stay those of earlier runs)
 }
 # Measured only: never used to choose a method or a threshold.
-HELD_OUT_KINDS = ("perspective", "watermark", "noise", "framed")
+HELD_OUT_KINDS = ("perspective", "watermark", "noise", "framed", *OUTSIDE_KINDS)
 TUNING_KINDS = tuple(k for k in KINDS if k not in HELD_OUT_KINDS)
 # The item is a part of the picture: the bench also asks with the item's box.
-REGION_KINDS = ("scene", "canvas", "screenshot", "framed")
+REGION_KINDS = ("scene", "canvas", "screenshot", "framed", "letterbox")
 
 
 def apply(
