@@ -42,14 +42,17 @@ def train_small(kind="metric", bits=0, **extra):
     return version
 
 
-def wait_for(predicate, timeout=120, what="condition"):
+def wait_for(predicate, timeout=120, what="condition", log=None):
+    """`predicate()`'s first true value; on timeout the tail of the worker's `log`, if given,
+    goes into the failure (a fault seen once under load is then readable from CI's output)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.3)
-    raise AssertionError(f"Timed out waiting for {what}")
+    tail = f"\nThe worker's log ends:\n{log.read_text()[-4000:]}" if log is not None and log.exists() else ""
+    raise AssertionError(f"Timed out waiting for {what}{tail}")
 
 
 def upload_colour_gallery(per_category: int, seed: int) -> list[int]:

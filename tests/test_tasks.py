@@ -181,7 +181,12 @@ def test_training_task_reports_progress_cancels_and_resumes(pipeline, tmp_path):
     assert running.progress["eta_seconds"] is not None
 
     assert services.model_train_cancel(running)
-    cancelled = wait_for(lambda: version_where(version.pk, state="cancelled"), timeout=30, what="the cancel")
+    cancelled = wait_for(
+        lambda: version_where(version.pk, state="cancelled"),
+        timeout=30,
+        what="the cancel",
+        log=pipeline["log"],
+    )
     step_at_cancel = cancelled.progress["step"]
     assert (cancelled.workdir / "checkpoint.pt").exists() and not cancelled.weights_path.exists()
 
