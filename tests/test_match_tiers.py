@@ -93,6 +93,19 @@ def test_the_same_file_is_labelled_exact(client, products):
     assert first["explanation"] == "the same picture" and first["box"] is None
 
 
+def test_a_stretched_copy_is_a_near_duplicate_not_the_same_picture(client, products):
+    """The hash does not see a photo's shape: 4:3 from a 3:4 photo is a changed copy."""
+    image, data = products[3]
+    photo = _open(data)
+    for size in ((photo.height * 4, photo.width * 4), (photo.width * 6, photo.height * 4)):
+        first = _search(client, _jpeg(photo.resize(size, PILImage.Resampling.BICUBIC)))["results"][0]
+        assert first["id"] == image.pk and first["match"] == "near_duplicate", (size, first)
+        assert first["explanation"] == "this photo, stretched or squeezed"
+    enlarged = photo.resize((photo.width * 4, photo.height * 4), PILImage.Resampling.BICUBIC)
+    first = _search(client, _jpeg(enlarged, quality=95))["results"][0]
+    assert first["id"] == image.pk and first["match"] in COPY and "stretched" not in first["explanation"]
+
+
 def test_an_edited_copy_comes_first_labelled_a_copy_with_words(client, products):
     for edit in sorted(EDITS):
         for image, data in (products[5], products[17]):

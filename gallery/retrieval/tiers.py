@@ -213,6 +213,8 @@ def _photometric_explanation(e: Evidence) -> str:
         return "this photo, turned"
     if e.grayscale_query:
         return "this photo in black and white"
+    if not e.same_aspect and e.region is None:
+        return "this photo, stretched or squeezed"
     if e.hash_distance is not None and e.hash_distance <= 12:
         return "the same photo, re-compressed or resized"
     if e.hash_distance is not None and e.hash_distance > 28:

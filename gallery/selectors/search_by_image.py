@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -32,6 +33,10 @@ from ..retrieval.verify import Verification
 from .search import RegionScore, SearchHit, SearchResult, clamp_k, index_reader, search_vector
 from .search_checks import Candidate, Query, Verifier, match_pixels
 from .search_slots import search_slot
+
+# Two pictures have the same shape when their width/height differ by less than this (log
+# ratio): rounding a small photo's resized sides moves it by a few per cent.
+SAME_SHAPE = 0.04
 
 
 class _Stopwatch:
@@ -149,15 +154,16 @@ def _search_picture(
             verified |= checker.best(params.verified - len(verified))
             watch.lap("verify")
     grayscale = is_grayscale(picture)
+    stretched = _stretched(query)
     evidence = {
-        label: _evidence(c, label, same_bytes, grayscale, verified.get(label))
+        label: _evidence(c, label, same_bytes, grayscale, verified.get(label), label not in stretched)
         for label, c in query.candidates.items()
     }
     decisions = {label: classify(e, params.copies) for label, e in evidence.items()}
     if not any(d.match in COPY_TIERS for d in decisions.values()):
         # No copy yet: is the picture part of a candidate's photo, or all of it smaller or
         # under marks?
-        _check_pixels(query, evidence, decisions, params, same_bytes, grayscale)
+        _check_pixels(query, evidence, decisions, params, same_bytes, grayscale, stretched)
         watch.lap("pixels")
     hits = _rank(query, decisions, k, category, active, copies_ref, params)
     watch.lap("rank")
@@ -171,12 +177,15 @@ def _check_pixels(
     params: RetrievalParams,
     same_bytes: int | None,
     grayscale: bool,
+    stretched: set[int],
 ) -> None:
     """The candidates' photos searched for the picture's pixels (`search_checks.match_pixels`);
     what matches is decided again with that evidence."""
     for label, pixels in match_pixels(query, params):
         if label not in evidence:  # found by its pixels alone (further down the vector's list)
-            evidence[label] = _evidence(query.candidates[label], label, same_bytes, grayscale, None)
+            evidence[label] = _evidence(
+                query.candidates[label], label, same_bytes, grayscale, None, label not in stretched
+            )
         evidence[label].pixels[pixels.check] = pixels
         decisions[label] = classify(evidence[label], params.copies)
 
@@ -257,6 +266,7 @@ def _evidence(
     same_bytes: int | None,
     grayscale: bool,
     verification: Verification | None,
+    same_aspect: bool,
 ) -> Evidence:
     return Evidence(
         cosine=c.cosine,
@@ -266,10 +276,24 @@ def _evidence(
         hash_variant=c.hash_variant,
         hash_gap=c.hash_gap,
         detail_cosine=c.detail_cosine,
-        same_aspect=True,
+        same_aspect=same_aspect,
         verification=verification,
         grayscale_query=grayscale,
     )
+
+
+def _stretched(query: Query) -> set[int]:
+    """The candidates found by their hash whose photo has another shape than the picture: a
+    stretched or squeezed copy is not "the same picture" (the hash does not see the shape)."""
+    hashed = [label for label, c in query.candidates.items() if c.hash_distance is not None]
+    if not hashed:
+        return set()
+    shape = query.picture.width / query.picture.height
+    return {
+        pk
+        for pk, width, height in Image.objects.filter(pk__in=hashed).values_list("pk", "width", "height")
+        if abs(math.log(shape * height / max(width, 1))) > SAME_SHAPE
+    }
 
 
 def is_grayscale(picture: PILImage.Image) -> bool:
