@@ -4,6 +4,7 @@ alike? Decided from the evidence gathered for it, with thresholds set on held-ou
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -99,6 +100,16 @@ class Decision:
     box: Box | None  # where the item is in the query, when it is part of it
     strength: float  # orders copies: more evidence first
     distinct_hash: bool = False  # its hash is by far the nearest to the query's (a changed copy?)
+
+
+# Two photos have the same shape when their width/height differ by less than this (log ratio):
+# rounding a small photo's resized sides moves it by a few per cent.
+SAME_SHAPE = 0.04
+
+
+def same_shape(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """The same width/height (the hash does not see a stretched or squeezed copy)."""
+    return abs(math.log((a[0] * b[1]) / max(1, a[1] * b[0]) or 1e-9)) <= SAME_SHAPE
 
 
 def verified_copy(v: Verification | None, cosine: float, t: CopyThresholds) -> bool:

@@ -8,7 +8,7 @@ from django.db.models import Count, Q, QuerySet
 from ..embedders import copy_model
 from ..models import DuplicateGroupRow, DuplicateScan, Image, ImageQuerySet, ModerationAction, Report
 from ..retrieval.params import retrieval_params
-from ..retrieval.tiers import COPY_TIERS, Evidence, classify
+from ..retrieval.tiers import COPY_TIERS, Evidence, classify, same_shape
 from .search import SearchIndex, index_reader
 
 MODERATION_VIEWS = ("pending", "reported", "hidden", "all")
@@ -102,7 +102,7 @@ def _copy_links(index: SearchIndex) -> list[tuple[int, int, str]]:
     """(item, item, explanation) for every pair the copy tiers call a copy."""
     thresholds = retrieval_params().copies
     hashes = index.hash_index()
-    links = []
+    pairs = []
     for label, code in zip(hashes.labels, hashes.codes):
         mine = index.vector(int(label))
         if mine is None:
@@ -111,12 +111,19 @@ def _copy_links(index: SearchIndex) -> list[tuple[int, int, str]]:
             if match.label <= label:
                 continue  # itself, or a pair already seen from the other side
             other = index.vector(match.label)
-            if other is None:
-                continue
-            evidence = Evidence(cosine=float(mine @ other), hash_distance=match.distance, same_aspect=True)
-            decision = classify(evidence, thresholds)
-            if decision.match in COPY_TIERS:
-                links.append((int(label), match.label, decision.explanation))
+            if other is not None:
+                pairs.append((int(label), match.label, match.distance, float(mine @ other)))
+    involved = {label for pair in pairs for label in pair[:2]}
+    shapes = {
+        pk: (width, height)
+        for pk, width, height in Image.objects.filter(pk__in=involved).values_list("pk", "width", "height")
+    }
+    links = []
+    for first, second, distance, cosine in pairs:
+        same = first in shapes and second in shapes and same_shape(shapes[first], shapes[second])
+        decision = classify(Evidence(cosine=cosine, hash_distance=distance, same_aspect=same), thresholds)
+        if decision.match in COPY_TIERS:
+            links.append((first, second, decision.explanation))
     return links
 
 

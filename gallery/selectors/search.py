@@ -18,7 +18,7 @@ from ..index.pgvector import PgVectorIndex, PgVectorReader
 from ..models import Embedding, Image, ImageQuerySet
 from ..retrieval.params import retrieval_params
 from ..retrieval.regions import Box
-from ..retrieval.tiers import Evidence, Match, classify
+from ..retrieval.tiers import Evidence, Match, classify, same_shape
 from .index_journal import DATABASE_JOURNAL
 
 _readers: dict[str, IndexReader | PgVectorReader] = {}
@@ -238,7 +238,10 @@ def image_similar(image: Image, *, k: int = 20) -> SearchResult:
             stored = index.vector(hit.image.pk)
             distance = distances.get(hit.image.pk)
             cosine = float(stored @ copy_vector) if stored is not None else hit.score
-            decision = classify(Evidence(cosine=cosine, hash_distance=distance), params.copies)
+            shape = same_shape((image.width, image.height), (hit.image.width, hit.image.height))
+            decision = classify(
+                Evidence(cosine=cosine, hash_distance=distance, same_aspect=shape), params.copies
+            )
             hit.match, hit.explanation = decision.match.value, decision.explanation
         hits.sort(key=lambda h: h.match not in (Match.EXACT.value, Match.NEAR_DUPLICATE.value))
     return SearchResult(hits, (time.perf_counter() - started) * 1000)

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 
@@ -28,15 +27,11 @@ from ..retrieval import regions as region_tools
 from ..retrieval.hashes import HASH_BITS, pdq_dihedral
 from ..retrieval.params import RetrievalParams, retrieval_params
 from ..retrieval.regions import Box
-from ..retrieval.tiers import COPY_TIERS, Decision, Evidence, classify, verified_copy
+from ..retrieval.tiers import COPY_TIERS, Decision, Evidence, classify, same_shape, verified_copy
 from ..retrieval.verify import Verification
 from .search import RegionScore, SearchHit, SearchResult, clamp_k, index_reader, search_vector
 from .search_checks import Candidate, Query, Verifier, match_pixels
 from .search_slots import search_slot
-
-# Two pictures have the same shape when their width/height differ by less than this (log
-# ratio): rounding a small photo's resized sides moves it by a few per cent.
-SAME_SHAPE = 0.04
 
 
 class _Stopwatch:
@@ -288,11 +283,10 @@ def _stretched(query: Query) -> set[int]:
     hashed = [label for label, c in query.candidates.items() if c.hash_distance is not None]
     if not hashed:
         return set()
-    shape = query.picture.width / query.picture.height
     return {
         pk
         for pk, width, height in Image.objects.filter(pk__in=hashed).values_list("pk", "width", "height")
-        if abs(math.log(shape * height / max(width, 1))) > SAME_SHAPE
+        if not same_shape(query.picture.size, (width, height))
     }
 
 
