@@ -113,11 +113,12 @@ def _copy_links(index: SearchIndex) -> list[tuple[int, int, str]]:
             other = index.vector(match.label)
             if other is not None:
                 pairs.append((int(label), match.label, match.distance, float(mine @ other)))
-    involved = {label for pair in pairs for label in pair[:2]}
-    shapes = {
-        pk: (width, height)
-        for pk, width, height in Image.objects.filter(pk__in=involved).values_list("pk", "width", "height")
-    }
+    involved = sorted({label for pair in pairs for label in pair[:2]})
+    shapes = {}
+    for start in range(0, len(involved), 5000):  # (SQLite takes at most 32,766 parameters)
+        chunk = involved[start : start + 5000]
+        rows = Image.objects.filter(pk__in=chunk).values_list("pk", "width", "height")
+        shapes.update({pk: (width, height) for pk, width, height in rows})
     links = []
     for first, second, distance, cosine in pairs:
         same = first in shapes and second in shapes and same_shape(shapes[first], shapes[second])
