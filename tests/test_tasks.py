@@ -172,7 +172,9 @@ def test_the_index_is_reconciled_with_the_database(pipeline):
 
 def test_training_task_reports_progress_cancels_and_resumes(pipeline, tmp_path):
     folder = make_category_folder(tmp_path / "set", per_class=16)
-    version = services.model_version_create("metric", data=str(folder), minutes=10, epochs=120, options=SMALL)
+    # Long enough to be cancelled on a fast day: 240 steps ran in 2 s here, before the cancel
+    # was read (the trainer reads it every 2 s), and the run ended "ready".
+    version = services.model_version_create("metric", data=str(folder), minutes=10, epochs=600, options=SMALL)
     running = wait_for(
         lambda: version_where(version.pk, state="training", progress__stage="training"),
         what="training progress",
@@ -192,7 +194,7 @@ def test_training_task_reports_progress_cancels_and_resumes(pipeline, tmp_path):
 
     assert services.model_train_resume(cancelled)
     ready = wait_for(lambda: version_where(version.pk, state="ready"), timeout=300, what="the resumed run")
-    assert ready.metrics["steps"] == 240  # 120 epochs of 2 batches: it went on, it did not restart
+    assert ready.metrics["steps"] == 1200  # 600 epochs of 2 batches: it went on, it did not restart
     assert ready.progress["step"] >= step_at_cancel
     assert "cancelled" in ready.log and "done" in ready.log
 
