@@ -109,7 +109,8 @@ SAME_SHAPE = 0.04
 
 def same_shape(a: tuple[int, int], b: tuple[int, int]) -> bool:
     """The same width/height (the hash does not see a stretched or squeezed copy)."""
-    return abs(math.log((a[0] * b[1]) / max(1, a[1] * b[0]) or 1e-9)) <= SAME_SHAPE
+    across, down = a[0] * b[1], a[1] * b[0]  # a's width/height over b's, without dividing
+    return across > 0 and down > 0 and abs(math.log(across / down)) <= SAME_SHAPE
 
 
 def verified_copy(v: Verification | None, cosine: float, t: CopyThresholds) -> bool:
