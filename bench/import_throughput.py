@@ -109,33 +109,6 @@ def raw_embedder_throughput(blobs: list[bytes], batch: int) -> dict:
     return figures
 
 
-def upload_until_searchable(
-    api: h.Api, data: bytes, name: str, *, poll: float, timeout: float
-) -> dict | None:
-    """None when the server already had these bytes (a duplicate)."""
-    stem = PurePosixPath(name).stem
-    t0 = time.perf_counter()
-    status, body = api.upload(data, f"{stem}.jpg", title=f"upload {stem}", category="bench-upload")
-    uploaded = time.perf_counter() - t0
-    if status != 201:
-        return None
-    image_id, polls = body["id"], 0
-    while time.perf_counter() - t0 < timeout:
-        hits = [r["id"] for r in api.search(data, f"{stem}.jpg", k=10)["results"]]
-        polls += 1
-        if image_id in hits:
-            return {
-                "id": image_id,
-                "name": name,
-                "upload_s": uploaded,
-                "searchable_s": time.perf_counter() - t0,
-            }
-        if polls % 20 == 0 and api.image(image_id)["status"] == "failed":
-            raise RuntimeError(f"upload {name} (id {image_id}) failed to embed")
-        time.sleep(poll)
-    raise RuntimeError(f"upload {name} (id {image_id}) was not searchable after {timeout:.0f} s")
-
-
 # --- --admin: the admin's bulk import of the whole ZIP ------------------------------------------
 
 
@@ -704,7 +677,7 @@ def warm_up(api: h.Api, pending: list[tuple[str, bytes]], args) -> None:
     warm = None
     while warm is None and pending:  # warm-up: model loaded in the worker, index created
         name, data = pending.pop(0)
-        warm = upload_until_searchable(api, data, name, poll=args.poll, timeout=args.upload_timeout)
+        warm = h.upload_until_searchable(api, data, name, poll=args.poll, timeout=args.upload_timeout)
     if warm is None:
         raise RuntimeError("no fresh image for the warm-up upload")
     h.log(f"Warm-up upload searchable after {warm['searchable_s']:.2f} s (not counted).")
@@ -745,7 +718,7 @@ def time_single_uploads(api: h.Api, pending: list[tuple[str, bytes]], args) -> l
     timed = []
     while len(timed) < args.uploads and pending:
         name, data = pending.pop(0)
-        result = upload_until_searchable(api, data, name, poll=args.poll, timeout=args.upload_timeout)
+        result = h.upload_until_searchable(api, data, name, poll=args.poll, timeout=args.upload_timeout)
         if result is None:
             continue  # already in the gallery: not fresh
         timed.append(result)

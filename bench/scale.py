@@ -57,6 +57,7 @@ from pathlib import Path
 
 import harness as h
 import numpy as np
+from harness.synthetic import synthesise
 
 CIFAR = "cifar10-jpg.zip"
 PRODUCTS = "fashion-products-6k.zip"
@@ -92,26 +93,6 @@ def embed(zip_path: Path, names: list[str], *, gallery: bool, batch: int = 64) -
     if pending:
         out.append(embedder.embed_gallery(pending) if gallery else embedder.embed(pending))
     return np.concatenate(out).astype(np.float32)
-
-
-def synthesise(real: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
-    """`total` vectors: the real ones, then mixtures of a real vector and one of its 10 nearest
-    real neighbours with a little noise of the real vectors' own per-dimension spread."""
-    n, dim = real.shape
-    sims = real @ real.T
-    np.fill_diagonal(sims, -2)
-    neighbours = np.argsort(-sims, axis=1)[:, :10]
-    spread = real.std(axis=0)
-    out = np.empty((total, dim), dtype=np.float32)
-    out[:n] = real
-    for start in range(n, total, 50000):
-        m = min(50000, total - start)
-        i = rng.integers(0, n, m)
-        j = neighbours[i, rng.integers(0, 10, m)]
-        a = rng.uniform(0.0, 0.5, (m, 1)).astype(np.float32)
-        v = real[i] + a * (real[j] - real[i]) + 0.3 * spread * rng.standard_normal((m, dim), dtype=np.float32)
-        out[start : start + m] = v / np.linalg.norm(v, axis=1, keepdims=True)
-    return out
 
 
 def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:

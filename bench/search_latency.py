@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
 import io
 import random
 import secrets
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import harness as h
 import numpy as np
+from harness.synthetic import synthetic_rows
 from PIL import Image
 
 FASHION = "fashion-products-6k.zip"
@@ -144,6 +144,7 @@ def fill_synthetic(target: int, probe_vector: np.ndarray, template_bytes: bytes,
     from gallery import services
     from gallery.embedders import active_model, detail_model, embedder_identity
     from gallery.index import write_lock
+    from gallery.models import Image as Item
     from gallery.selectors.index_journal import index_current
 
     model, dim = embedder_identity()
@@ -186,9 +187,13 @@ def fill_synthetic(target: int, probe_vector: np.ndarray, template_bytes: bytes,
             if done == 0:
                 vectors[0] = probe_vector
             views = detail_views(details_ref, vectors)
-            ids = synthetic_rows(template, seed, done, vectors, rng, model, views, details_ref)
+            codes = rng.integers(0, 256, size=(m, 32), dtype=np.uint8)  # unrelated random hashes
+            ids = synthetic_rows(
+                template, seed, done, vectors, codes, model, views=views, details_ref=details_ref
+            )
             if done == 0:
                 probe_id = ids[0]
+                Item.objects.filter(pk=probe_id).update(title="bench probe")
             t1 = time.perf_counter()
             index.add(ids, vectors)
             if details is not None:
@@ -273,78 +278,6 @@ def details_index(ref, target: int):
     if ref is None:
         return None
     return index_current(ref.index_dir) or services.index_empty(ref, target)
-
-
-def synthetic_rows(
-    template,
-    seed: int,
-    start: int,
-    vectors: np.ndarray,
-    rng: np.random.Generator,
-    model: str,
-    views: np.ndarray | None = None,
-    details_ref=None,
-) -> list:
-    """Image rows for synthetic items start.. with their Embedding rows and unrelated random
-    perceptual hashes, as the pipeline leaves an item (without them the app's backfill would
-    embed them all again: the database is the truth). Item `0` is the probe."""
-    from django.db import transaction
-
-    from gallery.models import Embedding
-    from gallery.models import Image as Item
-
-    rows = [Item(**synthetic_fields(Item, template, seed, start + i)) for i in range(len(vectors))]
-    for row, code in zip(rows, rng.integers(0, 256, size=(len(rows), 32), dtype=np.uint8)):
-        row.pdq = code.tobytes()
-    if start == 0:
-        rows[0].title = "bench probe"
-    with transaction.atomic():
-        ids = [row.pk for row in Item.objects.bulk_create(rows, batch_size=2000)]
-        Embedding.objects.bulk_create(
-            [
-                Embedding(image_id=pk, model_name=model, dim=vectors.shape[1], vector=vec.tobytes())
-                for pk, vec in zip(ids, vectors)
-            ],
-            batch_size=2000,
-        )
-        if views is not None:
-            Embedding.objects.bulk_create(
-                [
-                    Embedding(
-                        image_id=pk, model_name=details_ref.name, dim=views.shape[1], vector=vec.tobytes()
-                    )
-                    for pk, vec in zip(ids, views)
-                ],
-                batch_size=2000,
-            )
-    return ids
-
-
-def synthetic_fields(model, template, seed: int, n: int) -> dict:
-    """Field values of synthetic item n: the template's (so a field the model gains keeps a
-    valid value), with its own title, hash and unique values, status indexed."""
-    from django.utils import timezone
-
-    own = {
-        "title": f"synthetic {n}",
-        "category": f"synthetic-{n % 10}",
-        "original_name": f"synthetic-{n}.jpg",
-        "sha256": hashlib.sha256(f"bench-synthetic-{seed}-{n}".encode()).hexdigest(),
-        "status": model.Status.INDEXED,
-        "indexed_at": timezone.now(),
-    }
-    values = {}
-    for field in model._meta.concrete_fields:
-        if field.primary_key or getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
-            continue
-        if field.attname in own:
-            values[field.attname] = own[field.attname]
-        elif field.unique:
-            values[field.attname] = None if field.null else f"bench-synthetic-{seed}-{n}"
-        else:
-            value = getattr(template, field.attname)
-            values[field.attname] = value.name if hasattr(value, "storage") else value
-    return values
 
 
 def wait_for_probe(

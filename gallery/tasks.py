@@ -3,10 +3,11 @@ Acknowledgement is late with reject-on-worker-lost (settings); pipeline tasks re
 Celery's exponential back-off and jitter. `images_embed` also counts attempts in the
 database, so a task that keeps killing its worker still ends, with the error recorded."""
 
+import os
 from typing import Any
 
 from celery import Task, shared_task
-from celery.signals import worker_ready
+from celery.signals import worker_process_init, worker_ready
 from django.conf import settings
 
 from . import services
@@ -99,3 +100,11 @@ def _pick_up_lost_work(sender: Any = None, **kwargs: Any) -> None:
     task_consumer = getattr(sender, "task_consumer", None)  # the sender is the worker's Consumer
     consumed = {q.name for q in task_consumer.queues} if task_consumer else set()
     services.worker_started(consumed)
+
+
+@worker_process_init.connect
+def _yield_to_searches(**kwargs: Any) -> None:
+    """A pool process of a bulk worker runs at a lower priority (`WORKER_NICE`): an import
+    keeps both cores busy, and searches, which a visitor waits on, come first."""
+    if settings.WORKER_NICE:
+        os.nice(settings.WORKER_NICE)

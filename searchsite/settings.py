@@ -161,6 +161,9 @@ EMBEDDER_IMAGE_SIZE = env.int("EMBEDDER_IMAGE_SIZE", default=128)
 COPY_DETAILS = env.bool("COPY_DETAILS", default=False)
 EMBEDDER_WEIGHTS_DIR = env("EMBEDDER_WEIGHTS_DIR", default=str(VAR_DIR / "weights"))
 TORCH_THREADS = env.int("TORCH_THREADS", default=2)
+# Bulk work (embedding imports, training) runs below the web's searches: a worker's pool
+# processes add this to their nice value. `runapp` sets 10 for the embed and train workers.
+WORKER_NICE = env.int("WORKER_NICE", default=0)
 # The networks run through ONNX Runtime (exported from PyTorch on first use, kept in ONNX_DIR)
 # when its vectors agree with eager PyTorch's within ONNX_TOLERANCE; `torch`: eager PyTorch.
 INFERENCE = env("INFERENCE", default="onnx")

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from .app import BenchApp, venv_python
 from .datasets import IMAGE_EXTENSIONS, pixel_groups, require_dataset, write_subset_zip, zip_image_names
-from .http import Api, ApiError, Session, content_type, encode_multipart
-from .memory import MemorySampler
+from .http import Api, ApiError, Session, content_type, encode_multipart, upload_until_searchable
+from .memory import MemorySampler, pss_by_role
 from .procs import (
     descendants,
     free_port,
@@ -36,6 +36,7 @@ from .procs import (
     proc_cmd_name,
     proc_cpu_seconds,
     proc_memory_kb,
+    proc_pss_kb,
     proc_table,
     start_pgserver,
     stop_process_group,
@@ -81,12 +82,15 @@ __all__ = [
     "proc_cmd_name",
     "proc_cpu_seconds",
     "proc_memory_kb",
+    "proc_pss_kb",
     "proc_table",
+    "pss_by_role",
     "require_dataset",
     "run_concurrent",
     "start_pgserver",
     "stop_process_group",
     "summarize_ms",
+    "upload_until_searchable",
     "venv_python",
     "write_result",
     "write_subset_zip",

@@ -7,10 +7,11 @@ import http.client
 import http.cookies
 import json
 import re
+import time
 import urllib.parse
 import uuid
 from collections.abc import Container
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 
@@ -124,6 +125,33 @@ class Api:
 
     def image(self, image_id: int) -> dict:
         return self.json("GET", f"/api/images/{image_id}")[1]
+
+
+def upload_until_searchable(api: Api, data: bytes, name: str, *, poll: float, timeout: float) -> dict | None:
+    """Upload `data` (`POST /api/images`), then search with the same bytes until the new id
+    answers: the upload request's time and the time until searchable, in seconds. None when the
+    server already had these bytes (a duplicate)."""
+    stem = PurePosixPath(name).stem
+    t0 = time.perf_counter()
+    status, body = api.upload(data, f"{stem}.jpg", title=f"upload {stem}", category="bench-upload")
+    uploaded = time.perf_counter() - t0
+    if status != 201:
+        return None
+    image_id, polls = body["id"], 0
+    while time.perf_counter() - t0 < timeout:
+        hits = [r["id"] for r in api.search(data, f"{stem}.jpg", k=10)["results"]]
+        polls += 1
+        if image_id in hits:
+            return {
+                "id": image_id,
+                "name": name,
+                "upload_s": uploaded,
+                "searchable_s": time.perf_counter() - t0,
+            }
+        if polls % 20 == 0 and api.image(image_id)["status"] == "failed":
+            raise RuntimeError(f"upload {name} (id {image_id}) failed to embed")
+        time.sleep(poll)
+    raise RuntimeError(f"upload {name} (id {image_id}) was not searchable after {timeout:.0f} s")
 
 
 class Session(Api):

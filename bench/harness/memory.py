@@ -6,7 +6,7 @@ import contextlib
 import threading
 from typing import TYPE_CHECKING
 
-from .procs import proc_cmd_name, proc_memory_kb
+from .procs import proc_cmd_name, proc_memory_kb, proc_pss_kb
 
 if TYPE_CHECKING:
     from .app import BenchApp
@@ -96,3 +96,15 @@ class MemorySampler:
             out["samples"] = self.samples
             out["interval_s"] = self.interval
             return out
+
+
+def pss_by_role(app: BenchApp) -> dict[str, float]:
+    """What the app's processes hold together now, in MiB, by role and in total (`total`): the
+    sum of their proportional set sizes, which counts a page shared by n processes once (the
+    sum of resident sizes would count a mapped file n times)."""
+    out: dict[str, float] = {}
+    for role, procs in app.app_processes().items():
+        kb = sum(proc_pss_kb(pid) or 0 for pid, _, _ in procs)
+        out[role] = round(kb / 1024, 1)
+    out["total"] = round(sum(out.values()), 1)
+    return out

@@ -105,6 +105,19 @@ def proc_memory_kb(pid: int) -> dict[str, int] | None:
     return {k: int(v) for k, v in found.items()}
 
 
+def proc_pss_kb(pid: int) -> int | None:
+    """Proportional set size of a live process in kB: its private pages plus its share of the
+    pages it maps with others (forked parents, the same mapped file), so the PSS of several
+    processes adds up to what they hold together. None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    found = re.search(r"^Pss:\s+(\d+) kB", text, re.M)
+    return int(found[1]) if found else None
+
+
 def proc_cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds of a live process and of its waited-for children; None when
     it is gone."""

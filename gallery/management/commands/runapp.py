@@ -82,8 +82,10 @@ class Command(BaseCommand):
             # stores a batch (Python, one core), the other's network keeps the second core
             # busy; one process of two threads left a core idle for a third of an import.
             processes = max(1, int(env.get("EMBED_PROCESSES", "2")))
+            # Bulk work yields the cores to searches (a visitor waits on those).
+            bulk_env = {**env, "WORKER_NICE": env.get("WORKER_NICE", "10")}
             embed_env = {
-                **env,
+                **bulk_env,
                 "TORCH_THREADS": env.get("EMBED_TORCH_THREADS", "1" if processes > 1 else "2"),
             }
             self.start(
@@ -95,7 +97,7 @@ class Command(BaseCommand):
             self.start("index-worker", [*celery, "-Q", queues.INDEX, "-c", "1", "-n", "index@%h"], env)
             # Training, evaluation and re-embedding for a new model: long runs, never in the
             # way of uploads.
-            self.start("train-worker", [*celery, "-Q", queues.TRAIN, "-c", "1", "-n", "train@%h"], env)
+            self.start("train-worker", [*celery, "-Q", queues.TRAIN, "-c", "1", "-n", "train@%h"], bulk_env)
             self.stdout.write(
                 self.style.SUCCESS(f"Search by image: http://{host}:{port}/  (Ctrl-C stops everything)")
             )
