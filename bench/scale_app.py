@@ -7,8 +7,10 @@ A throw-away app (`manage.py runapp`, SQLite, hnswlib, the default settings) is 
    mixed from the real ones (`harness.synthetic.Mixer`: they keep the real clusters and spread),
    their PDQ hashes the real item's with 24-64 bits flipped, their categories drawn so that
    `share-1`, `share-10` and `share-50` hold 1 %, 10 % and 50 % of the items;
-3. `manage.py rebuild_index`, the app's own build (compact from `INDEX_COMPACT_MIN_ITEMS`), while
-   the app runs; the web processes load the new generation in the background.
+3. `manage.py rebuild_index`, the app's own build (compact from `INDEX_COMPACT_MIN_ITEMS`).
+
+Steps 2 and 3 run with the app stopped (its reconcile would index the rows as they are written);
+it is started again on the result, and the time until it serves it is reported.
 
 Then, through `POST /api/search` and `POST /api/images`:
 
@@ -26,6 +28,10 @@ Then, through `POST /api/search` and `POST /api/images`:
 
     .venv/bin/python bench/scale_app.py --items 1000000            # about 25 minutes here
     .venv/bin/python bench/scale_app.py --items 20000 --real 500 --import-files 500 --requests 50
+    .venv/bin/python bench/scale_app.py --kept /tmp/bench-scale-app-XXXX/var   # measure a kept gallery again
+
+With `--kept` (a VAR_DIR kept by `--keep`) nothing is filled: the app starts on that gallery and
+is measured again, with other CIFAR-10 photos (from `train/`) for the import and the uploads.
 
 Targets (issue 15, a million items, hnswlib): one client's p95 <= 50 ms, upload -> searchable
 <= 2 s, no search over 200 ms while an import runs, all processes together <= 12 GB."""
@@ -172,6 +178,25 @@ def wait_for_probe(app: h.BenchApp, photo: bytes, probe_id: int, timeout: float 
     raise RuntimeError(f"The web did not serve the new index within {timeout:.0f} s")
 
 
+def wait_until_served(app: h.BenchApp, queries: list[bytes], timeout: float = 600) -> float:
+    """A started app on a kept gallery: until searches answer from the loaded index (a process
+    loading it answers from the database's scan meanwhile) in 8 searches in a row."""
+    started, in_a_row = time.perf_counter(), 0
+    while in_a_row < 8:
+        if time.perf_counter() - started > timeout:
+            raise RuntimeError(f"The web did not load the kept index within {timeout:.0f} s")
+        api = h.Api(app.base_url, timeout=120)
+        try:
+            t0 = time.perf_counter()
+            api.search(queries[in_a_row], "query.jpg", k=10)
+            fast = time.perf_counter() - t0 < 0.5
+        finally:
+            api.close()
+        in_a_row = in_a_row + 1 if fast else 0
+        time.sleep(0.2)
+    return time.perf_counter() - started
+
+
 # --- measuring -------------------------------------------------------------------------------------
 
 
@@ -295,7 +320,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=200, help="searches per measurement")
     p.add_argument("--uploads", type=int, default=10, help="uploads timed until searchable")
     p.add_argument("--import-files", type=int, default=10000, help="CIFAR-10 photos imported under load")
+    p.add_argument("--kept", type=Path, help="a VAR_DIR kept by --keep: measure it again, without filling")
     return p.parse_args(argv)
+
+
+def build_gallery(
+    app: h.BenchApp, args, products: Path, real_names: list[str], probe_photo: bytes, figures: dict
+) -> h.MemorySampler:
+    """A fresh app filled to --items: real photos imported through the running app; then, with
+    the app stopped (its reconcile would otherwise index the rows as they are written, building
+    the index again and again), the synthetic rows and the index built; then the app started."""
+    app.prepare()
+    app.start()
+    h.log(f"Importing {len(real_names)} product photos ...")
+    real_dir = write_folder(app.tmp / "real", products, real_names)
+    figures["real_import_seconds"] = round(app.import_images(real_dir)["seconds"], 1)
+    app.stop()
+    app.setup_django()
+    figures["fill"] = fill(args, probe_features(probe_photo))
+    h.log("Building the index (manage.py rebuild_index) ...")
+    t0 = time.perf_counter()
+    app.run_manage(["rebuild_index"])
+    figures["build_seconds"] = round(time.perf_counter() - t0, 1)
+    app.flush_redis()  # the rebuild's requests for the stopped workers
+    t0 = time.perf_counter()
+    app.start()
+    sampler = h.MemorySampler(app, interval=1.0).start()
+    wait_for_probe(app, probe_photo, figures["fill"]["probe_id"])
+    figures["started_seconds"] = round(time.perf_counter() - t0, 1)
+    h.log(
+        f"Built in {figures['build_seconds']} s; the app served it {figures['started_seconds']} s after its start."
+    )
+    return sampler
 
 
 def main(argv=None) -> int:
@@ -309,31 +365,25 @@ def main(argv=None) -> int:
     train, test = h.zip_image_names(cifar, "train/"), h.zip_image_names(cifar, "test/")
     import_names = sorted(rnd.sample(test, min(args.import_files, len(test))))
     upload_names = rnd.sample(train, 2 * args.uploads + 1)
+    if args.kept:  # photos the kept gallery has not had (it holds the test/ ones and a few train/)
+        other = random.Random(time.time_ns())
+        import_names = sorted(other.sample(train, args.import_files))
+        upload_names = other.sample(sorted(set(train) - set(import_names)), 2 * args.uploads)
     with zipfile.ZipFile(products) as zf:
         queries = [phone_photo(zf.read(n)) for n in rnd.sample(real_names, min(100, len(real_names)))]
     with zipfile.ZipFile(cifar) as zf:
         fresh = [(n, zf.read(n)) for n in upload_names]
-    probe_photo = phone_photo(fresh.pop()[1])
     figures: dict = {}
     with h.BenchApp("scale-app", args) as app:
-        app.prepare()
-        app.start()
-        sampler = h.MemorySampler(app, interval=1.0).start()
-        h.log(f"Importing {len(real_names)} product photos ...")
-        real_dir = write_folder(app.tmp / "real", products, real_names)
-        figures["real_import_seconds"] = round(app.import_images(real_dir)["seconds"], 1)
-        app.setup_django()
-        figures["fill"] = fill(args, probe_features(probe_photo))
-        h.log("Building the index (manage.py rebuild_index) ...")
-        t0 = time.perf_counter()
-        app.run_manage(["rebuild_index"])
-        figures["build_seconds"] = round(time.perf_counter() - t0, 1)
-        figures["served_after_build_seconds"] = round(
-            wait_for_probe(app, probe_photo, figures["fill"]["probe_id"]), 1
-        )
-        h.log(
-            f"Built in {figures['build_seconds']} s; served {figures['served_after_build_seconds']} s later."
-        )
+        if args.kept:
+            app.var_dir = args.kept
+            app.env = app._build_env()
+            app.flush_redis()
+            app.start()
+            sampler = h.MemorySampler(app, interval=1.0).start()
+            figures["started_seconds"] = round(wait_until_served(app, queries), 1)
+        else:
+            sampler = build_gallery(app, args, products, real_names, phone_photo(fresh.pop()[1]), figures)
         figures["disk_mib"] = disk_mib(app.var_dir)
         figures["memory_loaded_pss_mib"] = h.pss_by_role(app)
         h.log(f"Memory (PSS, MiB): {figures['memory_loaded_pss_mib']}   disk (MiB): {figures['disk_mib']}")
@@ -363,12 +413,13 @@ def main(argv=None) -> int:
         sampler.sample()
         sampler.stop()
         figures["memory_peaks"] = sampler.summary()
-        shutil.rmtree(real_dir, ignore_errors=True)
+        shutil.rmtree(app.tmp / "real", ignore_errors=True)
         shutil.rmtree(import_dir, ignore_errors=True)
     figures["targets"] = verdicts(figures)
     for name, ok in figures["targets"].items():
         h.log(f"  {name}: {'PASS' if ok else 'FAIL'}")
     params = {k: getattr(args, k) for k in ("items", "real", "requests", "uploads", "import_files", "seed")}
+    params["kept"] = bool(args.kept)
     h.write_result(args.results, "scale_app", params, figures, full_size=args.items >= 1_000_000)
     return 0
 

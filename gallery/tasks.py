@@ -51,8 +51,8 @@ def images_backfill() -> int:
 
 
 @shared_task(base=PipelineTask)
-def index_sync(image_ids: list[int] | None = None) -> int:
-    return services.index_sync(image_ids)
+def index_sync(image_ids: list[int] | None = None, note_copies: list[int] | None = None) -> int:
+    return services.index_sync(image_ids, note_copies)
 
 
 @shared_task(base=PipelineTask)

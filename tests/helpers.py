@@ -16,7 +16,7 @@ def media_files(settings):
 def embed_and_index(*ids):
     """What the workers do, in-process (the worker path is covered in test_tasks/test_pipeline)."""
     services.images_embed(list(ids))
-    services.index_sync()
+    services.index_sync(note_copies=list(ids))  # as images_embed asks the index worker
 
 
 def api_upload(client, seed, **fields):

@@ -1,5 +1,7 @@
 """Upload → real Celery worker embeds → index → search, end to end through the API."""
 
+import time
+
 from django.test import Client
 
 from gallery.models import Image
@@ -31,3 +33,22 @@ def test_uploaded_images_become_searchable(pipeline):
     scores = [r["score"] for r in body["results"]]
     assert scores == sorted(scores, reverse=True)
     assert Image.objects.get(pk=ids[3]).indexed_at is not None
+
+
+def test_an_uploaded_copy_is_noted_by_the_index_worker(pipeline):
+    """The embed worker asks the index worker, which holds the copy index, to note which
+    existing item an upload copies (the embed processes never load that index)."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client = Client()
+    original = upload(client, 11, title="original").json()["id"]
+    other = upload(client, 12, title="other").json()["id"]
+    wait_for_status([original, other])
+    copy = encode(make_picture(11).resize((480, 360)), "JPEG", quality=60)
+    copy_id = client.post("/api/images", {"image": SimpleUploadedFile("copy.jpg", copy)}).json()["id"]
+    wait_for_status([copy_id])
+    deadline = time.monotonic() + 30
+    while Image.objects.get(pk=copy_id).near_duplicate_of_id is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert Image.objects.get(pk=copy_id).near_duplicate_of_id == original
+    assert Image.objects.get(pk=other).near_duplicate_of_id is None

@@ -41,9 +41,14 @@ def images_embed(image_ids: Sequence[int]) -> None:
         _after_commit("images_embed", list(image_ids[start : start + size]))
 
 
-def index_sync(image_ids: Sequence[int] | None = None) -> None:
-    """An index update: every embedded image still waiting, plus `image_ids`."""
-    _after_commit("index_sync", list(image_ids) if image_ids is not None else None)
+def index_sync(image_ids: Sequence[int] | None = None, *, note_copies: Sequence[int] | None = None) -> None:
+    """An index update: every embedded image still waiting, plus `image_ids`; then the note of
+    which item each of `note_copies` copies."""
+    _after_commit(
+        "index_sync",
+        list(image_ids) if image_ids is not None else None,
+        list(note_copies) if note_copies else None,
+    )
 
 
 def index_remove(image_ids: Sequence[int]) -> None:

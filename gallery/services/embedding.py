@@ -11,12 +11,9 @@ from django.db import transaction
 from django.db.models import F
 from PIL import Image as PILImage
 
-from ..embedders import ModelRef, active_model, copy_model, get_embedder, served_models
+from ..embedders import ModelRef, active_model, get_embedder, served_models
 from ..models import Embedding, Image
 from ..retrieval.hashes import pdq_hash
-from ..retrieval.params import retrieval_params
-from ..retrieval.tiers import COPY_TIERS, Evidence, classify
-from ..selectors.search import index_reader
 from . import dispatch
 
 logger = logging.getLogger(__name__)
@@ -101,35 +98,15 @@ def images_embed(image_ids: list[int], *, note_near_duplicates: bool = True) -> 
         except (OSError, ValueError) as exc:
             images_mark_failed([image.pk], "The stored file cannot be read", exc)
     if ready:
-        computed, rows = _embed_and_hash(ready, pictures, refs)
+        _, rows = _embed_and_hash(ready, pictures, refs)
         with transaction.atomic():
             _store(ready, rows)
-            dispatch.index_sync()
-        copies = computed.get(copy_model().name)
-        if note_near_duplicates and copies is not None:
-            _note_near_duplicates(ready, copies)
+            # The index writer notes which existing item an upload copies, with the copy
+            # index it holds (this process never loads it).
+            dispatch.index_sync(note_copies=[im.pk for im in ready] if note_near_duplicates else None)
     elif Image.objects.filter(pk__in=image_ids).processing().complete(names).exists():
         dispatch.index_sync()  # embedded earlier, but the index update was lost
     return len(ready)
-
-
-def _note_near_duplicates(images: list[Image], vectors: np.ndarray) -> None:
-    """Record the closest existing item when it is a copy by the same rule as search's tiers
-    (its hash and vector agree; for staff and uploaders)."""
-    index = index_reader(copy_model()).get()
-    if index is None or len(index) == 0:
-        return
-    hashes = index.hash_index()
-    for image, vector in zip(images, vectors):
-        hits = [(label, score) for label, score in index.query(vector, 3) if label != image.pk]
-        if not hits or image.pdq is None:
-            continue
-        label, score = hits[0]
-        distance = hashes.distance_to([label], np.frombuffer(bytes(image.pdq), dtype=np.uint8)).get(label)
-        evidence = Evidence(cosine=score, hash_distance=distance)
-        if classify(evidence, retrieval_params().copies).match in COPY_TIERS:
-            image.near_duplicate_of_id = label
-            Image.objects.filter(pk=image.pk).update(near_duplicate_of_id=label)
 
 
 def images_backfill(*, seconds: float = 45.0, batch_size: int = 64) -> int:

@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from ..embedders import ModelRef, active_model, served_models
+from ..embedders import ModelRef, active_model, copy_model, served_models
 from ..index import IndexMeta, IndexUnusable, IndexWriteFailed, VectorIndex, journal_head_touch, write_lock
 from ..index.compact import LEARN_SAMPLE, Projection
 from ..index.pgvector import PgVectorIndex
@@ -32,6 +32,7 @@ from ..models import Embedding, Image, ImageQuerySet, IndexChange
 from ..selectors.index_journal import DATABASE_JOURNAL, index_hashes
 from ..selectors.search import SearchIndex, pgvector_index, vectors_in_database
 from . import dispatch
+from .duplicates import near_duplicates_note
 from .recovery import images_catch_up_with_active_model
 
 logger = logging.getLogger(__name__)
@@ -206,12 +207,19 @@ def _stored_chunks(ref: ModelRef, ids: list[int]) -> Iterator[tuple[list[int], l
             yield chunk, vectors
 
 
-def index_sync(image_ids: list[int] | None = None) -> int:
+def index_sync(image_ids: list[int] | None = None, note_copies: list[int] | None = None) -> int:
     """Add every image still marked processing that has all it needs (and the given indexed
     ones, e.g. just approved or just hashed) to every served index if it may be searched,
-    save, and mark them indexed. With no usable index on disk, rebuild it from the database."""
+    save, and mark them indexed. With no usable index on disk, rebuild it from the database.
+    Then note which existing item each of `note_copies` (new uploads) is a copy of."""
     active = active_model(fresh=True)
     added = index_sync_models(served_models(active), image_ids)
+    if note_copies:
+        ref = copy_model()
+        with _writing(ref):
+            index = _writer_index(ref)
+            if index is not None:
+                near_duplicates_note(index, note_copies)
     if active_model(fresh=True).name != active.name:
         # The model was switched while we worked: what we just marked indexed went into the
         # old index, after the switch's own catch-up had looked.
