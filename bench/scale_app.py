@@ -165,6 +165,8 @@ def wait_for_probe(app: h.BenchApp, photo: bytes, probe_id: int, timeout: float 
         api = h.Api(app.base_url, timeout=120)
         try:
             results = api.search(photo, "probe.jpg", k=5)["results"]
+        except (h.ApiError, OSError):  # a starting app: not answering yet
+            results = []
         finally:
             api.close()
         in_a_row = in_a_row + 1 if results and results[0]["id"] == probe_id else 0
@@ -190,6 +192,8 @@ def wait_until_served(app: h.BenchApp, queries: list[bytes], timeout: float = 60
             t0 = time.perf_counter()
             api.search(queries[in_a_row], "query.jpg", k=10)
             fast = time.perf_counter() - t0 < 0.5
+        except (h.ApiError, OSError):  # not answering yet
+            fast = False
         finally:
             api.close()
         in_a_row = in_a_row + 1 if fast else 0
