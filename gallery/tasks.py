@@ -7,10 +7,10 @@ import os
 from typing import Any
 
 from celery import Task, shared_task
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_init, worker_process_init, worker_ready
 from django.conf import settings
 
-from . import services
+from . import queues, services
 
 
 class PipelineTask(Task):
@@ -108,3 +108,16 @@ def _yield_to_searches(**kwargs: Any) -> None:
     keeps both cores busy, and searches, which a visitor waits on, come first."""
     if settings.WORKER_NICE:
         os.nice(settings.WORKER_NICE)
+
+
+@worker_init.connect
+def _index_writer_keeps_its_index(sender: Any = None, **kwargs: Any) -> None:
+    """A worker of the index queue holds the index by design (1.4 GB at a million items, and
+    the full vectors' mapped pages count in its resident size): a per-child memory limit
+    (`CELERY_WORKER_MAX_MEMORY_PER_CHILD`) replaced its process after every task or two, and
+    each new one loaded the index again: uploads took 2-13 s to become searchable. Sent
+    after the worker read its settings and queues, before it starts its pool."""
+    amqp_queues = sender.app.amqp.queues
+    consumed = set(amqp_queues.consume_from or amqp_queues)
+    if queues.INDEX in consumed:
+        sender.max_memory_per_child = None

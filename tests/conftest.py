@@ -110,7 +110,13 @@ def _database_url(settings_dict) -> str:
 
 
 def start_worker(
-    broker_url: str, session_dirs, log_path: Path, name: str, pool: str = "solo"
+    broker_url: str,
+    session_dirs,
+    log_path: Path,
+    name: str,
+    pool: str = "solo",
+    queues_consumed: tuple[str, ...] | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen:
     """A real `celery worker` process on the test database, consuming every queue (solo
     pool by default: one task at a time, so it is also the index's single writer; prefork
@@ -127,6 +133,7 @@ def start_worker(
         INDEX_DIR=str(session_dirs["index"]),
         MODELS_DIR=str(session_dirs["models"]),
         VAR_DIR=str(session_dirs["base"]),
+        **(extra_env or {}),
     )
     with open(log_path, "w") as log:  # the worker writes through its own copy
         proc = subprocess.Popen(
@@ -138,7 +145,7 @@ def start_worker(
                 "searchsite",
                 "worker",
                 "-Q",
-                ",".join(queues.ALL),
+                ",".join(queues_consumed or queues.ALL),
                 "--pool",
                 pool,
                 "--concurrency",

@@ -46,3 +46,50 @@ def test_a_prefork_worker_bounds_web_work_and_lets_training_run_for_hours(
         assert stats[name]["pool"]["timeouts"] == [0, 0]  # no pool-wide limit behind them
     finally:
         stop_worker(proc)
+
+
+def _pool_processes(log_text: str, task: str) -> list[str]:
+    """The pool process that ran each finished `task`, in order ('ForkPoolWorker-1', ...)."""
+    return re.findall(rf"INFO/(ForkPoolWorker-\d+)\] Task gallery\.tasks\.{task}\[\S+\] succeeded", log_text)
+
+
+def _run_and_wait(send, log, task: str, count: int) -> list[str]:
+    for _ in range(count):
+        send()
+    deadline = time.monotonic() + 60
+    while len(_pool_processes(log.read_text(), task)) < count and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return _pool_processes(log.read_text(), task)
+
+
+def test_the_index_worker_keeps_its_process_under_a_memory_limit_other_workers_obey(
+    transactional_db, redis_url, session_dirs
+):
+    """The index worker holds the index: a per-child memory limit would replace its process
+    after a task, and the next process would load the whole index again."""
+    from gallery import queues, tasks
+
+    tiny = {"CELERY_WORKER_MAX_MEMORY_PER_CHILD": "1000"}  # 1 MB: every process is over it
+    for queue, task, send in (
+        (queues.INDEX, "index_sync", tasks.index_sync.delay),
+        (queues.EMBED, "images_backfill", tasks.images_backfill.delay),
+    ):
+        log = session_dirs["base"] / f"memory-limit-{queue}.log"
+        proc = start_worker(
+            redis_url,
+            session_dirs,
+            log,
+            f"mem-{queue}",
+            pool="prefork",
+            queues_consumed=(queue,),
+            extra_env=tiny,
+        )
+        try:
+            ran_in = _run_and_wait(send, log, task, 3)
+        finally:
+            stop_worker(proc)
+        assert len(ran_in) == 3, log.read_text()[-3000:]
+        if queue == queues.INDEX:
+            assert ran_in == ["ForkPoolWorker-1"] * 3  # one process, its index kept
+        else:
+            assert len(set(ran_in)) == 3  # a new process after each task: the limit applies
