@@ -337,18 +337,20 @@ def _rank(
         }
     order = list(dict.fromkeys(copies + alike))
     rows = Image.objects.searchable().filter(category=category) if category else Image.objects.searchable()
-    found = rows.in_bulk(order)
-    hits = []
-    for label in order:
-        if label not in found:
-            continue
-        decision = decisions.get(label)
-        hit = SearchHit(found[label], max(-1.0, min(1.0, scores.get(label, 0.0))))
-        if decision is not None:
-            hit.match, hit.explanation, hit.box = decision.match.value, decision.explanation, decision.box
-        hits.append(hit)
-        if len(hits) == k:
-            break
+    hits: list[SearchHit] = []
+    step = max(2 * k, 20)  # rows read a slice at a time: most searches need only the first
+    for start in range(0, len(order), step):
+        found = rows.in_bulk(order[start : start + step])
+        for label in order[start : start + step]:
+            if label not in found:
+                continue
+            decision = decisions.get(label)
+            hit = SearchHit(found[label], max(-1.0, min(1.0, scores.get(label, 0.0))))
+            if decision is not None:
+                hit.match, hit.explanation, hit.box = decision.match.value, decision.explanation, decision.box
+            hits.append(hit)
+            if len(hits) == k:
+                return hits
     return hits
 
 
