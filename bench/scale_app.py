@@ -204,9 +204,9 @@ def wait_until_served(app: h.BenchApp, queries: list[bytes], timeout: float = 60
 def settle(app: h.BenchApp, timeout: float = 1800) -> None:
     """Until the kept gallery has no image left processing (a run stopped during its import
     leaves some, which the app's recovery takes up at its start)."""
+    app.setup_django()
     from gallery.models import Image as Item
 
-    app.setup_django()
     started = time.perf_counter()
     while (waiting := Item.objects.processing().count()) and time.perf_counter() - started < timeout:
         h.log(f"  {waiting} images still processing ...")
