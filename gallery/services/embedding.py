@@ -5,7 +5,6 @@ one, and the copy model when that is another) and its PDQ hash."""
 import logging
 import time
 
-import numpy as np
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
@@ -41,14 +40,12 @@ def _vectors_present(image_ids: list[int], refs: list[ModelRef]) -> set[tuple[in
 
 def _embed_and_hash(
     images: list[Image], pictures: list[PILImage.Image], refs: list[ModelRef]
-) -> tuple[dict[str, np.ndarray], list[Embedding]]:
+) -> list[Embedding]:
     """Each model's vectors the images lack, and their missing hashes (set on the images):
     computed before any write, so no database lock is held while the CPU works (SQLite's
-    writers would wait, and give up after their timeout on a busy machine). Returns the new
-    vectors by model name (rows in the order of `images`; absent ones zero) and the rows to
-    store."""
+    writers would wait, and give up after their timeout on a busy machine). Returns the rows
+    to store."""
     present = _vectors_present([im.pk for im in images], refs)
-    computed: dict[str, np.ndarray] = {}
     rows = []
     for ref in refs:
         todo = [n for n, im in enumerate(images) if (im.pk, ref.name) not in present]
@@ -56,8 +53,6 @@ def _embed_and_hash(
             continue
         embedder = get_embedder(ref)
         vectors = embedder.embed_gallery([pictures[n] for n in todo])
-        computed[ref.name] = np.zeros((len(images), ref.vector_size), dtype=np.float32)
-        computed[ref.name][todo] = vectors
         rows += [
             Embedding(image=images[n], model_name=ref.name, dim=ref.vector_size, vector=vec.tobytes())
             for n, vec in zip(todo, vectors)
@@ -65,7 +60,7 @@ def _embed_and_hash(
     for image, picture in zip(images, pictures):
         if image.pdq is None:
             image.pdq, image.pdq_quality = pdq_hash(picture)
-    return computed, rows
+    return rows
 
 
 def _store(images: list[Image], rows: list[Embedding]) -> None:
@@ -79,8 +74,8 @@ def _store(images: list[Image], rows: list[Embedding]) -> None:
 def images_embed(image_ids: list[int], *, note_near_duplicates: bool = True) -> int:
     """Compute and store what the given images still need (vectors, hash), then queue an
     index update. Idempotent; counts attempts so that a task that keeps crashing its worker
-    gives up with the error recorded. Bulk imports skip the near-duplicate note (staff see
-    near-duplicate groups instead), so the embed worker does not reload the index per batch."""
+    gives up with the error recorded. The index update also notes which existing item each
+    upload copies; bulk imports skip that note (staff see near-duplicate groups instead)."""
     refs = served_models(active_model(fresh=True))
     names = [r.name for r in refs]
     Image.objects.filter(pk__in=image_ids).processing().update(embed_attempts=F("embed_attempts") + 1)
@@ -98,7 +93,7 @@ def images_embed(image_ids: list[int], *, note_near_duplicates: bool = True) -> 
         except (OSError, ValueError) as exc:
             images_mark_failed([image.pk], "The stored file cannot be read", exc)
     if ready:
-        _, rows = _embed_and_hash(ready, pictures, refs)
+        rows = _embed_and_hash(ready, pictures, refs)
         with transaction.atomic():
             _store(ready, rows)
             # The index writer notes which existing item an upload copies, with the copy
@@ -134,7 +129,7 @@ def images_backfill(*, seconds: float = 45.0, batch_size: int = 64) -> int:
                 images.append(image)
             except (OSError, ValueError):
                 unreadable.add(image.pk)
-        _store(images, _embed_and_hash(images, pictures, refs)[1])
+        _store(images, _embed_and_hash(images, pictures, refs))
         dispatch.index_sync([im.pk for im in images])
         done += len(images)
     return done
