@@ -2,6 +2,7 @@
 the web's work is bounded, long runs (training, evaluation, activation) are not, and index
 rebuilds get hours."""
 
+import functools
 import os
 import re
 import socket
@@ -89,9 +90,8 @@ def test_the_index_worker_keeps_its_process_under_a_memory_limit_other_workers_o
             extra_env=tiny,
         )
         try:
-            ran_in = _run_in_this_worker(
-                lambda: task.apply_async(queue=own), log, task.name.rsplit(".", 1)[1], 3
-            )  # noqa: B023
+            send = functools.partial(task.apply_async, queue=own)
+            ran_in = _run_in_this_worker(send, log, task.name.rsplit(".", 1)[1], 3)
         finally:
             stop_worker(proc)
         assert len(ran_in) == 3, log.read_text()[-3000:]
