@@ -57,6 +57,7 @@ from pathlib import Path
 
 import harness as h
 import numpy as np
+from harness.edits_base import phone_photo
 from harness.synthetic import synthesise
 
 CIFAR = "cifar10-jpg.zip"
@@ -240,14 +241,7 @@ def measure_pgvector(args, model: str, dim: int, vectors, queries, truth, rng) -
 
 def query_photos(zip_path: Path, names: list[str]) -> list[bytes]:
     """Product photos as a phone sends them: 768x1024 JPEGs."""
-    from PIL import Image
-
-    out = []
-    for im in read_images(zip_path, names):
-        buf = io.BytesIO()
-        im.resize((768, 1024), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=90)
-        out.append(buf.getvalue())
-    return out
+    return [phone_photo(im) for im in read_images(zip_path, names)]
 
 
 def measure_query_path(index, photos: list[bytes], items: int, rng: np.random.Generator, repeat: int) -> dict:

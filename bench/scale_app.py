@@ -50,6 +50,7 @@ from pathlib import Path, PurePosixPath
 
 import harness as h
 import numpy as np
+from harness import edits_base
 from harness.synthetic import Mixer, nearby_codes, synthetic_rows
 from PIL import Image
 
@@ -63,12 +64,8 @@ TARGET_MEMORY_MIB = 12 * 1024
 
 
 def phone_photo(data: bytes) -> bytes:
-    """A catalogue photo as a phone sends it: 768x1024, JPEG quality 90."""
     with Image.open(io.BytesIO(data)) as im:
-        big = im.convert("RGB").resize((768, 1024), Image.Resampling.BICUBIC)
-    buf = io.BytesIO()
-    big.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
+        return edits_base.phone_photo(im)
 
 
 def write_folder(folder: Path, zip_path: Path, names: list[str]) -> Path:

@@ -28,3 +28,11 @@ class Edited:
 def upscale(im: Image.Image, width: int) -> Image.Image:
     height = max(1, round(im.height * width / im.width))
     return im.resize((width, height), Image.Resampling.BICUBIC)
+
+
+def phone_photo(im: Image.Image) -> bytes:
+    """A catalogue photo as a phone sends it: 768x1024, JPEG quality 90 (the scale benches'
+    queries)."""
+    buf = io.BytesIO()
+    im.convert("RGB").resize((768, 1024), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
