@@ -1,6 +1,7 @@
 """Embedding speed: eager PyTorch and the optimised path (ONNX Runtime, `INFERENCE=onnx`) side
 by side in one run, for each model the app serves: the default embedder (a query's vector, and a
-gallery item's three views), the copy model's detail views, and one network of each learned kind
+gallery item's views, `EMBEDDER_GALLERY_VIEWS`), the copy model's detail views, and one network
+of each learned kind
 (random weights: speed does not depend on them; a 48-bit hash head where the kind learns one).
 
 For each: images per second at batch 1 and batch 32, milliseconds per query (batch 1, p50), and
@@ -63,13 +64,15 @@ def learned_model_files(folder: Path) -> dict[str, Path]:
 
 def build(name: str, files: dict[str, Path]):
     """(embedder, how it embeds) of a model under the current INFERENCE setting."""
+    from django.conf import settings
+
     from gallery.embedders.details import LiteDetailEmbedder
     from gallery.embedders.efficientnet_lite import EfficientNetLiteEmbedder
     from gallery.embedders.learned import LearnedEmbedder
     from gallery.embedders.registry import DETAIL_GRID, DETAIL_SHARE
 
-    if name in ("default", "default gallery (3 views)", "details (4 views)"):
-        whole = EfficientNetLiteEmbedder()
+    if name == "default" or name.startswith(("default gallery", "details")):
+        whole = EfficientNetLiteEmbedder(gallery_views=settings.EMBEDDER_GALLERY_VIEWS)
         if name == "default":
             return whole, whole.embed
         if name.startswith("default gallery"):
@@ -107,7 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     settings.ONNX_DIR = tmp / "onnx"
     pictures = photos(args.datasets)
     files = learned_model_files(tmp)
-    names = ["default", "default gallery (3 views)", "details (4 views)", *files]
+    views = settings.EMBEDDER_GALLERY_VIEWS
+    names = [
+        "default",
+        f"default gallery ({views} view{'s' if views > 1 else ''})",
+        "details (4 views)",
+        *files,
+    ]
     if args.models:
         wanted = args.models.split(",")
         names = [n for n in names if n.split(" ")[0] in wanted or n in wanted]

@@ -48,10 +48,11 @@ class ImageQuerySet(models.QuerySet["Image"]):
 
     def lacking(self, model_names: list[str]) -> "ImageQuerySet":
         """Images still missing a vector of one of these models, or their perceptual hash."""
-        missing = Q(pdq__isnull=True)
-        for name in model_names:
-            missing |= Q(~Exists(_vector_of(name)))
-        return self.filter(missing)
+        return self.filter(Q(pdq__isnull=True) | _missing_vector(model_names))
+
+    def lacking_vectors(self, model_names: list[str]) -> "ImageQuerySet":
+        """Images missing a vector of one of these models."""
+        return self.filter(_missing_vector(model_names))
 
     def complete(self, model_names: list[str]) -> "ImageQuerySet":
         """Images with a vector of every one of these models and their perceptual hash."""
@@ -59,6 +60,13 @@ class ImageQuerySet(models.QuerySet["Image"]):
         for name in model_names:
             qs = qs.filter(Exists(_vector_of(name)))
         return qs
+
+
+def _missing_vector(model_names: list[str]) -> Q:
+    missing = Q(pk__in=[])  # matches nothing: no model, nothing missing
+    for name in model_names:
+        missing |= Q(~Exists(_vector_of(name)))
+    return missing
 
 
 def _vector_of(model_name: str) -> models.QuerySet["Embedding"]:

@@ -34,7 +34,9 @@ def _with_torch(ref: ModelRef) -> "Embedder":
     if ref.backbone == "efficientnet_lite0":
         from .efficientnet_lite import EfficientNetLiteEmbedder  # torch + timm
 
-        return EfficientNetLiteEmbedder(image_size=settings.EMBEDDER_IMAGE_SIZE)
+        return EfficientNetLiteEmbedder(
+            image_size=settings.EMBEDDER_IMAGE_SIZE, gallery_views=settings.EMBEDDER_GALLERY_VIEWS
+        )
     if ref.backbone == "learned":
         from .learned import LearnedEmbedder  # torch + the networks of gallery.learning
 

@@ -30,8 +30,8 @@ LITE0_DIM = LITE0_FINAL_DIM + 192  # last feature map + stage-5 output
 ACTIVE_TTL_SECONDS = 1.0
 
 
-def lite0_model_name(image_size: int) -> str:
-    return f"efficientnet_lite0-ms{LITE0_MID_STAGE}-3view-{image_size}"
+def lite0_model_name(image_size: int, gallery_views: int) -> str:
+    return f"efficientnet_lite0-ms{LITE0_MID_STAGE}-{gallery_views}view-{image_size}"
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,11 @@ class ModelRef:
 def pretrained_ref(backbone: str, pooling: str = "avg", version_id: int | None = None) -> ModelRef:
     if backbone == "efficientnet_lite0":
         return ModelRef(
-            lite0_model_name(settings.EMBEDDER_IMAGE_SIZE), LITE0_DIM, backbone, "gem", version_id=version_id
+            lite0_model_name(settings.EMBEDDER_IMAGE_SIZE, settings.EMBEDDER_GALLERY_VIEWS),
+            LITE0_DIM,
+            backbone,
+            "gem",
+            version_id=version_id,
         )
     if backbone in TORCHVISION_BACKBONES:
         return ModelRef(

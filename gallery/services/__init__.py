@@ -60,7 +60,7 @@ from .model_versions import (
 )
 from .moderation import MODERATION_ACTIONS, images_moderate, report_create
 from .recovery import (
-    images_catch_up_with_active_model,
+    images_catch_up_with_served_models,
     images_enqueue_pending,
     import_job_resume_stalled,
     models_resume_stalled,
@@ -84,7 +84,7 @@ __all__ = [
     "image_fetch_from_url",
     "image_update_metadata",
     "images_backfill",
-    "images_catch_up_with_active_model",
+    "images_catch_up_with_served_models",
     "images_embed",
     "images_enqueue_pending",
     "images_mark_failed",

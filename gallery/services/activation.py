@@ -16,7 +16,7 @@ from . import dispatch
 from .embedding import images_mark_failed
 from .index_writer import index_build
 from .model_versions import model_version_log
-from .recovery import images_catch_up_with_active_model
+from .recovery import images_catch_up_with_served_models
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def _embed_all(version: ModelVersion, *, batch_size: int, total: int) -> bool:
 def _after_switch(started: datetime) -> None:
     """Catch up with what changed during the activation: new uploads get the new model's
     vectors; items hidden or rejected meanwhile leave the new index."""
-    images_catch_up_with_active_model()
+    images_catch_up_with_served_models()
     changed = list(Image.objects.filter(updated_at__gte=started).unsearchable().values_list("pk", flat=True))
     if changed:
         dispatch.index_remove(changed)

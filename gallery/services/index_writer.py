@@ -33,7 +33,7 @@ from ..selectors.index_journal import DATABASE_JOURNAL, index_hashes
 from ..selectors.search import SearchIndex, pgvector_index, vectors_in_database
 from . import dispatch
 from .duplicates import near_duplicates_note
-from .recovery import images_catch_up_with_active_model
+from .recovery import images_catch_up_with_served_models
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ def index_sync(image_ids: list[int] | None = None, note_copies: list[int] | None
     if active_model(fresh=True).name != active.name:
         # The model was switched while we worked: what we just marked indexed went into the
         # old index, after the switch's own catch-up had looked.
-        images_catch_up_with_active_model()
+        images_catch_up_with_served_models()
     return added
 
 

@@ -37,15 +37,15 @@ def images_enqueue_pending() -> int:
     return len(ids)
 
 
-def images_catch_up_with_active_model() -> None:
-    """Images that lack the active model's vector get it: those marked indexed (with the old
-    model's) go back to processing, and every such processing image is queued."""
-    name = active_model(fresh=True).name
-    missing = list(
-        Image.objects.filter(status=Image.Status.INDEXED).without_vector(name).values_list("pk", flat=True)
+def images_catch_up_with_served_models() -> None:
+    """Images that lack a vector of a served model get it: those marked indexed (with another
+    model's: a switch, or a changed default embedder such as `EMBEDDER_GALLERY_VIEWS`) go
+    back to processing, and every such processing image is queued. One UPDATE: an upgrade
+    may send every image of a large gallery back."""
+    names = [ref.name for ref in served_models(active_model(fresh=True))]
+    Image.objects.filter(status=Image.Status.INDEXED).lacking_vectors(names).update(
+        status=Image.Status.PROCESSING, embed_attempts=0
     )
-    if missing:
-        Image.objects.filter(pk__in=missing).update(status=Image.Status.PROCESSING, embed_attempts=0)
     images_enqueue_pending()
 
 
@@ -105,7 +105,7 @@ def recover_lost_work(stale_after_seconds: int = 600, lost_after_seconds: int = 
 def worker_started(consumed: Collection[str]) -> None:
     """A worker came up consuming these queues: pick up what lost tasks left behind."""
     if queues.EMBED in consumed:
-        images_enqueue_pending()
+        images_catch_up_with_served_models()  # also queues every image still waiting
         import_jobs_resume_all()
     if queues.TRAIN in consumed:
         models_resume_stalled(stale_after_seconds=0)

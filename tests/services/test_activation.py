@@ -118,7 +118,7 @@ def test_an_index_update_overtaken_by_a_switch_sends_its_images_to_the_new_model
     late.refresh_from_db()
     assert late.status == Image.Status.INDEXED
 
-    services.images_catch_up_with_active_model()
+    services.images_catch_up_with_served_models()
     late.refresh_from_db()
     assert late.status == Image.Status.PROCESSING
     services.images_embed([late.pk])
@@ -149,7 +149,33 @@ def test_an_indexed_image_whose_file_is_gone_does_not_stall_the_switch(gallery):
         signal.signal(signal.SIGALRM, previous)
     assert learned.is_active and learned.activation_progress["done"] == 17
     forget_active_model()
-    services.images_catch_up_with_active_model()
+    services.images_catch_up_with_served_models()
     services.images_embed([lost.pk])
     lost.refresh_from_db()
     assert lost.status == Image.Status.FAILED and "cannot be read" in lost.error
+
+
+def test_a_changed_default_embedder_re_embeds_the_gallery_when_a_worker_starts(gallery, settings):
+    """Another recipe of gallery vectors (`EMBEDDER_GALLERY_VIEWS`) is another model: its index
+    was built from the database's vectors of the new name only, and every earlier photo fell
+    out of search for good. A starting embed worker now sends them back to be embedded."""
+    from gallery import queues
+
+    old = default_model().name
+    settings.EMBEDDER_GALLERY_VIEWS = 3
+    forget_active_model()
+    new = default_model().name
+    assert new != old
+    services.worker_started({queues.EMBED})
+    assert Image.objects.filter(status=Image.Status.PROCESSING).count() == 18
+
+    services.images_embed([im.pk for im in gallery])
+    services.index_sync()
+    assert Image.objects.filter(status=Image.Status.INDEXED).count() == 18
+    assert Embedding.objects.filter(model_name=new).count() == 18
+    meta = IndexMeta.read(default_model().index_dir)
+    assert meta.model == new and meta.count == 18
+    copy = encode(PILImage.open(gallery[4].file.path), "PNG")
+    hits = selectors.image_search_by_image(copy, k=18).hits
+    assert hits[0].image.pk == gallery[4].pk and hits[0].match == "exact"
+    assert {h.image.pk for h in hits} == {im.pk for im in gallery}
