@@ -156,7 +156,7 @@ EMBEDDER_IMAGE_SIZE = env.int("EMBEDDER_IMAGE_SIZE", default=128)
 # Forward passes per catalogue photo of the default embedder, in this order: the whole photo,
 # its 85 % centre crop, the photo 20 % brighter (`EfficientNetLiteEmbedder.embed_gallery`).
 # Part of the model's name: another value is another model, whose vectors are made anew.
-EMBEDDER_GALLERY_VIEWS = env.int("EMBEDDER_GALLERY_VIEWS", default=2)
+EMBEDDER_GALLERY_VIEWS = env.int("EMBEDDER_GALLERY_VIEWS", default=3)
 if EMBEDDER_GALLERY_VIEWS not in (1, 2, 3):
     raise ImproperlyConfigured("EMBEDDER_GALLERY_VIEWS must be 1, 2 or 3")
 # Keep vectors of each catalogue photo's details (four corners) beside the whole photo's, for

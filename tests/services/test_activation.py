@@ -162,7 +162,7 @@ def test_a_changed_default_embedder_re_embeds_the_gallery_when_a_worker_starts(g
     from gallery import queues
 
     old = default_model().name
-    settings.EMBEDDER_GALLERY_VIEWS = 3
+    settings.EMBEDDER_GALLERY_VIEWS = 1
     forget_active_model()
     new = default_model().name
     assert new != old
