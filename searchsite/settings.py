@@ -153,10 +153,10 @@ QUERY_URL_ALLOW_PRIVATE = env.bool("QUERY_URL_ALLOW_PRIVATE", default=False)
 # Embedding and the vector index.
 EMBEDDER = env("EMBEDDER", default="efficientnet_lite0")
 EMBEDDER_IMAGE_SIZE = env.int("EMBEDDER_IMAGE_SIZE", default=128)
-# Forward passes per catalogue photo of the default embedder, in this order: the whole photo,
-# its 85 % centre crop, the photo 20 % brighter (`EfficientNetLiteEmbedder.embed_gallery`).
+# Forward passes per catalogue photo of the default embedder (`EfficientNetLiteEmbedder.embed_gallery`):
+# 2 = the whole photo and its centre crop brightened; 3 = the whole, the crop, the brighter.
 # Part of the model's name: another value is another model, whose vectors are made anew.
-EMBEDDER_GALLERY_VIEWS = env.int("EMBEDDER_GALLERY_VIEWS", default=3)
+EMBEDDER_GALLERY_VIEWS = env.int("EMBEDDER_GALLERY_VIEWS", default=2)
 if EMBEDDER_GALLERY_VIEWS not in (1, 2, 3):
     raise ImproperlyConfigured("EMBEDDER_GALLERY_VIEWS must be 1, 2 or 3")
 # Keep vectors of each catalogue photo's details (four corners) beside the whole photo's, for
