@@ -154,9 +154,9 @@ QUERY_URL_ALLOW_PRIVATE = env.bool("QUERY_URL_ALLOW_PRIVATE", default=False)
 EMBEDDER = env("EMBEDDER", default="efficientnet_lite0")
 EMBEDDER_IMAGE_SIZE = env.int("EMBEDDER_IMAGE_SIZE", default=128)
 # Forward passes per catalogue photo of the default embedder (`EfficientNetLiteEmbedder.embed_gallery`):
-# 2 = the whole photo and its centre crop brightened; 3 = the whole, the crop, the brighter.
+# 3 = the whole photo, its centre crop, the photo brighter; 2 = the whole and the crop brightened.
 # Part of the model's name: another value is another model, whose vectors are made anew.
-EMBEDDER_GALLERY_VIEWS = env.int("EMBEDDER_GALLERY_VIEWS", default=2)
+EMBEDDER_GALLERY_VIEWS = env.int("EMBEDDER_GALLERY_VIEWS", default=3)
 if EMBEDDER_GALLERY_VIEWS not in (1, 2, 3):
     raise ImproperlyConfigured("EMBEDDER_GALLERY_VIEWS must be 1, 2 or 3")
 # Keep vectors of each catalogue photo's details (four corners) beside the whole photo's, for

@@ -193,7 +193,13 @@ def test_training_task_reports_progress_cancels_and_resumes(pipeline, tmp_path):
     assert (cancelled.workdir / "checkpoint.pt").exists() and not cancelled.weights_path.exists()
 
     assert services.model_train_resume(cancelled)
-    ready = wait_for(lambda: version_where(version.pk, state="ready"), timeout=300, what="the resumed run")
+    # 1,200 steps: 19 s alone, over 300 s once with two benches beside the suite
+    ready = wait_for(
+        lambda: version_where(version.pk, state="ready"),
+        timeout=900,
+        what="the resumed run",
+        log=pipeline["log"],
+    )
     assert ready.metrics["steps"] == 1200  # 600 epochs of 2 batches: it went on, it did not restart
     assert ready.progress["step"] >= step_at_cancel
     assert "cancelled" in ready.log and "done" in ready.log

@@ -13,11 +13,11 @@ The vector, chosen on bench/neardup.py (6,000 product photos, 500 edited copies 
   2 = the whole picture and its centre crop 20% brighter; 1 = the whole picture. A cropped
   or re-lit copy stays nearest to its original.
 Measured on the prototype runs: recall@1 0.888 for plain pooled features, 0.978 with the
-crop view; on a 2,000-photo slice the brighter view took recall@1 from 0.980 to 0.995. With
-the vector alone on 5,750 photos (1,500 copies of the neardup edits, 464 of bench/robust.py's
-29 kinds; seeds other than the benches'): neardup recall@1 0.983 with three views, 0.981 with
-the two (0.971 when the crop is not brightened, 0.942 with the whole picture alone); robust
-kinds recall@100 0.871 with either. Two passes instead of three: two views are the default."""
+crop view; on a 2,000-photo slice the brighter view took recall@1 from 0.980 to 0.995.
+Two views cost two passes instead of three, but lose copies through the app (5,750-photo
+gallery; three views: bench/robust.py recall@1 0.976 the same hour, bench/neardup.py 0.988):
+with the brightened crop, neardup 0.986 and robust 0.968; with the plain crop, neardup 0.980
+and robust 0.974 (zoom 0.83). Three stay the default."""
 
 import os
 from typing import Any
@@ -64,7 +64,7 @@ class EfficientNetLiteEmbedder(TorchEmbedder):
         self,
         image_size: int = 128,
         weights_path: str | os.PathLike[str] | None = None,
-        gallery_views: int = 2,
+        gallery_views: int = 3,
     ) -> None:
         self.image_size = image_size
         self.gallery_views = gallery_views
