@@ -14,8 +14,8 @@ The vector, chosen on bench/neardup.py (6,000 product photos, 500 edited copies 
   or re-lit copy stays nearest to its original.
 Measured on the prototype runs: recall@1 0.888 for plain pooled features, 0.978 with the
 crop view; on a 2,000-photo slice the brighter view took recall@1 from 0.980 to 0.995.
-Two views cost two passes instead of three, but lose copies through the app (5,750-photo
-gallery; three views: bench/robust.py recall@1 0.976 the same hour, bench/neardup.py 0.988):
+Two views cost two passes instead of three, but lose copies through the app (three views:
+bench/robust.py recall@1 0.976 the same hour, bench/neardup.py 0.988 on an earlier day):
 with the brightened crop, neardup 0.986 and robust 0.968; with the plain crop, neardup 0.980
 and robust 0.974 (zoom 0.83). Three stay the default."""
 
