@@ -278,6 +278,8 @@ def test_an_item_inside_a_scene_is_found_with_the_visitors_box_and_suggested_wit
     found = next(r for r in whole["results"] if r["id"] == image.pk)
     if found["box"] is not None:  # a verified copy says where it is, in pixels of the upload
         assert _iou(found["box"], item_box) >= 0.5
+        if found["match"] in COPY:  # ...and its outline is the first region suggested
+            assert whole["regions"][0]["box"] == found["box"], whole["regions"]
 
 
 def _iou(a, b) -> float:

@@ -11,7 +11,9 @@ from PIL import Image as PILImage
 from PIL import ImageDraw, ImageOps
 
 from gallery.imaging import JpegTables, decode_image
+from gallery.retrieval import regions
 from gallery.retrieval.hashes import HashIndex, hamming, pdq_hash
+from gallery.retrieval.params import RetrievalParams
 from gallery.retrieval.pixels import (
     QueryPixels,
     best_overlaid_copy,
@@ -22,7 +24,8 @@ from gallery.retrieval.pixels import (
     item_pixels,
     laid_colour_agreement,
 )
-from gallery.retrieval.tiers import CopyThresholds, pixel_copy
+from gallery.retrieval.regions import Box
+from gallery.retrieval.tiers import CopyThresholds, Decision, Match, pixel_copy
 from gallery.retrieval.verify import (
     Detector,
     item_features,
@@ -30,6 +33,9 @@ from gallery.retrieval.verify import (
     query_features,
     verify,
 )
+from gallery.selectors.search import RegionScore
+from gallery.selectors.search_by_image import _suggested_regions
+from gallery.selectors.search_checks import Candidate, Query
 from tests.conftest import dataset
 
 
@@ -290,3 +296,50 @@ def test_a_query_is_black_and_white_only_when_no_part_of_it_has_colour():
     tie_query = tie.resize((512, 683), PILImage.Resampling.BILINEAR)
     assert np.asarray(tie_query).std(axis=2).mean() < 2.0  # on average it looks grey...
     assert not is_grayscale(tie_query)  # ...but the tie has colour
+
+
+def test_a_copy_s_outline_is_the_first_region_suggested_before_look_alikes_regions():
+    """A look-alike found in a grid window (listed first among the candidates) must not push
+    the copy's exact outline off the suggestions."""
+    picture = PILImage.new("RGB", (400, 400))
+    query = Query(picture, None, np.zeros(4), np.zeros(4))  # type: ignore[arg-type]
+    windows = [Box(0, 0, 200, 200), Box(200, 0, 200, 200), Box(0, 200, 200, 200), Box(200, 200, 200, 200)]
+    decisions = {}
+    for label, window in enumerate(windows):
+        query.candidates[label] = Candidate(cosine=0.8 - label / 100, region=window)
+        decisions[label] = Decision(Match.SIMILAR, "much like part of this photo", window, 0.8 - label / 100)
+    query.regions = [RegionScore(Box(100, 100, 200, 200), 0.9)]
+    outline = Box(120, 130, 150, 210)
+    query.candidates[9] = Candidate(cosine=0.4)
+    decisions[9] = Decision(Match.NEAR_DUPLICATE, "this photo, inside a larger picture", outline, 140.0)
+    shown = _suggested_regions(query, decisions, RetrievalParams())
+    assert shown[0].box == outline
+    assert [r.box for r in shown[1:3]] == windows[:2]  # then the look-alikes, best first
+
+
+def _scenes(count: int) -> list[PILImage.Image]:
+    with zipfile.ZipFile(dataset("cifar10-jpg.zip")) as zf:
+        names = sorted(n for n in zf.namelist() if n.endswith(".jpg"))[:count]
+        return [PILImage.open(io.BytesIO(zf.read(n))).convert("RGB") for n in names]
+
+
+def test_a_photo_pasted_into_a_scene_is_framed_by_the_first_box_and_a_plain_scene_rarely():
+    photos, scenes = _products(12), _scenes(24)
+    framed = 0
+    for n, photo in enumerate(photos):
+        scene = scenes[n].resize((384, 384), PILImage.Resampling.BICUBIC)
+        side = (0.3 + 0.025 * n) * 384  # 30-60 % of the scene's side, as in bench/robust.py
+        item = photo.resize((round(side * photo.width / photo.height), round(side)))
+        x, y = (37 * n) % (384 - item.width), (53 * n) % (384 - item.height)
+        scene.paste(item, (x, y))
+        boxes = regions.framed_boxes(_jpeg_round_trip(scene))
+        framed += bool(boxes) and boxes[0].iou(Box(x, y, item.width, item.height)) >= 0.5
+    assert framed >= 10, framed
+    plain = [regions.framed_boxes(s.resize((256, 256), PILImage.Resampling.BICUBIC)) for s in scenes[12:]]
+    assert sum(len(b) for b in plain) <= 6, plain
+
+
+def _jpeg_round_trip(image: PILImage.Image) -> PILImage.Image:
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=85)
+    return PILImage.open(io.BytesIO(out.getvalue())).convert("RGB")

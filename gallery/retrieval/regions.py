@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -108,6 +109,87 @@ def content_box(image: Image.Image, *, tolerance: int = 18, min_share: float = 0
     return Box.parse(",".join(str(v) for v in box.as_list()), image) if box.w >= 8 and box.h >= 8 else None
 
 
+def framed_boxes(image: Image.Image, *, limit: int = 2) -> list[Box]:
+    """Pictures inside the picture: axis-aligned rectangles whose four sides are edges (a
+    photo pasted into a scene or a post, a print on a wall, a screen), best outlined first.
+
+    Rows and columns holding long edge runs are the candidate sides; every rectangle they
+    make is scored by how much of each side is an edge (prefix sums, so all of them at once).
+    Three sides must be 85 % edges and the fourth 40 %: a white product photo against a
+    bright part of the scene has one side barely visible. The picture's own borders count as
+    edges (a photo pasted against them). On 160 photos pasted into CIFAR-10 scenes at 30-60 %
+    of the side (seeds other than bench/robust.py's) the first box had IoU >= 0.5 with the
+    pasted photo in 0.90-0.97 of them, where the grid's windows did in 0.05-0.20; 0.36 boxes
+    on a plain CIFAR-10 photo; 3 ms."""
+    grey = np.asarray(flatten(image).convert("L"))
+    scale = max(1.0, max(grey.shape) / 384)
+    if scale > 1:
+        size = (round(grey.shape[1] / scale), round(grey.shape[0] / scale))
+        grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+    height, width = grey.shape
+    shortest = max(12, round(0.12 * min(height, width)))  # a side shorter than this is not a frame
+    if min(height, width) < 2 * shortest:
+        return []
+    edges = cv2.Canny(grey, 30, 90)
+    # A side may wander a pixel across (resampling, JPEG): edges thickened across the side.
+    across_rows = cv2.dilate(edges, np.ones((3, 1), np.uint8)) > 0
+    across_cols = cv2.dilate(edges, np.ones((1, 3), np.uint8)) > 0
+    # Candidate sides: long runs, small gaps bridged; the picture's own borders too.
+    row_runs = cv2.dilate(across_rows.astype(np.uint8), np.ones((1, 7), np.uint8)) > 0
+    col_runs = cv2.dilate(across_cols.astype(np.uint8), np.ones((7, 1), np.uint8)) > 0
+    rows = np.array(sorted({*_edge_lines(row_runs, shortest), 0, height - 1}))
+    cols = np.array(sorted({*_edge_lines(col_runs.T, shortest), 0, width - 1}))
+    across_rows[[0, height - 1], :] = True
+    across_cols[:, [0, width - 1]] = True
+    along_rows = np.concatenate([np.zeros((height, 1)), np.cumsum(across_rows, axis=1)], axis=1)
+    along_cols = np.concatenate([np.zeros((1, width)), np.cumsum(across_cols, axis=0)], axis=0)
+    y1, y2, x1, x2 = (a.ravel() for a in np.meshgrid(rows, rows, cols, cols, indexing="ij"))
+    w, h = x2 - x1, y2 - y1
+    share = w * h / float(width * height)
+    keep = (w >= shortest) & (h >= shortest) & (share >= 0.03) & (share <= 0.85)
+    keep &= np.maximum(w, h) <= 4 * np.minimum(w, h)
+    y1, y2, x1, x2, w, h = y1[keep], y2[keep], x1[keep], x2[keep], w[keep], h[keep]
+    sides = np.sort(
+        np.stack(
+            [
+                (along_rows[y1, x2] - along_rows[y1, x1]) / w,
+                (along_rows[y2, x2] - along_rows[y2, x1]) / w,
+                (along_cols[y2, x1] - along_cols[y1, x1]) / h,
+                (along_cols[y2, x2] - along_cols[y1, x2]) / h,
+            ],
+            axis=1,
+        ),
+        axis=1,
+    )
+    framed = np.flatnonzero((sides[:, 1] >= 0.85) & (sides[:, 0] >= 0.4))
+    outlined = sides[framed, 1] + 0.25 * sides[framed, 0]
+    boxes: list[Box] = []
+    for i in framed[np.lexsort((-(w * h)[framed], -outlined))]:
+        box = Box(*(round(float(v) * scale) for v in (x1[i], y1[i], w[i], h[i])))
+        if all(box.iou(other) < 0.5 for other in boxes):
+            boxes.append(box)
+        if len(boxes) == limit:
+            break
+    return boxes
+
+
+def _edge_lines(edges: np.ndarray, shortest: int, limit: int = 14) -> list[int]:
+    """The rows of `edges` whose longest run is at least `shortest`, longest first, one per
+    few rows (a side is a line, not a band), sorted."""
+    run = np.zeros(edges.shape[0], np.int32)
+    longest = np.zeros(edges.shape[0], np.int32)
+    for column in edges.T.astype(np.int32):
+        run = (run + 1) * column
+        np.maximum(longest, run, out=longest)
+    kept: list[int] = []
+    for row in np.argsort(-longest, kind="stable"):
+        if longest[row] < shortest or len(kept) == limit:
+            break
+        if all(abs(int(row) - k) > 3 for k in kept):
+            kept.append(int(row))
+    return kept
+
+
 def grid(image: Image.Image, scales: tuple[tuple[float, int], ...]) -> list[Box]:
     """Overlapping windows: for each (share of each side, windows per side), evenly spread."""
     boxes = []
@@ -123,10 +205,12 @@ def grid(image: Image.Image, scales: tuple[tuple[float, int], ...]) -> list[Box]
 
 def proposals(image: Image.Image, *, scales: tuple[tuple[float, int], ...]) -> list[Box]:
     """The regions worth searching besides the whole picture: its content box (when it has
-    margins), then the grid over the content."""
+    margins), the pictures framed inside it, then the grid over the content."""
     content = content_box(image)
     area = content.crop(image) if content else image
     offset = content or Box.whole(image)
     boxes = [content] if content else []
+    framed = [box.within(offset) for box in framed_boxes(area)]
+    boxes += [box for box in framed if not content or box.iou(content) < 0.8]
     boxes += [box.within(offset) for box in grid(area, scales)]
     return boxes

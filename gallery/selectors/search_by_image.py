@@ -357,13 +357,14 @@ def _rank(
 def _suggested_regions(
     query: Query, decisions: dict[int, Decision], params: RetrievalParams
 ) -> list[RegionScore]:
-    """Where the items may be: verified copies' outlines, then the best regions searched,
-    without overlapping ones."""
-    candidates = [
-        RegionScore(d.box, query.candidates[label].cosine)
-        for label, d in decisions.items()
-        if d.box is not None
-    ]
+    """Where the items may be: copies' outlines (most evidence first), then the look-alikes'
+    regions, then the best regions searched, without overlapping ones. Copies lead: a
+    look-alike found in a grid window must not push a copy's exact outline off the list."""
+    boxed = sorted(
+        ((label, d) for label, d in decisions.items() if d.box is not None),
+        key=lambda item: (item[1].match not in COPY_TIERS, -item[1].strength),
+    )
+    candidates = [RegionScore(d.box, query.candidates[label].cosine) for label, d in boxed if d.box]
     candidates += sorted(query.regions, key=lambda r: -r.score)
     chosen: list[RegionScore] = []
     for region in candidates:
