@@ -281,6 +281,28 @@ def test_a_close_up_without_a_lead_is_not_a_copy_but_leads_the_look_alikes():
     assert classify(weak, t).strength < 1.0
 
 
+def test_a_photo_mostly_under_marks_with_a_clear_lead_is_not_a_copy_but_leads_the_look_alikes():
+    """Stickers over most of a small product: less of the photo unchanged than a copy needs,
+    but far more than of any other candidate's photo."""
+    from gallery.retrieval.pixels import PixelCheck, PixelMatch
+    from gallery.retrieval.tiers import Evidence, classify
+
+    t = CopyThresholds()
+    hidden = Evidence(
+        cosine=0.4, pixels={PixelCheck.OVERLAID: PixelMatch(0.45, 1.0, 0.25, PixelCheck.OVERLAID)}
+    )
+    decision = classify(hidden, t)
+    assert decision.match == Match.SIMILAR and decision.strength > 1.0 + t.nearest_hash_bonus
+    assert decision.explanation == "much like this photo, with marks over it"
+    shown = Evidence(
+        cosine=0.4, pixels={PixelCheck.OVERLAID: PixelMatch(0.7, 1.0, 0.25, PixelCheck.OVERLAID)}
+    )
+    assert classify(shown, t).match == Match.NEAR_DUPLICATE
+    for correlation, gap in ((0.45, 0.1), (0.25, 0.25)):  # no lead, or too little of it unchanged
+        other = PixelMatch(correlation, 1.0, gap, PixelCheck.OVERLAID)
+        assert classify(Evidence(cosine=0.4, pixels={PixelCheck.OVERLAID: other}), t).strength < 1.0
+
+
 def test_a_query_is_black_and_white_only_when_no_part_of_it_has_colour():
     """A red tie on a white page is mostly white, yet a colour photo: a copy of its catalogue
     photo is not explained as "in black and white"; the grey copy of any photo is."""
