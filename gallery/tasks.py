@@ -4,9 +4,10 @@ Celery's exponential back-off and jitter. `images_embed` also counts attempts in
 database, so a task that keeps killing its worker still ends, with the error recorded."""
 
 import os
+import threading
 from typing import Any
 
-from celery import Task, shared_task
+from celery import Celery, Task, current_app, shared_task
 from celery.signals import worker_init, worker_process_init, worker_ready
 from django.conf import settings
 
@@ -110,6 +111,22 @@ def _yield_to_searches(**kwargs: Any) -> None:
         os.nice(settings.WORKER_NICE)
 
 
+@worker_process_init.connect
+def _warm_the_embedders(**kwargs: Any) -> None:
+    """A pool process of an embedding worker loads the served models as it starts, in the
+    background (`services.embedders_warm`): a new process (at start, or replacing one past
+    its memory limit) otherwise made the next upload wait 4-6 s for the load. Not inline:
+    Celery waits only a few seconds for a new pool process to report ready."""
+    if queues.EMBED in _consumed_queues(current_app):
+        threading.Thread(target=services.embedders_warm, name="embedders-warm", daemon=True).start()
+
+
+def _consumed_queues(app: Celery) -> set[str]:
+    """The queues this worker consumes (`-Q`; every declared one without it)."""
+    amqp_queues = app.amqp.queues
+    return set(amqp_queues.consume_from or amqp_queues)
+
+
 @worker_init.connect
 def _index_writer_keeps_its_index(sender: Any = None, **kwargs: Any) -> None:
     """A worker of the index queue holds the index by design (1.4 GB at a million items, and
@@ -117,7 +134,5 @@ def _index_writer_keeps_its_index(sender: Any = None, **kwargs: Any) -> None:
     (`CELERY_WORKER_MAX_MEMORY_PER_CHILD`) replaced its process after every task or two, and
     each new one loaded the index again: uploads took 2-13 s to become searchable. Sent
     after the worker read its settings and queues, before it starts its pool."""
-    amqp_queues = sender.app.amqp.queues
-    consumed = set(amqp_queues.consume_from or amqp_queues)
-    if queues.INDEX in consumed:
+    if queues.INDEX in _consumed_queues(sender.app):
         sender.max_memory_per_child = None

@@ -132,11 +132,13 @@ def _search_picture(
         if candidate.cosine < 0:
             stored = index.vector(match.label)
             candidate.cosine = float(stored @ query.vector) if stored is not None else 0.0
-    _nearest_hash(query, params)
+    sure = _sure(query, params)
+    if not sure:  # a copy sure by its hash needs no nearest hash at any distance (a full scan)
+        _nearest_hash(query, params)
     details = _search_details(query, params)
     watch.lap("search")
     verified: dict[int, Verification | None] = {}
-    if not _sure(query, params):
+    if not sure:
         # The best whole-picture candidates first: a verified copy needs no region search.
         checker = Verifier(query, params)
         verified = checker.best(params.verified_first, details)
@@ -188,7 +190,9 @@ def _check_pixels(
 def _nearest_hash(query: Query, params: RetrievalParams) -> None:
     """The item whose hash is nearest to the picture's, at any distance, with how much nearer
     it is than the next one: a copy too changed for the radius lookup (a tiny thumbnail, a
-    sticker over the photo) is still far nearer than everything else."""
+    sticker over the photo) is still far nearer than everything else. An exact scan of every
+    hash (about 16 ms at a million items), so skipped when a copy is already sure by its hash:
+    the radius lookup has then found every hash as near as the copy's."""
     nearest = query.index.hash_index().nearest(query.hashes[0], 2)
     if not nearest or nearest[0].distance > params.copies.nearest_hash_distance:
         return

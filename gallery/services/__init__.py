@@ -18,6 +18,7 @@ from .activation import model_activate, model_activate_start
 from .duplicates import duplicate_scan_run, duplicate_scan_start
 from .embedding import (
     embedders_prepare,
+    embedders_warm,
     images_backfill,
     images_embed,
     images_mark_failed,
@@ -80,6 +81,7 @@ __all__ = [
     "duplicate_scan_run",
     "duplicate_scan_start",
     "embedders_prepare",
+    "embedders_warm",
     "image_create",
     "image_fetch_from_url",
     "image_update_metadata",
