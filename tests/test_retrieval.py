@@ -58,6 +58,27 @@ def test_nearest_hashes_are_those_of_an_exhaustive_count():
     assert HashIndex(np.zeros(0), np.zeros((0, 32), np.uint8)).nearest(codes[0], 3) == []
 
 
+def test_hashes_within_a_radius_are_those_of_an_exhaustive_count_for_every_query_variant():
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 256, (20000, 32), dtype=np.uint8)
+    queries = rng.integers(0, 256, (3, 32), dtype=np.uint8)
+    for n in range(60):  # planted near each query variant at 0-31 bits
+        row, bits = rng.integers(0, 20000), rng.choice(256, n % 32, replace=False)
+        flipped = np.unpackbits(queries[n % 3]).copy()
+        flipped[bits] ^= 1
+        codes[row] = np.packbits(flipped)
+    index = HashIndex(np.arange(20000) + 7, codes)
+    for radius in (12, 28, 31):
+        found = [(m.label, m.distance, m.variant) for m in index.within(queries, radius)]
+        distances = np.stack([hamming(codes, q) for q in queries])  # variants x rows
+        expected = sorted(
+            (int(row) + 7, int(distances[:, row].min()), int(distances[:, row].argmin()))
+            for row in np.flatnonzero(distances.min(axis=0) <= radius)
+        )
+        assert sorted(found) == expected, radius
+        assert len(expected) >= 20
+
+
 def test_a_product_photo_hash_is_nearest_to_its_own_tiny_thumbnail():
     photos = _products(60)
     index = HashIndex(np.arange(60), np.stack([np.frombuffer(pdq_hash(p)[0], np.uint8) for p in photos]))

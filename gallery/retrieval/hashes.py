@@ -155,7 +155,12 @@ class HashIndex:
         radius = min(radius, MAX_RADIUS)
         queries = np.asarray(queries, dtype=np.uint8).reshape(-1, HASH_BYTES)
         rows, variant = self._candidates(queries)
-        distance = np.bitwise_count(self.codes[rows] ^ queries[variant]).sum(axis=1, dtype=np.int32)
+        # Tens of thousands of candidate rows at a million items: their distances from the
+        # four 64-bit word columns (a gather of 8 bytes each) cost half of the rows' 32 bytes.
+        query_words = np.ascontiguousarray(queries).view(np.uint64)
+        distance = np.bitwise_count(self._words[0][rows] ^ query_words[variant, 0]).astype(np.int32)
+        for column in range(1, HASH_BYTES // 8):
+            distance += np.bitwise_count(self._words[column][rows] ^ query_words[variant, column])
         near = distance <= radius
         rows, variant, distance = rows[near], variant[near], distance[near]
         # Each item once: its smallest distance, and then the first query variant that has it.
