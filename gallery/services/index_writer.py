@@ -158,11 +158,14 @@ def _rows_put(ref: ModelRef, index: PgVectorIndex, ids: list[int]) -> int:
     return added
 
 
-def _snapshot_if_due(ref: ModelRef, index: SearchIndex, *, force: bool = False) -> bool:
+def _snapshot_if_due(ref: ModelRef, index: SearchIndex, *, force: bool = False, by_age: bool = True) -> bool:
     """Save a snapshot when the journal since the last one holds more than a few percent of the
-    index (or any change, once the snapshot is older than INDEX_SNAPSHOT_SECONDS), so that a
-    process that starts has little to replay; then prune the journal before the previous
-    snapshot (a reader still there loads the new snapshot). The database's index has none."""
+    index (or, with `by_age`, any change once the snapshot is older than INDEX_SNAPSHOT_SECONDS),
+    so that a process that starts has little to replay; then prune the journal before the
+    previous snapshot (a reader still there loads the new snapshot). The database's index has
+    none. An upload's sync does not save by age: at a million items a save rewrites about 4 GB
+    of files, which the upload that found the snapshot old would wait for; the periodic
+    reconcile saves by age instead."""
     if isinstance(index, PgVectorIndex):
         return False
     on_disk = IndexMeta.read(ref.index_dir)
@@ -174,7 +177,7 @@ def _snapshot_if_due(ref: ModelRef, index: SearchIndex, *, force: bool = False) 
     ).count()
     age = time.time() - (ref.index_dir / "meta.json").stat().st_mtime if on_disk else float("inf")
     due = changes >= max(settings.INDEX_SNAPSHOT_CHANGES, len(index) * settings.INDEX_SNAPSHOT_FRACTION)
-    if not (force or due or (changes and age >= settings.INDEX_SNAPSHOT_SECONDS)):
+    if not (force or due or (by_age and changes and age >= settings.INDEX_SNAPSHOT_SECONDS)):
         return False
     index.meta.journal_floor = since
     try:
@@ -259,7 +262,7 @@ def _sync_one(ref: ModelRef, ids: list[int]) -> int:
             .values_list("pk", flat=True)
         )
         _journal_write(ref, index, remove=gone)
-        _snapshot_if_due(ref, index)
+        _snapshot_if_due(ref, index, by_age=False)
         return len(added)
 
 
@@ -274,7 +277,7 @@ def index_remove(image_ids: list[int]) -> int:
             if index is None:
                 continue
             _, count = _journal_write(ref, index, remove=gone)
-            _snapshot_if_due(ref, index)
+            _snapshot_if_due(ref, index, by_age=False)
             removed = max(removed, count)
     return removed
 

@@ -109,6 +109,23 @@ def test_snapshots_are_written_when_enough_changed_and_the_journal_is_pruned(cle
     assert third.generation == built.generation
 
 
+def test_an_old_snapshot_is_saved_again_by_the_reconcile_not_by_an_upload_s_sync(clean_index, settings):
+    """Saving the whole index rewrites about 4 GB at a million items: an upload whose sync
+    found the snapshot old would wait for it. The periodic reconcile saves it instead."""
+    settings.INDEX_SNAPSHOT_CHANGES, settings.INDEX_SNAPSHOT_FRACTION = 1000, 0.0
+    settings.INDEX_SNAPSHOT_SECONDS = 0.0  # every snapshot is old
+    images = [services.image_create(data=make_image_bytes(seed))[0] for seed in range(56, 59)]
+    embed_and_index(images[0].pk)  # the first sync builds the index (a snapshot)
+    built = IndexMeta.read(clean_index)
+    embed_and_index(images[1].pk, images[2].pk)
+    services.index_remove([images[1].pk])  # still searchable: nothing removed, nothing saved
+    assert IndexMeta.read(clean_index).version == built.version  # the uploads did not save it
+    services.index_reconcile()
+    saved = IndexMeta.read(clean_index)
+    assert saved.version == built.version + 1 and saved.journal_seq > built.journal_seq
+    assert VectorIndex.load(clean_index).labels() == {im.pk for im in images}
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_rebuilt_index_is_loaded_in_the_background_while_the_old_one_serves(clean_index, settings):
     """A new generation (a rebuild) is loaded by a thread; searches keep the index they have
