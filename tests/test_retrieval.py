@@ -39,8 +39,9 @@ from gallery.selectors.search_checks import Candidate, Query
 from tests.conftest import dataset
 
 
-def _products(count: int) -> list[PILImage.Image]:
-    with zipfile.ZipFile(dataset("fashion-products-6k.zip")) as zf:
+def _products(count: int, archive: str = "fashion-products-6k.zip") -> list[PILImage.Image]:
+    """The first `count` photos of a dataset archive (the product photos by default)."""
+    with zipfile.ZipFile(dataset(archive)) as zf:
         names = sorted(n for n in zf.namelist() if n.endswith(".jpg"))[:count]
         return [PILImage.open(io.BytesIO(zf.read(n))).convert("RGB") for n in names]
 
@@ -360,14 +361,8 @@ def test_a_copy_s_outline_is_the_first_region_suggested_before_look_alikes_regio
     assert [r.box for r in shown[1:3]] == windows[:2]  # then the look-alikes, best first
 
 
-def _scenes(count: int) -> list[PILImage.Image]:
-    with zipfile.ZipFile(dataset("cifar10-jpg.zip")) as zf:
-        names = sorted(n for n in zf.namelist() if n.endswith(".jpg"))[:count]
-        return [PILImage.open(io.BytesIO(zf.read(n))).convert("RGB") for n in names]
-
-
 def test_a_photo_pasted_into_a_scene_is_framed_by_the_first_box_and_a_plain_scene_rarely():
-    photos, scenes = _products(12), _scenes(24)
+    photos, scenes = _products(12), _products(24, "cifar10-jpg.zip")
     framed = 0
     for n, photo in enumerate(photos):
         scene = scenes[n].resize((384, 384), PILImage.Resampling.BICUBIC)

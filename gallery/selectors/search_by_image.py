@@ -368,7 +368,9 @@ def _suggested_regions(
         ((label, d) for label, d in decisions.items() if d.box is not None),
         key=lambda item: (item[1].match not in COPY_TIERS, -item[1].strength),
     )
-    candidates = [RegionScore(d.box, query.candidates[label].cosine) for label, d in boxed if d.box]
+    candidates = [
+        RegionScore(d.box, query.candidates[label].cosine) for label, d in boxed if d.box is not None
+    ]
     candidates += sorted(query.regions, key=lambda r: -r.score)
     chosen: list[RegionScore] = []
     for region in candidates:
