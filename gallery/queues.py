@@ -1,26 +1,40 @@
 """Celery queue names and which task runs on which: read by settings (routes), `runapp`
-(one worker per queue), the dispatcher and recovery. Plain constants: importable anywhere,
-Django settings included."""
+(one worker per group of queues), the dispatcher and recovery. Plain constants: importable
+anywhere, Django settings included.
+
+The embedding and the index worker each take two queues: the one a visitor waits on (an
+upload, a moderation decision) and a bulk one (import batches, backfill, recovery), in that
+order with the broker's `queue_order_strategy` "priority" (settings): an upload sent while an
+import of 10,000 photos is queued is taken next, not after the import."""
 
 from typing import Final
 
-EMBED: Final = "embed"  # storing and embedding uploads and imports (the beat runs beside it)
+EMBED: Final = "embed"  # storing and embedding what a visitor waits on (the beat runs beside it)
+EMBED_BULK: Final = "embed_bulk"  # import batches, re-embedding, backfill: after `embed`
 INDEX: Final = "index"  # the single index writer: one process
+INDEX_BULK: Final = "index_bulk"  # imports' index updates and the reconcile: after `index`
 TRAIN: Final = "train"  # long runs (training, evaluation, re-embedding for a new model)
 
-ALL: Final = (EMBED, INDEX, TRAIN)
+# Each worker's queues, the visitor's first (`celery worker -Q`).
+EMBED_WORKER: Final = (EMBED, EMBED_BULK)
+INDEX_WORKER: Final = (INDEX, INDEX_BULK)
+TRAIN_WORKER: Final = (TRAIN,)
+# One worker that takes every queue (the tests'): a visitor's work first, then index updates
+# (quick, and they make an import's batches searchable as they come), then bulk embedding.
+ALL: Final = (EMBED, INDEX, INDEX_BULK, EMBED_BULK, TRAIN)
+BULK_OF: Final[dict[str, str]] = {EMBED: EMBED_BULK, INDEX: INDEX_BULK}
 
 TASK_MODULE: Final = "gallery.tasks"
 
 # Task name (as in gallery/tasks.py, named like the service it runs) -> its queue,
-# in pipeline order.
+# in pipeline order; `queue_of(task, bulk=True)` for the bulk one of the same worker.
 TASK_QUEUES: Final[dict[str, str]] = {
-    "import_job_process": EMBED,
+    "import_job_process": EMBED_BULK,
     "images_embed": EMBED,
-    "images_backfill": EMBED,
+    "images_backfill": EMBED_BULK,
     "index_sync": INDEX,
     "index_remove": INDEX,
-    "index_reconcile": INDEX,
+    "index_reconcile": INDEX_BULK,  # seconds at a million items: never ahead of an upload
     "recover_lost_work": EMBED,
     "model_train": TRAIN,
     "model_evaluate": TRAIN,
@@ -35,7 +49,9 @@ TASK_QUEUES: Final[dict[str, str]] = {
 # them per task; there is no global limit that could kill a long run.
 TIME_LIMITS: Final[dict[str, tuple[int, int] | None]] = {
     EMBED: (300, 360),
+    EMBED_BULK: (300, 360),
     INDEX: (6 * 3600, 6 * 3600 + 300),
+    INDEX_BULK: (6 * 3600, 6 * 3600 + 300),
     TRAIN: None,
 }
 
@@ -43,6 +59,12 @@ TIME_LIMITS: Final[dict[str, tuple[int, int] | None]] = {
 def task_path(task: str) -> str:
     """The registered Celery name of one of our tasks."""
     return f"{TASK_MODULE}.{task}"
+
+
+def queue_of(task: str, *, bulk: bool = False) -> str:
+    """The queue a task is sent to: its own, or with `bulk` its worker's bulk queue."""
+    queue = TASK_QUEUES[task]
+    return BULK_OF.get(queue, queue) if bulk else queue
 
 
 def celery_routes() -> dict[str, dict[str, str]]:

@@ -42,8 +42,8 @@ def import_job_process(job_id: int, item_ids: list[int]) -> int:
 
 
 @shared_task(base=EmbedTask)
-def images_embed(image_ids: list[int]) -> int:
-    return services.images_embed(image_ids)
+def images_embed(image_ids: list[int], bulk: bool = False) -> int:
+    return services.images_embed(image_ids, bulk=bulk)
 
 
 @shared_task

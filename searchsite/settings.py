@@ -231,6 +231,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
     "visibility_timeout": 3600,
     "socket_connect_timeout": 2,
     "socket_timeout": 2,
+    # A worker's queues are read in the order it names them (`-Q embed,embed_bulk`): what a
+    # visitor waits on before bulk work (gallery/queues.py). The default round robin would
+    # take one bulk batch between two uploads.
+    "queue_order_strategy": "priority",
 }
 CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "max_retries": 1,

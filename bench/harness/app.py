@@ -357,7 +357,7 @@ class BenchApp:
     ) -> None:
         """A Celery worker's main process and its children as "<queue>_worker", apart from a
         beat embedded with -B (once identify_pool_children() has told it apart): "<queue>_beat"."""
-        queue = argv[argv.index("-Q") + 1]
+        queue = argv[argv.index("-Q") + 1].split(",")[0]  # the worker's first queue names it
         # Without -B every child is the pool's; with it, only once the beat is known.
         known = pid in self._pool_pids or not ({"-B", "--beat"} & set(argv))
         procs = [(pid, table[pid][2], "main")]

@@ -3,7 +3,7 @@
 Each function queues after the current transaction commits (at once outside one), so a
 worker never looks for rows that are not there yet, and passes ids only. Tasks are sent by
 name (`queues.TASK_QUEUES`), so the services never import the task module, which imports
-them."""
+them. `bulk=True` sends to the worker's bulk queue, taken after what a visitor waits on."""
 
 from collections.abc import Sequence
 
@@ -14,12 +14,12 @@ from django.db import transaction
 from .. import queues
 
 
-def _send(task: str, *args: object) -> None:
-    current_app.send_task(queues.task_path(task), args=list(args), queue=queues.TASK_QUEUES[task])
+def _send(task: str, *args: object, bulk: bool = False) -> None:
+    current_app.send_task(queues.task_path(task), args=list(args), queue=queues.queue_of(task, bulk=bulk))
 
 
-def _after_commit(task: str, *args: object) -> None:
-    transaction.on_commit(lambda: _send(task, *args), robust=True)
+def _after_commit(task: str, *args: object, bulk: bool = False) -> None:
+    transaction.on_commit(lambda: _send(task, *args, bulk=bulk), robust=True)
 
 
 def import_batches(job_id: int, item_ids: Sequence[int]) -> None:
@@ -34,20 +34,24 @@ def import_batches(job_id: int, item_ids: Sequence[int]) -> None:
     transaction.on_commit(send, robust=True)
 
 
-def images_embed(image_ids: Sequence[int]) -> None:
-    """Embedding, in batches of EMBED_BATCH_SIZE."""
+def images_embed(image_ids: Sequence[int], *, bulk: bool = False) -> None:
+    """Embedding, in batches of EMBED_BATCH_SIZE; `bulk`: no visitor waits on them (their
+    index update is bulk too)."""
     size = settings.EMBED_BATCH_SIZE
     for start in range(0, len(image_ids), size):
-        _after_commit("images_embed", list(image_ids[start : start + size]))
+        _after_commit("images_embed", list(image_ids[start : start + size]), bulk, bulk=bulk)
 
 
-def index_sync(image_ids: Sequence[int] | None = None, *, note_copies: Sequence[int] | None = None) -> None:
+def index_sync(
+    image_ids: Sequence[int] | None = None, *, note_copies: Sequence[int] | None = None, bulk: bool = False
+) -> None:
     """An index update: every embedded image still waiting, plus `image_ids`; then the note of
     which item each of `note_copies` copies."""
     _after_commit(
         "index_sync",
         list(image_ids) if image_ids is not None else None,
         list(note_copies) if note_copies else None,
+        bulk=bulk,
     )
 
 

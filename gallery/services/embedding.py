@@ -71,11 +71,12 @@ def _store(images: list[Image], rows: list[Embedding]) -> None:
     Embedding.objects.bulk_create(rows, ignore_conflicts=True)
 
 
-def images_embed(image_ids: list[int], *, note_near_duplicates: bool = True) -> int:
+def images_embed(image_ids: list[int], *, bulk: bool = False) -> int:
     """Compute and store what the given images still need (vectors, hash), then queue an
     index update. Idempotent; counts attempts so that a task that keeps crashing its worker
     gives up with the error recorded. The index update also notes which existing item each
-    upload copies; bulk imports skip that note (staff see near-duplicate groups instead)."""
+    upload copies. `bulk` (imports, recovery): the update goes to the bulk index queue and
+    skips that note (staff see near-duplicate groups instead)."""
     refs = served_models(active_model(fresh=True))
     names = [r.name for r in refs]
     Image.objects.filter(pk__in=image_ids).processing().update(embed_attempts=F("embed_attempts") + 1)
@@ -98,9 +99,9 @@ def images_embed(image_ids: list[int], *, note_near_duplicates: bool = True) -> 
             _store(ready, rows)
             # The index writer notes which existing item an upload copies, with the copy
             # index it holds (this process never loads it).
-            dispatch.index_sync(note_copies=[im.pk for im in ready] if note_near_duplicates else None)
+            dispatch.index_sync(note_copies=None if bulk else [im.pk for im in ready], bulk=bulk)
     elif Image.objects.filter(pk__in=image_ids).processing().complete(names).exists():
-        dispatch.index_sync()  # embedded earlier, but the index update was lost
+        dispatch.index_sync(bulk=bulk)  # embedded earlier, but the index update was lost
     return len(ready)
 
 
@@ -130,7 +131,7 @@ def images_backfill(*, seconds: float = 45.0, batch_size: int = 64) -> int:
             except (OSError, ValueError):
                 unreadable.add(image.pk)
         _store(images, _embed_and_hash(images, pictures, refs))
-        dispatch.index_sync([im.pk for im in images])
+        dispatch.index_sync([im.pk for im in images], bulk=True)
         done += len(images)
     return done
 

@@ -127,9 +127,9 @@ def import_job_process(job_id: int, item_ids: list[int], *, embed: bool = True) 
     )
     if waiting:
         if embed:
-            images_embed(waiting, note_near_duplicates=False)
+            images_embed(waiting, bulk=True)
         else:
-            dispatch.images_embed(waiting)
+            dispatch.images_embed(waiting, bulk=True)
     ImportJob.objects.filter(pk=job.pk).update(updated_at=timezone.now())
     import_job_finish_if_done(job.pk)
     return len(items)

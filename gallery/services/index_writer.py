@@ -300,7 +300,7 @@ def index_rebuild() -> int:
     )
     if missing:
         Image.objects.filter(pk__in=missing).update(status=Image.Status.PROCESSING, embed_attempts=0)
-        dispatch.images_embed(missing)
+        dispatch.images_embed(missing, bulk=True)
     return count
 
 

@@ -25,15 +25,21 @@ def queue_has_work(queue: str, broker_url: str | None = None) -> bool:
         return True
 
 
+def embedding_has_work() -> bool:
+    """Messages waiting for the embedding worker, in either of its queues."""
+    return any(queue_has_work(queue) for queue in queues.EMBED_WORKER)
+
+
 def images_enqueue_pending() -> int:
     """Queue every image still waiting for its vectors or hash (after a broker outage or
-    restart), and an index update when some have all they need."""
+    restart, or the whole gallery after a model switch), and an index update when some have
+    all they need: bulk work, behind what a visitor waits on."""
     names = [ref.name for ref in served_models()]
     ids = list(Image.objects.processing().lacking(names).values_list("pk", flat=True))
     if ids:
-        dispatch.images_embed(ids)
+        dispatch.images_embed(ids, bulk=True)
     if Image.objects.processing().complete(names).exists():
-        dispatch.index_sync()
+        dispatch.index_sync(bulk=True)
     return len(ids)
 
 
@@ -54,7 +60,7 @@ def import_job_resume_stalled(job: ImportJob) -> bool:
     embed queue and none of its batches finished for IMPORT_STALL_SECONDS: queue its pending
     items again. A job merely waiting behind other work is left alone."""
     stalled_since = timezone.now() - timedelta(seconds=settings.IMPORT_STALL_SECONDS)
-    if job.is_active and job.updated_at < stalled_since and not queue_has_work(queues.EMBED):
+    if job.is_active and job.updated_at < stalled_since and not embedding_has_work():
         import_job_start(job)
         return True
     return False
@@ -89,16 +95,16 @@ def recover_lost_work(stale_after_seconds: int = 600, lost_after_seconds: int = 
         for job in ImportJob.objects.filter(state__in=[ImportJob.State.QUEUED, ImportJob.State.RUNNING])
     )
     names = [ref.name for ref in served_models()]
-    waited = stale_after_seconds if queue_has_work(queues.EMBED) else lost_after_seconds
+    waited = stale_after_seconds if embedding_has_work() else lost_after_seconds
     cutoff = timezone.now() - timedelta(seconds=waited)
     stale = list(
         Image.objects.processing().filter(updated_at__lt=cutoff).lacking(names).values_list("pk", flat=True)
     )
     if stale:
         Image.objects.filter(pk__in=stale).update(updated_at=timezone.now())
-        dispatch.images_embed(stale)
+        dispatch.images_embed(stale, bulk=True)
     if Image.objects.processing().complete(names).filter(updated_at__lt=cutoff).exists():
-        dispatch.index_sync()
+        dispatch.index_sync(bulk=True)
     return {"jobs": resumed, "images": len(stale), "models": models_resume_stalled()}
 
 

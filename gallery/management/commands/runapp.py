@@ -90,14 +90,19 @@ class Command(BaseCommand):
             }
             self.start(
                 "embed-worker",
-                [*celery, "-Q", queues.EMBED, "-c", str(processes), "-n", "embed@%h", *beat],
+                [*celery, "-Q", ",".join(queues.EMBED_WORKER), "-c", str(processes), "-n", "embed@%h", *beat],
                 embed_env,
             )
-            # The index has a single writer: its own queue, one process.
-            self.start("index-worker", [*celery, "-Q", queues.INDEX, "-c", "1", "-n", "index@%h"], env)
+            # The index has a single writer: its own queues, one process.
+            index_queues = ",".join(queues.INDEX_WORKER)
+            self.start("index-worker", [*celery, "-Q", index_queues, "-c", "1", "-n", "index@%h"], env)
             # Training, evaluation and re-embedding for a new model: long runs, never in the
             # way of uploads.
-            self.start("train-worker", [*celery, "-Q", queues.TRAIN, "-c", "1", "-n", "train@%h"], bulk_env)
+            self.start(
+                "train-worker",
+                [*celery, "-Q", ",".join(queues.TRAIN_WORKER), "-c", "1", "-n", "train@%h"],
+                bulk_env,
+            )
             self.stdout.write(
                 self.style.SUCCESS(f"Search by image: http://{host}:{port}/  (Ctrl-C stops everything)")
             )
