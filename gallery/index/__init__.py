@@ -22,6 +22,7 @@ every written file is loaded back and checked before it replaces the last good o
 meta.json records its size. A reader that cannot load a snapshot keeps serving the one it has
 and says so (`on_unusable`: the app then asks the writer to rebuild from the database)."""
 
+from . import background_save
 from .files import (
     HASHES_FILE,
     INDEX_FILE,
@@ -32,6 +33,7 @@ from .files import (
     IndexUnusable,
     IndexWriteFailed,
     journal_head_touch,
+    snapshot_lock,
     write_lock,
 )
 from .journal import CatchUp, Journal, JournalBatch
@@ -56,6 +58,8 @@ __all__ = [
     "JournalBatch",
     "ReadWriteLock",
     "VectorIndex",
+    "background_save",
     "journal_head_touch",
+    "snapshot_lock",
     "write_lock",
 ]

@@ -113,6 +113,17 @@ class FullVectors:
         for label, row in zip(labels, np.asarray(vectors, dtype=np.float16).reshape(len(labels), self.dim)):
             self._added[int(label)] = row
 
+    def rows_in_memory(self) -> dict[int, np.ndarray]:
+        """The rows added since the snapshot (a new mapping; the rows are shared)."""
+        return dict(self._added)
+
+    def keep_newer(self, previous: FullVectors, written: dict[int, np.ndarray]) -> None:
+        """Take `previous`'s in-memory rows that a snapshot holding `written` lacks (added or
+        replaced after it was taken)."""
+        for label, row in previous._added.items():
+            if written.get(label) is not row:
+                self._added[label] = row
+
     def get(self, labels: list[int] | np.ndarray) -> np.ndarray:
         """float32 rows of the labels, in their order (zeros for one never stored)."""
         wanted = np.asarray(labels, dtype=np.int64).reshape(-1)

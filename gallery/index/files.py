@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import hnswlib
 import numpy as np
@@ -18,6 +19,7 @@ INDEX_FILE = "index.bin"
 HASHES_FILE = "hashes.npz"  # perceptual hashes of the items that have one (the copy index)
 META_FILE = "meta.json"
 LOCK_FILE = "write.lock"
+SNAPSHOT_LOCK_FILE = "snapshot.lock"  # held while a snapshot's files are written
 # Touched by the writer after each journal write commits: readers ask the journal (a database
 # query) only when it changed, or at the latest every JOURNAL_POLL_SECONDS.
 JOURNAL_HEAD_FILE = "journal.head"
@@ -109,6 +111,18 @@ def write_lock(directory: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def snapshot_lock(directory: Path) -> Iterator[TextIO]:
+    """Exclusive across processes while a snapshot's files are written: a writer's save, a
+    rebuild, and a forked child's background save (which inherits it from the writer, so no
+    other save can come between the fork and the child's first file). Yields the open lock
+    file; the lock ends when every descriptor of it is closed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / SNAPSHOT_LOCK_FILE, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield fh
 
 
 def journal_head_touch(directory: Path, seq: int) -> None:

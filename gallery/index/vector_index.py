@@ -399,21 +399,41 @@ class VectorIndex:
     def save(self, directory: Path) -> None:
         """Writes a new snapshot; raises `IndexWriteFailed` (leaving the last good one in
         place) when a file cannot be read back."""
-        directory.mkdir(parents=True, exist_ok=True)
         with self._lock.reading():
-            self.meta.version += 1
-            self.meta.capacity = self.hnsw.get_max_elements()
-            atomic_write(directory / INDEX_FILE, self._write_hnsw)
+            self.save_unlocked(directory)
+
+    def save_unlocked(self, directory: Path) -> None:
+        """`save` without the read/write lock: for a forked child (`background_save`), which
+        holds the index as it was at the fork and whose lock another thread may have held."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self.meta.version += 1
+        self.meta.capacity = self.hnsw.get_max_elements()
+        atomic_write(directory / INDEX_FILE, self._write_hnsw)
+        if self.projection is not None and self.full is not None:
+            atomic_write(directory / PROJECTION_FILE, self.projection.write)
+            live = np.fromiter(set(self.hnsw.get_ids_list()) - self._deleted, dtype=np.int64)
+            self.full.write(directory, live)
+            self.full = FullVectors.load(directory, self.meta.dim)  # the file's rows, shared
+        else:
+            for name in (PROJECTION_FILE, FULL_VECTORS_FILE, FULL_LABELS_FILE):
+                (directory / name).unlink(missing_ok=True)
+        if self._hashes:
+            atomic_write(directory / HASHES_FILE, self._write_hashes)
+        else:
+            (directory / HASHES_FILE).unlink(missing_ok=True)
+        atomic_write(directory / META_FILE, lambda tmp: tmp.write_text(json.dumps(self.meta.__dict__)))
+
+    def adopt_snapshot(
+        self, directory: Path, written: IndexMeta, full_at_fork: dict[int, np.ndarray]
+    ) -> None:
+        """A forked child saved this index as it was at the fork (`background_save`): take the
+        snapshot's bookkeeping, and map the full vectors from the file it appended to (the
+        rows added since stay in memory), so the next save appends again."""
+        with self._lock.writing():
+            self.meta.version = written.version
+            self.meta.journal_floor = written.journal_floor
+            self.meta.index_bytes = written.index_bytes
             if self.projection is not None and self.full is not None:
-                atomic_write(directory / PROJECTION_FILE, self.projection.write)
-                live = np.fromiter(set(self.hnsw.get_ids_list()) - self._deleted, dtype=np.int64)
-                self.full.write(directory, live)
-                self.full = FullVectors.load(directory, self.meta.dim)  # the file's rows, shared
-            else:
-                for name in (PROJECTION_FILE, FULL_VECTORS_FILE, FULL_LABELS_FILE):
-                    (directory / name).unlink(missing_ok=True)
-            if self._hashes:
-                atomic_write(directory / HASHES_FILE, self._write_hashes)
-            else:
-                (directory / HASHES_FILE).unlink(missing_ok=True)
-            atomic_write(directory / META_FILE, lambda tmp: tmp.write_text(json.dumps(self.meta.__dict__)))
+                full = FullVectors.load(directory, self.meta.dim)
+                full.keep_newer(self.full, full_at_fork)
+                self.full = full

@@ -25,7 +25,16 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from ..embedders import ModelRef, active_model, copy_model, served_models
-from ..index import IndexMeta, IndexUnusable, IndexWriteFailed, VectorIndex, journal_head_touch, write_lock
+from ..index import (
+    IndexMeta,
+    IndexUnusable,
+    IndexWriteFailed,
+    VectorIndex,
+    background_save,
+    journal_head_touch,
+    snapshot_lock,
+    write_lock,
+)
 from ..index.compact import LEARN_SAMPLE, Projection
 from ..index.pgvector import PgVectorIndex
 from ..models import Embedding, Image, ImageQuerySet, IndexChange
@@ -100,14 +109,17 @@ def _writer_index(ref: ModelRef) -> SearchIndex | None:
         return index
     directory = ref.index_dir
     key = str(directory)
-    on_disk = IndexMeta.read(directory)
     cached = _writer_cache.get(key)
+    _background_save_taken(ref, cached)
+    on_disk = IndexMeta.read(directory)
     if on_disk is None:
         _writer_cache.pop(key, None)
         return None
+    ours = background_save.in_flight(directory)
     if (
         cached is None
-        or cached.meta.version != on_disk.version  # another writer's snapshot, or a broken one
+        # another writer's snapshot, or a broken one (not ours, still being written)
+        or (cached.meta.version != on_disk.version and not (ours and ours.version == on_disk.version))
         or cached.meta.generation != on_disk.generation
         or cached.meta.journal_seq < on_disk.journal_floor
     ):
@@ -158,6 +170,25 @@ def _rows_put(ref: ModelRef, index: PgVectorIndex, ids: list[int]) -> int:
     return added
 
 
+def _background_save_taken(ref: ModelRef, index: VectorIndex | None, *, wait: bool = False) -> None:
+    """A background snapshot that ended: the writer's index takes its bookkeeping and the
+    journal before the previous snapshot is pruned, as after a save in this process."""
+    done = background_save.finished(ref.index_dir, wait=wait)
+    if done is None or not done[1]:
+        return
+    save = done[0]
+    on_disk = IndexMeta.read(ref.index_dir)
+    if index is not None and on_disk is not None and on_disk.version == save.version:
+        index.adopt_snapshot(ref.index_dir, on_disk, save.full_at_fork)
+    IndexChange.objects.filter(model_name=ref.name, id__lte=save.journal_floor).delete()
+
+
+def index_snapshot_wait() -> None:
+    """Wait for this process's background snapshots, and take them (commands, tests)."""
+    for ref in served_models(active_model(fresh=True)):
+        _background_save_taken(ref, _writer_cache.get(str(ref.index_dir)), wait=True)
+
+
 def _snapshot_if_due(ref: ModelRef, index: SearchIndex, *, force: bool = False, by_age: bool = True) -> bool:
     """Save a snapshot when the journal since the last one holds more than a few percent of the
     index (or, with `by_age`, any change once the snapshot is older than INDEX_SNAPSHOT_SECONDS),
@@ -168,6 +199,10 @@ def _snapshot_if_due(ref: ModelRef, index: SearchIndex, *, force: bool = False, 
     reconcile saves by age instead."""
     if isinstance(index, PgVectorIndex):
         return False
+    if background_save.in_flight(ref.index_dir):
+        if not force:
+            return False  # the next one once it is written
+        _background_save_taken(ref, index, wait=True)
     on_disk = IndexMeta.read(ref.index_dir)
     since = on_disk.journal_seq if on_disk else 0
     if index.meta.journal_seq <= since and not force:
@@ -180,8 +215,16 @@ def _snapshot_if_due(ref: ModelRef, index: SearchIndex, *, force: bool = False, 
     if not (force or due or (by_age and changes and age >= settings.INDEX_SNAPSHOT_SECONDS)):
         return False
     index.meta.journal_floor = since
+    if (
+        isinstance(index, VectorIndex)
+        and not force
+        and len(index) >= settings.INDEX_SNAPSHOT_BACKGROUND_MIN_ITEMS
+    ):
+        background_save.start(index, ref.index_dir)  # taken (and the journal pruned) once written
+        return True
     try:
-        index.save(ref.index_dir)
+        with snapshot_lock(ref.index_dir):
+            index.save(ref.index_dir)
     except IndexWriteFailed as exc:  # e.g. a full disk: the journal keeps every change meanwhile
         logger.error("index snapshot of %s not written, trying again later: %s", ref.name, exc)
         return False
@@ -339,7 +382,9 @@ def _index_build_locked(ref: ModelRef) -> int:
     index.meta.journal_seq = index.meta.journal_floor = head or 0
     for chunk, vectors in _stored_chunks(ref, ids):
         index.add(chunk, np.stack(vectors), index_hashes(ref.name, chunk))
-    index.save(directory)
+    _background_save_taken(ref, None, wait=True)  # its files are of the index replaced here
+    with snapshot_lock(directory):
+        index.save(directory)
     IndexChange.objects.filter(model_name=ref.name, id__lte=head or 0).delete()
     _writer_cache[str(directory)] = index
     return len(ids)

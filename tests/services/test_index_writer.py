@@ -244,3 +244,50 @@ def test_a_gallery_past_the_compact_threshold_is_built_again_compact_and_searche
     services.index_reconcile()
     assert IndexMeta.read(clean_index).compact_dims == 0
     assert not (clean_index / "vectors.f16").exists()
+
+
+def test_a_large_index_is_saved_by_a_forked_child_while_the_writer_goes_on(clean_index, settings):
+    """At a million items a save takes seconds, which uploads would wait for: a forked child
+    writes the index as it was at the fork while the writer goes on with the index it holds;
+    once the child exited the writer takes the snapshot, prunes the journal, and the next
+    save appends the full vectors added since to the same file."""
+    import os
+
+    from gallery.index import background_save
+    from gallery.models import IndexChange
+    from gallery.services import index_writer
+
+    settings.INDEX_SNAPSHOT_CHANGES, settings.INDEX_SNAPSHOT_FRACTION = 2, 0.0
+    settings.INDEX_SNAPSHOT_BACKGROUND_MIN_ITEMS = 0
+    settings.INDEX_COMPACT_DIMS, settings.INDEX_COMPACT_MIN_ITEMS = 8, 3
+    images = [services.image_create(data=make_image_bytes(seed))[0] for seed in range(110, 118)]
+    embed_and_index(*(im.pk for im in images[:3]))  # the build (compact), saved in this process
+    built = IndexMeta.read(clean_index)
+    assert built.compact_dims == 8
+    writer = index_writer._writer_cache[str(clean_index)]
+    inode = (clean_index / "vectors.f16").stat().st_ino
+
+    embed_and_index(images[3].pk, images[4].pk)  # two changes: due, and saved by a child
+    first = background_save.in_flight(clean_index)
+    assert first is not None and first.pid != os.getpid() and first.version == built.version + 1
+    embed_and_index(images[5].pk)  # meanwhile the writer goes on, with the index it holds
+    assert index_writer._writer_cache[str(clean_index)] is writer
+    services.index_snapshot_wait()
+    saved = IndexMeta.read(clean_index)
+    assert saved.version == writer.meta.version == built.version + 1
+    assert VectorIndex.load(clean_index).labels() == {im.pk for im in images[:5]}  # as at the fork
+
+    embed_and_index(images[6].pk, images[7].pk)
+    assert background_save.in_flight(clean_index) is not None
+    services.index_snapshot_wait()
+    third = IndexMeta.read(clean_index)
+    assert third.version == writer.meta.version == saved.version + 1
+    assert third.journal_floor == saved.journal_seq
+    assert not IndexChange.objects.filter(id__lte=saved.journal_seq).exists()  # pruned
+    assert index_writer._writer_cache[str(clean_index)] is writer  # never loaded again
+    loaded = VectorIndex.load(clean_index)
+    assert loaded.labels() == {im.pk for im in images}
+    assert (clean_index / "vectors.f16").stat().st_ino == inode  # appended to, not rewritten
+    for image in (images[3], images[7]):
+        stored = Embedding.objects.get(image=image, model_name=default_model().name).as_array()
+        assert np.allclose(loaded.vector(image.pk), stored, atol=2e-3)
