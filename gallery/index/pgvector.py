@@ -140,9 +140,15 @@ class PgVectorIndex:
             self.meta.count = self._count.value
         return self._count.value
 
-    def labels(self) -> set[int]:
+    def labels(self, between: tuple[int, int] | None = None) -> set[int]:
+        """Items held; with `between` (start, end), those with start <= label < end only."""
+        sql = f"SELECT image_id FROM {TABLE} WHERE model_name = %s"
+        args: list[str | int] = [self.model]
+        if between is not None:
+            sql += " AND image_id >= %s AND image_id < %s"
+            args += [between[0], between[1]]
         with connection.cursor() as cursor:
-            cursor.execute(f"SELECT image_id FROM {TABLE} WHERE model_name = %s", [self.model])
+            cursor.execute(sql, args)
             return {int(row[0]) for row in cursor.fetchall()}
 
     def vector(self, label: int) -> np.ndarray | None:

@@ -133,11 +133,15 @@ class VectorIndex:
     def __len__(self) -> int:
         return self.meta.count
 
-    def labels(self) -> set[int]:
-        """Live items."""
+    def labels(self, between: tuple[int, int] | None = None) -> set[int]:
+        """Live items; with `between` (start, end), those with start <= label < end only."""
         with self._lock.reading():
             stored = self.hnsw.get_ids_list()
         views = self.meta.views
+        if between is not None:
+            items = np.asarray(stored, dtype=np.int64) // views
+            items = items[(items >= between[0]) & (items < between[1])]
+            return set(np.unique(items).tolist()) - self._deleted
         return ({int(x) // views for x in stored} if views > 1 else set(stored)) - self._deleted
 
     def _stored(self, items: list[int]) -> np.ndarray:
