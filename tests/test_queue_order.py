@@ -5,6 +5,7 @@ import time
 
 from gallery import queues, services
 from gallery.models import Image, ImportItem
+from gallery.services import dispatch
 from tests.conftest import wait_for_status
 from tests.images import make_image_bytes
 
@@ -41,3 +42,23 @@ def test_an_upload_overtakes_an_import_queued_before_it(pipeline, tmp_path, sett
     # In one queue, the upload came after all 12 batches; first in its own, after one or two.
     later = Image.objects.filter(pk__in=imported, indexed_at__gt=upload.indexed_at).count()
     assert later >= 24, f"only {later} of 48 imported photos were indexed after the upload"
+
+
+def test_a_bulk_batch_hands_over_to_an_upload_that_waits(pipeline, settings):
+    """A bulk batch takes its worker process for seconds: between parts of BULK_CHUNK images it
+    looks for a waiting upload, and if one waits sends the rest back to the bulk queue."""
+    settings.EMBED_BATCH_SIZE = 48  # one task for the whole batch
+    batch = [
+        services.image_create(data=make_image_bytes(4000 + n), title=f"bulk {n}", enqueue=False)[0].pk
+        for n in range(48)
+    ]
+    dispatch.images_embed(batch, bulk=True)
+    time.sleep(0.3)  # the worker has taken the batch
+    upload, _ = services.image_create(data=make_image_bytes(9998), title="a visitor's photo")
+    wait_for_status([upload.pk])
+    wait_for_status(batch)
+    upload.refresh_from_db()
+    # Without the hand-over the upload came after all 48 (and its index update took them all).
+    later = Image.objects.filter(pk__in=batch, indexed_at__gt=upload.indexed_at).count()
+    assert later >= 24, f"only {later} of 48 were indexed after the upload"
+    assert not Image.objects.filter(pk__in=batch, embed_attempts__gt=1).exists()  # not counted twice

@@ -10,12 +10,18 @@ from django.db import close_old_connections, transaction
 from django.db.models import F
 from PIL import Image as PILImage
 
+from .. import queues
 from ..embedders import ModelRef, active_model, get_embedder, served_models
 from ..models import Embedding, Image
 from ..retrieval.hashes import pdq_hash
+from ..selectors.operations import queue_depth
 from . import dispatch
 
 logger = logging.getLogger(__name__)
+
+# A bulk batch is embedded this many images at a time; between two, it hands over to an upload
+# that waits (see `_hand_over`). An upload waits for at most one such part (0.2-0.5 s).
+BULK_CHUNK = 8
 
 
 def _open_for_embedding(image: Image) -> PILImage.Image:
@@ -94,15 +100,39 @@ def images_embed(image_ids: list[int], *, bulk: bool = False) -> int:
         except (OSError, ValueError) as exc:
             images_mark_failed([image.pk], "The stored file cannot be read", exc)
     if ready:
-        rows = _embed_and_hash(ready, pictures, refs)
-        with transaction.atomic():
-            _store(ready, rows)
-            # The index writer notes which existing item an upload copies, with the copy
-            # index it holds (this process never loads it).
-            dispatch.index_sync(note_copies=None if bulk else [im.pk for im in ready], bulk=bulk)
-    elif Image.objects.filter(pk__in=image_ids).processing().complete(names).exists():
+        stored: list[Image] = []
+        chunk = BULK_CHUNK if bulk else len(ready)
+        for start in range(0, len(ready), chunk):
+            if start and _a_visitor_waits():
+                _hand_over([im.pk for im in ready[start:]])
+                break
+            part = ready[start : start + chunk]
+            rows = _embed_and_hash(part, pictures[start : start + chunk], refs)
+            with transaction.atomic():
+                _store(part, rows)
+            stored += part
+        # The index writer notes which existing item an upload copies, with the copy index it
+        # holds (this process never loads it).
+        dispatch.index_sync(note_copies=None if bulk else [im.pk for im in stored], bulk=bulk)
+        return len(stored)
+    if Image.objects.filter(pk__in=image_ids).processing().complete(names).exists():
         dispatch.index_sync(bulk=bulk)  # embedded earlier, but the index update was lost
-    return len(ready)
+    return 0
+
+
+def _a_visitor_waits() -> bool:
+    """A task a visitor waits on (an upload) is in the embed queue, not yet taken."""
+    try:
+        return queue_depth(queues.EMBED) > 0
+    except Exception:  # the broker cannot be asked: go on with the batch
+        return False
+
+
+def _hand_over(image_ids: list[int]) -> None:
+    """The rest of a bulk batch goes back to the bulk queue, this attempt not counted, so that
+    this process takes the waiting upload next instead of after the whole batch (1-5 s)."""
+    Image.objects.filter(pk__in=image_ids).update(embed_attempts=F("embed_attempts") - 1)
+    dispatch.images_embed(image_ids, bulk=True)
 
 
 def images_backfill(*, seconds: float = 45.0, batch_size: int = 64) -> int:
