@@ -40,7 +40,7 @@ def start(index: VectorIndex, directory: Path) -> BackgroundSave:
     full_at_fork = index.full.rows_in_memory() if index.full is not None else {}
     # The child inherits the snapshot lock and holds it until it exits; this process's
     # descriptor is closed on leaving (the lock stays: the child's refers to it).
-    with snapshot_lock(directory), index._lock.reading():  # no change half-applied in the copy
+    with snapshot_lock(directory), index.unchanging():
         pid = os.fork()
         if pid == 0:  # the child: never returns, never touches the parent's connections
             code = 1

@@ -2,6 +2,7 @@
 read/write lock so that searches in many threads and applied changes never overlap)."""
 
 import json
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import hnswlib
@@ -399,6 +400,11 @@ class VectorIndex:
                 f"{path} holds {written} items, {self.hnsw.get_current_count()} were written"
             )
         self.meta.index_bytes = path.stat().st_size
+
+    def unchanging(self) -> AbstractContextManager[None]:
+        """No change is applied while this is held (searches go on): for a fork that must
+        not copy an insert half done."""
+        return self._lock.reading()
 
     def save(self, directory: Path) -> None:
         """Writes a new snapshot; raises `IndexWriteFailed` (leaving the last good one in

@@ -34,9 +34,8 @@ def snapshot_if_due(ref: ModelRef, index: SearchIndex, *, force: bool = False, b
     index (or, with `by_age`, any change once the snapshot is older than INDEX_SNAPSHOT_SECONDS),
     so that a process that starts has little to replay; then prune the journal before the
     previous snapshot (a reader still there loads the new snapshot). The database's index has
-    none. An upload's sync does not save by age: at a million items a save rewrites about 4 GB
-    of files, which the upload that found the snapshot old would wait for; the periodic
-    reconcile saves by age instead."""
+    none. An upload's sync does not save by age (the periodic reconcile does): below
+    INDEX_SNAPSHOT_BACKGROUND_MIN_ITEMS the save runs here, and the upload would wait for it."""
     if isinstance(index, PgVectorIndex):
         return False
     if background_save.in_flight(ref.index_dir):

@@ -172,7 +172,8 @@ def _rows_put(ref: ModelRef, index: PgVectorIndex, ids: list[int]) -> int:
 
 
 def index_snapshot_wait() -> None:
-    """Wait for this process's background snapshots, and take them (commands, tests)."""
+    """Wait for this process's background snapshots, and take them (tests; a process about to
+    end may, though a child left running still writes its snapshot)."""
     for ref in served_models(active_model(fresh=True)):
         background_save_taken(ref, _writer_cache.get(str(ref.index_dir)), wait=True)
 
