@@ -251,7 +251,23 @@ def laid_colour_agreement(
     (after one brightness and contrast change, `_tone_fitted`); None when they hardly
     overlap. An edited copy keeps most of them outside its marks; another colour of the same
     shot, or another photo of a look-alike, few."""
-    ih, iw = item_colour.shape[:2]
+    laid, inside = laid_over_photo(query, item_colour, to_item, mirrored)
+    shown = _detailed(item_colour) & inside
+    if shown.sum() < 0.05 * shown.size:
+        return None
+    seen = laid[shown].astype(np.float32)
+    fitted = _tone_fitted(item_colour[shown].astype(np.float32), seen)
+    agree = np.abs(fitted - seen).max(axis=1) <= AGREE_LEVELS
+    return float(agree.mean())
+
+
+def laid_over_photo(
+    query: np.ndarray, photo: np.ndarray, to_item: np.ndarray, mirrored: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The query's RGB pixels laid over the photo's by `to_item` (a homography from the
+    query's pixels, of its mirror image when `mirrored`, to the photo as a unit square), at
+    the photo's size, and where the query covers the photo."""
+    ih, iw = photo.shape[:2]
     if mirrored:
         query = np.ascontiguousarray(query[:, ::-1])
     to_photo = np.diag([float(iw), float(ih), 1.0]) @ to_item
@@ -261,15 +277,11 @@ def laid_colour_agreement(
         size = (max(1, round(qw * scale)), max(1, round(qh * scale)))
         query = cv2.resize(query, size, interpolation=cv2.INTER_AREA)
         to_photo = to_photo @ np.diag([qw / size[0], qh / size[1], 1.0])
-    laid = cv2.warpPerspective(query, to_photo, (iw, ih), flags=cv2.INTER_LINEAR).astype(np.int16)
-    inside = cv2.warpPerspective(np.full(query.shape[:2], 255, np.uint8), to_photo, (iw, ih)) > 250
-    shown = _detailed(item_colour) & inside
-    if shown.sum() < 0.05 * shown.size:
-        return None
-    seen = laid[shown].astype(np.float32)
-    fitted = _tone_fitted(item_colour[shown].astype(np.float32), seen)
-    agree = np.abs(fitted - seen).max(axis=1) <= AGREE_LEVELS
-    return float(agree.mean())
+    laid: np.ndarray = cv2.warpPerspective(query, to_photo, (iw, ih), flags=cv2.INTER_LINEAR)
+    inside: np.ndarray = (
+        cv2.warpPerspective(np.full(query.shape[:2], 255, np.uint8), to_photo, (iw, ih)) > 250
+    )
+    return laid, inside
 
 
 def _detailed(colour: np.ndarray) -> np.ndarray:

@@ -77,6 +77,11 @@ class CopyThresholds:
     # labelled a copy, but the likeliest item first (on 348 edited copies of all kinds, a
     # seed other than the bench's, it moved one original to first and no other item).
     overlaid_lead_agreement: float = 0.35
+    # Another colour of the same shot (`retrieval.recolouring`): part of the photo in its very
+    # colours, part with its detail in other colours. Not a copy: the likeliest look-alike.
+    variant_kept: float = 0.15
+    variant_changed: float = 0.3
+    variant_same_detail: float = 0.6
 
 
 @dataclass
@@ -122,11 +127,24 @@ def verified_copy(v: Verification | None, cosine: float, t: CopyThresholds) -> b
     return (
         v is not None
         and cosine >= t.inlier_cosine
+        and not colour_variant(v, t)
         and (
             (v.inliers >= t.inliers and v.agreement >= t.agreement)
             or (v.inliers >= t.strong_inliers and v.agreement >= t.strong_agreement)
             or (coloured_candidate(v, t) and (v.colour_agreement or 0.0) >= t.colour_agreement)
         )
+    )
+
+
+def colour_variant(v: Verification | None, t: CopyThresholds) -> bool:
+    """Laid over the photo, the query keeps part of its colours and shows another part, with
+    the same detail, in other colours: another colour of the same shot, not an edit."""
+    r = v.recolouring if v is not None else None
+    return (
+        r is not None
+        and r.kept >= t.variant_kept
+        and r.changed >= t.variant_changed
+        and r.same_detail >= t.variant_same_detail
     )
 
 
@@ -164,7 +182,8 @@ def classify(evidence: Evidence, thresholds: CopyThresholds) -> Decision:
         return Decision(Match.EXACT, "the same picture", None, 1000.0)
     v = e.verification
     verified = verified_copy(v, max(e.cosine, e.detail_cosine), t)
-    contradicted = v is not None and v.agreement < t.hash_agreement
+    variant = colour_variant(v, t)
+    contradicted = v is not None and (v.agreement < t.hash_agreement or variant)
     hashed = (
         e.hash_distance is not None
         and not contradicted
@@ -185,6 +204,8 @@ def classify(evidence: Evidence, thresholds: CopyThresholds) -> Decision:
         return Decision(
             Match.NEAR_DUPLICATE, _photometric_explanation(e), e.region, 100.0 + 64 - e.hash_distance
         )
+    if variant:
+        return Decision(Match.SIMILAR, "the same shot in another colour", None, 1.0 + e.cosine)
     for m in e.pixels.values():
         if pixel_copy(m, t):
             return Decision(Match.NEAR_DUPLICATE, _pixel_explanation(m), None, 100.0)

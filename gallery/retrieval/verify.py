@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from .recolouring import Recolouring
 from .regions import Box
 
 QUERY_SIDE = 512
@@ -102,6 +103,7 @@ class Verification:
     # query pixels (of its mirror image when `mirrored`) -> the item's photo as a unit square
     homography: np.ndarray | None = None
     colour_agreement: float | None = None  # `pixels.laid_colour_agreement`, when it was needed
+    recolouring: Recolouring | None = None  # `recolouring.recolouring`, when it could be a copy
 
 
 def _homography(query: Features, item: Features) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:

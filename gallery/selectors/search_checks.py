@@ -27,6 +27,7 @@ from ..retrieval.pixels import (
     laid_colour_agreement,
     screened,
 )
+from ..retrieval.recolouring import recolouring
 from ..retrieval.regions import Box
 from ..retrieval.tiers import coloured_candidate, distinct_nearest_hash, verified_copy
 from ..retrieval.verify import (
@@ -167,10 +168,15 @@ class Verifier:
         if not mirrored and v.inliers >= self.params.copies.inliers:
             self._matched_as_is = True
         t = self.params.copies
-        if coloured_candidate(v, t) and v.homography is not None and not verified_copy(v, 1.0, t):
-            colour = _item_colour(label, name)
-            if colour is not None:
-                v.colour_agreement = laid_colour_agreement(self._colours(), colour, v.homography, v.mirrored)
+        if v.homography is None or v.inliers < min(t.inliers, t.coloured_inliers):
+            return v
+        colour = _item_colour(label, name)
+        if colour is None:
+            return v
+        # Before any copy is taken: another colour of the same shot is not one.
+        v.recolouring = recolouring(self._colours(), colour, v.homography, v.mirrored)
+        if coloured_candidate(v, t) and not verified_copy(v, 1.0, t):
+            v.colour_agreement = laid_colour_agreement(self._colours(), colour, v.homography, v.mirrored)
         return v
 
     def _colours(self) -> np.ndarray:
