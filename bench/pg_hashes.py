@@ -1,5 +1,5 @@
 """Perceptual-hash lookups under `VECTOR_BACKEND=pgvector`, at N items: a `bit_count` scan of
-the table in SQL (`gallery.index.pgvector.SqlHashes`) against the hashes each process holds and
+the table in SQL (`gallery.index.pgvector_hashes.SqlHashes`) against the hashes each process holds and
 keeps up to date from the table (`CachedHashes`, what searches use), in one run.
 
 A private PostgreSQL with pgvector (PyPI `pgserver`, or `--pg-url`) gets the app's schema
@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     django.setup()
     from django.core.management import call_command
 
-    from gallery.index.pgvector import CachedHashes, SqlHashes, ensure_schema
+    from gallery.index.pgvector import ensure_schema
+    from gallery.index.pgvector_hashes import CachedHashes, SqlHashes
 
     call_command("migrate", verbosity=0)
     ensure_schema()

@@ -191,6 +191,9 @@ if VECTOR_BACKEND not in ("hnswlib", "pgvector"):
     raise ImproperlyConfigured(f"VECTOR_BACKEND must be hnswlib or pgvector, not {VECTOR_BACKEND!r}")
 if VECTOR_BACKEND == "pgvector" and not DATABASES["default"]["ENGINE"].endswith("postgresql"):
     raise ImproperlyConfigured("VECTOR_BACKEND=pgvector needs a PostgreSQL DATABASE_URL")
+# Memory PostgreSQL may use to build a model's HNSW index in one go (`PgVectorIndex.load`):
+# pgvector builds fast while the graph fits in it, and slowly past it.
+PGVECTOR_BUILD_MEMORY = env("PGVECTOR_BUILD_MEMORY", default="1GB")
 if VECTOR_BACKEND == "pgvector" and COPY_DETAILS:
     raise ImproperlyConfigured(
         "COPY_DETAILS keeps several vectors per item, which pgvector does not hold here"

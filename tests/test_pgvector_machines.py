@@ -210,3 +210,70 @@ def test_two_machines_share_one_postgres_index(two_machines, postgres_with_pgvec
     assert not files, files
     for base in (a, b):
         assert requests.get(base + "/readyz", timeout=30).json()["checks"]["index"] == "ok"
+
+
+_LOAD = """
+import json
+import numpy as np
+from django.db import connection
+from gallery.index.pgvector import PgVectorIndex
+from gallery.models import Image
+
+Image.objects.bulk_create(
+    Image(pk=i, title="", file=f"{i}.jpg", width=1, height=1, byte_size=1, sha256=f"{i:064x}",
+          status=Image.Status.INDEXED)
+    for i in range(1, 301)
+)
+rng = np.random.default_rng(0)
+vectors = rng.normal(size=(301, 16)).astype(np.float32)
+vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+index = PgVectorIndex("bulk-test", 16, ef=64)
+index.ensure()
+index.put([(5, -vectors[5], None)])  # a row from before: replaced
+added = index.load([[(i, vectors[i], None) for i in range(1, 151)], [(i, vectors[i], None) for i in range(151, 301)]])
+with connection.cursor() as cursor:
+    cursor.execute("SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = %s",
+                   [index._index_name])
+    valid = [row[0] for row in cursor.fetchall()]
+    cursor.execute("SET enable_seqscan = off")
+    cursor.execute("SET enable_bitmapscan = off")
+    literal = "[" + ",".join(str(float(x)) for x in vectors[7]) + "]"
+    cursor.execute(
+        "EXPLAIN SELECT image_id FROM gallery_vector WHERE model_name = 'bulk-test' "
+        f"ORDER BY embedding::vector(16) <=> '{literal}'::vector(16) LIMIT 5"
+    )
+    plan = " ".join(row[0] for row in cursor.fetchall())
+index.put([(300, vectors[1], None)])  # later rows go into the built index
+print(json.dumps({
+    "added": added, "count": len(index), "valid": valid, "uses_index": index._index_name in plan, "plan": plan,
+    "first": [index.query(vectors[n], 3)[0][0] for n in (7, 5, 200)],
+    "moved": [label for label, _ in index.query(vectors[1], 2)],
+}))
+"""
+
+
+def test_a_model_s_rows_are_loaded_in_bulk_and_its_index_built_after(postgres_with_pgvector, tmp_path):
+    """A model version built before its switch: its rows are copied in without its HNSW index
+    (one insert at a time into the graph ran at about 110 a second), which is then built once,
+    valid and used by searches; rows it had are replaced, later rows go into it."""
+    _, name, url = postgres_with_pgvector
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("DATABASE_URL")},
+        "DATABASE_URL": url.replace(name, f"{name}_load"),
+        "VECTOR_BACKEND": "pgvector",
+        "VAR_DIR": str(tmp_path / "var"),
+    }
+    socket_dir = url.split("host=", 1)[1]
+    with psycopg.connect(host=socket_dir, user="postgres", dbname="postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}_load")
+        conn.execute(f"CREATE DATABASE {name}_load")
+    run = {"cwd": ROOT, "env": env, "capture_output": True, "text": True, "timeout": 300}
+    migrated = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], **run)
+    assert migrated.returncode == 0, migrated.stderr[-3000:]
+    loaded = subprocess.run([sys.executable, "manage.py", "shell", "-c", _LOAD], **run)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    found = json.loads(loaded.stdout.strip().splitlines()[-1])
+    assert found["added"] == 300 and found["count"] == 300
+    assert found["valid"] == [True] and found["uses_index"], found["plan"]
+    assert found["first"] == [7, 5, 200]
+    assert sorted(found["moved"]) == [1, 300]  # the same vector: both first

@@ -69,3 +69,29 @@ def training_rows() -> list[tuple[str, str]]:
     """(stored file name, category) of every searchable image, in id order: a model trained
     on the gallery learns its categories."""
     return list(Image.objects.searchable().order_by("pk").values_list("file", "category"))
+
+
+class IdWindows:
+    """Windows of image ids, one after another, for sweeps that compare the whole gallery a
+    part at a time (a scan of a million images every minute or two cost seconds each): each
+    key's next window starts where its last one stopped and spans `size` ids past the first
+    image there (gaps of deleted images skipped); past the newest image, the rest of the id
+    space, and then from the start again. The cursor is the process's own."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._from: dict[str, int] = {}
+
+    def next(self, key: str) -> tuple[int, int]:
+        """(start, end): the ids start <= id < end to look at next."""
+        start = self._from.get(key, 0)
+        first = Image.objects.filter(pk__gte=start).order_by("pk").values_list("pk", flat=True).first()
+        if first is None:
+            self._from[key] = 0
+            return start, 2**62
+        self._from[key] = first + self.size
+        return start, first + self.size
+
+    def again(self, key: str, start: int) -> None:
+        """The window from `start` is not done: the next one is it again."""
+        self._from[key] = start

@@ -36,6 +36,7 @@ from ..index import (
 from ..index.compact import LEARN_SAMPLE, Projection
 from ..index.pgvector import PgVectorIndex
 from ..models import Embedding, Image, ImageQuerySet, IndexChange
+from ..selectors.catalogue import IdWindows
 from ..selectors.index_journal import DATABASE_JOURNAL, index_hashes
 from ..selectors.search import SearchIndex, pgvector_index, vectors_in_database
 from . import dispatch
@@ -48,7 +49,7 @@ logger = logging.getLogger(__name__)
 _writer_cache: dict[str, VectorIndex] = {}
 BUILD_CHUNK = 5000  # images whose vectors a build reads at once
 RECONCILE_WINDOW = 100_000  # image ids one reconcile run compares (see index_reconcile)
-_reconcile_from: dict[str, int] = {}  # model -> the first id of the next run's window
+_reconcile_windows = IdWindows(RECONCILE_WINDOW)  # by model
 
 
 def index_empty(
@@ -99,6 +100,18 @@ def _writing(ref: ModelRef) -> Iterator[None]:
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"index {ref.name}"])
         yield
+
+
+@contextmanager
+def _writing_outside_transactions(ref: ModelRef) -> Iterator[None]:
+    """`_writing`'s lock (pgvector) held by the session, for work that commits as it goes."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(hashtext(%s))", [f"index {ref.name}"])
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(hashtext(%s))", [f"index {ref.name}"])
 
 
 def _writer_index(ref: ModelRef) -> SearchIndex | None:
@@ -164,11 +177,14 @@ def _journal_write(
 
 def _rows_put(ref: ModelRef, index: PgVectorIndex, ids: list[int]) -> int:
     """The items' stored vectors (and hashes, for the copy model) into the database's index."""
-    added = 0
+    return sum(index.put(rows) for rows in _rows_of(ref, ids))
+
+
+def _rows_of(ref: ModelRef, ids: list[int]) -> Iterator[list[tuple[int, np.ndarray, bytes | None]]]:
+    """(id, stored vector, hash for the copy model) of the items, a chunk at a time."""
     for chunk, vectors in _stored_chunks(ref, ids):
         hashes = dict(zip(chunk, index_hashes(ref.name, chunk)))
-        added += index.put([(i, v, hashes.get(i)) for i, v in zip(chunk, vectors)])
-    return added
+        yield [(i, v, hashes.get(i)) for i, v in zip(chunk, vectors)]
 
 
 def index_snapshot_wait() -> None:
@@ -295,7 +311,12 @@ def index_rebuild() -> int:
 
 def index_build(ref: ModelRef) -> int:
     """A fresh index of `ref`'s vectors of every indexable image, saved atomically in its own
-    folder (pgvector: its rows replaced in one transaction). Takes the index's write lock."""
+    folder (pgvector: its rows replaced in one transaction, or for a model no search uses yet,
+    loaded in bulk). Takes the index's write lock."""
+    if vectors_in_database() and ref.name not in {r.name for r in served_models(active_model(fresh=True))}:
+        with _writing_outside_transactions(ref):
+            ids = list(Image.objects.indexable().with_vector(ref.name).values_list("pk", flat=True))
+            return pgvector_index(ref).load(_rows_of(ref, ids))
     with _writing(ref):
         return _index_build_locked(ref)
 
@@ -336,19 +357,6 @@ def _index_build_locked(ref: ModelRef) -> int:
     return len(ids)
 
 
-def _reconcile_window(ref: ModelRef) -> tuple[int, int]:
-    """The ids (start, end) the next reconcile of `ref` compares: from where the last one
-    stopped to RECONCILE_WINDOW past the first image there (gaps of deleted images skipped);
-    past the newest image, the rest of the id space, and then from the start again."""
-    start = _reconcile_from.get(ref.name, 0)
-    first = Image.objects.filter(pk__gte=start).order_by("pk").values_list("pk", flat=True).first()
-    if first is None:
-        _reconcile_from[ref.name] = 0
-        return start, 2**62
-    _reconcile_from[ref.name] = first + RECONCILE_WINDOW
-    return start, first + RECONCILE_WINDOW
-
-
 def index_reconcile() -> dict[str, int]:
     """Make every served index hold exactly the searchable items that have its vector: adds
     what a lost task left out (an approval whose update never arrived), takes out what should
@@ -362,7 +370,7 @@ def index_reconcile() -> dict[str, int]:
             if index is None:
                 _index_build_locked(ref)
                 continue
-            start, end = _reconcile_window(ref)
+            start, end = _reconcile_windows.next(ref.name)
             held = index.labels(between=(start, end))
             wanted = set(
                 Image.objects.searchable()

@@ -53,3 +53,28 @@ def test_a_batch_holds_reduced_decodes_not_full_size_photos(settings):
     services.images_embed([image.pk])
     image.refresh_from_db()
     assert image.status != Image.Status.FAILED and image.pdq is not None and image.embeddings.exists()
+
+
+def test_the_backfill_looks_at_a_window_of_ids_per_run_and_covers_the_gallery(clean_index, monkeypatch):
+    """Looking for images that lack something among a million took 1.4-4 s every minute:
+    each run looks at a window of ids, stays on it until it is done, and consecutive runs
+    cover every id."""
+    from gallery.selectors.catalogue import IdWindows
+    from gallery.services import embedding
+    from tests.helpers import embed_and_index
+
+    monkeypatch.setattr(embedding, "_backfill_windows", IdWindows(3))
+    ids = [services.image_create(data=make_image_bytes(seed))[0].pk for seed in range(50, 57)]
+    embed_and_index(*ids)
+    Image.objects.filter(pk__in=ids).update(pdq=None)  # a gallery from before the copy channel
+    assert Image.objects.filter(pk__in=ids, status=Image.Status.INDEXED).count() == 7
+
+    def hashed() -> int:
+        return Image.objects.filter(pk__in=ids, pdq__isnull=False).count()
+
+    services.images_backfill(seconds=0)  # out of time before the first batch: the window waits
+    filled = [hashed()]
+    for _ in range(4):
+        services.images_backfill()
+        filled.append(hashed())
+    assert filled == [0, 3, 6, 7, 7]

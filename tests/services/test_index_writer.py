@@ -296,10 +296,10 @@ def test_a_large_index_is_saved_by_a_forked_child_while_the_writer_goes_on(clean
 def test_the_reconcile_compares_a_window_of_ids_per_run_and_covers_the_gallery(clean_index, monkeypatch):
     """Comparing a million items took the single writer 6-19 s, which uploads waited for: each
     run compares a window of ids, and consecutive runs cover every id."""
+    from gallery.selectors.catalogue import IdWindows
     from gallery.services import index_writer
 
-    monkeypatch.setattr(index_writer, "RECONCILE_WINDOW", 3)
-    monkeypatch.setattr(index_writer, "_reconcile_from", {})
+    monkeypatch.setattr(index_writer, "_reconcile_windows", IdWindows(3))
     images = [services.image_create(data=make_image_bytes(seed))[0] for seed in range(120, 127)]
     embed_and_index(*(im.pk for im in images))
     Image.objects.filter(pk__in=[im.pk for im in images]).update(status=Image.Status.HIDDEN)  # lost removals
