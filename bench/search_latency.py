@@ -360,10 +360,12 @@ def run_levels(app, query, args, label: str) -> dict:
             f"  {f['throughput_rps']:.1f} req/s, errors {f['errors']}; client {h.fmt_summary(f['latency'])}"
         )
         h.log(f"  server took_ms: {h.fmt_summary(f['server_took'])}")
+        sampled = h.MemorySampler(app).sample()
         f["resident_mib"] = {  # each role's processes, after the level (the web's: TORCH_FREE_QUERIES)
-            role: round(v["rss_kb"] / 1024, 1) for role, v in h.MemorySampler(app).sample().items()
+            role: round(v["rss_kb"] / 1024, 1) for role, v in sampled.items()
         }
-        h.log(f"  resident: {f['resident_mib']} MiB")
+        f["largest_process_mib"] = {role: round(v["largest_rss_kb"] / 1024, 1) for role, v in sampled.items()}
+        h.log(f"  resident: {f['resident_mib']} MiB (largest process: {f['largest_process_mib']})")
         total = sum(f["stages_mean_ms"].values()) or 1.0
         h.log(
             "  stages (mean ms, share): "

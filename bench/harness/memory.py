@@ -35,12 +35,13 @@ class MemorySampler:
         self._thread: threading.Thread | None = None
 
     def sample(self) -> dict[str, dict]:
-        """One sample; returns role -> {"hwm_kb", "rss_kb", "processes"} of the live processes."""
+        """One sample; returns role -> {"hwm_kb", "rss_kb", "processes", "largest_rss_kb"} of the
+        live processes (sums, and the largest one's resident memory)."""
         roles = self.app.app_processes()
         current = {}
         with self.lock:
             for role, procs in roles.items():
-                hwm = rss = alive = 0
+                hwm = rss = alive = largest = 0
                 for pid, start, kind in procs:
                     mem = proc_memory_kb(pid)
                     if mem is None:
@@ -48,6 +49,7 @@ class MemorySampler:
                     alive += 1
                     hwm += mem["VmHWM"]
                     rss += mem.get("VmRSS", 0)
+                    largest = max(largest, mem.get("VmRSS", 0))
                     rec = self.processes.setdefault(
                         (pid, start), {"role": role, "pid": pid, "kind": kind, "cmd": proc_cmd_name(pid)}
                     )
@@ -56,7 +58,12 @@ class MemorySampler:
                 if alive:
                     self.peak_hwm[role] = max(self.peak_hwm.get(role, 0), hwm)
                     self.peak_rss[role] = max(self.peak_rss.get(role, 0), rss)
-                    current[role] = {"hwm_kb": hwm, "rss_kb": rss, "processes": alive}
+                    current[role] = {
+                        "hwm_kb": hwm,
+                        "rss_kb": rss,
+                        "processes": alive,
+                        "largest_rss_kb": largest,
+                    }
             self.current = current
             self.samples += 1
         return current
