@@ -230,7 +230,10 @@ vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
 index = PgVectorIndex("bulk-test", 16, ef=64)
 index.ensure()
 index.put([(5, -vectors[5], None)])  # a row from before: replaced
-added = index.load([[(i, vectors[i], None) for i in range(1, 151)], [(i, vectors[i], None) for i in range(151, 301)]])
+code = bytes(range(32))  # a hash for one row
+added = index.load(
+    [[(i, vectors[i], code if i == 3 else None) for i in range(1, 151)], [(i, vectors[i], None) for i in range(151, 301)]]
+)
 with connection.cursor() as cursor:
     cursor.execute("SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = %s",
                    [index._index_name])
@@ -243,11 +246,15 @@ with connection.cursor() as cursor:
         f"ORDER BY embedding::vector(16) <=> '{literal}'::vector(16) LIMIT 5"
     )
     plan = " ".join(row[0] for row in cursor.fetchall())
+    cursor.execute("SELECT image_id, pdq::text FROM gallery_vector WHERE model_name = 'bulk-test' AND pdq IS NOT NULL")
+    hashed = [[label, text == "".join(f"{b:08b}" for b in code)] for label, text in cursor.fetchall()]
+    stored = index.vector(200)
 index.put([(300, vectors[1], None)])  # later rows go into the built index
 print(json.dumps({
     "added": added, "count": len(index), "valid": valid, "uses_index": index._index_name in plan, "plan": plan,
     "first": [index.query(vectors[n], 3)[0][0] for n in (7, 5, 200)],
     "moved": [label for label, _ in index.query(vectors[1], 2)],
+    "hashed": hashed, "stored_exact": bool(np.allclose(stored, vectors[200], atol=1e-6)),
 }))
 """
 
@@ -277,3 +284,4 @@ def test_a_model_s_rows_are_loaded_in_bulk_and_its_index_built_after(postgres_wi
     assert found["valid"] == [True] and found["uses_index"], found["plan"]
     assert found["first"] == [7, 5, 200]
     assert sorted(found["moved"]) == [1, 300]  # the same vector: both first
+    assert found["hashed"] == [[3, True]] and found["stored_exact"]
