@@ -106,6 +106,25 @@ def test_a_stretched_copy_is_a_near_duplicate_not_the_same_picture(client, produ
     assert first["id"] == image.pk and first["match"] in COPY and "stretched" not in first["explanation"]
 
 
+def test_the_same_picture_in_other_colours_is_a_near_duplicate_not_the_same_picture(client, products):
+    """The hash sees grey levels only: black and white, another hue or a brighter copy of the
+    photo is an edited copy; re-encoded or enlarged, it is still the same picture."""
+    image, data = products[3]  # a colourful photo (a grey one in black and white is itself)
+    photo = _open(data)
+    y, cb, cr = photo.convert("YCbCr").split()
+    changed = {
+        "black and white": ImageOps.grayscale(photo),
+        "colours changed": PILImage.merge("YCbCr", (y, cr, cb)).convert("RGB"),  # same greys
+    }
+    for words, picture in changed.items():
+        first = _search(client, _jpeg(picture, quality=95))["results"][0]
+        assert first["id"] == image.pk and first["match"] == "near_duplicate", (words, first)
+        assert words in first["explanation"], first
+    for picture in (photo, photo.resize((photo.width * 2, photo.height * 2), PILImage.Resampling.BICUBIC)):
+        first = _search(client, _jpeg(picture, quality=92))["results"][0]
+        assert first["id"] == image.pk and first["match"] == "exact", first
+
+
 def test_an_edited_copy_comes_first_labelled_a_copy_with_words(client, products):
     for edit in sorted(EDITS):
         for image, data in (products[5], products[17]):

@@ -1,4 +1,6 @@
-"""Another colour of the same shot, told apart from an edited copy.
+"""Colours: another colour of the same shot told apart from an edited copy, and a copy whose
+hash says "the same picture" told apart from the same picture in other colours
+(`colours_kept`: the hash sees grey levels only).
 
 Catalogues photograph every colour of an item in the same pose (or recolour one photo): such
 a photo lines up with the item's, its local features and edges match, and the tiers would
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from .pixels import laid_over_photo
 
@@ -87,3 +90,27 @@ def _edges(rgb: np.ndarray) -> np.ndarray:
         cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1)
     )
     return magnitude
+
+
+# An 8x8 thumbnail's colours (CIELAB a*b*): re-encoded and resized copies of 100 product
+# photos stayed within 14 of the photo's everywhere (99 % within 10.2); black and white, swapped
+# colours and half the saturation went past 12 in 90 % of the colourful ones.
+KEPT_COLOURS = 15.0
+
+
+def colours_kept(picture: Image.Image, photo: np.ndarray | None) -> bool:
+    """The picture shows the photo's colours (`pixels.item_colour`) everywhere, for a picture
+    whose hash says it is the photo; None (not known): kept."""
+    if photo is None:
+        return True
+    ours = _lab(np.asarray(Image.fromarray(photo).resize((8, 8), Image.Resampling.BOX)))
+    theirs = _lab(np.asarray(picture.convert("RGB").resize((8, 8), Image.Resampling.BOX)))
+    apart = np.hypot(ours[..., 1] - theirs[..., 1], ours[..., 2] - theirs[..., 2])
+    return float(apart.max()) <= KEPT_COLOURS
+
+
+def _lab(rgb: np.ndarray) -> np.ndarray:
+    lab: np.ndarray = cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2LAB).astype(
+        np.float32
+    )
+    return lab

@@ -98,6 +98,7 @@ class Evidence:
     # What the pixel checks found in this photo (each check's best candidate only)
     pixels: dict[PixelCheck, PixelMatch] = field(default_factory=dict)
     same_aspect: bool = False
+    same_colours: bool = True  # for a candidate its hash says is the picture: its colours too
     verification: Verification | None = None
     grayscale_query: bool = False
 
@@ -177,6 +178,7 @@ def classify(evidence: Evidence, thresholds: CopyThresholds) -> Decision:
         and e.hash_distance <= t.exact_hash_distance
         and e.hash_variant == 0
         and e.same_aspect
+        and e.same_colours
         and e.region is None
     ):
         return Decision(Match.EXACT, "the same picture", None, 1000.0)
@@ -259,6 +261,8 @@ def _photometric_explanation(e: Evidence) -> str:
         return "this photo, turned"
     if e.grayscale_query:
         return "this photo in black and white"
+    if not e.same_colours:
+        return "this photo, its colours changed"
     if not e.same_aspect and e.region is None:
         return "this photo, stretched or squeezed"
     if e.hash_distance is not None and e.hash_distance <= 12:

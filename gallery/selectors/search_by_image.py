@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from django.conf import settings
@@ -26,11 +27,20 @@ from ..models import Image
 from ..retrieval import regions as region_tools
 from ..retrieval.hashes import HASH_BITS, pdq_dihedral
 from ..retrieval.params import RetrievalParams, retrieval_params
+from ..retrieval.recolouring import colours_kept
 from ..retrieval.regions import Box
-from ..retrieval.tiers import COPY_TIERS, Decision, Evidence, classify, same_shape, verified_copy
+from ..retrieval.tiers import (
+    COPY_TIERS,
+    CopyThresholds,
+    Decision,
+    Evidence,
+    classify,
+    same_shape,
+    verified_copy,
+)
 from ..retrieval.verify import Verification
 from .search import RegionScore, SearchHit, SearchResult, clamp_k, index_reader, search_vector
-from .search_checks import Candidate, Query, Verifier, match_pixels
+from .search_checks import Candidate, Query, Verifier, match_pixels, stored_colour
 from .search_slots import search_slot
 
 
@@ -150,17 +160,15 @@ def _search_picture(
             watch.lap("regions")
             verified |= checker.best(params.verified - len(verified))
             watch.lap("verify")
-    grayscale = is_grayscale(picture)
-    stretched = _stretched(query)
+    whole = _whole(query, same_bytes, params)
     evidence = {
-        label: _evidence(c, label, same_bytes, grayscale, verified.get(label), label not in stretched)
-        for label, c in query.candidates.items()
+        label: _evidence(c, label, whole, verified.get(label)) for label, c in query.candidates.items()
     }
     decisions = {label: classify(e, params.copies) for label, e in evidence.items()}
     if not any(d.match in COPY_TIERS for d in decisions.values()):
         # No copy yet: is the picture part of a candidate's photo, or all of it smaller or
         # under marks?
-        _check_pixels(query, evidence, decisions, params, same_bytes, grayscale, stretched)
+        _check_pixels(query, evidence, decisions, params, whole)
         watch.lap("pixels")
     hits = _rank(query, decisions, k, category, active, copies_ref, params)
     watch.lap("rank")
@@ -172,17 +180,13 @@ def _check_pixels(
     evidence: dict[int, Evidence],
     decisions: dict[int, Decision],
     params: RetrievalParams,
-    same_bytes: int | None,
-    grayscale: bool,
-    stretched: set[int],
+    whole: _Whole,
 ) -> None:
     """The candidates' photos searched for the picture's pixels (`search_checks.match_pixels`);
     what matches is decided again with that evidence."""
     for label, pixels in match_pixels(query, params):
         if label not in evidence:  # found by its pixels alone (further down the vector's list)
-            evidence[label] = _evidence(
-                query.candidates[label], label, same_bytes, grayscale, None, label not in stretched
-            )
+            evidence[label] = _evidence(query.candidates[label], label, whole, None)
         evidence[label].pixels[pixels.check] = pixels
         decisions[label] = classify(evidence[label], params.copies)
 
@@ -259,25 +263,35 @@ def _search_regions(
             query.regions.append(RegionScore(box, found[0][1]))
 
 
-def _evidence(
-    c: Candidate,
-    label: int,
-    same_bytes: int | None,
-    grayscale: bool,
-    verification: Verification | None,
-    same_aspect: bool,
-) -> Evidence:
+@dataclass(frozen=True)
+class _Whole:
+    """What is known of the whole picture against its candidates."""
+
+    same_bytes: int | None  # the item whose file it is
+    grayscale: bool
+    stretched: set[int]  # found by their hash, of another shape
+    recoloured: set[int]  # found by their hash as the same picture, in other colours
+
+
+def _whole(query: Query, same_bytes: int | None, params: RetrievalParams) -> _Whole:
+    return _Whole(
+        same_bytes, is_grayscale(query.picture), _stretched(query), _recoloured(query, params.copies)
+    )
+
+
+def _evidence(c: Candidate, label: int, whole: _Whole, verification: Verification | None) -> Evidence:
     return Evidence(
         cosine=c.cosine,
         region=c.region,
-        same_bytes=label == same_bytes,
+        same_bytes=label == whole.same_bytes,
         hash_distance=c.hash_distance,
         hash_variant=c.hash_variant,
         hash_gap=c.hash_gap,
         detail_cosine=c.detail_cosine,
-        same_aspect=same_aspect,
+        same_aspect=label not in whole.stretched,
+        same_colours=label not in whole.recoloured,
         verification=verification,
-        grayscale_query=grayscale,
+        grayscale_query=whole.grayscale,
     )
 
 
@@ -291,6 +305,20 @@ def _stretched(query: Query) -> set[int]:
         pk
         for pk, width, height in Image.objects.filter(pk__in=hashed).values_list("pk", "width", "height")
         if not same_shape(query.picture.size, (width, height))
+    }
+
+
+def _recoloured(query: Query, thresholds: CopyThresholds) -> set[int]:
+    """The candidates whose hash says "the same picture" but whose colours the picture does
+    not show (black and white, another hue, brighter...): the hash sees grey levels only."""
+    same = [
+        label
+        for label, c in query.candidates.items()
+        if c.hash_distance is not None and c.hash_distance <= thresholds.exact_hash_distance
+    ]
+    files = dict(Image.objects.filter(pk__in=same).values_list("pk", "file"))
+    return {
+        label for label, name in files.items() if not colours_kept(query.picture, stored_colour(label, name))
     }
 
 

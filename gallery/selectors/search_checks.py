@@ -170,7 +170,7 @@ class Verifier:
         t = self.params.copies
         if v.homography is None or v.inliers < min(t.inliers, t.coloured_inliers):
             return v
-        colour = _item_colour(label, name)
+        colour = stored_colour(label, name)
         if colour is None:
             return v
         # Before any copy is taken: another colour of the same shot is not one.
@@ -234,7 +234,7 @@ def match_pixels(query: Query, params: RetrievalParams) -> list[tuple[int, Pixel
     checked = list(dict.fromkeys(screened(pixels, photos, params.pixel_checked) + nearest_few))
 
     def colour_of(label: int) -> np.ndarray | None:
-        return _item_colour(label, names[label])
+        return stored_colour(label, names[label])
 
     first = [label for label in ranked[: params.candidates] if label in photos]
     colours = {label: c for label in first if (c := colour_of(label)) is not None}
@@ -261,7 +261,7 @@ def _item_pixels(label: int, file_name: str) -> np.ndarray | None:
 
 
 @lru_cache(maxsize=1024)
-def _item_colour(label: int, file_name: str) -> np.ndarray | None:
+def stored_colour(label: int, file_name: str) -> np.ndarray | None:
     """An item's photo in colour for pixel matching (the best few candidates' only)."""
     photo = _stored_photo(file_name)
     return item_colour(photo) if photo is not None else None
