@@ -250,11 +250,33 @@ with connection.cursor() as cursor:
     hashed = [[label, text == "".join(f"{b:08b}" for b in code)] for label, text in cursor.fetchall()]
     stored = index.vector(200)
 index.put([(300, vectors[1], None)])  # later rows go into the built index
+
+# A model version being activated (not served): `index_build` loads its stored vectors so.
+from gallery import services
+from gallery.embedders import ModelRef
+from gallery.models import Embedding
+from gallery.selectors.search import pgvector_index
+
+Image.objects.filter(pk__lte=40).update(moderation=Image.Moderation.APPROVED)
+Embedding.objects.bulk_create(
+    Embedding(image_id=i, model_name="bulk-version", dim=16, vector=vectors[i].tobytes()) for i in range(1, 41)
+)
+ref = ModelRef(name="bulk-version", dim=16, backbone="learned")
+built = services.index_build(ref)
+version = pgvector_index(ref)
+cursor = connection.cursor()
+cursor.execute("SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = %s",
+               [version._index_name])
+version_valid = [row[0] for row in cursor.fetchall()]
+cursor.execute("SELECT pg_try_advisory_xact_lock(hashtext('index bulk-version'))")  # the build let go of it
+released = cursor.fetchone()[0]
 print(json.dumps({
     "added": added, "count": len(index), "valid": valid, "uses_index": index._index_name in plan, "plan": plan,
     "first": [index.query(vectors[n], 3)[0][0] for n in (7, 5, 200)],
     "moved": [label for label, _ in index.query(vectors[1], 2)],
     "hashed": hashed, "stored_exact": bool(np.allclose(stored, vectors[200], atol=1e-6)),
+    "built": built, "version_count": len(version), "version_valid": version_valid, "released": released,
+    "version_first": version.query(vectors[9], 1)[0][0],
 }))
 """
 
@@ -285,3 +307,5 @@ def test_a_model_s_rows_are_loaded_in_bulk_and_its_index_built_after(postgres_wi
     assert found["first"] == [7, 5, 200]
     assert sorted(found["moved"]) == [1, 300]  # the same vector: both first
     assert found["hashed"] == [[3, True]] and found["stored_exact"]
+    assert found["built"] == 40 and found["version_count"] == 40 and found["version_valid"] == [True]
+    assert found["released"] and found["version_first"] == 9

@@ -262,12 +262,11 @@ class PgVectorIndex:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(f"DELETE FROM {TABLE} WHERE model_name = %s", [self.model])
             columns = "model_name, image_id, embedding, pdq"
-            with cursor.cursor.copy(f"COPY {TABLE} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.write(_COPY_SIGNATURE)
-                for rows in chunks:
-                    copy.write(_binary_rows(self.model, rows))
-                    added += len(rows)
-                copy.write(_COPY_TRAILER)
+            # One COPY per chunk: the next chunk is read (from this connection, often) between them.
+            for rows in chunks:
+                with cursor.cursor.copy(f"COPY {TABLE} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.write(_COPY_SIGNATURE + _binary_rows(self.model, rows) + _COPY_TRAILER)
+                added += len(rows)
         with connection.cursor() as cursor:
             # The planner's row counts, else it keeps sorting "two rows" by distance (a scan
             # of all of them) until autovacuum comes by.
