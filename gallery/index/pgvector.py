@@ -45,13 +45,16 @@ def _literal(vector: np.ndarray) -> str:
     return "[" + ",".join(f"{x:.7g}" for x in np.asarray(vector, dtype=np.float32).ravel()) + "]"
 
 
-def bit_string(code: bytes | np.ndarray) -> str:
-    raw = (
+def _code_bytes(code: bytes | np.ndarray) -> bytes:
+    return (
         bytes(code)
         if isinstance(code, bytes | bytearray | memoryview)
         else np.asarray(code, np.uint8).tobytes()
     )
-    return "".join(f"{b:08b}" for b in raw)
+
+
+def bit_string(code: bytes | np.ndarray) -> str:
+    return "".join(f"{b:08b}" for b in _code_bytes(code))
 
 
 # PostgreSQL's binary COPY stream: a signature, then per row a field count and, per field, its
@@ -74,11 +77,7 @@ def _binary_rows(model: str, rows: Sequence[tuple[int, np.ndarray, bytes | None]
         if pdq is None:
             parts.append(struct.pack(">i", -1))
         else:
-            code = (
-                bytes(pdq)
-                if isinstance(pdq, bytes | bytearray | memoryview)
-                else np.asarray(pdq, np.uint8).tobytes()
-            )
+            code = _code_bytes(pdq)
             parts.append(struct.pack(">ii", 4 + len(code), 8 * len(code)) + code)
     return b"".join(parts)
 

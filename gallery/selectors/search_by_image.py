@@ -31,7 +31,6 @@ from ..retrieval.recolouring import colours_kept
 from ..retrieval.regions import Box
 from ..retrieval.tiers import (
     COPY_TIERS,
-    CopyThresholds,
     Decision,
     Evidence,
     classify,
@@ -274,9 +273,20 @@ class _Whole:
 
 
 def _whole(query: Query, same_bytes: int | None, params: RetrievalParams) -> _Whole:
-    return _Whole(
-        same_bytes, is_grayscale(query.picture), _stretched(query), _recoloured(query, params.copies)
-    )
+    """The hash sees neither a photo's shape nor its colours: a candidate it takes for the
+    picture, stretched or squeezed, or black and white, in another hue, brighter..., is not
+    "the same picture". The candidates found by their hash are read once for both."""
+    hashed = {label: c.hash_distance for label, c in query.candidates.items() if c.hash_distance is not None}
+    rows = Image.objects.filter(pk__in=list(hashed)).values_list("pk", "width", "height", "file")
+    stretched, recoloured = set(), set()
+    for pk, width, height, name in rows if hashed else ():
+        if not same_shape(query.picture.size, (width, height)):
+            stretched.add(pk)
+        elif (hashed[pk] or 0) <= params.copies.exact_hash_distance and not colours_kept(
+            query.picture, stored_colour(pk, name)
+        ):
+            recoloured.add(pk)
+    return _Whole(same_bytes, is_grayscale(query.picture), stretched, recoloured)
 
 
 def _evidence(c: Candidate, label: int, whole: _Whole, verification: Verification | None) -> Evidence:
@@ -293,33 +303,6 @@ def _evidence(c: Candidate, label: int, whole: _Whole, verification: Verificatio
         verification=verification,
         grayscale_query=whole.grayscale,
     )
-
-
-def _stretched(query: Query) -> set[int]:
-    """The candidates found by their hash whose photo has another shape than the picture: a
-    stretched or squeezed copy is not "the same picture" (the hash does not see the shape)."""
-    hashed = [label for label, c in query.candidates.items() if c.hash_distance is not None]
-    if not hashed:
-        return set()
-    return {
-        pk
-        for pk, width, height in Image.objects.filter(pk__in=hashed).values_list("pk", "width", "height")
-        if not same_shape(query.picture.size, (width, height))
-    }
-
-
-def _recoloured(query: Query, thresholds: CopyThresholds) -> set[int]:
-    """The candidates whose hash says "the same picture" but whose colours the picture does
-    not show (black and white, another hue, brighter...): the hash sees grey levels only."""
-    same = [
-        label
-        for label, c in query.candidates.items()
-        if c.hash_distance is not None and c.hash_distance <= thresholds.exact_hash_distance
-    ]
-    files = dict(Image.objects.filter(pk__in=same).values_list("pk", "file"))
-    return {
-        label for label, name in files.items() if not colours_kept(query.picture, stored_colour(label, name))
-    }
 
 
 def is_grayscale(picture: PILImage.Image) -> bool:
