@@ -164,9 +164,10 @@ def _pg_filtered(index, members: np.ndarray, share: float, items: int, fetch: in
     return "overfetch_check", overfetch
 
 
-def measure_pgvector(args, model: str, dim: int, vectors, queries, truth, rng) -> dict:
+def measure_pgvector(args, model: str, dim: int, vectors, queries, truth, rng, projection=None) -> dict:
     """With --pgvector, the same vectors, searches and filters through the app's
-    `PgVectorIndex`: {"pgvector": figures}."""
+    `PgVectorIndex`: {"pgvector": figures}. With `projection` (hnswlib's), compact vectors as
+    in hnswlib: the HNSW index over the projected rows, the first candidates re-ranked."""
     if not args.pgvector:
         return {}
     from django.conf import settings
@@ -208,8 +209,9 @@ def measure_pgvector(args, model: str, dim: int, vectors, queries, truth, rng) -
         [(i + 1, vectors[i], None) for i in range(s, min(args.items, s + 5000))]
         for s in range(0, args.items, 5000)
     )
-    index.load(chunks)
+    index.load(chunks, projection=projection)
     build = time.perf_counter() - t0
+    figures["compact_dims"] = index.meta.compact_dims
     # Then uploads: rows inserted into the built graph, a batch at a time.
     t0 = time.perf_counter()
     for start in range(0, extra, 100):
@@ -547,7 +549,7 @@ def main(argv=None) -> int:
     h.log(f"The next snapshot, 2,000 adds later: {figures['snapshot_after_2000_adds_seconds']} s")
     figures["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     h.log(f"The index stays in {directory} (for --kept; remove the folder when done)")
-    figures |= measure_pgvector(args, model, dim, vectors, queries, truth, rng)
+    figures |= measure_pgvector(args, model, dim, vectors, queries, truth, rng, projection)
     h.write_result(
         args.results,
         "scale",

@@ -270,13 +270,34 @@ cursor.execute("SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i
 version_valid = [row[0] for row in cursor.fetchall()]
 cursor.execute("SELECT pg_try_advisory_xact_lock(hashtext('index bulk-version'))")  # the build let go of it
 released = cursor.fetchone()[0]
+
+# Compact vectors: the HNSW index is over the projected rows, the first candidates re-ranked by
+# the full vectors (scores are the full cosines); another process reads the projection.
+from gallery.index.compact import Projection
+small = PgVectorIndex("bulk-compact", 16, ef=64)
+small.load([[(i, vectors[i], None) for i in range(1, 301)]], projection=Projection.learn(vectors[1:], 4))
+cursor.execute("SET enable_seqscan = off")
+cursor.execute(
+    "EXPLAIN SELECT image_id FROM gallery_vector WHERE model_name = 'bulk-compact' "
+    f"ORDER BY compact::vector(4) <=> '[1,0,0,0]'::vector(4) LIMIT 5"
+)
+compact_plan = " ".join(row[0] for row in cursor.fetchall())
+cursor.execute("RESET enable_seqscan")
+elsewhere = PgVectorIndex("bulk-compact", 16, ef=64)
+exact = [sorted(range(1, 301), key=lambda i: -float(vectors[i] @ vectors[n]))[:5] for n in (11, 222)]
+compact_found = [[label for label, _ in elsewhere.query(vectors[n], 5)] for n in (11, 222)]
+compact_score = elsewhere.query(vectors[11], 2)[1][1]
+small.put([(300, -vectors[1], None)])
 print(json.dumps({
     "added": added, "count": len(index), "valid": valid, "uses_index": index._index_name in plan, "plan": plan,
     "first": [index.query(vectors[n], 3)[0][0] for n in (7, 5, 200)],
     "moved": [label for label, _ in index.query(vectors[1], 2)],
     "hashed": hashed, "stored_exact": bool(np.allclose(stored, vectors[200], atol=1e-6)),
     "built": built, "version_count": len(version), "version_valid": version_valid, "released": released,
-    "version_first": version.query(vectors[9], 1)[0][0],
+    "version_first": version.query(vectors[9], 1)[0][0], "version_dims": version.meta.compact_dims,
+    "compact_index": small._index_name, "compact_plan": compact_plan, "exact": exact, "compact_found": compact_found,
+    "compact_score": compact_score, "exact_score": float(vectors[11] @ vectors[exact[0][1]]),
+    "elsewhere_dims": elsewhere.meta.compact_dims, "put_first": elsewhere.query(-vectors[1], 1)[0][0],
 }))
 """
 
@@ -291,6 +312,9 @@ def test_a_model_s_rows_are_loaded_in_bulk_and_its_index_built_after(postgres_wi
         "DATABASE_URL": url.replace(name, f"{name}_load"),
         "VECTOR_BACKEND": "pgvector",
         "VAR_DIR": str(tmp_path / "var"),
+        # the model version built below (40 items) holds compact vectors of 8 numbers
+        "INDEX_COMPACT_MIN_ITEMS": "30",
+        "INDEX_COMPACT_DIMS": "8",
     }
     socket_dir = url.split("host=", 1)[1]
     with psycopg.connect(host=socket_dir, user="postgres", dbname="postgres", autocommit=True) as conn:
@@ -308,4 +332,9 @@ def test_a_model_s_rows_are_loaded_in_bulk_and_its_index_built_after(postgres_wi
     assert sorted(found["moved"]) == [1, 300]  # the same vector: both first
     assert found["hashed"] == [[3, True]] and found["stored_exact"]
     assert found["built"] == 40 and found["version_count"] == 40 and found["version_valid"] == [True]
-    assert found["released"] and found["version_first"] == 9
+    assert found["released"] and found["version_first"] == 9 and found["version_dims"] == 8
+    # compact vectors: their own index, used; the full vectors' order and scores
+    assert found["compact_index"].endswith("_c") and found["compact_index"] in found["compact_plan"]
+    assert found["compact_found"] == found["exact"] and found["elsewhere_dims"] == 4
+    assert abs(found["compact_score"] - found["exact_score"]) < 1e-5
+    assert found["put_first"] == 300  # a row put after the load is projected too

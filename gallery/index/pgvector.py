@@ -12,7 +12,14 @@ index before the switch. Hash lookups run in each process on the hashes it holds
 The same reading interface as `VectorIndex` (`query`, `vector`, `hash_index`, `labels`...), so
 search does not care where the vectors are; the index writer upserts and deletes rows instead
 of writing a journal and snapshots. Items of several views (the details index) are not held
-here: the settings refuse that pair."""
+here: the settings refuse that pair.
+
+Compact vectors (`compact.Projection`, the rule of `INDEX_COMPACT_*`): a model version loaded in
+bulk with a projection keeps each row's projected vector in `compact` too, its HNSW index is
+over those (a fifth of the numbers: an index that fits in memory at a million items, built
+faster) and a search's first candidates are re-ranked by the full vectors in the same query,
+so scores stay the full vectors' cosines. The projection is stored beside the rows
+(`gallery_vector_projection`), where every process reads it."""
 
 from __future__ import annotations
 
@@ -31,12 +38,17 @@ from django.db import connection, transaction
 from django.db.backends.utils import CursorWrapper
 
 from ..retrieval.hashes import HashIndexView
+from .compact import Projection
 from .files import IndexMeta
 
 if TYPE_CHECKING:
     from .pgvector_hashes import CachedHashes, SqlHashes
 
 TABLE = "gallery_vector"
+PROJECTIONS = "gallery_vector_projection"
+# A compact index's first candidates, re-ranked by the full vectors (at least 2 k), searched
+# with an ef of twice that (as hnswlib's compact index: `vector_index.RERANK`).
+RERANK = 400
 COUNT_SECONDS = 2.0  # a count is kept this long (an exact count scans the model's rows)
 _NAME = re.compile(r"^[A-Za-z0-9._:+-]{1,100}$")
 
@@ -64,21 +76,28 @@ _COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _COPY_TRAILER = struct.pack(">h", -1)
 
 
-def _binary_rows(model: str, rows: Sequence[tuple[int, np.ndarray, bytes | None]]) -> bytes:
-    """Rows of (model, image id, vector, hash or None) in binary COPY form (formatting a
-    vector's 1,472 numbers as text cost about a millisecond a row)."""
+def _binary_vector(vector: np.ndarray) -> bytes:
+    values = np.asarray(vector, dtype=">f4").ravel()
+    return struct.pack(">ihh", 4 + 4 * len(values), len(values), 0) + values.tobytes()
+
+
+def _binary_rows(
+    model: str, rows: Sequence[tuple[int, np.ndarray, bytes | None]], projection: Projection | None = None
+) -> bytes:
+    """Rows of (model, image id, vector, hash or None, compact vector or None) in binary COPY
+    form (formatting a vector's 1,472 numbers as text cost about a millisecond a row)."""
     name = model.encode()
-    head = struct.pack(">hi", 4, len(name)) + name
+    head = struct.pack(">hi", 5, len(name)) + name
+    compact = projection.apply(np.stack([v for _, v, _ in rows])) if projection is not None and rows else None
     parts = []
-    for label, vector, pdq in rows:
-        values = np.asarray(vector, dtype=">f4").ravel()
-        parts.append(head + struct.pack(">iqihh", 8, int(label), 4 + 4 * len(values), len(values), 0))
-        parts.append(values.tobytes())
+    for n, (label, vector, pdq) in enumerate(rows):
+        parts.append(head + struct.pack(">iq", 8, int(label)) + _binary_vector(vector))
         if pdq is None:
             parts.append(struct.pack(">i", -1))
         else:
             code = _code_bytes(pdq)
             parts.append(struct.pack(">ii", 4 + len(code), 8 * len(code)) + code)
+        parts.append(struct.pack(">i", -1) if compact is None else _binary_vector(compact[n]))
     return b"".join(parts)
 
 
@@ -113,6 +132,19 @@ def ensure_schema() -> None:
         )
         cursor.execute(f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS seq bigserial")
         cursor.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_seq ON {TABLE} (model_name, seq)")
+        cursor.execute(f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS compact vector")
+        cursor.execute(
+            f"""CREATE TABLE IF NOT EXISTS {PROJECTIONS} (
+                model_name varchar(100) PRIMARY KEY,
+                digest varchar(16) NOT NULL,
+                mean bytea NOT NULL,
+                matrix bytea NOT NULL
+            )"""
+        )
+
+
+def _projection_digest(projection: Projection) -> str:
+    return hashlib.sha1(projection.mean.tobytes() + projection.matrix.tobytes()).hexdigest()[:16]
 
 
 @dataclass
@@ -129,11 +161,14 @@ class PgVectorIndex:
             raise ValueError(f"model name {model!r} cannot name an index")
         self.model, self.dim, self.ef = model, dim, ef
         self.meta = IndexMeta(model=model, dim=dim)
-        self._index_name = "gallery_vector_" + hashlib.sha1(model.encode()).hexdigest()[:16]
+        self._base_name = "gallery_vector_" + hashlib.sha1(model.encode()).hexdigest()[:16]
         self._m, self._ef_construction = m, ef_construction
         self._count = _Count()
         self._ensured = False
         self._hashes: CachedHashes | None = None
+        self.projection: Projection | None = None  # the compact vectors' (see the module's doc)
+        self._digest = ""
+        self._projection_at = float("-inf")
 
     # -- schema ---------------------------------------------------------------------------
     def ensure(self) -> None:
@@ -143,17 +178,60 @@ class PgVectorIndex:
             return
         with transaction.atomic():
             ensure_schema()
+            self._read_projection(force=True)
             with connection.cursor() as cursor:
                 cursor.execute(self._create_index())
         self._ensured = True
 
+    def _index_name_for(self, compact: bool) -> str:
+        return self._base_name + ("_c" if compact else "")
+
+    @property
+    def _index_name(self) -> str:
+        """The HNSW index searches use: over the compact vectors when the model has them."""
+        return self._index_name_for(self.projection is not None)
+
     def _create_index(self, concurrently: bool = False) -> str:
+        column, dims = (
+            ("embedding", self.dim) if self.projection is None else ("compact", self.projection.dims)
+        )
         return (
             f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}IF NOT EXISTS {self._index_name} "
-            f"ON {TABLE} USING hnsw ((embedding::vector({self.dim})) vector_cosine_ops) "
+            f"ON {TABLE} USING hnsw (({column}::vector({dims})) vector_cosine_ops) "
             f"WITH (m = {int(self._m)}, ef_construction = {int(self._ef_construction)}) "
             f"WHERE model_name = '{self.model}'"
         )
+
+    def _read_projection(self, force: bool = False) -> None:
+        """The model's stored projection, read again when another process stored a new one
+        (looked at every COUNT_SECONDS at most)."""
+        now = time.monotonic()
+        if not force and now - self._projection_at <= COUNT_SECONDS:
+            return
+        if not force and not self._ensured:
+            self.ensure()
+            return
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT digest FROM {PROJECTIONS} WHERE model_name = %s", [self.model])
+            row = cursor.fetchone()
+            digest = str(row[0]) if row else ""
+            if digest != self._digest:
+                projection = None
+                if digest:
+                    cursor.execute(
+                        f"SELECT mean, matrix FROM {PROJECTIONS} WHERE model_name = %s", [self.model]
+                    )
+                    mean, matrix = (
+                        np.frombuffer(bytes(x), dtype=np.float32).copy() for x in cursor.fetchone()
+                    )
+                    projection = Projection(mean, matrix.reshape(len(mean), -1))
+                self._use(projection)
+        self._projection_at = now
+
+    def _use(self, projection: Projection | None) -> None:
+        self.projection = projection
+        self._digest = _projection_digest(projection) if projection is not None else ""
+        self.meta.compact_dims = projection.dims if projection is not None else 0
 
     # -- reading ----------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -195,19 +273,31 @@ class PgVectorIndex:
     def query(self, vector: np.ndarray, k: int, allowed: set[int] | None = None) -> list[tuple[int, float]]:
         """The k nearest items as (label, cosine similarity), best first. With `allowed`, those
         are scanned exactly (an HNSW scan filters after it searched: a narrow filter would
-        leave few)."""
+        leave few). A compact index's first RERANK are ranked again by the full vectors."""
         if k <= 0:
             return []
-        distance = f"embedding::vector({self.dim}) <=> '{_literal(vector)}'::vector({self.dim})"
-        sql = f"SELECT image_id, 1 - ({distance}) FROM {TABLE} WHERE model_name = '{self.model}'"
+        self._read_projection()
+        full = f"embedding::vector({self.dim}) <=> '{_literal(vector)}'::vector({self.dim})"
+        where = f"model_name = '{self.model}'"
         args: list[list[int]] = []
         if allowed is not None:
-            sql += " AND image_id = ANY(%s)"
+            where += " AND image_id = ANY(%s)"
             args.append(list(allowed))
-        with self._searching(k) as cursor:
+        projection, depth = self.projection, int(k)
+        if projection is None:
+            sql = f"SELECT image_id, 1 - ({full}) FROM {TABLE} WHERE {where} ORDER BY {full} LIMIT {depth}"
+        else:
+            depth = max(RERANK, 2 * depth)
+            dims = projection.dims
+            compact = f"compact::vector({dims}) <=> '{_literal(projection.apply(vector)[0])}'::vector({dims})"
+            sql = (
+                f"SELECT image_id, 1 - ({full}) AS score FROM (SELECT image_id, embedding FROM {TABLE} "
+                f"WHERE {where} ORDER BY {compact} LIMIT {depth}) AS first ORDER BY score DESC LIMIT {int(k)}"
+            )
+        with self._searching(depth if projection is None else 2 * depth) as cursor:
             if allowed is not None:
                 cursor.execute("SET LOCAL enable_indexscan = off")
-            cursor.execute(f"{sql} ORDER BY {distance} LIMIT {int(k)}", args)
+            cursor.execute(sql, args)
             return [(int(label), float(score)) for label, score in cursor.fetchall()]
 
     def hamming_query(
@@ -229,43 +319,66 @@ class PgVectorIndex:
         """Add or replace items: (image id, vector, PDQ hash or None)."""
         if not rows:
             return 0
+        self._read_projection()
+        compact: list[str | None] = [None] * len(rows)
+        if self.projection is not None:
+            compact = [_literal(c) for c in self.projection.apply(np.stack([v for _, v, _ in rows]))]
         with connection.cursor() as cursor:
             cursor.executemany(
-                f"INSERT INTO {TABLE} (model_name, image_id, embedding, pdq) "
-                f"VALUES (%s, %s, %s::vector, %s::bit(256)) "
+                f"INSERT INTO {TABLE} (model_name, image_id, embedding, pdq, compact) "
+                f"VALUES (%s, %s, %s::vector, %s::bit(256), %s::vector) "
                 f"ON CONFLICT (model_name, image_id) DO UPDATE "
-                f"SET embedding = EXCLUDED.embedding, pdq = EXCLUDED.pdq, "
+                f"SET embedding = EXCLUDED.embedding, pdq = EXCLUDED.pdq, compact = EXCLUDED.compact, "
                 f"seq = nextval(pg_get_serial_sequence('{TABLE}', 'seq'))",
                 [
-                    (self.model, label, _literal(vec), bit_string(pdq) if pdq is not None else None)
-                    for label, vec, pdq in rows
+                    (self.model, label, _literal(vec), bit_string(pdq) if pdq is not None else None, small)
+                    for (label, vec, pdq), small in zip(rows, compact)
                 ],
             )
         self._count.at = float("-inf")
         return len(rows)
 
-    def load(self, chunks: Iterable[Sequence[tuple[int, np.ndarray, bytes | None]]]) -> int:
+    def load(
+        self,
+        chunks: Iterable[Sequence[tuple[int, np.ndarray, bytes | None]]],
+        projection: Projection | None = None,
+    ) -> int:
         """All of a model's rows at once, for a model no search uses yet (a version built
         before its switch): copied in (COPY) without its HNSW index, which is then built once
         over them, CONCURRENTLY (other models' rows are written meanwhile). Inserting rows one
         by one into the graph ran at about 110 a second at 1,472 dimensions. Outside a
-        transaction (CONCURRENTLY needs one of its own); rows the model had are replaced."""
+        transaction (CONCURRENTLY needs one of its own); rows the model had are replaced, and
+        its projection, by `projection` (compact vectors) or by none."""
         if connection.in_atomic_block:
             raise RuntimeError("PgVectorIndex.load builds its index outside a transaction")
         with transaction.atomic():
             ensure_schema()
         with connection.cursor() as cursor:
             # An index left by an earlier load that failed half-way (invalid) goes too.
-            cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {self._index_name}")
+            for compact in (False, True):
+                cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {self._index_name_for(compact)}")
         added = 0
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(f"DELETE FROM {TABLE} WHERE model_name = %s", [self.model])
-            columns = "model_name, image_id, embedding, pdq"
+            cursor.execute(f"DELETE FROM {PROJECTIONS} WHERE model_name = %s", [self.model])
+            if projection is not None:
+                cursor.execute(
+                    f"INSERT INTO {PROJECTIONS} (model_name, digest, mean, matrix) VALUES (%s, %s, %s, %s)",
+                    [
+                        self.model,
+                        _projection_digest(projection),
+                        np.ascontiguousarray(projection.mean, np.float32).tobytes(),
+                        np.ascontiguousarray(projection.matrix, np.float32).tobytes(),
+                    ],
+                )
+            columns = "model_name, image_id, embedding, pdq, compact"
             # One COPY per chunk: the next chunk is read (from this connection, often) between them.
             for rows in chunks:
                 with cursor.cursor.copy(f"COPY {TABLE} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.write(_COPY_SIGNATURE + _binary_rows(self.model, rows) + _COPY_TRAILER)
+                    copy.write(_COPY_SIGNATURE + _binary_rows(self.model, rows, projection) + _COPY_TRAILER)
                 added += len(rows)
+        self._use(projection)
+        self._projection_at = time.monotonic()
         with connection.cursor() as cursor:
             # The planner's row counts, else it keeps sorting "two rows" by distance (a scan
             # of all of them) until autovacuum comes by.

@@ -316,7 +316,7 @@ def index_build(ref: ModelRef) -> int:
     if vectors_in_database() and ref.name not in {r.name for r in served_models(active_model(fresh=True))}:
         with _writing_outside_transactions(ref):
             ids = list(Image.objects.indexable().with_vector(ref.name).values_list("pk", flat=True))
-            return pgvector_index(ref).load(_rows_of(ref, ids))
+            return pgvector_index(ref).load(_rows_of(ref, ids), projection=_projection_for(ref, ids))
     with _writing(ref):
         return _index_build_locked(ref)
 
@@ -337,11 +337,7 @@ def _index_build_locked(ref: ModelRef) -> int:
     )
     ids = list(Image.objects.indexable().with_vector(ref.name).order_by("pk").values_list("pk", flat=True))
     previous = IndexMeta.read(directory)
-    dims = compact_dims(ref, len(ids))
-    projection = None
-    if dims:
-        sample = sorted(random.Random(len(ids)).sample(ids, min(len(ids), LEARN_SAMPLE)))
-        projection = Projection.learn([v for _, rows in _stored_chunks(ref, sample) for v in rows], dims)
+    projection = _projection_for(ref, ids)
     index = index_empty(ref, capacity=int(len(ids) * 1.25), projection=projection, learned_on=len(ids))
     if previous:
         index.meta.version = previous.version
@@ -355,6 +351,16 @@ def _index_build_locked(ref: ModelRef) -> int:
     IndexChange.objects.filter(model_name=ref.name, id__lte=head or 0).delete()
     _writer_cache[str(directory)] = index
     return len(ids)
+
+
+def _projection_for(ref: ModelRef, ids: list[int]) -> Projection | None:
+    """The compact vectors' projection a fresh index of these items holds, learned on a
+    sample of their stored vectors (None: the full vectors, `compact_dims`)."""
+    dims = compact_dims(ref, len(ids))
+    if not dims:
+        return None
+    sample = sorted(random.Random(len(ids)).sample(ids, min(len(ids), LEARN_SAMPLE)))
+    return Projection.learn([v for _, rows in _stored_chunks(ref, sample) for v in rows], dims)
 
 
 def index_reconcile() -> dict[str, int]:
