@@ -47,8 +47,10 @@ if TYPE_CHECKING:
 TABLE = "gallery_vector"
 PROJECTIONS = "gallery_vector_projection"
 # A compact index's first candidates, re-ranked by the full vectors (at least 2 k), searched
-# with an ef of twice that (as hnswlib's compact index: `vector_index.RERANK`).
-RERANK = 400
+# with an ef of twice that. pgvector's graph scan costs about 15 us per ef at 50,000 items
+# (hnswlib's, a tenth): fewer than hnswlib's `vector_index.RERANK` (bench/scale.py --pgvector
+# measures recall and latency at 100, 200 and 400).
+RERANK = 200
 COUNT_SECONDS = 2.0  # a count is kept this long (an exact count scans the model's rows)
 _NAME = re.compile(r"^[A-Za-z0-9._:+-]{1,100}$")
 
@@ -156,10 +158,12 @@ class _Count:
 class PgVectorIndex:
     """One model's vectors in `gallery_vector`, searched through its partial HNSW index."""
 
-    def __init__(self, model: str, dim: int, *, ef: int, m: int = 16, ef_construction: int = 200) -> None:
+    def __init__(
+        self, model: str, dim: int, *, ef: int, m: int = 16, ef_construction: int = 200, rerank: int = RERANK
+    ) -> None:
         if not _NAME.match(model):
             raise ValueError(f"model name {model!r} cannot name an index")
-        self.model, self.dim, self.ef = model, dim, ef
+        self.model, self.dim, self.ef, self.rerank = model, dim, ef, rerank
         self.meta = IndexMeta(model=model, dim=dim)
         self._base_name = "gallery_vector_" + hashlib.sha1(model.encode()).hexdigest()[:16]
         self._m, self._ef_construction = m, ef_construction
@@ -273,7 +277,7 @@ class PgVectorIndex:
     def query(self, vector: np.ndarray, k: int, allowed: set[int] | None = None) -> list[tuple[int, float]]:
         """The k nearest items as (label, cosine similarity), best first. With `allowed`, those
         are scanned exactly (an HNSW scan filters after it searched: a narrow filter would
-        leave few). A compact index's first RERANK are ranked again by the full vectors."""
+        leave few). A compact index's first `rerank` are ranked again by the full vectors."""
         if k <= 0:
             return []
         self._read_projection()
@@ -287,7 +291,7 @@ class PgVectorIndex:
         if projection is None:
             sql = f"SELECT image_id, 1 - ({full}) FROM {TABLE} WHERE {where} ORDER BY {full} LIMIT {depth}"
         else:
-            depth = max(RERANK, 2 * depth)
+            depth = max(self.rerank, 2 * depth)
             dims = projection.dims
             compact = f"compact::vector({dims}) <=> '{_literal(projection.apply(vector)[0])}'::vector({dims})"
             sql = (
