@@ -471,7 +471,7 @@ def main(argv=None) -> int:
     from gallery.embedders import active_model, embedder_identity
     from gallery.index import JournalBatch, VectorIndex
     from gallery.index.compact import Projection
-    from gallery.services.index_writer import compact_dims
+    from gallery.services.index_compact import compact_dims
 
     model, dim = embedder_identity()
     figures: dict = {"items": args.items, "model": model, "dim": dim}

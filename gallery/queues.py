@@ -35,6 +35,7 @@ TASK_QUEUES: Final[dict[str, str]] = {
     "index_sync": INDEX,
     "index_remove": INDEX,
     "index_reconcile": INDEX_BULK,  # seconds at a million items: never ahead of an upload
+    "index_compact_finish": TRAIN,  # an HNSW index built over a million rows: minutes
     "recover_lost_work": EMBED,
     "model_train": TRAIN,
     "model_evaluate": TRAIN,

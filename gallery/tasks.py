@@ -67,6 +67,12 @@ def index_reconcile() -> dict[str, int]:
 
 
 @shared_task
+def index_compact_finish(model_name: str) -> bool:
+    """Long: runs on the train queue (a served model's compact HNSW index, built in PostgreSQL)."""
+    return services.index_compact_finish(model_name)
+
+
+@shared_task
 def recover_lost_work() -> dict[str, Any]:
     return services.recover_lost_work()
 

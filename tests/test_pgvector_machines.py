@@ -212,6 +212,31 @@ def test_two_machines_share_one_postgres_index(two_machines, postgres_with_pgvec
         assert requests.get(base + "/readyz", timeout=30).json()["checks"]["index"] == "ok"
 
 
+def _script_in_fresh_database(
+    postgres, suffix: str, script: str, tmp_path: Path, settings: dict[str, str]
+) -> dict:
+    """`script` run by `manage.py shell` against a new database of its own (migrated) with
+    vectors in pgvector; what it printed last, as JSON."""
+    socket_dir, name, url = postgres
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("DATABASE_URL")},
+        "DATABASE_URL": url.replace(name, f"{name}_{suffix}"),
+        "VECTOR_BACKEND": "pgvector",
+        "VAR_DIR": str(tmp_path / "var"),
+        **settings,
+    }
+    with psycopg.connect(host=socket_dir, user="postgres", dbname="postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}_{suffix}")
+        conn.execute(f"CREATE DATABASE {name}_{suffix}")
+    run = {"cwd": ROOT, "env": env, "capture_output": True, "text": True, "timeout": 300}
+    migrated = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], **run)
+    assert migrated.returncode == 0, migrated.stderr[-3000:]
+    done = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], **run)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found: dict = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
+
+
 _LOAD = """
 import json
 import numpy as np
@@ -306,26 +331,14 @@ def test_a_model_s_rows_are_loaded_in_bulk_and_its_index_built_after(postgres_wi
     """A model version built before its switch: its rows are copied in without its HNSW index
     (one insert at a time into the graph ran at about 110 a second), which is then built once,
     valid and used by searches; rows it had are replaced, later rows go into it."""
-    _, name, url = postgres_with_pgvector
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("DATABASE_URL")},
-        "DATABASE_URL": url.replace(name, f"{name}_load"),
-        "VECTOR_BACKEND": "pgvector",
-        "VAR_DIR": str(tmp_path / "var"),
+    found = _script_in_fresh_database(
+        postgres_with_pgvector,
+        "load",
+        _LOAD,
+        tmp_path,
         # the model version built below (40 items) holds compact vectors of 8 numbers
-        "INDEX_COMPACT_MIN_ITEMS": "30",
-        "INDEX_COMPACT_DIMS": "8",
-    }
-    socket_dir = url.split("host=", 1)[1]
-    with psycopg.connect(host=socket_dir, user="postgres", dbname="postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name}_load")
-        conn.execute(f"CREATE DATABASE {name}_load")
-    run = {"cwd": ROOT, "env": env, "capture_output": True, "text": True, "timeout": 300}
-    migrated = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], **run)
-    assert migrated.returncode == 0, migrated.stderr[-3000:]
-    loaded = subprocess.run([sys.executable, "manage.py", "shell", "-c", _LOAD], **run)
-    assert loaded.returncode == 0, loaded.stderr[-3000:]
-    found = json.loads(loaded.stdout.strip().splitlines()[-1])
+        {"INDEX_COMPACT_MIN_ITEMS": "30", "INDEX_COMPACT_DIMS": "8"},
+    )
     assert found["added"] == 300 and found["count"] == 300
     assert found["valid"] == [True] and found["uses_index"], found["plan"]
     assert found["first"] == [7, 5, 200]
@@ -338,3 +351,82 @@ def test_a_model_s_rows_are_loaded_in_bulk_and_its_index_built_after(postgres_wi
     assert found["compact_found"] == found["exact"] and found["elsewhere_dims"] == 4
     assert abs(found["compact_score"] - found["exact_score"]) < 1e-5
     assert found["put_first"] == 300  # a row put after the load is projected too
+
+
+_MOVE = """
+import json
+import numpy as np
+from django.db import connection
+from gallery import services
+from gallery.embedders import active_model
+from gallery.index.pgvector import PgVectorIndex
+from gallery.models import Embedding, Image
+from gallery.selectors.search import pgvector_index
+
+ref = active_model()
+rng = np.random.default_rng(1)
+vectors = rng.normal(size=(81, ref.dim)).astype(np.float32)
+vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+Image.objects.bulk_create(
+    Image(pk=i, title="", file=f"{i}.jpg", width=1, height=1, byte_size=1, sha256=f"{i:064x}",
+          status=Image.Status.INDEXED, moderation=Image.Moderation.APPROVED)
+    for i in range(1, 81)
+)
+Embedding.objects.bulk_create(
+    Embedding(image_id=i, model_name=ref.name, dim=ref.dim, vector=vectors[i].tobytes()) for i in range(1, 61)
+)
+index = pgvector_index(ref)
+services.index_reconcile()  # the 60 rows written as full vectors (below the threshold: 70)
+held_full = len(index)
+Embedding.objects.bulk_create(
+    Embedding(image_id=i, model_name=ref.name, dim=ref.dim, vector=vectors[i].tobytes()) for i in range(61, 81)
+)
+from gallery.services.index_compact import index_compact_step
+for run in range(6):
+    services.index_reconcile()  # adds the 20 new rows, then one step of the move per run
+    if run == 0:
+        pending_searched = index._index_name  # still the full vectors' index
+        index.put([(80, vectors[80], None)])  # written while pending: projected at once
+        Embedding.objects.filter(image_id=7).delete()  # a row whose stored vector is gone
+cursor = connection.cursor()
+cursor.execute("SELECT count(*) FROM gallery_vector WHERE model_name = %s AND compact IS NULL", [ref.name])
+lacking = cursor.fetchone()[0]
+finished = services.index_compact_finish(ref.name)  # as the train queue's task does
+def valid(name):
+    cursor.execute("SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = %s",
+                   [name])
+    return [row[0] for row in cursor.fetchall()]
+elsewhere = PgVectorIndex(ref.name, ref.dim, ef=64)
+exact = sorted(range(1, 81), key=lambda i: -float(vectors[i] @ vectors[33]))[:5]
+print(json.dumps({
+    "held_full": held_full, "pending_searched": pending_searched, "lacking": lacking, "finished": finished,
+    "compact_valid": valid(index._index_name_for(True)), "full_valid": valid(index._index_name_for(False)),
+    "dims": index.meta.compact_dims, "elsewhere_dims": (elsewhere.query(vectors[1], 1), elsewhere.meta.compact_dims)[1],
+    "found": [label for label, _ in elsewhere.query(vectors[33], 5)], "exact": exact,
+    "score": elsewhere.query(vectors[33], 1)[0][1], "last": index_compact_step(ref, index),
+}))
+"""
+
+
+def test_a_served_model_moves_to_compact_vectors_in_steps(postgres_with_pgvector, machines_broker, tmp_path):
+    """A served model that grew past INDEX_COMPACT_MIN_ITEMS in PostgreSQL: the writer's
+    reconcile learns the projection (pending: searches keep the full index, rows written get
+    their compact vector), fills in the rows written before, then the train queue's task builds
+    the compact index and switches searches to it; the full index is dropped."""
+    found = _script_in_fresh_database(
+        postgres_with_pgvector,
+        "move",
+        _MOVE,
+        tmp_path,
+        {
+            "CELERY_BROKER_URL": machines_broker,  # the finishing task is queued there (no worker takes it)
+            "INDEX_COMPACT_MIN_ITEMS": "70",
+            "INDEX_COMPACT_DIMS": "8",
+        },
+    )
+    assert found["held_full"] == 60 and not found["pending_searched"].endswith("_c")
+    assert found["lacking"] == 0 and found["finished"] is True
+    assert found["compact_valid"] == [True] and found["full_valid"] == []
+    assert found["dims"] == 8 and found["elsewhere_dims"] == 8
+    assert found["found"] == found["exact"] and found["score"] > 0.999
+    assert found["last"] == "compact"

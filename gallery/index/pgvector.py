@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import struct
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -38,14 +37,16 @@ from django.db import connection, transaction
 from django.db.backends.utils import CursorWrapper
 
 from ..retrieval.hashes import HashIndexView
+from . import pgvector_projection
 from .compact import Projection
 from .files import IndexMeta
+from .pgvector_projection import StoredProjection
+from .pgvector_values import COPY_SIGNATURE, COPY_TRAILER, binary_rows, bit_string, literal, parse
 
 if TYPE_CHECKING:
     from .pgvector_hashes import CachedHashes, SqlHashes
 
 TABLE = "gallery_vector"
-PROJECTIONS = "gallery_vector_projection"
 # A compact index's first candidates, re-ranked by the full vectors (at least 2 k), searched
 # with an ef of twice that. pgvector's graph scan costs about 15 us per ef at 50,000 items
 # (hnswlib's, a tenth): fewer than hnswlib's `vector_index.RERANK` (bench/scale.py --pgvector
@@ -53,58 +54,6 @@ PROJECTIONS = "gallery_vector_projection"
 RERANK = 200
 COUNT_SECONDS = 2.0  # a count is kept this long (an exact count scans the model's rows)
 _NAME = re.compile(r"^[A-Za-z0-9._:+-]{1,100}$")
-
-
-def _literal(vector: np.ndarray) -> str:
-    return "[" + ",".join(f"{x:.7g}" for x in np.asarray(vector, dtype=np.float32).ravel()) + "]"
-
-
-def _code_bytes(code: bytes | np.ndarray) -> bytes:
-    return (
-        bytes(code)
-        if isinstance(code, bytes | bytearray | memoryview)
-        else np.asarray(code, np.uint8).tobytes()
-    )
-
-
-def bit_string(code: bytes | np.ndarray) -> str:
-    return "".join(f"{b:08b}" for b in _code_bytes(code))
-
-
-# PostgreSQL's binary COPY stream: a signature, then per row a field count and, per field, its
-# length (-1: NULL) and value, big-endian; the values as each type's binary form (pgvector's
-# `vector`: its dimension, a reserved 0, the floats; `bit`: its length in bits, the bytes).
-_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
-_COPY_TRAILER = struct.pack(">h", -1)
-
-
-def _binary_vector(vector: np.ndarray) -> bytes:
-    values = np.asarray(vector, dtype=">f4").ravel()
-    return struct.pack(">ihh", 4 + 4 * len(values), len(values), 0) + values.tobytes()
-
-
-def _binary_rows(
-    model: str, rows: Sequence[tuple[int, np.ndarray, bytes | None]], projection: Projection | None = None
-) -> bytes:
-    """Rows of (model, image id, vector, hash or None, compact vector or None) in binary COPY
-    form (formatting a vector's 1,472 numbers as text cost about a millisecond a row)."""
-    name = model.encode()
-    head = struct.pack(">hi", 5, len(name)) + name
-    compact = projection.apply(np.stack([v for _, v, _ in rows])) if projection is not None and rows else None
-    parts = []
-    for n, (label, vector, pdq) in enumerate(rows):
-        parts.append(head + struct.pack(">iq", 8, int(label)) + _binary_vector(vector))
-        if pdq is None:
-            parts.append(struct.pack(">i", -1))
-        else:
-            code = _code_bytes(pdq)
-            parts.append(struct.pack(">ii", 4 + len(code), 8 * len(code)) + code)
-        parts.append(struct.pack(">i", -1) if compact is None else _binary_vector(compact[n]))
-    return b"".join(parts)
-
-
-def _parse(text: str) -> np.ndarray:
-    return np.array(text.strip("[]").split(","), dtype=np.float32)
 
 
 def backend_ready() -> str:
@@ -135,18 +84,7 @@ def ensure_schema() -> None:
         cursor.execute(f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS seq bigserial")
         cursor.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_seq ON {TABLE} (model_name, seq)")
         cursor.execute(f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS compact vector")
-        cursor.execute(
-            f"""CREATE TABLE IF NOT EXISTS {PROJECTIONS} (
-                model_name varchar(100) PRIMARY KEY,
-                digest varchar(16) NOT NULL,
-                mean bytea NOT NULL,
-                matrix bytea NOT NULL
-            )"""
-        )
-
-
-def _projection_digest(projection: Projection) -> str:
-    return hashlib.sha1(projection.mean.tobytes() + projection.matrix.tobytes()).hexdigest()[:16]
+        pgvector_projection.create_table(cursor)
 
 
 @dataclass
@@ -170,8 +108,9 @@ class PgVectorIndex:
         self._count = _Count()
         self._ensured = False
         self._hashes: CachedHashes | None = None
-        self.projection: Projection | None = None  # the compact vectors' (see the module's doc)
-        self._digest = ""
+        self.projection: Projection | None = None  # the compact vectors' searches use
+        self._writing: Projection | None = None  # the one rows are written with (active or pending)
+        self._state: tuple[str, bool] | None = None  # (digest, active) of the stored one
         self._projection_at = float("-inf")
 
     # -- schema ---------------------------------------------------------------------------
@@ -184,7 +123,7 @@ class PgVectorIndex:
             ensure_schema()
             self._read_projection(force=True)
             with connection.cursor() as cursor:
-                cursor.execute(self._create_index())
+                cursor.execute(self._create_index(projection=self.projection))
         self._ensured = True
 
     def _index_name_for(self, compact: bool) -> str:
@@ -195,47 +134,36 @@ class PgVectorIndex:
         """The HNSW index searches use: over the compact vectors when the model has them."""
         return self._index_name_for(self.projection is not None)
 
-    def _create_index(self, concurrently: bool = False) -> str:
-        column, dims = (
-            ("embedding", self.dim) if self.projection is None else ("compact", self.projection.dims)
-        )
+    def _create_index(self, concurrently: bool = False, projection: Projection | None = None) -> str:
+        """The full vectors' HNSW index, or with `projection` the compact vectors'."""
+        column, dims = ("embedding", self.dim) if projection is None else ("compact", projection.dims)
         return (
-            f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}IF NOT EXISTS {self._index_name} "
+            f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}IF NOT EXISTS "
+            f"{self._index_name_for(projection is not None)} "
             f"ON {TABLE} USING hnsw (({column}::vector({dims})) vector_cosine_ops) "
             f"WITH (m = {int(self._m)}, ef_construction = {int(self._ef_construction)}) "
             f"WHERE model_name = '{self.model}'"
         )
 
     def _read_projection(self, force: bool = False) -> None:
-        """The model's stored projection, read again when another process stored a new one
-        (looked at every COUNT_SECONDS at most)."""
+        """The model's stored projection, read again when another process stored a new one or
+        made it active (looked at every COUNT_SECONDS at most, unless `force`)."""
         now = time.monotonic()
         if not force and now - self._projection_at <= COUNT_SECONDS:
             return
-        if not force and not self._ensured:
+        if not self._ensured and not force:
             self.ensure()
             return
-        with connection.cursor() as cursor:
-            cursor.execute(f"SELECT digest FROM {PROJECTIONS} WHERE model_name = %s", [self.model])
-            row = cursor.fetchone()
-            digest = str(row[0]) if row else ""
-            if digest != self._digest:
-                projection = None
-                if digest:
-                    cursor.execute(
-                        f"SELECT mean, matrix FROM {PROJECTIONS} WHERE model_name = %s", [self.model]
-                    )
-                    mean, matrix = (
-                        np.frombuffer(bytes(x), dtype=np.float32).copy() for x in cursor.fetchone()
-                    )
-                    projection = Projection(mean, matrix.reshape(len(mean), -1))
-                self._use(projection)
+        state = pgvector_projection.stored_state(self.model)
+        if state != self._state:
+            self._use(pgvector_projection.stored(self.model) if state else None)
         self._projection_at = now
 
-    def _use(self, projection: Projection | None) -> None:
-        self.projection = projection
-        self._digest = _projection_digest(projection) if projection is not None else ""
-        self.meta.compact_dims = projection.dims if projection is not None else 0
+    def _use(self, found: StoredProjection | None) -> None:
+        self._state = (found.digest, found.active) if found else None
+        self._writing = found.projection if found else None
+        self.projection = found.projection if found and found.active else None
+        self.meta.compact_dims = self.projection.dims if self.projection is not None else 0
 
     # -- reading ----------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -265,7 +193,7 @@ class PgVectorIndex:
                 [self.model, label],
             )
             row = cursor.fetchone()
-        return _parse(row[0]) if row else None
+        return parse(row[0]) if row else None
 
     @contextmanager
     def _searching(self, k: int) -> Iterator[CursorWrapper]:
@@ -281,7 +209,7 @@ class PgVectorIndex:
         if k <= 0:
             return []
         self._read_projection()
-        full = f"embedding::vector({self.dim}) <=> '{_literal(vector)}'::vector({self.dim})"
+        full = f"embedding::vector({self.dim}) <=> '{literal(vector)}'::vector({self.dim})"
         where = f"model_name = '{self.model}'"
         args: list[list[int]] = []
         if allowed is not None:
@@ -293,7 +221,7 @@ class PgVectorIndex:
         else:
             depth = max(self.rerank, 2 * depth)
             dims = projection.dims
-            compact = f"compact::vector({dims}) <=> '{_literal(projection.apply(vector)[0])}'::vector({dims})"
+            compact = f"compact::vector({dims}) <=> '{literal(projection.apply(vector)[0])}'::vector({dims})"
             sql = (
                 f"SELECT image_id, 1 - ({full}) AS score FROM (SELECT image_id, embedding FROM {TABLE} "
                 f"WHERE {where} ORDER BY {compact} LIMIT {depth}) AS first ORDER BY score DESC LIMIT {int(k)}"
@@ -323,10 +251,10 @@ class PgVectorIndex:
         """Add or replace items: (image id, vector, PDQ hash or None)."""
         if not rows:
             return 0
-        self._read_projection()
+        self._read_projection(force=True)  # a pending projection: every row written has it
         compact: list[str | None] = [None] * len(rows)
-        if self.projection is not None:
-            compact = [_literal(c) for c in self.projection.apply(np.stack([v for _, v, _ in rows]))]
+        if self._writing is not None:
+            compact = [literal(c) for c in self._writing.apply(np.stack([v for _, v, _ in rows]))]
         with connection.cursor() as cursor:
             cursor.executemany(
                 f"INSERT INTO {TABLE} (model_name, image_id, embedding, pdq, compact) "
@@ -335,7 +263,7 @@ class PgVectorIndex:
                 f"SET embedding = EXCLUDED.embedding, pdq = EXCLUDED.pdq, compact = EXCLUDED.compact, "
                 f"seq = nextval(pg_get_serial_sequence('{TABLE}', 'seq'))",
                 [
-                    (self.model, label, _literal(vec), bit_string(pdq) if pdq is not None else None, small)
+                    (self.model, label, literal(vec), bit_string(pdq) if pdq is not None else None, small)
                     for (label, vec, pdq), small in zip(rows, compact)
                 ],
             )
@@ -364,24 +292,18 @@ class PgVectorIndex:
         added = 0
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(f"DELETE FROM {TABLE} WHERE model_name = %s", [self.model])
-            cursor.execute(f"DELETE FROM {PROJECTIONS} WHERE model_name = %s", [self.model])
-            if projection is not None:
-                cursor.execute(
-                    f"INSERT INTO {PROJECTIONS} (model_name, digest, mean, matrix) VALUES (%s, %s, %s, %s)",
-                    [
-                        self.model,
-                        _projection_digest(projection),
-                        np.ascontiguousarray(projection.mean, np.float32).tobytes(),
-                        np.ascontiguousarray(projection.matrix, np.float32).tobytes(),
-                    ],
-                )
+            pgvector_projection.store(self.model, projection, active=True)
             columns = "model_name, image_id, embedding, pdq, compact"
             # One COPY per chunk: the next chunk is read (from this connection, often) between them.
             for rows in chunks:
                 with cursor.cursor.copy(f"COPY {TABLE} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.write(_COPY_SIGNATURE + _binary_rows(self.model, rows, projection) + _COPY_TRAILER)
+                    copy.write(COPY_SIGNATURE + binary_rows(self.model, rows, projection) + COPY_TRAILER)
                 added += len(rows)
-        self._use(projection)
+        self._use(
+            None
+            if projection is None
+            else StoredProjection(projection, pgvector_projection.digest_of(projection), True)
+        )
         self._projection_at = time.monotonic()
         with connection.cursor() as cursor:
             # The planner's row counts, else it keeps sorting "two rows" by distance (a scan
@@ -389,7 +311,7 @@ class PgVectorIndex:
             cursor.execute(f"ANALYZE {TABLE}")
             cursor.execute(f"SET maintenance_work_mem = '{settings.PGVECTOR_BUILD_MEMORY}'")
             try:
-                cursor.execute(self._create_index(concurrently=True))
+                cursor.execute(self._create_index(concurrently=True, projection=projection))
             finally:
                 cursor.execute("RESET maintenance_work_mem")
         self._ensured = True
@@ -412,6 +334,72 @@ class PgVectorIndex:
         with connection.cursor() as cursor:
             cursor.execute(f"DELETE FROM {TABLE} WHERE model_name = %s", [self.model])
         self._count.at = float("-inf")
+
+    # -- a served model's move to compact vectors (services.index_compact) -------------------
+    def pending_projection(self) -> Projection | None:
+        """The projection rows are being given before searches use it, if any."""
+        self._read_projection(force=True)
+        return self._writing if self.projection is None else None
+
+    def compact_start(self, projection: Projection) -> None:
+        """From now on every row written gets `projection`'s vector too (pending)."""
+        pgvector_projection.store(self.model, projection, active=False)
+        self._read_projection(force=True)
+
+    def lacking_compact(self, after: int, limit: int) -> list[int]:
+        """Items after `after` whose rows have no compact vector yet, in id order."""
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT image_id FROM {TABLE} WHERE model_name = %s AND image_id > %s AND compact IS NULL "
+                "ORDER BY image_id LIMIT %s",
+                [self.model, after, limit],
+            )
+            return [int(row[0]) for row in cursor.fetchall()]
+
+    def put_compact(self, rows: Sequence[tuple[int, np.ndarray]]) -> int:
+        """Give rows written before the projection their compact vector (from their full one)."""
+        self._read_projection(force=True)
+        if not rows or self._writing is None:
+            return 0
+        compact = self._writing.apply(np.stack([v for _, v in rows]))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {TABLE} AS t SET compact = v.compact::vector FROM "
+                "(SELECT unnest(%s::bigint[]) AS image_id, unnest(%s::text[]) AS compact) AS v "
+                "WHERE t.model_name = %s AND t.image_id = v.image_id",
+                [[int(label) for label, _ in rows], [literal(c) for c in compact], self.model],
+            )
+            return int(cursor.rowcount)
+
+    def compact_finish(self) -> bool:
+        """The pending projection's HNSW index built beside the full one (CONCURRENTLY:
+        writes go on), then made the one searches use, and the full vectors' index dropped.
+        Outside a transaction; False when no projection is pending."""
+        if connection.in_atomic_block:
+            raise RuntimeError("PgVectorIndex.compact_finish builds its index outside a transaction")
+        found = pgvector_projection.stored(self.model)
+        if found is None or found.active:
+            return False
+        name = self._index_name_for(True)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = %s",
+                [name],
+            )
+            row = cursor.fetchone()
+            if row is not None and not row[0]:  # left by a build that failed half-way
+                cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+            cursor.execute(f"SET maintenance_work_mem = '{settings.PGVECTOR_BUILD_MEMORY}'")
+            try:
+                cursor.execute(self._create_index(concurrently=True, projection=found.projection))
+            finally:
+                cursor.execute("RESET maintenance_work_mem")
+            if not pgvector_projection.activate(self.model, found.digest):
+                return False  # replaced meanwhile (a bulk load): its own index is there
+            self._read_projection(force=True)
+            time.sleep(2 * COUNT_SECONDS)  # every process sees the switch before the old index goes
+            cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {self._index_name_for(False)}")
+        return True
 
 
 class PgVectorReader:

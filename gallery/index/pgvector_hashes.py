@@ -12,7 +12,8 @@ from django.db import connection
 
 from ..retrieval.hashes import HASH_BYTES, HashIndex, HashIndexView, HashMatch, merge_due
 from .files import hash_arrays
-from .pgvector import TABLE, bit_string
+from .pgvector import TABLE
+from .pgvector_values import bit_string
 
 HASH_REFRESH_SECONDS = 1.0  # a process reads the hashes changed since at most this often
 # ...from the newest `seq` it had seen this long before: a transaction that took its values

@@ -1,12 +1,17 @@
 """Reads of the catalogue: browsing, categories, single items, training data."""
 
+from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 from django.conf import settings
 from django.core.paginator import Page, Paginator
 from django.db.models import Q
 
-from ..models import Image, ImageQuerySet
+from ..embedders import ModelRef
+from ..models import Embedding, Image, ImageQuerySet
+
+BUILD_CHUNK = 5000  # images whose vectors a build reads at once
 
 
 def searchable_images() -> ImageQuerySet:
@@ -95,3 +100,24 @@ class IdWindows:
     def again(self, key: str, start: int) -> None:
         """The window from `start` is not done: the next one is it again."""
         self._from[key] = start
+
+
+def stored_vectors(images: ImageQuerySet, model_name: str) -> tuple[list[int], list[np.ndarray]]:
+    """(ids, vectors) of the images' stored embeddings under one model."""
+    rows = Embedding.objects.filter(image__in=images, model_name=model_name).values_list("image_id", "vector")
+    ids, vectors = [], []
+    for image_id, vector in rows.iterator(chunk_size=2000):
+        ids.append(image_id)
+        vectors.append(np.frombuffer(bytes(vector), dtype=np.float32))
+    return ids, vectors
+
+
+def stored_chunks(ref: ModelRef, ids: list[int]) -> Iterator[tuple[list[int], list[np.ndarray]]]:
+    """`stored_vectors` of the given images, BUILD_CHUNK images at a time (a million vectors
+    are 6 GB: a build holds one chunk besides the index it fills)."""
+    for start in range(0, len(ids), BUILD_CHUNK):
+        chunk, vectors = stored_vectors(
+            Image.objects.filter(pk__in=ids[start : start + BUILD_CHUNK]), ref.name
+        )
+        if chunk:
+            yield chunk, vectors

@@ -4,6 +4,7 @@
 - `uploads`: the one upload path (`image_create`)
 - `embedding`: vectors for stored images (embed queue)
 - `index_writer`: the index's single writer (index queue)
+- `index_compact`: when an index holds compact vectors; pgvector's move to them, in steps
 - `moderation`: approve, reject, hide, unhide, reports
 - `duplicates`: near-duplicate scans (a task; groups stored for the staff page)
 - `imports`: bulk imports from a folder, a ZIP or a manifest
@@ -14,6 +15,7 @@
 - `tokens`: API tokens (stored hashed, shown once)
 - `inputs`: text, tags and actor normalisation"""
 
+from ..selectors.catalogue import stored_vectors
 from .activation import model_activate, model_activate_start
 from .duplicates import duplicate_scan_run, duplicate_scan_start
 from .embedding import (
@@ -35,6 +37,7 @@ from .imports import (
     import_root_path,
     import_upload_store,
 )
+from .index_compact import index_compact_finish
 from .index_writer import (
     index_build,
     index_empty,
@@ -44,7 +47,6 @@ from .index_writer import (
     index_snapshot_wait,
     index_sync,
     index_sync_models,
-    stored_vectors,
 )
 from .inputs import visitor_key
 from .model_versions import (
@@ -104,6 +106,7 @@ __all__ = [
     "import_root_path",
     "import_upload_store",
     "index_build",
+    "index_compact_finish",
     "index_empty",
     "index_rebuild",
     "index_reconcile",

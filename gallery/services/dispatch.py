@@ -59,6 +59,10 @@ def index_remove(image_ids: Sequence[int]) -> None:
     _after_commit("index_remove", list(image_ids))
 
 
+def index_compact_finish(model_name: str) -> None:
+    _after_commit("index_compact_finish", model_name)
+
+
 def model_train(version_id: int) -> None:
     _after_commit("model_train", version_id)
 

@@ -12,7 +12,6 @@ and the journal before the previous snapshot is pruned then. A rebuild starts a 
 generation, which every reader loads in the background."""
 
 import logging
-import random
 import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -33,21 +32,21 @@ from ..index import (
     snapshot_lock,
     write_lock,
 )
-from ..index.compact import LEARN_SAMPLE, Projection
+from ..index.compact import Projection
 from ..index.pgvector import PgVectorIndex
-from ..models import Embedding, Image, ImageQuerySet, IndexChange
-from ..selectors.catalogue import IdWindows
+from ..models import Image, IndexChange
+from ..selectors.catalogue import IdWindows, stored_chunks
 from ..selectors.index_journal import DATABASE_JOURNAL, index_hashes
 from ..selectors.search import SearchIndex, pgvector_index, vectors_in_database
 from . import dispatch
 from .duplicates import near_duplicates_note
+from .index_compact import compact_due, index_compact_step, projection_for
 from .index_snapshots import background_save_taken, snapshot_if_due
 from .recovery import images_catch_up_with_served_models
 
 logger = logging.getLogger(__name__)
 
 _writer_cache: dict[str, VectorIndex] = {}
-BUILD_CHUNK = 5000  # images whose vectors a build reads at once
 RECONCILE_WINDOW = 100_000  # image ids one reconcile run compares (see index_reconcile)
 _reconcile_windows = IdWindows(RECONCILE_WINDOW)  # by model
 
@@ -68,25 +67,6 @@ def index_empty(
         projection=projection,
         learned_on=learned_on,
     )
-
-
-def compact_dims(ref: ModelRef, items: int) -> int:
-    """How many numbers an index of `items` of `ref`'s vectors holds each projected to (0: the
-    full vectors): the rule of `INDEX_COMPACT_DIMS` and `INDEX_COMPACT_MIN_ITEMS`. One vector
-    per item, longer than the projection, and not a hash model's (its signs are its codes)."""
-    dims = int(settings.INDEX_COMPACT_DIMS)
-    eligible = dims > 0 and ref.views == 1 and not ref.bits and ref.dim > dims
-    return dims if eligible and items >= settings.INDEX_COMPACT_MIN_ITEMS else 0
-
-
-def compact_due(ref: ModelRef, meta: IndexMeta) -> bool:
-    """The index should be built again to become compact (it grew past the threshold), to learn
-    its projection again (the gallery doubled since), or to give it up (the setting changed)."""
-    if not meta.compact_dims:
-        return bool(compact_dims(ref, meta.count))
-    if compact_dims(ref, settings.INDEX_COMPACT_MIN_ITEMS) != meta.compact_dims:
-        return True
-    return meta.count >= 2 * max(1, meta.compact_learned_on)
 
 
 @contextmanager
@@ -182,7 +162,7 @@ def _rows_put(ref: ModelRef, index: PgVectorIndex, ids: list[int]) -> int:
 
 def _rows_of(ref: ModelRef, ids: list[int]) -> Iterator[list[tuple[int, np.ndarray, bytes | None]]]:
     """(id, stored vector, hash for the copy model) of the items, a chunk at a time."""
-    for chunk, vectors in _stored_chunks(ref, ids):
+    for chunk, vectors in stored_chunks(ref, ids):
         hashes = dict(zip(chunk, index_hashes(ref.name, chunk)))
         yield [(i, v, hashes.get(i)) for i, v in zip(chunk, vectors)]
 
@@ -192,27 +172,6 @@ def index_snapshot_wait() -> None:
     end may, though a child left running still writes its snapshot)."""
     for ref in served_models(active_model(fresh=True)):
         background_save_taken(ref, _writer_cache.get(str(ref.index_dir)), wait=True)
-
-
-def stored_vectors(images: ImageQuerySet, model_name: str) -> tuple[list[int], list[np.ndarray]]:
-    """(ids, vectors) of the images' stored embeddings under one model."""
-    rows = Embedding.objects.filter(image__in=images, model_name=model_name).values_list("image_id", "vector")
-    ids, vectors = [], []
-    for image_id, vector in rows.iterator(chunk_size=2000):
-        ids.append(image_id)
-        vectors.append(np.frombuffer(bytes(vector), dtype=np.float32))
-    return ids, vectors
-
-
-def _stored_chunks(ref: ModelRef, ids: list[int]) -> Iterator[tuple[list[int], list[np.ndarray]]]:
-    """`stored_vectors` of the given images, BUILD_CHUNK images at a time (a million vectors
-    are 6 GB: a build holds one chunk besides the index it fills)."""
-    for start in range(0, len(ids), BUILD_CHUNK):
-        chunk, vectors = stored_vectors(
-            Image.objects.filter(pk__in=ids[start : start + BUILD_CHUNK]), ref.name
-        )
-        if chunk:
-            yield chunk, vectors
 
 
 def index_sync(image_ids: list[int] | None = None, note_copies: list[int] | None = None) -> int:
@@ -316,7 +275,7 @@ def index_build(ref: ModelRef) -> int:
     if vectors_in_database() and ref.name not in {r.name for r in served_models(active_model(fresh=True))}:
         with _writing_outside_transactions(ref):
             ids = list(Image.objects.indexable().with_vector(ref.name).values_list("pk", flat=True))
-            return pgvector_index(ref).load(_rows_of(ref, ids), projection=_projection_for(ref, ids))
+            return pgvector_index(ref).load(_rows_of(ref, ids), projection=projection_for(ref, ids))
     with _writing(ref):
         return _index_build_locked(ref)
 
@@ -337,13 +296,13 @@ def _index_build_locked(ref: ModelRef) -> int:
     )
     ids = list(Image.objects.indexable().with_vector(ref.name).order_by("pk").values_list("pk", flat=True))
     previous = IndexMeta.read(directory)
-    projection = _projection_for(ref, ids)
+    projection = projection_for(ref, ids)
     index = index_empty(ref, capacity=int(len(ids) * 1.25), projection=projection, learned_on=len(ids))
     if previous:
         index.meta.version = previous.version
     index.meta.generation = secrets.randbits(62)  # never one a reader already holds
     index.meta.journal_seq = index.meta.journal_floor = head or 0
-    for chunk, vectors in _stored_chunks(ref, ids):
+    for chunk, vectors in stored_chunks(ref, ids):
         index.add(chunk, np.stack(vectors), index_hashes(ref.name, chunk))
     background_save_taken(ref, None, wait=True)  # its files are of the index replaced here
     with snapshot_lock(directory):
@@ -351,16 +310,6 @@ def _index_build_locked(ref: ModelRef) -> int:
     IndexChange.objects.filter(model_name=ref.name, id__lte=head or 0).delete()
     _writer_cache[str(directory)] = index
     return len(ids)
-
-
-def _projection_for(ref: ModelRef, ids: list[int]) -> Projection | None:
-    """The compact vectors' projection a fresh index of these items holds, learned on a
-    sample of their stored vectors (None: the full vectors, `compact_dims`)."""
-    dims = compact_dims(ref, len(ids))
-    if not dims:
-        return None
-    sample = sorted(random.Random(len(ids)).sample(ids, min(len(ids), LEARN_SAMPLE)))
-    return Projection.learn([v for _, rows in _stored_chunks(ref, sample) for v in rows], dims)
 
 
 def index_reconcile() -> dict[str, int]:
@@ -391,7 +340,9 @@ def index_reconcile() -> dict[str, int]:
             new, gone = _journal_write(ref, index, add=ids, remove=extra)
             if new or gone:
                 logger.warning("index %s reconciled: %d added, %d removed", ref.name, new, gone)
-            if isinstance(index, VectorIndex) and compact_due(ref, index.meta):
+            if isinstance(index, PgVectorIndex):
+                index_compact_step(ref, index)  # a step of the move to compact vectors, when due
+            elif isinstance(index, VectorIndex) and compact_due(ref, index.meta):
                 logger.warning(
                     "index %s built again for its compact vectors (%d items)", ref.name, len(index)
                 )
