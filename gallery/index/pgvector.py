@@ -47,12 +47,12 @@ if TYPE_CHECKING:
     from .pgvector_hashes import CachedHashes, SqlHashes
 
 TABLE = "gallery_vector"
-# A compact index's first candidates, re-ranked by the full vectors (at least 2 k), the graph
-# searched with an ef of as many. pgvector's graph scan costs about 15 us per ef at 50,000
-# items, and each candidate's full vector is read from TOAST: bench/scale.py --pgvector
-# measures recall and latency at 200, 400 and 800 (at a million items, 200 kept 0.937 of the
-# exact top 10 with an ef of twice it; 400, 0.973).
-RERANK = 400
+# A compact index's graph is searched with an ef of COMPACT_EF and its first RERANK candidates
+# (at least 2 k) re-ranked by the full vectors, each read from TOAST. At a million items
+# (bench/scale.py --pgvector) recall@10 followed the ef, not the depth: ef 400 kept 0.937-0.941
+# of the exact top 10 with 200 or 400 re-ranked, ef 800 0.973-0.975 with 400 or 800.
+RERANK = 200
+COMPACT_EF = 800
 COUNT_SECONDS = 2.0  # a count is kept this long (an exact count scans the model's rows)
 _NAME = re.compile(r"^[A-Za-z0-9._:+-]{1,100}$")
 
@@ -98,11 +98,20 @@ class PgVectorIndex:
     """One model's vectors in `gallery_vector`, searched through its partial HNSW index."""
 
     def __init__(
-        self, model: str, dim: int, *, ef: int, m: int = 16, ef_construction: int = 200, rerank: int = RERANK
+        self,
+        model: str,
+        dim: int,
+        *,
+        ef: int,
+        m: int = 16,
+        ef_construction: int = 200,
+        rerank: int = RERANK,
+        compact_ef: int = COMPACT_EF,
     ) -> None:
         if not _NAME.match(model):
             raise ValueError(f"model name {model!r} cannot name an index")
-        self.model, self.dim, self.ef, self.rerank = model, dim, ef, rerank
+        self.model, self.dim, self.ef = model, dim, ef
+        self.rerank, self.compact_ef = rerank, compact_ef
         self.meta = IndexMeta(model=model, dim=dim)
         self._base_name = "gallery_vector_" + hashlib.sha1(model.encode()).hexdigest()[:16]
         self._m, self._ef_construction = m, ef_construction
@@ -227,7 +236,7 @@ class PgVectorIndex:
                 f"SELECT image_id, 1 - ({full}) AS score FROM (SELECT image_id, embedding FROM {TABLE} "
                 f"WHERE {where} ORDER BY {compact} LIMIT {depth}) AS first ORDER BY score DESC LIMIT {int(k)}"
             )
-        with self._searching(depth) as cursor:
+        with self._searching(depth if projection is None else max(depth, self.compact_ef)) as cursor:
             if allowed is not None:
                 cursor.execute("SET LOCAL enable_indexscan = off")
             cursor.execute(sql, args)
