@@ -155,6 +155,15 @@ class PgVectorIndex:
             f"WHERE model_name = '{self.model}'"
         )
 
+    def _build_concurrently(self, cursor: CursorWrapper, projection: Projection | None) -> None:
+        """An HNSW index built in one go over rows already there (`_create_index`), with the
+        memory its graph needs (`PGVECTOR_BUILD_MEMORY`); writes go on meanwhile."""
+        cursor.execute(f"SET maintenance_work_mem = '{settings.PGVECTOR_BUILD_MEMORY}'")
+        try:
+            cursor.execute(self._create_index(concurrently=True, projection=projection))
+        finally:
+            cursor.execute("RESET maintenance_work_mem")
+
     def _read_projection(self, force: bool = False) -> None:
         """The model's stored projection, read again when another process stored a new one or
         made it active (looked at every COUNT_SECONDS at most, unless `force`)."""
@@ -319,11 +328,7 @@ class PgVectorIndex:
             # The planner's row counts, else it keeps sorting "two rows" by distance (a scan
             # of all of them) until autovacuum comes by.
             cursor.execute(f"ANALYZE {TABLE}")
-            cursor.execute(f"SET maintenance_work_mem = '{settings.PGVECTOR_BUILD_MEMORY}'")
-            try:
-                cursor.execute(self._create_index(concurrently=True, projection=projection))
-            finally:
-                cursor.execute("RESET maintenance_work_mem")
+            self._build_concurrently(cursor, projection)
         self._ensured = True
         self._count.at = float("-inf")
         return added
@@ -399,11 +404,7 @@ class PgVectorIndex:
             row = cursor.fetchone()
             if row is not None and not row[0]:  # left by a build that failed half-way
                 cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
-            cursor.execute(f"SET maintenance_work_mem = '{settings.PGVECTOR_BUILD_MEMORY}'")
-            try:
-                cursor.execute(self._create_index(concurrently=True, projection=found.projection))
-            finally:
-                cursor.execute("RESET maintenance_work_mem")
+            self._build_concurrently(cursor, found.projection)
             if not pgvector_projection.activate(self.model, found.digest):
                 return False  # replaced meanwhile (a bulk load): its own index is there
             self._read_projection(force=True)
