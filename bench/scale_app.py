@@ -282,14 +282,18 @@ def searches_during_import(app: h.BenchApp, folder: Path, queries: list[bytes]) 
 
     thread = threading.Thread(target=run, daemon=True)
     api = h.Api(app.base_url)
-    latencies, errors = [], 0
+    latencies, errors, slow = [], 0, []
     thread.start()
     try:
         while thread.is_alive():
             t0 = time.perf_counter()
             try:
-                api.search(queries[len(latencies) % len(queries)], "query.jpg", k=10)
+                body = api.search(queries[len(latencies) % len(queries)], "query.jpg", k=10)
                 latencies.append(time.perf_counter() - t0)
+                if latencies[-1] > TARGET_SLOWEST_DURING_IMPORT_MS / 2000:
+                    # where a slow one's time went (server stages; the rest is the network
+                    # and the web server's queue)
+                    slow.append({"ms": round(1000 * latencies[-1], 1), **body.get("stages_ms", {})})
             except h.ApiError:
                 errors += 1
     finally:
@@ -305,6 +309,7 @@ def searches_during_import(app: h.BenchApp, folder: Path, queries: list[bytes]) 
         "slowest_ms": round(ms[-1], 1),
         "over_200ms": sum(1 for t in ms if t > TARGET_SLOWEST_DURING_IMPORT_MS),
         "slowest_5_ms": [round(t, 1) for t in ms[-5:]],
+        "slowest_5_stages_ms": sorted(slow, key=lambda s: s["ms"])[-5:],
         "import_images": outcome.get("new"),
         "import_seconds": round(outcome["seconds"], 1),
         "import_per_s": round((outcome.get("new") or 0) / outcome["seconds"], 1),
@@ -327,7 +332,7 @@ def uploads_during_import(app: h.BenchApp, folder: Path, photos: list[tuple[str,
     thread.start()
     time.sleep(8)  # the import's files are listed and its batches queued
     api = h.Api(app.base_url)
-    times = []
+    times, ids = [], []
     try:
         for name, data in photos:
             if not thread.is_alive():
@@ -335,6 +340,7 @@ def uploads_during_import(app: h.BenchApp, folder: Path, photos: list[tuple[str,
             r = h.upload_until_searchable(api, data, name, poll=0.05, timeout=600)
             if r is not None and thread.is_alive():
                 times.append(r["searchable_s"])
+                ids.append(r["id"])
                 h.log(f"  {name}: searchable after {r['searchable_s']:.2f} s (the import runs)")
             time.sleep(2)
     finally:
@@ -347,9 +353,29 @@ def uploads_during_import(app: h.BenchApp, folder: Path, photos: list[tuple[str,
         "median_s": round(float(np.median(times)), 3) if times else None,
         "max_s": round(max(times), 3) if times else None,
         "each_s": [round(t, 3) for t in times],
+        "each_stamps_s": server_stamps(ids),
         "import_images": outcome.get("new"),
         "import_seconds": round(outcome["seconds"], 1),
     }
+
+
+def server_stamps(ids: list[int]) -> list[dict]:
+    """Each upload's way through the server, from the database's stamps (seconds after its row
+    was created): its vector stored (embed worker), its status indexed (index writer). The rest
+    of its time until searchable is the web processes catching up with the journal."""
+    from gallery.models import Embedding
+    from gallery.models import Image as Item
+
+    rows = {pk: created for pk, created in Item.objects.filter(pk__in=ids).values_list("pk", "created_at")}
+    indexed = dict(Item.objects.filter(pk__in=ids).values_list("pk", "indexed_at"))
+    embedded: dict[int, object] = {}
+    for pk, at in Embedding.objects.filter(image_id__in=ids).values_list("image_id", "created_at"):
+        embedded[pk] = min(at, embedded.get(pk, at))  # type: ignore[type-var]
+
+    def since(pk: int, at) -> float | None:
+        return round((at - rows[pk]).total_seconds(), 3) if at and pk in rows else None
+
+    return [{"embedded": since(pk, embedded.get(pk)), "indexed": since(pk, indexed.get(pk))} for pk in ids]
 
 
 def disk_mib(var_dir: Path) -> dict:

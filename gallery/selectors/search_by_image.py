@@ -122,6 +122,7 @@ def _search_picture(
 ) -> tuple[list[SearchHit], list[RegionScore]]:
     copies_ref, active = copy_model(), active_model()
     index = index_reader(copies_ref).get()
+    watch.lap("journal")  # this process's index catching up with the writer's latest changes
     if index is None:
         # No index this process can load (the writer is rebuilding it): look-alikes by an
         # exact scan of the database's vectors meanwhile; copies wait for the index.
