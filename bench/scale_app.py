@@ -332,7 +332,7 @@ def uploads_during_import(app: h.BenchApp, folder: Path, photos: list[tuple[str,
     thread.start()
     time.sleep(8)  # the import's files are listed and its batches queued
     api = h.Api(app.base_url)
-    times, ids = [], []
+    times, ids, requests = [], [], []
     try:
         for name, data in photos:
             if not thread.is_alive():
@@ -341,6 +341,7 @@ def uploads_during_import(app: h.BenchApp, folder: Path, photos: list[tuple[str,
             if r is not None and thread.is_alive():
                 times.append(r["searchable_s"])
                 ids.append(r["id"])
+                requests.append(round(r["upload_s"], 3))
                 h.log(f"  {name}: searchable after {r['searchable_s']:.2f} s (the import runs)")
             time.sleep(2)
     finally:
@@ -353,6 +354,7 @@ def uploads_during_import(app: h.BenchApp, folder: Path, photos: list[tuple[str,
         "median_s": round(float(np.median(times)), 3) if times else None,
         "max_s": round(max(times), 3) if times else None,
         "each_s": [round(t, 3) for t in times],
+        "each_upload_request_s": requests,
         "each_stamps_s": server_stamps(ids),
         "import_images": outcome.get("new"),
         "import_seconds": round(outcome["seconds"], 1),

@@ -144,12 +144,18 @@ def stop_process_group(proc: subprocess.Popen, *, first: int = signal.SIGTERM, g
         proc.wait(timeout=10)
 
 
-def start_pgserver(tmp: Path, database: str) -> str:
+def start_pgserver(tmp: Path, database: str, *, shared_buffers: str = "") -> str:
     """A private PostgreSQL with pgvector (PyPI `pgserver`, a development requirement) in
-    `tmp`, with an empty `database`, alive until this process ends; its URL for Django."""
+    `tmp`, with an empty `database`, alive until this process ends; its URL for Django.
+    `shared_buffers` ("6GB") is set and the server restarted: initdb's 128MB holds no large
+    HNSW index, and pgvector's graph scans slow down several times once theirs does not fit."""
     import pgserver
+    from pgserver._commands import pg_ctl
 
     server = pgserver.get_server(str(tmp / "pgdata"), cleanup_mode="stop")
+    if shared_buffers:
+        server.psql(f"ALTER SYSTEM SET shared_buffers = '{shared_buffers}'")
+        pg_ctl(["-w", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=60)
     socket_dir = server.get_uri().split("host=", 1)[1]
     server.psql(f"CREATE DATABASE {database}")
     _servers.append(server)
