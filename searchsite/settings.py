@@ -218,6 +218,9 @@ INDEX_COMPACT_MIN_ITEMS = env.int("INDEX_COMPACT_MIN_ITEMS", default=100_000)
 INDEX_SNAPSHOT_CHANGES = env.int("INDEX_SNAPSHOT_CHANGES", default=2000)
 INDEX_SNAPSHOT_FRACTION = env.float("INDEX_SNAPSHOT_FRACTION", default=0.05)
 INDEX_SNAPSHOT_SECONDS = env.float("INDEX_SNAPSHOT_SECONDS", default=600.0)
+# How often a process's index reader looks at the journal between searches (0: only when a
+# search asks): a web process keeps its index current even while no search reaches it.
+INDEX_FOLLOW_SECONDS = env.float("INDEX_FOLLOW_SECONDS", default=0.2)
 # An index of at least this many items is saved by a forked child (gallery/index/
 # background_save.py): the writer goes on meanwhile. Below it a save takes well under a second.
 INDEX_SNAPSHOT_BACKGROUND_MIN_ITEMS = env.int("INDEX_SNAPSHOT_BACKGROUND_MIN_ITEMS", default=50_000)

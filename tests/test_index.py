@@ -262,6 +262,20 @@ def test_hash_changes_kept_beside_the_built_tables_answer_like_a_fresh_build(rng
     assert sorted(view.labels.tolist()) == labels.tolist()
 
 
+def test_a_search_leaves_the_hash_tables_rebuild_to_the_follower(rng):
+    """Rebuilding the hash tables costs 1-2 s at a million items: a search keeps up to twice
+    the due changes beside them; the reader's follower (`eager`) merges as soon as due."""
+    index = VectorIndex.create("m", DIM)
+    codes = rng.integers(0, 256, size=(2500, 32), dtype=np.uint8)
+    index.add(list(range(400)), unit(rng, 400), [bytes(c) for c in codes[:400]])
+    index.hash_index()
+    index.add(list(range(400, 2500)), unit(rng, 2100), [bytes(c) for c in codes[400:]])
+    assert len(index.hash_index().added) == 2100  # due (over 2,000), not twice due
+    merged = index.hash_index(eager=True)
+    assert len(merged.added) == 0 and len(merged.base) == 2500
+    assert merged.nearest(codes[2400], 1)[0].label == 2400
+
+
 def test_searches_in_threads_while_changes_are_applied(rng):
     """hnswlib must never add while it searches: the index's lock lets queries run together
     and changes alone, with no crash and no wrong answer."""

@@ -326,8 +326,10 @@ class PgVectorIndex:
         self._projection_at = time.monotonic()
         with connection.cursor() as cursor:
             # The planner's row counts, else it keeps sorting "two rows" by distance (a scan
-            # of all of them) until autovacuum comes by.
-            cursor.execute(f"ANALYZE {TABLE}")
+            # of all of them) until autovacuum comes by; and VACUUM: the loaded rows' hint bits
+            # and visibility are set once here, not by the first searches (a read that sets
+            # them writes the page) or by an autovacuum taking a core while they run.
+            cursor.execute(f"VACUUM (ANALYZE) {TABLE}")
             self._build_concurrently(cursor, projection)
         self._ensured = True
         self._count.at = float("-inf")
@@ -431,3 +433,6 @@ class PgVectorReader:
             self.index.ensure()
             self._ready = True
         return self.index
+
+    def close(self) -> None:
+        """Nothing runs in the background for the database's index."""

@@ -355,16 +355,15 @@ class VectorIndex:
             return labels, np.zeros((0, self.meta.dim), dtype=np.float32)
         return labels, self._full_rows(labels)
 
-    def hash_index(self) -> HashIndexView:
-        """The live items' perceptual hashes, searchable by Hamming distance. The multi-index
-        tables are built once; later changes are kept beside them (scanned) until they grow
-        past a few percent, then merged by building again."""
-        view = self._hash_view
-        if view is not None:
+    def hash_index(self, *, eager: bool = False) -> HashIndexView:
+        """The live items' hashes by Hamming distance: multi-index tables built once, changes kept
+        beside them until a few percent (`eager`: a reader's follower thread), or twice that (a
+        search: with a follower it never waits for the rebuild, 1-2 s at 1M), then merged."""
+        view, changed = self._hash_view, len(self._hash_added) + len(self._hash_removed)
+        if view is not None and not (eager and merge_due(changed, len(self._hashes))):
             return view
         with self._lock.reading():
-            changed = len(self._hash_added) + len(self._hash_removed)
-            if self._hash_base is None or merge_due(changed, len(self._hashes)):
+            if self._hash_base is None or merge_due(changed // (1 if eager else 2), len(self._hashes)):
                 self._hash_base = HashIndex(*hash_arrays(self._hashes))
                 self._hash_added, self._hash_removed = {}, set()
             view = HashIndexView(

@@ -34,7 +34,7 @@ def index_reader(ref: ModelRef | None = None) -> IndexReader | PgVectorReader:
     key = str(directory)
     keep = {str(served.index_dir) for served in served_models()} | {key}
     for old in [old for old in list(_readers) if old not in keep]:
-        _readers.pop(old, None)  # a model no longer served: its index is let go
+        _readers.pop(old).close()  # a model no longer served: its index is let go
     if key not in _readers and vectors_in_database():
         _readers[key] = PgVectorReader(pgvector_index(ref))
     if key not in _readers:
@@ -45,6 +45,7 @@ def index_reader(ref: ModelRef | None = None) -> IndexReader | PgVectorReader:
             ef=settings.INDEX_EF_SEARCH,
             journal=DATABASE_JOURNAL,
             on_unusable=index_request_rebuild,
+            follow=settings.INDEX_FOLLOW_SECONDS,
         )
     return _readers[key]
 
@@ -78,6 +79,8 @@ def pgvector_index(ref: ModelRef) -> PgVectorIndex:
 
 def index_readers_forget() -> None:
     """Drop every reader of this process (their indexes load again on the next search)."""
+    for reader in _readers.values():
+        reader.close()
     _readers.clear()
 
 

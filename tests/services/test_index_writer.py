@@ -89,6 +89,32 @@ def test_changes_reach_readers_through_the_journal_without_a_new_snapshot(clean_
     assert index_current(clean_index).labels() == {im.pk for im in first[1:] + more}
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_reader_follows_the_journal_between_searches(clean_index, settings):
+    """A web process that no search reaches keeps its index current (its follower thread
+    applies the journal and prepares the hash lookups), so the next search has nothing to
+    replay; a reader let go stops following."""
+    import time
+
+    settings.INDEX_SNAPSHOT_CHANGES, settings.INDEX_FOLLOW_SECONDS = 1000, 0.05
+    first = [services.image_create(data=make_image_bytes(seed))[0] for seed in range(45, 47)]
+    embed_and_index(*(im.pk for im in first))
+    reader = selectors.index_reader()
+    held = reader.get()
+    assert held.labels() == {im.pk for im in first}
+    more = [services.image_create(data=make_image_bytes(seed))[0] for seed in range(47, 50)]
+    embed_and_index(*(im.pk for im in more))
+    wanted = {im.pk for im in first + more}
+    deadline = time.monotonic() + 10
+    while held.labels() != wanted and time.monotonic() < deadline:
+        time.sleep(0.05)  # no `get`: nothing but the follower applies the journal here
+    assert held.labels() == wanted
+    assert held._hash_view is not None and len(held._hash_view) == len(wanted)
+    selectors.index_readers_forget()
+    reader._follower.join(timeout=5)
+    assert not reader._follower.is_alive()
+
+
 def test_snapshots_are_written_when_enough_changed_and_the_journal_is_pruned(clean_index, settings):
     from gallery.models import IndexChange
 
