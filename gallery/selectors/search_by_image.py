@@ -40,7 +40,7 @@ from ..retrieval.tiers import (
 from ..retrieval.verify import Verification
 from .search import RegionScore, SearchHit, SearchResult, clamp_k, index_reader, search_vector
 from .search_checks import Candidate, Query, Verifier, match_pixels, stored_colour
-from .search_slots import search_slot
+from .search_slots import beside, search_slot
 
 
 class _Stopwatch:
@@ -132,11 +132,14 @@ def _search_picture(
     if len(index) == 0:
         return [], []
     embedder = get_embedder(copies_ref)
-    query = Query(picture, index, embedder.embed([picture])[0], pdq_dihedral(picture)[0], jpeg=jpeg)
+    vector = embedder.embed([picture])[0]
+    nearest = beside(index.query, vector, params.candidates)  # while the hashes are computed
+    query = Query(picture, index, vector, pdq_dihedral(picture)[0], jpeg=jpeg)
     watch.lap("embed")
-    for label, cosine in index.query(query.vector, params.candidates):
+    by_hash = index.hash_index().within(query.hashes, params.copies.loose_hash_distance)
+    for label, cosine in nearest.result():
         query.found(label, cosine, None)
-    for match in index.hash_index().within(query.hashes, params.copies.loose_hash_distance):
+    for match in by_hash:
         candidate = query.candidates.setdefault(match.label, Candidate())
         candidate.hash_distance, candidate.hash_variant = match.distance, match.variant
         if candidate.cosine < 0:

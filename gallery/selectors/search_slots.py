@@ -10,15 +10,19 @@ holds its slot) runs anyway: the gate only orders the work, it never refuses it.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import TypeVar
 
 from django.conf import settings
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class FairGate:
@@ -86,3 +90,26 @@ def search_slot() -> Iterator[float]:
     finally:
         if held:
             gate.release()
+
+
+_helpers: tuple[int, ThreadPoolExecutor] | None = None  # (the process that made it, the pool)
+
+
+def beside(fn: Callable[..., T], *args: object) -> Future[T]:
+    """`fn(*args)` in one of the process's helper threads while the caller goes on: a search
+    asks the vector index (pgvector: a round trip to the database, 20-30 ms at a million
+    items; hnswlib lets go of the GIL) while it computes the picture's hashes. The helper's
+    own database connection is checked as a request's is."""
+    global _helpers
+    with _lock:
+        if _helpers is None or _helpers[0] != os.getpid():  # threads do not survive a fork
+            _helpers = (os.getpid(), ThreadPoolExecutor(max_workers=8, thread_name_prefix="search-helper"))
+        pool = _helpers[1]
+
+    def run() -> T:
+        from django.db import close_old_connections
+
+        close_old_connections()
+        return fn(*args)
+
+    return pool.submit(run)
