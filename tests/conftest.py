@@ -40,6 +40,10 @@ def _isolated_files(settings, tmp_path_factory, request):
     # test turns them on; their counts live in this process's memory.
     settings.THROTTLE_RATES = dict.fromkeys(settings.THROTTLE_RATES)
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    # In this process a search applies the index journal itself: most tests' rows are in a
+    # transaction that a follower thread's own connection cannot see. The follower is tested
+    # on its own (test_index_writer) and runs in every app the tests start as processes.
+    settings.INDEX_FOLLOW_SECONDS = 0
     yield
 
 

@@ -98,8 +98,9 @@ _helpers: tuple[int, ThreadPoolExecutor] | None = None  # (the process that made
 def beside(fn: Callable[..., T], *args: object) -> Future[T]:
     """`fn(*args)` in one of the process's helper threads while the caller goes on: a search
     asks the vector index (pgvector: a round trip to the database, 20-30 ms at a million
-    items; hnswlib lets go of the GIL) while it computes the picture's hashes. The helper's
-    own database connection is checked as a request's is."""
+    items; hnswlib lets go of the GIL) while it computes the picture's hashes. Each helper
+    keeps its database connection (a few per process; a new one per search would cost a
+    connect each time), closed and opened again when it stops working."""
     global _helpers
     with _lock:
         if _helpers is None or _helpers[0] != os.getpid():  # threads do not survive a fork
@@ -107,9 +108,11 @@ def beside(fn: Callable[..., T], *args: object) -> Future[T]:
         pool = _helpers[1]
 
     def run() -> T:
-        from django.db import close_old_connections
+        from django.db import connections
 
-        close_old_connections()
+        for held in connections.all(initialized_only=True):
+            if held.connection is not None and not held.is_usable():
+                held.close()
         return fn(*args)
 
     return pool.submit(run)
