@@ -25,7 +25,7 @@ from ..embedders import ModelRef, active_model, copy_model, detail_model, get_em
 from ..imaging import JpegTables, decode_image, flatten, sha256_of
 from ..models import Image
 from ..retrieval import regions as region_tools
-from ..retrieval.hashes import HASH_BITS, pdq_dihedral
+from ..retrieval.hashes import HASH_BITS, HashMatch, pdq_dihedral
 from ..retrieval.params import RetrievalParams, retrieval_params
 from ..retrieval.recolouring import colours_kept
 from ..retrieval.regions import Box
@@ -38,7 +38,15 @@ from ..retrieval.tiers import (
     verified_copy,
 )
 from ..retrieval.verify import Verification
-from .search import RegionScore, SearchHit, SearchResult, clamp_k, index_reader, search_vector
+from .search import (
+    RegionScore,
+    SearchHit,
+    SearchIndex,
+    SearchResult,
+    clamp_k,
+    index_reader,
+    search_vector,
+)
 from .search_checks import Candidate, Query, Verifier, match_pixels, stored_colour
 from .search_slots import beside, search_slot
 
@@ -132,12 +140,15 @@ def _search_picture(
     if len(index) == 0:
         return [], []
     embedder = get_embedder(copies_ref)
+    # The picture's hashes and their lookups in a helper thread (15 ms at a million items),
+    # beside its vector and the index's nearest (pgvector's: a round trip to the database).
+    hashed = beside(_hash_lookups, index, picture.copy(), params.copies.loose_hash_distance)
     vector = embedder.embed([picture])[0]
-    nearest = beside(index.query, vector, params.candidates)  # while the hashes are computed
-    query = Query(picture, index, vector, pdq_dihedral(picture)[0], jpeg=jpeg)
     watch.lap("embed")
-    by_hash = index.hash_index().within(query.hashes, params.copies.loose_hash_distance)
-    for label, cosine in nearest.result():
+    nearest = index.query(vector, params.candidates)
+    hashes, by_hash, nearest_hashes = hashed.result()
+    query = Query(picture, index, vector, hashes, jpeg=jpeg)
+    for label, cosine in nearest:
         query.found(label, cosine, None)
     for match in by_hash:
         candidate = query.candidates.setdefault(match.label, Candidate())
@@ -147,7 +158,7 @@ def _search_picture(
             candidate.cosine = float(stored @ query.vector) if stored is not None else 0.0
     sure = _sure(query, params)
     if not sure:  # a copy sure by its hash needs no nearest hash at any distance (a full scan)
-        _nearest_hash(query, params)
+        _nearest_hash(query, nearest_hashes, params)
     details = _search_details(query, params)
     watch.lap("search")
     verified: dict[int, Verification | None] = {}
@@ -194,13 +205,23 @@ def _check_pixels(
         decisions[label] = classify(evidence[label], params.copies)
 
 
-def _nearest_hash(query: Query, params: RetrievalParams) -> None:
+def _hash_lookups(
+    index: SearchIndex, picture: PILImage.Image, radius: int
+) -> tuple[np.ndarray, list[HashMatch], list[HashMatch]]:
+    """The picture's PDQ hashes (mirrors and turns), the items within `radius` of any, and
+    the two nearest to it as it is, at any distance."""
+    hashes = pdq_dihedral(picture)[0]
+    lookup = index.hash_index()
+    return hashes, lookup.within(hashes, radius), lookup.nearest(hashes[0], 2)
+
+
+def _nearest_hash(query: Query, nearest: list[HashMatch], params: RetrievalParams) -> None:
     """The item whose hash is nearest to the picture's, at any distance, with how much nearer
     it is than the next one: a copy too changed for the radius lookup (a tiny thumbnail, a
-    sticker over the photo) is still far nearer than everything else. An exact scan of every
-    hash (about 16 ms at a million items), so skipped when a copy is already sure by its hash:
-    the radius lookup has then found every hash as near as the copy's."""
-    nearest = query.index.hash_index().nearest(query.hashes[0], 2)
+    sticker over the photo) is still far nearer than everything else. `nearest` comes from an
+    exact scan of every hash (about 16 ms at a million items, in the helper thread beside the
+    embedding); not used when a copy is already sure by its hash (the radius lookup has then
+    found every hash as near as the copy's)."""
     if not nearest or nearest[0].distance > params.copies.nearest_hash_distance:
         return
     first = nearest[0]
