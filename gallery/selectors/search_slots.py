@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from django.conf import settings
+from django.db import connections
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -108,8 +109,6 @@ def beside(fn: Callable[..., T], *args: object) -> Future[T]:
         pool = _helpers[1]
 
     def run() -> T:
-        from django.db import connections
-
         for held in connections.all(initialized_only=True):
             if held.connection is not None and not held.is_usable():
                 held.close()
