@@ -142,7 +142,7 @@ def _search_picture(
     embedder = get_embedder(copies_ref)
     # The picture's hashes and their lookups in a helper thread (15 ms at a million items),
     # beside its vector and the index's nearest (pgvector's: a round trip to the database).
-    hashed = beside(_hash_lookups, index, picture.copy(), params.copies.loose_hash_distance)
+    hashed = beside(_hash_lookups, index, picture.copy(), params)
     vector = embedder.embed([picture])[0]
     watch.lap("embed")
     nearest = index.query(vector, params.candidates)
@@ -206,22 +206,28 @@ def _check_pixels(
 
 
 def _hash_lookups(
-    index: SearchIndex, picture: PILImage.Image, radius: int
-) -> tuple[np.ndarray, list[HashMatch], list[HashMatch]]:
-    """The picture's PDQ hashes (mirrors and turns), the items within `radius` of any, and
-    the two nearest to it as it is, at any distance."""
+    index: SearchIndex, picture: PILImage.Image, params: RetrievalParams
+) -> tuple[np.ndarray, list[HashMatch], list[HashMatch] | None]:
+    """The picture's PDQ hashes (mirrors and turns), the items within the loose radius of
+    any, and the two nearest to it as it is at any distance (an exact scan, about 16 ms at a
+    million items): None when a match is already near enough to make a copy sure (`_sure`
+    then needs it only if that match's vector disagrees: `_nearest_hash` scans then)."""
     hashes = pdq_dihedral(picture)[0]
     lookup = index.hash_index()
-    return hashes, lookup.within(hashes, radius), lookup.nearest(hashes[0], 2)
+    matches = lookup.within(hashes, params.copies.loose_hash_distance)
+    if any(m.distance <= params.sure_hash_distance for m in matches):
+        return hashes, matches, None
+    return hashes, matches, lookup.nearest(hashes[0], 2)
 
 
-def _nearest_hash(query: Query, nearest: list[HashMatch], params: RetrievalParams) -> None:
+def _nearest_hash(query: Query, nearest: list[HashMatch] | None, params: RetrievalParams) -> None:
     """The item whose hash is nearest to the picture's, at any distance, with how much nearer
     it is than the next one: a copy too changed for the radius lookup (a tiny thumbnail, a
-    sticker over the photo) is still far nearer than everything else. `nearest` comes from an
-    exact scan of every hash (about 16 ms at a million items, in the helper thread beside the
-    embedding); not used when a copy is already sure by its hash (the radius lookup has then
-    found every hash as near as the copy's)."""
+    sticker over the photo) is still far nearer than everything else. Not called when a copy
+    is already sure by its hash (the radius lookup has then found every hash as near as the
+    copy's); `nearest` is the helper thread's scan, or None when it skipped it."""
+    if nearest is None:
+        nearest = query.index.hash_index().nearest(query.hashes[0], 2)
     if not nearest or nearest[0].distance > params.copies.nearest_hash_distance:
         return
     first = nearest[0]
