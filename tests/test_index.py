@@ -262,6 +262,21 @@ def test_hash_changes_kept_beside_the_built_tables_answer_like_a_fresh_build(rng
     assert sorted(view.labels.tolist()) == labels.tolist()
 
 
+def test_an_item_hash_distance_is_counted_without_building_the_tables(rng):
+    """The index writer notes each upload's copy by one item's hash distance: counted from
+    the held hashes (building the multi-index tables first cost seconds at a million)."""
+    from gallery.retrieval.hashes import HashIndex
+
+    index = VectorIndex.create("m", DIM)
+    codes = rng.integers(0, 256, size=(50, 32), dtype=np.uint8)
+    index.add(list(range(50)), unit(rng, 50), [bytes(c) for c in codes[:40]] + [None] * 10)
+    queries = codes[[3, 9]]
+    wanted = HashIndex(np.arange(40), codes[:40]).distance_to([3, 9, 12, 45], queries)
+    assert index.hash_distances([3, 9, 12, 45], queries) == wanted and set(wanted) == {3, 9, 12}
+    assert wanted[3] == wanted[9] == 0
+    assert index._hashes.current_view(eager=False) is None  # no tables were built
+
+
 def test_a_search_leaves_the_hash_tables_rebuild_to_the_follower(rng):
     """Rebuilding the hash tables costs 1-2 s at a million items: a search keeps up to twice
     the due changes beside them; the reader's follower (`eager`) merges as soon as due."""

@@ -196,6 +196,9 @@ def test_two_machines_share_one_postgres_index(two_machines, postgres_with_pgvec
     for base in (a, b):
         first = _first(base, again.getvalue())
         assert (first.get("id"), first.get("match")) == (created.json()["id"], "exact"), (base, first)
+    # The writer noted the upload's original by its hash and vector in the database.
+    noted = requests.get(f"{a}/api/images/{created.json()['id']}", timeout=30).json()
+    assert noted["near_duplicate_of"] == first_id, noted
     scan = subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", _SCAN],
         cwd=ROOT,

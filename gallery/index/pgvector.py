@@ -265,6 +265,13 @@ class PgVectorIndex:
             self._hashes = CachedHashes(self.model)
         return self._hashes.current(expected=len(self))
 
+    def hash_distances(self, labels: list[int], queries: np.ndarray) -> dict[int, int]:
+        """The smallest distance of each given item's hash to any of the query hashes (in SQL:
+        the writer need not hold every hash for it)."""
+        from .pgvector_hashes import SqlHashes  # (it reads this module's table)
+
+        return SqlHashes(self.model).distance_to(labels, queries)
+
     # -- writing ----------------------------------------------------------------------------
     def put(self, rows: Sequence[tuple[int, np.ndarray, bytes | None]]) -> int:
         """Add or replace items: (image id, vector, PDQ hash or None)."""

@@ -191,13 +191,17 @@ class HashIndex:
         """The smallest distance of the given items' hashes to any of the query hashes (the
         items this index does not hold are left out)."""
         rows = [self._rows[label] for label in labels if label in self._rows]
-        if not rows:
-            return {}
-        codes = self.codes[rows]
-        best = np.min(
-            [hamming(codes, q) for q in np.asarray(queries, dtype=np.uint8).reshape(-1, HASH_BYTES)], axis=0
-        )
-        return {int(self.labels[row]): int(d) for row, d in zip(rows, best)}
+        return smallest_distances(self.labels[rows], self.codes[rows], queries)
+
+
+def smallest_distances(labels: np.ndarray, codes: np.ndarray, queries: np.ndarray) -> dict[int, int]:
+    """label -> the smallest distance of its code (a row of `codes`) to any query hash."""
+    if not len(labels):
+        return {}
+    best = np.min(
+        [hamming(codes, q) for q in np.asarray(queries, dtype=np.uint8).reshape(-1, HASH_BYTES)], axis=0
+    )
+    return {int(label): int(d) for label, d in zip(labels, best)}
 
 
 def merge_due(changed: int, size: int) -> bool:

@@ -79,14 +79,14 @@ def near_duplicates_note(index: SearchIndex, image_ids: list[int]) -> int:
     if not codes or len(index) == 0:
         return 0
     rows = Embedding.objects.filter(image_id__in=list(codes), model_name=copy_model().name)
-    hashes, noted = index.hash_index(), 0
+    noted = 0
     for image_id, vector in rows.values_list("image_id", "vector"):
         query = np.frombuffer(bytes(vector), dtype=np.float32)
         hits = [(label, score) for label, score in index.query(query, 3) if label != image_id]
         if not hits:
             continue
         label, score = hits[0]
-        distance = hashes.distance_to([label], codes[image_id]).get(label)
+        distance = index.hash_distances([label], codes[image_id]).get(label)
         evidence = Evidence(cosine=score, hash_distance=distance)
         if classify(evidence, retrieval_params().copies).match in COPY_TIERS:
             Image.objects.filter(pk=image_id).update(near_duplicate_of_id=label)

@@ -109,7 +109,7 @@ def test_a_reader_follows_the_journal_between_searches(clean_index, settings):
     while held.labels() != wanted and time.monotonic() < deadline:
         time.sleep(0.05)  # no `get`: nothing but the follower applies the journal here
     assert held.labels() == wanted
-    assert held._hash_view is not None and len(held._hash_view) == len(wanted)
+    assert held._hashes.current_view(eager=False) is not None and len(held.hash_index()) == len(wanted)
     selectors.index_readers_forget()
     reader._follower.join(timeout=5)
     assert not reader._follower.is_alive()
