@@ -4,6 +4,7 @@ learned on the gallery it serves), with and without an exact re-rank of the firs
 by the full vectors, and float16 storage. In-process, whole-picture vectors only (no regions,
 hashes or verification: what an index holds).
 
+- PCA uncentred (the second moment's directions, as the app's `Projection` learns it).
 - Near-duplicates: the 6,000 product photos as the gallery; 696 edited copies (the 29 kinds of
   bench/harness/edits.py x 2 strengths x 12) as queries: recall@1 and recall@10 (pixel-identical
   catalogue photos count as the same original). Re-rank: the first 50.
@@ -38,11 +39,12 @@ CIFAR = "cifar10-jpg.zip"
 PRODUCTS = "fashion-products-6k.zip"
 
 
-def pca(vectors: np.ndarray, dims: int, power: float):
-    """The projection learned on `vectors`: centred, the first `dims` components, each divided
-    by its eigenvalue ** (power / 2); the result L2-normalised."""
-    mean = vectors.mean(axis=0)
-    values, basis = np.linalg.eigh(np.cov((vectors - mean).T))
+def pca(vectors: np.ndarray, dims: int, power: float, centred: bool = True):
+    """The projection learned on `vectors`: centred (or not: the second moment's directions),
+    the first `dims` components, each divided by its eigenvalue ** (power / 2); the result
+    L2-normalised."""
+    mean = vectors.mean(axis=0) if centred else np.zeros(vectors.shape[1], vectors.dtype)
+    values, basis = np.linalg.eigh((vectors - mean).T @ (vectors - mean) / len(vectors))
     order = np.argsort(-values)[:dims]
     matrix = basis[:, order] / (np.maximum(values[order], 1e-9) ** (power / 2))
 
@@ -155,6 +157,10 @@ def main(argv=None) -> int:
             for rerank in (False, True):
                 name = f"PCA {dims}-d, whitening power {power}" + (", exact re-rank" if rerank else "")
                 rows[name] = measure(products_pca, cifar_pca, rerank) | {"bytes_per_item": dims * 4}
+        products_pca, cifar_pca = pca(gallery, dims, 0.0, centred=False), pca(cg, dims, 0.0, centred=False)
+        for rerank in (False, True):
+            name = f"PCA {dims}-d uncentred" + (", exact re-rank" if rerank else "")
+            rows[name] = measure(products_pca, cifar_pca, rerank) | {"bytes_per_item": dims * 4}
     # What the app does (gallery.index.compact, VectorIndex.query): its Projection, the first
     # max(RERANK, 2 k) candidates re-ranked by the float16 full vectors.
     app_products, app_cifar = Projection.learn(gallery, APP_DIMS), Projection.learn(cg, APP_DIMS)

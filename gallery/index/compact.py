@@ -27,8 +27,12 @@ LEARN_SAMPLE = 50_000  # vectors a projection is learned on (a random sample of 
 
 @dataclass(frozen=True)
 class Projection:
-    """Centre, then the first principal components (no whitening); rows L2-normalised, so
-    hnswlib's cosine ranks like the full vectors' on what they share."""
+    """The first principal directions of the vectors' second moment, not centred (no
+    whitening); rows L2-normalised, so hnswlib's cosine ranks like the full vectors' on what
+    they share. Centred, the projection dropped the mean's share of each cosine: on the
+    product gallery, 24 of 696 edited copies had one of their full-vector top 10 outside the
+    first 400 candidates (a copy found at 7 ranked 620th); uncentred, none outside the first 50.
+    `mean` stays for projections saved centred."""
 
     mean: np.ndarray  # (dim,)
     matrix: np.ndarray  # (dim, dims)
@@ -44,11 +48,9 @@ class Projection:
         if len(vectors) > LEARN_SAMPLE:
             picked = sorted(np.random.default_rng(seed).choice(len(vectors), LEARN_SAMPLE, replace=False))
         sample = np.stack([np.asarray(vectors[i], dtype=np.float32) for i in picked])
-        mean = sample.mean(axis=0, dtype=np.float64)
-        centred = sample - mean.astype(np.float32)
-        values, basis = np.linalg.eigh((centred.T @ centred).astype(np.float64) / max(1, len(sample) - 1))
+        values, basis = np.linalg.eigh((sample.T @ sample).astype(np.float64) / max(1, len(sample)))
         order = np.argsort(-values)[:dims]
-        return cls(mean.astype(np.float32), basis[:, order].astype(np.float32))
+        return cls(np.zeros(sample.shape[1], np.float32), basis[:, order].astype(np.float32))
 
     def apply(self, vectors: np.ndarray) -> np.ndarray:
         z = (np.asarray(vectors, dtype=np.float32).reshape(-1, len(self.mean)) - self.mean) @ self.matrix
