@@ -177,8 +177,9 @@ def main(argv=None) -> int:
         truth,
         same,
     )
+    fetch = min(len(cg), max(RERANK, 2 * 1000))  # the app asks for k = 1000 here
     m = mean_average_precision(
-        ranked(app_cifar.apply(cg), app_cifar.apply(cq), half(cg), cq, 1000, min(1000, max(RERANK, 2000))),
+        ranked(app_cifar.apply(cg), app_cifar.apply(cq), half(cg), cq, fetch, fetch)[:, :1000],
         cg_labels,
         cq_labels,
     )
