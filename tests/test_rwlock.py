@@ -4,7 +4,7 @@ changes are not starved by searches."""
 import threading
 import time
 
-from gallery.index.rwlock import ReadWriteLock
+from gallery.index.rwlock import ReadWriteLock, SearchesFirst
 
 HOLD = 0.05  # one batch of changes
 
@@ -50,3 +50,34 @@ def test_a_waiting_writer_goes_before_new_searches():
     for reader in readers:
         reader.join()
     assert waited < 0.1, waited
+
+
+def test_changes_wait_for_the_searches_under_way_but_not_forever():
+    """A search's lookups are not interleaved with a follower's batches: the batch waits
+    until the search ends, or its patience runs out under a stream of searches."""
+    import numpy as np
+
+    from gallery.index.vector_index import VectorIndex
+
+    index = VectorIndex.create("m", 8)
+    index._searches.patience = 5.0
+    added = threading.Event()
+    vectors = np.eye(8, dtype=np.float32)
+
+    def follower() -> None:
+        index.add([1, 2], vectors[:2])
+        added.set()
+
+    with index.searching():
+        thread = threading.Thread(target=follower)
+        thread.start()
+        assert not added.wait(0.3)  # the search is under way
+    assert added.wait(2)
+    thread.join()
+    assert index.labels() == {1, 2}
+
+    gate = SearchesFirst(patience=0.2)
+    with gate.searching():
+        asked = time.monotonic()
+        gate.wait()
+        assert 0.15 < time.monotonic() - asked < 1.0

@@ -27,7 +27,7 @@ import hashlib
 import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -213,6 +213,10 @@ class PgVectorIndex:
             )
             row = cursor.fetchone()
         return parse(row[0]) if row else None
+
+    def searching(self) -> AbstractContextManager[None]:
+        """Nothing to hold: the database orders changes and searches."""
+        return nullcontext()
 
     @contextmanager
     def _searching(self, k: int) -> Iterator[CursorWrapper]:

@@ -52,3 +52,33 @@ class ReadWriteLock:
                 self._writing = False
                 self._admitted = self._readers_waiting
                 self._cond.notify_all()
+
+
+class SearchesFirst:
+    """The searches under way in a process, which a batch of changes waits for (at most
+    `patience` seconds, so changes go on under a stream of overlapping searches). A search
+    takes the index's read lock many times (the graph, the re-rank, each hash match's
+    vector): a batch taken between two of them made it wait once per lookup; now at most
+    once, for a batch already under way when it began."""
+
+    def __init__(self, patience: float) -> None:
+        self.patience = patience
+        self._idle = threading.Condition()
+        self._searches = 0
+
+    @contextlib.contextmanager
+    def searching(self) -> Iterator[None]:
+        with self._idle:
+            self._searches += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._searches -= 1
+                if not self._searches:
+                    self._idle.notify_all()
+
+    def wait(self) -> None:
+        """Until no search is under way, or `patience` has passed."""
+        with self._idle:
+            self._idle.wait_for(lambda: not self._searches, timeout=self.patience)

@@ -139,6 +139,21 @@ def _search_picture(
         return search_vector(vector, k, category=category, ref=active), []
     if len(index) == 0:
         return [], []
+    with index.searching():  # the follower's changes wait for this search's lookups
+        return _search_index(index, picture, k, category, params, watch, same_bytes, jpeg)
+
+
+def _search_index(
+    index: SearchIndex,
+    picture: PILImage.Image,
+    k: int,
+    category: str,
+    params: RetrievalParams,
+    watch: _Stopwatch,
+    same_bytes: int | None,
+    jpeg: JpegTables | None,
+) -> tuple[list[SearchHit], list[RegionScore]]:
+    copies_ref, active = copy_model(), active_model()
     embedder = get_embedder(copies_ref)
     # The picture's hashes and their lookups in a helper thread (15 ms at a million items),
     # beside its vector and the index's nearest (pgvector's: a round trip to the database).
