@@ -14,8 +14,8 @@ other `CopyThresholds` (`--set name=value`, each alone and all together).
    label, with their names. Changing a threshold also changes which candidates the search
    verifies (it stops at a copy): confirm a setting with bench/robust.py.
 
-It answers "does this threshold or this new evidence separate the two?" in seconds once the
-evidence is recorded; bench/robust.py (through the HTTP API) stays the measure."""
+It answers "does this threshold or this new evidence separate the two?" for many settings in
+one run (about 10 minutes a split); bench/robust.py (through the HTTP API) stays the measure."""
 
 from __future__ import annotations
 
