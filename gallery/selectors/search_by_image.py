@@ -140,11 +140,13 @@ def _search_picture(
     if len(index) == 0:
         return [], []
     with index.searching():  # the follower's changes wait for this search's lookups
-        return _search_index(index, picture, k, category, params, watch, same_bytes, jpeg)
+        return _search_index(index, copies_ref, active, picture, k, category, params, watch, same_bytes, jpeg)
 
 
 def _search_index(
     index: SearchIndex,
+    copies_ref: ModelRef,
+    active: ModelRef,  # read once per search: a switch during it does not mix two models
     picture: PILImage.Image,
     k: int,
     category: str,
@@ -153,7 +155,6 @@ def _search_index(
     same_bytes: int | None,
     jpeg: JpegTables | None,
 ) -> tuple[list[SearchHit], list[RegionScore]]:
-    copies_ref, active = copy_model(), active_model()
     embedder = get_embedder(copies_ref)
     # The picture's hashes and their lookups in a helper thread (15 ms at a million items),
     # beside its vector and the index's nearest (pgvector's: a round trip to the database).
