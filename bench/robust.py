@@ -13,7 +13,10 @@ Imports the 6,000 product photos of fashion-products-6k.zip (a seeded sample of 
   whether the answer's suggested `regions` cover the item;
 - photos that are not in the gallery: CIFAR-10 `test/` images, and the held-back product
   photos (a harder set: other items of the same catalogue, shot the same way): how many get a
-  result labelled `exact` or `near_duplicate` (should be none).
+  result labelled `exact` or `near_duplicate` (should be none);
+- upload dedupe at the end (--uploads per kind and strength): edited copies and as many
+  held-back photos uploaded through `POST /api/images`; how many copies are noted
+  (`near_duplicate_of`) as copies of their original, and held-back photos as copies at all.
 
 The kinds in `edits.HELD_OUT_KINDS` were never used to choose a method or a threshold (the
 last seven, `harness/edits_outside.py`, were added after the method was built); the report
@@ -69,6 +72,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--kinds", default="", help="comma-separated edit kinds (default: all)")
     parser.add_argument("--k", type=int, default=10, help="results asked per query")
     parser.add_argument("--metric-minutes", type=float, default=0, help="also measure with a metric model")
+    parser.add_argument(
+        "--uploads",
+        type=int,
+        default=1,
+        help="edited copies per kind and strength then uploaded (upload dedupe), with as many held-back photos",
+    )
     h.common_arguments(parser, redis_db=8)
     return parser.parse_args(argv)
 
@@ -338,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         results["default"] = measure(app, args, queries, same, negatives, outside_photos, "default model")
         if args.metric_minutes:
             results["metric"] = with_metric_model(app, args, queries, same, negatives, outside_photos)
+        if args.uploads:
+            results["upload_dedupe"] = upload_dedupe(app, queries, same, negatives, args.uploads)
     params = {
         "limit": args.limit or None,
         "per": args.per,
@@ -348,10 +359,107 @@ def main(argv: list[str] | None = None) -> int:
         "k": args.k,
         "seed": args.seed,
         "metric_minutes": args.metric_minutes,
+        "uploads": args.uploads,
     }
     full = not args.limit and args.per >= 20 and len(kinds) == len(edits.KINDS)
     h.write_result(args.results, "robust", params, results, full_size=full)
     return 0
+
+
+def upload_dedupe(app: h.BenchApp, queries, same, negatives, per: int) -> dict[str, Any]:
+    """Upload dedupe by the same tiers as search: `per` edited copies of each kind and
+    strength, then as many held-back product photos, uploaded (`POST /api/images`) at the
+    end of the run; whether each copy is noted (`near_duplicate_of`) as a copy of its
+    original, and how many held-back photos are noted as a copy of anything."""
+    api = h.Api(app.base_url)
+    chosen: dict[tuple[str, str], list[dict]] = {}
+    for q in queries:
+        group = chosen.setdefault((q["kind"], q["strength"]), [])
+        if len(group) < per:
+            group.append(q)
+    copies = [q for group in chosen.values() for q in group]
+    started = time.perf_counter()
+    uploaded: list[tuple[int, str, set[str]]] = []  # (id, kind or "held_back", titles that are right)
+    for q in copies:
+        status, body = api.upload(q["data"], q["filename"], title=f"upload-{q['filename']}", category="up")
+        if status == 201:
+            uploaded.append((body["id"], q["kind"], same.get(q["stem"], {q["stem"]})))
+    for name, data in list(negatives.items())[: len(copies)]:
+        status, body = api.upload(data, PurePosixPath(name).name, title=f"upload-{name}", category="up")
+        if status == 201:
+            uploaded.append((body["id"], "held_back", set()))
+    seconds = _wait_for_notes(app, api, [i for i, _, _ in uploaded]) - started
+    noted, examples = _notes_of(api, uploaded)
+    api.close()
+    held_kinds = set(edits.HELD_OUT_KINDS)
+    copy_kinds = [k for k in noted if k != "held_back"]
+
+    def share(kinds: list[str]) -> float:
+        flags = [ok for k in kinds for ok in noted[k]]
+        return round(sum(flags) / max(1, len(flags)), 4)
+
+    f = {
+        "copies": sum(len(noted[k]) for k in copy_kinds),
+        "copies_noted": share(copy_kinds),
+        "tuning_kinds_noted": share([k for k in copy_kinds if k not in held_kinds]),
+        "held_out_kinds_noted": share([k for k in copy_kinds if k in held_kinds]),
+        "per_kind_noted": {k: share([k]) for k in copy_kinds},
+        "held_back": len(noted.get("held_back", [])),
+        "held_back_noted": round(1 - share(["held_back"]), 4) if "held_back" in noted else None,
+        "seconds_until_noted": round(seconds, 1),
+        "misses": examples,
+    }
+    h.log(
+        f"Upload dedupe: {f['copies']} edited copies uploaded, noted as a copy of their original "
+        f"{f['copies_noted']:.3f} (tuning kinds {f['tuning_kinds_noted']:.3f}, held-out kinds "
+        f"{f['held_out_kinds_noted']:.3f}); {f['held_back']} held-back photos, noted a copy "
+        f"{f['held_back_noted']}; all uploaded and noted in {seconds:.0f} s"
+    )
+    h.log("  per kind: " + ", ".join(f"{k} {v:.2f}" for k, v in f["per_kind_noted"].items()))
+    for line in examples:
+        h.log(f"    {line}")
+    return f
+
+
+def _wait_for_notes(app: h.BenchApp, api: h.Api, ids: list[int], timeout: float = 900) -> float:
+    """Until every upload is indexed, the queues are empty and no note has changed for three
+    polls in a row (an index update takes every upload embedded by then: an upload marked
+    indexed may still wait for its note). Returns when the last change was seen."""
+    broker = app._redis()
+    started = last_change = time.perf_counter()
+    seen: dict[int, tuple[str, Any]] = {}
+    steady = 0
+    while steady < 3 and time.perf_counter() - started < timeout:
+        time.sleep(2)
+        now = {i: (d["status"], d.get("near_duplicate_of")) for i in ids for d in [api.image(i)]}
+        waiting = sum(int(broker.llen(q)) for q in ("embed", "embed_bulk", "index", "index_bulk"))
+        settled = now == seen and not waiting and all(state == "indexed" for state, _ in now.values())
+        steady = steady + 1 if settled else 0
+        if now != seen:
+            last_change = time.perf_counter()
+        seen = now
+    return last_change
+
+
+def _notes_of(
+    api: h.Api, uploaded: list[tuple[int, str, set[str]]]
+) -> tuple[dict[str, list[bool]], list[str]]:
+    """For each kind, whether each upload was noted right (a copy: as a copy of its original;
+    a held-back photo: not at all); and some of the wrong ones."""
+    titles: dict[int, str] = {}
+    noted: dict[str, list[bool]] = {}
+    examples: list[str] = []
+    for image_id, kind, right in uploaded:
+        detail = api.image(image_id)
+        of = detail.get("near_duplicate_of")
+        if of is not None and of not in titles:
+            titles[of] = api.image(of)["title"]
+        ok = (of is None) if kind == "held_back" else (of is not None and titles[of] in right)
+        noted.setdefault(kind, []).append(ok)
+        if not ok and len(examples) < 12:
+            why = detail.get("near_duplicate_explanation")
+            examples.append(f"{kind}: {detail['title']} -> {titles.get(of)} ({why})")
+    return noted, examples
 
 
 def with_metric_model(app: h.BenchApp, args, queries, same, negatives, outside_photos) -> dict[str, Any]:

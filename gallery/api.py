@@ -198,6 +198,7 @@ def image_detail(request: HttpRequest, image_id: int) -> dict[str, Any]:
         "moderation": image.moderation,
         "error": image.error,
         "near_duplicate_of": image.near_duplicate_of_id,
+        "near_duplicate_explanation": image.near_duplicate_explanation,
         **image_summary(request, image),
     }
 

@@ -116,6 +116,9 @@ class Image(models.Model):
         related_name="+",
         help_text="The existing item this upload is a copy of (by the copy tiers of search).",
     )
+    near_duplicate_explanation = models.CharField(
+        max_length=200, blank=True, help_text='Why it is a copy, in search\'s words ("a crop of this photo").'
+    )
     uploaded_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

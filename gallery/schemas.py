@@ -57,6 +57,7 @@ class ImageDetailOut(ImageSummaryOut):
     moderation: str
     error: str
     near_duplicate_of: int | None
+    near_duplicate_explanation: str  # why it is a copy ("a crop of this photo"); "" when not one
 
 
 class ReportOut(Schema):

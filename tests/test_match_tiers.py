@@ -355,14 +355,47 @@ def test_upload_dedupe_similar_items_and_duplicates_page_use_the_tiers(client, a
     assert "stretched" not in similar[0]["explanation"]  # the same shape, smaller
     assert all(r["match"] == "similar" for r in similar[1:])
 
-    groups = selectors.near_duplicate_groups()
-    assert [[im.pk for im in g.images] for g in groups] == [[original.pk, copy.pk]]
+    groups = {tuple(im.pk for im in g.images): g for g in selectors.near_duplicate_groups()}
+    assert (original.pk, copy.pk) in groups
     services.duplicate_scan_run(services.duplicate_scan_start().pk)  # the staff page's scan, in-process
     page = admin_client.get(reverse("gallery:duplicates")).content.decode()
-    assert groups[0].explanations[copy.pk] in page
+    assert groups[original.pk, copy.pk].explanations[copy.pk] in page
 
     other = products[22][0]
     assert Image.objects.get(pk=other.pk).near_duplicate_of_id is None
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"), [("turned 8 degrees", "turned"), ("off-centre crop", "crop"), ("mirrored", "mirrored")]
+)
+def test_an_upload_turned_or_cropped_is_noted_a_copy_by_the_whole_pipeline(client, products, edit, words):
+    """A copy whose hash is far (turned, cropped, mirrored) is noted by the same stages as a
+    search's (local features verified), with search's words, on the item, its similar items
+    and the duplicates page; its original's other look-alikes are not."""
+    original, data = products[5]
+    edited = _jpeg(EDITS[edit](_open(data)))
+    searched = _search(client, edited)["results"][0]
+    assert searched["id"] == original.pk and searched["match"] == "near_duplicate", searched
+    upload, _ = services.image_create(data=edited, title="copy", category="products")
+    embed_and_index(upload.pk)
+    upload.refresh_from_db()
+    assert upload.near_duplicate_of_id == original.pk, edit
+    assert words in upload.near_duplicate_explanation, (upload.near_duplicate_explanation, searched)
+
+    detail = client.get(f"/api/images/{upload.pk}").json()
+    assert detail["near_duplicate_of"] == original.pk
+    assert detail["near_duplicate_explanation"] == upload.near_duplicate_explanation
+    similar = client.get(f"/api/images/{original.pk}/similar").json()["results"]
+    assert similar[0]["id"] == upload.pk and similar[0]["match"] == "near_duplicate"
+    assert similar[0]["explanation"] == upload.near_duplicate_explanation
+    theirs = client.get(f"/api/images/{upload.pk}/similar").json()["results"]
+    assert theirs[0]["id"] == original.pk and theirs[0]["match"] == "near_duplicate"
+    page = client.get(reverse("gallery:item", args=[upload.pk])).content.decode()
+    assert upload.near_duplicate_explanation in page
+
+    groups = {tuple(im.pk for im in g.images): g for g in selectors.near_duplicate_groups()}
+    assert groups[original.pk, upload.pk].explanations[upload.pk] == upload.near_duplicate_explanation
+    assert not Image.objects.filter(near_duplicate_of=original).exclude(pk=upload.pk).exists()
 
 
 def test_boxes_are_in_pixels_of_the_photo_as_shown_when_it_is_turned_by_exif(client, products):

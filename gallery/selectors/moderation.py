@@ -60,12 +60,16 @@ def near_duplicate_groups(
 ) -> list[DuplicateGroup]:
     """Groups of searchable items that are copies of one another by the same rule as
     search's tiers (`retrieval.tiers.classify` on the copy channel: perceptual hashes close
-    and copy-model vectors agreeing), linked into connected components. Crops and pictures
-    inside pictures need local-feature checks and are found by searching, not grouped here."""
+    and copy-model vectors agreeing), and the uploads noted as copies by search's whole
+    pipeline (`near_duplicate_of`: turned, cropped, marked copies too), linked into connected
+    components."""
     index = index or index_reader(copy_model()).get()
     if index is None or len(index) < 2:
         return []
-    links = _copy_links(index)
+    noted = Image.objects.filter(near_duplicate_of__isnull=False).values_list(
+        "pk", "near_duplicate_of_id", "near_duplicate_explanation"
+    )
+    links = _copy_links(index) + [(pk, of, why or "an edited copy") for pk, of, why in noted]
     parent: dict[int, int] = {}
 
     def find(x: int) -> int:

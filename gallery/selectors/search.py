@@ -225,7 +225,9 @@ def image_vector(image: Image, ref: ModelRef | None = None) -> np.ndarray | None
 
 
 def image_similar(image: Image, *, k: int = 20) -> SearchResult:
-    """Items like this one; copies of it (by their hashes and the copy model's vectors) first."""
+    """Items like this one; copies of it first: by their hashes and the copy model's vectors,
+    and those noted at upload (`near_duplicate_of`, by search's whole pipeline: a turned or
+    cropped copy too), whether or not the active model ranks them among its nearest."""
     started = time.perf_counter()
     params = retrieval_params()
     active, copies_ref = active_model(), copy_model()
@@ -246,5 +248,30 @@ def image_similar(image: Image, *, k: int = 20) -> SearchResult:
                 Evidence(cosine=cosine, hash_distance=distance, same_aspect=shape), params.copies
             )
             hit.match, hit.explanation = decision.match.value, decision.explanation
-        hits.sort(key=lambda h: h.match not in (Match.EXACT.value, Match.NEAR_DUPLICATE.value))
+    _noted_copies_first(image, hits, clamp_k(k), vector, active)
     return SearchResult(hits, (time.perf_counter() - started) * 1000)
+
+
+def _noted_copies_first(
+    image: Image, hits: list[SearchHit], k: int, vector: np.ndarray | None, ref: ModelRef
+) -> None:
+    """The copies noted at upload (the item's original, the uploads that copy it) labelled
+    so, those missing added; then copies first, at most `k` hits."""
+    noted: dict[int, str] = {
+        pk: why or "an edited copy of this photo"
+        for pk, why in Image.objects.searchable()
+        .filter(near_duplicate_of=image)
+        .values_list("pk", "near_duplicate_explanation")
+    }
+    if image.near_duplicate_of_id is not None:
+        noted[image.near_duplicate_of_id] = "the photo this one is a copy of"
+    shown = {hit.image.pk: hit for hit in hits}
+    missing = Image.objects.searchable().in_bulk([pk for pk in noted if pk not in shown])
+    for row in missing.values():
+        theirs = image_vector(row, ref) if vector is not None else None
+        hits.insert(0, SearchHit(row, float(theirs @ vector) if theirs is not None else 0.0))
+    for hit in hits:
+        if hit.image.pk in noted and hit.match not in (Match.EXACT.value, Match.NEAR_DUPLICATE.value):
+            hit.match, hit.explanation = Match.NEAR_DUPLICATE.value, noted[hit.image.pk]
+    hits.sort(key=lambda h: h.match not in (Match.EXACT.value, Match.NEAR_DUPLICATE.value))
+    del hits[k:]

@@ -21,11 +21,10 @@ import numpy as np
 from django.conf import settings
 from PIL import Image as PILImage
 
-from ..embedders import ModelRef, active_model, copy_model, detail_model, get_embedder
+from ..embedders import ModelRef, active_model, copy_model, get_embedder
 from ..imaging import JpegTables, decode_image, flatten, sha256_of
 from ..models import Image
 from ..retrieval import regions as region_tools
-from ..retrieval.hashes import HASH_BITS, HashMatch, pdq_dihedral
 from ..retrieval.params import RetrievalParams, retrieval_params
 from ..retrieval.recolouring import colours_kept
 from ..retrieval.regions import Box
@@ -47,8 +46,9 @@ from .search import (
     index_reader,
     search_vector,
 )
+from .search_candidates import gather_candidates
 from .search_checks import Candidate, Query, Verifier, match_pixels, stored_colour
-from .search_slots import beside, search_slot
+from .search_slots import search_slot
 
 
 class _Stopwatch:
@@ -92,12 +92,7 @@ def _search_by_image(
             f"{wanted.x / scale},{wanted.y / scale},{wanted.w / scale},{wanted.h / scale}", picture
         )
         picture = offset.crop(picture)
-    shrink = max(picture.size) / params.query_side  # the pipeline works at about query_side
-    if shrink > 1.25:
-        size = (max(1, round(picture.width / shrink)), max(1, round(picture.height / shrink)))
-        picture = picture.resize(size, PILImage.Resampling.BILINEAR, reducing_gap=2.0)
-    else:
-        shrink = 1.0
+    picture, shrink = _at_pipeline_size(picture, params)
     watch.lap("decode")
     same_bytes = (
         None if box else Image.objects.filter(sha256=sha256_of(data)).values_list("pk", flat=True).first()
@@ -117,6 +112,49 @@ def _search_by_image(
         hit.box = to_upload(hit.box) if hit.box else None
     shown = [RegionScore(to_upload(r.box), r.score) for r in regions]
     return SearchResult(hits, (time.perf_counter() - started) * 1000, shown, watch.stages)
+
+
+def _at_pipeline_size(picture: PILImage.Image, params: RetrievalParams) -> tuple[PILImage.Image, float]:
+    """The picture at about `query_side` (the pipeline's working size), and how much smaller."""
+    shrink = max(picture.size) / params.query_side
+    if shrink <= 1.25:
+        return picture, 1.0
+    size = (max(1, round(picture.width / shrink)), max(1, round(picture.height / shrink)))
+    return picture.resize(size, PILImage.Resampling.BILINEAR, reducing_gap=2.0), shrink
+
+
+def upload_copy_of(index: SearchIndex, image: Image, vector: np.ndarray) -> tuple[int, Decision] | None:
+    """The existing item a new upload is a copy of, and why, by search's own stages for a
+    whole picture and its tiers, the upload itself left out: hashes, vectors, verification
+    of the best candidates, the pixel checks; not the region search (an upload is a photo of
+    its own, not a scene to find items in). `vector` is its stored copy-model vector (the
+    index writer calls this, and holds no network). Raises `ImageRejected` or OSError for
+    a file that cannot be read."""
+    params = retrieval_params()
+    with image.file.open("rb") as fh:
+        data = fh.read()
+    decoded = decode_image(
+        data,
+        max_bytes=settings.UPLOAD_MAX_BYTES,
+        max_pixels=settings.UPLOAD_MAX_PIXELS,
+        draft_size=params.query_side,
+    )
+    picture, shrink = _at_pipeline_size(flatten(decoded.image), params)
+    as_stored = shrink == 1.0 and picture.size == (decoded.width, decoded.height)
+    watch = _Stopwatch()
+    query, sure, _ = gather_candidates(
+        index,
+        picture,
+        lambda: vector,
+        params,
+        watch.lap,
+        jpeg=decoded.jpeg if as_stored else None,
+        exclude=image.pk,
+        details=False,
+    )
+    decisions = _decisions(query, sure, [], params, watch, None, None)
+    copies = [(label, d) for label, d in decisions.items() if d.match in COPY_TIERS]
+    return max(copies, key=lambda copy: copy[1].strength, default=None)
 
 
 def _search_picture(
@@ -156,37 +194,37 @@ def _search_index(
     jpeg: JpegTables | None,
 ) -> tuple[list[SearchHit], list[RegionScore]]:
     embedder = get_embedder(copies_ref)
-    # The picture's hashes and their lookups in a helper thread (15 ms at a million items),
-    # beside its vector and the index's nearest (pgvector's: a round trip to the database).
-    hashed = beside(_hash_lookups, index, picture.copy(), params)
-    vector = embedder.embed([picture])[0]
-    watch.lap("embed")
-    nearest = index.query(vector, params.candidates)
-    hashes, by_hash, nearest_hashes = hashed.result()
-    query = Query(picture, index, vector, hashes, jpeg=jpeg)
-    for label, cosine in nearest:
-        query.found(label, cosine, None)
-    for match in by_hash:
-        candidate = query.candidates.setdefault(match.label, Candidate())
-        candidate.hash_distance, candidate.hash_variant = match.distance, match.variant
-        if candidate.cosine < 0:
-            stored = index.vector(match.label)
-            candidate.cosine = float(stored @ query.vector) if stored is not None else 0.0
-    sure = _sure(query, params)
-    if not sure:  # a copy sure by its hash needs no nearest hash at any distance (a full scan)
-        _nearest_hash(query, nearest_hashes, params)
-    details = _search_details(query, params)
-    watch.lap("search")
+    query, sure, details = gather_candidates(
+        index, picture, lambda: embedder.embed([picture])[0], params, watch.lap, jpeg=jpeg
+    )
+    decisions = _decisions(query, sure, details, params, watch, same_bytes, embedder.embed)
+    hits = _rank(query, decisions, k, category, active, copies_ref, params)
+    watch.lap("rank")
+    return hits, _suggested_regions(query, decisions, params)
+
+
+def _decisions(
+    query: Query,
+    sure: bool,
+    details: list[int],
+    params: RetrievalParams,
+    watch: _Stopwatch,
+    same_bytes: int | None,
+    embed: Callable[[list[PILImage.Image]], np.ndarray] | None,
+) -> dict[int, Decision]:
+    """Every candidate classified: the best ones verified unless a copy is sure by its hash;
+    unless one is a copy then, the picture's regions searched (with `embed`) and the next
+    candidates verified; still no copy, the pixel checks."""
     verified: dict[int, Verification | None] = {}
     if not sure:
         # The best whole-picture candidates first: a verified copy needs no region search.
         checker = Verifier(query, params)
         verified = checker.best(params.verified_first, details)
         watch.lap("verify")
-        if not any(
+        if embed is not None and not any(
             verified_copy(v, query.candidates[la].copy_cosine, params.copies) for la, v in verified.items()
         ):
-            _search_regions(query, embedder.embed, params)
+            _search_regions(query, embed, params)
             watch.lap("regions")
             verified |= checker.best(params.verified - len(verified))
             watch.lap("verify")
@@ -200,9 +238,7 @@ def _search_index(
         # under marks?
         _check_pixels(query, evidence, decisions, params, whole)
         watch.lap("pixels")
-    hits = _rank(query, decisions, k, category, active, copies_ref, params)
-    watch.lap("rank")
-    return hits, _suggested_regions(query, decisions, params)
+    return decisions
 
 
 def _check_pixels(
@@ -221,79 +257,6 @@ def _check_pixels(
         decisions[label] = classify(evidence[label], params.copies)
 
 
-def _hash_lookups(
-    index: SearchIndex, picture: PILImage.Image, params: RetrievalParams
-) -> tuple[np.ndarray, list[HashMatch], list[HashMatch] | None]:
-    """The picture's PDQ hashes (mirrors and turns), the items within the loose radius of
-    any, and the two nearest to it as it is at any distance (an exact scan, about 16 ms at a
-    million items): None when a match is already near enough to make a copy sure (`_sure`
-    then needs it only if that match's vector disagrees: `_nearest_hash` scans then)."""
-    hashes = pdq_dihedral(picture)[0]
-    lookup = index.hash_index()
-    matches = lookup.within(hashes, params.copies.loose_hash_distance)
-    if any(m.distance <= params.sure_hash_distance for m in matches):
-        return hashes, matches, None
-    return hashes, matches, lookup.nearest(hashes[0], 2)
-
-
-def _nearest_hash(query: Query, nearest: list[HashMatch] | None, params: RetrievalParams) -> None:
-    """The item whose hash is nearest to the picture's, at any distance, with how much nearer
-    it is than the next one: a copy too changed for the radius lookup (a tiny thumbnail, a
-    sticker over the photo) is still far nearer than everything else. Not called when a copy
-    is already sure by its hash (the radius lookup has then found every hash as near as the
-    copy's); `nearest` is the helper thread's scan, or None when it skipped it."""
-    if nearest is None:
-        nearest = query.index.hash_index().nearest(query.hashes[0], 2)
-    if not nearest or nearest[0].distance > params.copies.nearest_hash_distance:
-        return
-    first = nearest[0]
-    gap = nearest[1].distance - first.distance if len(nearest) > 1 else HASH_BITS
-    candidate = query.candidates.setdefault(first.label, Candidate())
-    if candidate.hash_distance is None or first.distance < candidate.hash_distance:
-        candidate.hash_distance, candidate.hash_variant = first.distance, 0
-    candidate.hash_gap = gap
-    if candidate.cosine < 0:
-        stored = query.index.vector(first.label)
-        candidate.cosine = float(stored @ query.vector) if stored is not None else 0.0
-
-
-def _search_details(query: Query, params: RetrievalParams) -> list[int]:
-    """Items whose details are nearest to the picture (`registry.detail_model`), best first;
-    their detail cosine is kept as evidence, their ranking among look-alikes is unchanged."""
-    ref = detail_model()
-    if ref is None:
-        return []
-    index = index_reader(ref).get()
-    if index is None or len(index) == 0:
-        return []
-    embedder = get_embedder(ref)
-    view = embedder.view_of(query.vector)[0]  # type: ignore[attr-defined]
-    found = index.query(view, params.detail_candidates)
-    kept = []
-    for label, cosine in found:
-        candidate = query.candidates.get(label)
-        if candidate is None or candidate.cosine < 0:
-            stored = query.index.vector(label)
-            if stored is None:
-                continue  # not in the copy index (yet, or any more): not searchable here
-            candidate = query.candidates.setdefault(label, Candidate())
-            candidate.cosine = float(stored @ query.vector)
-        candidate.detail_cosine = max(candidate.detail_cosine, cosine)
-        kept.append(label)
-    return kept[: params.detail_verified]
-
-
-def _sure(query: Query, params: RetrievalParams) -> bool:
-    """A copy found by its hash, close enough and confirmed by its vector: no need to look
-    for it in parts of the picture."""
-    return any(
-        c.hash_distance is not None
-        and c.hash_distance <= params.sure_hash_distance
-        and c.cosine >= params.sure_cosine
-        for c in query.candidates.values()
-    )
-
-
 def _search_regions(
     query: Query, embed: Callable[[list[PILImage.Image]], np.ndarray], params: RetrievalParams
 ) -> None:
@@ -302,7 +265,7 @@ def _search_regions(
         return
     vectors = embed([b.crop(query.picture) for b in boxes])
     for box, vector in zip(boxes, vectors):
-        found = query.index.query(vector, max(5, params.candidates // 3))
+        found = query.neighbours(vector, max(5, params.candidates // 3))
         for label, cosine in found:
             query.found(label, cosine, box)
         if found:

@@ -68,11 +68,25 @@ class Query:
     candidates: dict[int, Candidate] = field(default_factory=dict)
     regions: list[RegionScore] = field(default_factory=list)
     jpeg: JpegTables | None = None  # the query's compression, while `picture` is as stored
+    exclude: int | None = None  # an item that is the picture itself (a new upload's own)
+
+    def neighbours(self, vector: np.ndarray, count: int) -> list[tuple[int, float]]:
+        return neighbours(self.index, vector, count, self.exclude)
 
     def found(self, label: int, cosine: float, region: Box | None) -> None:
+        if label == self.exclude:
+            return
         candidate = self.candidates.setdefault(label, Candidate())
         if cosine > candidate.cosine:
             candidate.cosine, candidate.region = cosine, region
+
+
+def neighbours(
+    index: SearchIndex, vector: np.ndarray, count: int, exclude: int | None
+) -> list[tuple[int, float]]:
+    """The copy index's `count` nearest items to a vector, leaving out `exclude`."""
+    found = index.query(vector, count + (exclude is not None))
+    return [(label, cosine) for label, cosine in found if label != exclude][:count]
 
 
 # (detector, on the query's mirror image), cheapest first; the checks stop at a copy.
@@ -211,7 +225,7 @@ def match_pixels(query: Query, params: RetrievalParams) -> list[tuple[int, Pixel
     the query's candidates."""
     candidates = query.candidates
     by_cosine = sorted(candidates, key=lambda label: -candidates[label].copy_cosine)
-    nearest = dict(query.index.query(query.vector, params.pixel_candidates))
+    nearest = dict(query.neighbours(query.vector, params.pixel_candidates))
     # Candidates of the whole picture first (its vector's, hash's and details' neighbours):
     # the checks compare the whole picture. Those found only by a region of it (the region
     # search adds up to 150) pushed a close-up's item, often 30th-100th, off the list: on 120

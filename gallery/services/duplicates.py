@@ -2,6 +2,8 @@
 task whose groups are stored for the staff page (a scan of a large gallery takes minutes; a
 page must not); and the note on a new upload of the item it copies."""
 
+import logging
+
 import numpy as np
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
@@ -9,14 +11,16 @@ from django.db import transaction
 from django.utils import timezone
 
 from ..embedders import copy_model
+from ..imaging import ImageRejected
 from ..models import DuplicateGroupRow, DuplicateScan, Embedding, Image
-from ..retrieval.params import retrieval_params
-from ..retrieval.tiers import COPY_TIERS, Evidence, classify
 from ..selectors.index_journal import index_current
 from ..selectors.moderation import near_duplicate_groups
 from ..selectors.search import SearchIndex, pgvector_index, vectors_in_database
+from ..selectors.search_by_image import upload_copy_of
 from . import dispatch
 from .inputs import acting_user
+
+logger = logging.getLogger(__name__)
 
 
 def duplicate_scan_start(*, user: AbstractBaseUser | AnonymousUser | None = None) -> DuplicateScan:
@@ -67,28 +71,27 @@ def duplicate_scan_run(scan_id: int) -> int:
 
 
 def near_duplicates_note(index: SearchIndex, image_ids: list[int]) -> int:
-    """Record on each of these new items the closest other item when it is a copy by the same
-    rule as search's tiers (its hash and vector agree), for staff and uploaders. The index
-    writer calls it with the copy index it holds, once the items are in it: no other process
-    has to load that index for it (1.4 GB at a million items). Returns the copies noted."""
-    codes = {
-        pk: np.frombuffer(bytes(pdq), dtype=np.uint8)
-        for pk, pdq in Image.objects.filter(pk__in=image_ids, pdq__isnull=False).values_list("pk", "pdq")
-        if pdq is not None
-    }
-    if not codes or len(index) == 0:
+    """Record on each of these new uploads the existing item it is a copy of, and why, by
+    search's own stages and tiers (`search_by_image.upload_copy_of`: a turned, cropped,
+    recoloured or marked copy too, not only one whose hash is near), for staff and
+    uploaders. The index writer calls it with the copy index it holds, once the items are in
+    it: no other process has to load that index for it (1.4 GB at a million items). A file
+    that cannot be read is logged and left unnoted. Returns the copies noted."""
+    if len(index) == 0:
         return 0
-    rows = Embedding.objects.filter(image_id__in=list(codes), model_name=copy_model().name)
+    images = Image.objects.filter(pk__in=image_ids).in_bulk()
+    rows = Embedding.objects.filter(image_id__in=list(images), model_name=copy_model().name)
     noted = 0
     for image_id, vector in rows.values_list("image_id", "vector"):
-        query = np.frombuffer(bytes(vector), dtype=np.float32)
-        hits = [(label, score) for label, score in index.query(query, 3) if label != image_id]
-        if not hits:
+        try:
+            found = upload_copy_of(index, images[image_id], np.frombuffer(bytes(vector), dtype=np.float32))
+        except (OSError, ImageRejected) as exc:
+            logger.warning("no copy note for image %s: its file cannot be read (%s)", image_id, exc)
             continue
-        label, score = hits[0]
-        distance = index.hash_distances([label], codes[image_id]).get(label)
-        evidence = Evidence(cosine=score, hash_distance=distance)
-        if classify(evidence, retrieval_params().copies).match in COPY_TIERS:
-            Image.objects.filter(pk=image_id).update(near_duplicate_of_id=label)
+        if found is not None:
+            label, decision = found
+            Image.objects.filter(pk=image_id).update(
+                near_duplicate_of_id=label, near_duplicate_explanation=decision.explanation[:200]
+            )
             noted += 1
     return noted
