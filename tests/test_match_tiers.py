@@ -365,15 +365,28 @@ def test_upload_dedupe_similar_items_and_duplicates_page_use_the_tiers(client, a
     assert Image.objects.get(pk=other.pk).near_duplicate_of_id is None
 
 
+def _on_canvas(im: PILImage.Image) -> PILImage.Image:
+    """The photo off-centre on a larger grey canvas (a screenshot's margins, a poster)."""
+    canvas = PILImage.new("RGB", (im.width * 5, im.height * 4), (205, 205, 205))
+    canvas.paste(im, (im.width // 3, im.height // 2))
+    return canvas
+
+
 @pytest.mark.parametrize(
-    ("edit", "words"), [("turned 8 degrees", "turned"), ("off-centre crop", "crop"), ("mirrored", "mirrored")]
+    ("edit", "words"),
+    [
+        ("turned 8 degrees", "turned"),
+        ("off-centre crop", "crop"),
+        ("mirrored", "mirrored"),
+        ("on a canvas", "inside a larger picture"),
+    ],
 )
 def test_an_upload_turned_or_cropped_is_noted_a_copy_by_the_whole_pipeline(client, products, edit, words):
     """A copy whose hash is far (turned, cropped, mirrored) is noted by the same stages as a
     search's (local features verified), with search's words, on the item, its similar items
     and the duplicates page; its original's other look-alikes are not."""
     original, data = products[5]
-    edited = _jpeg(EDITS[edit](_open(data)))
+    edited = _jpeg({**EDITS, "on a canvas": _on_canvas}[edit](_open(data)))
     searched = _search(client, edited)["results"][0]
     assert searched["id"] == original.pk and searched["match"] == "near_duplicate", searched
     upload, _ = services.image_create(data=edited, title="copy", category="products")

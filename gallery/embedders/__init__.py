@@ -9,7 +9,7 @@
 
 Importing this package does not import torch."""
 
-from .cache import get_embedder, loaded_embedders
+from .cache import get_embedder, loaded_embedders, torch_free_embedder
 from .factory import build_embedder
 from .registry import (
     ACTIVE_TTL_SECONDS,
@@ -42,4 +42,5 @@ __all__ = [
     "pretrained_ref",
     "remember_active_model",
     "served_models",
+    "torch_free_embedder",
 ]

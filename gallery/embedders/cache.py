@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 _lock = threading.RLock()  # re-entered: a detail embedder is built on the copy model's
 _cache: dict[str, tuple[str, "Embedder"]] = {}  # model name -> (cache key, embedder)
+_torch_free: tuple[str, "Embedder"] | None = None  # (cache key, embedder): `torch_free_embedder`
 
 
 def _cache_key(ref: ModelRef) -> str:
@@ -47,6 +48,23 @@ def get_embedder(ref: ModelRef | None = None) -> "Embedder":
         embedder = build_embedder(ref)
         _cache[ref.name] = (key, embedder)
         return embedder
+
+
+def torch_free_embedder(ref: ModelRef) -> "Embedder | None":
+    """The model's query embedder from its agreed ONNX graph (`onnx_query`: a worker records
+    it when it loads the model), or None while there is none: for a process that must not
+    load torch (the index writer, for its notes of uploaded copies). One per process, like
+    `get_embedder`'s; another model's is let go."""
+    from .onnx_query import query_embedder  # onnxruntime, no torch
+
+    global _torch_free
+    key = _cache_key(ref)
+    with _lock:
+        if _torch_free is not None and _torch_free[0] == key:
+            return _torch_free[1]
+        found = query_embedder(ref.name, ref.weights or "", full=lambda: build_embedder(ref))
+        _torch_free = (key, found) if found is not None else None
+        return found  # type: ignore[no-any-return]
 
 
 def loaded_embedders() -> list[str]:

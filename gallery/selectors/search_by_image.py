@@ -123,13 +123,19 @@ def _at_pipeline_size(picture: PILImage.Image, params: RetrievalParams) -> tuple
     return picture.resize(size, PILImage.Resampling.BILINEAR, reducing_gap=2.0), shrink
 
 
-def upload_copy_of(index: SearchIndex, image: Image, vector: np.ndarray) -> tuple[int, Decision] | None:
-    """The existing item a new upload is a copy of, and why, by search's own stages for a
-    whole picture and its tiers, the upload itself left out: hashes, vectors, verification
-    of the best candidates, the pixel checks; not the region search (an upload is a photo of
-    its own, not a scene to find items in). `vector` is its stored copy-model vector (the
-    index writer calls this, and holds no network). Raises `ImageRejected` or OSError for
-    a file that cannot be read."""
+def upload_copy_of(
+    index: SearchIndex,
+    image: Image,
+    vector: np.ndarray,
+    embed: Callable[[list[PILImage.Image]], np.ndarray] | None,
+) -> tuple[int, Decision] | None:
+    """The existing item a new upload is a copy of, and why, by search's own stages and
+    tiers, the upload itself left out: hashes, vectors, verification of the best candidates,
+    the picture's content box and framed pictures (a copy with margins, in a frame, a
+    screenshot) searched with `embed` when given, the pixel checks; not the grid over the
+    picture (an item somewhere in a scene makes another photo, not a copy of this one).
+    `vector` is its stored copy-model vector. Raises `ImageRejected` or OSError for a file
+    that cannot be read."""
     params = retrieval_params()
     with image.file.open("rb") as fh:
         data = fh.read()
@@ -152,7 +158,8 @@ def upload_copy_of(index: SearchIndex, image: Image, vector: np.ndarray) -> tupl
         exclude=image.pk,
         details=False,
     )
-    decisions = _decisions(query, sure, [], params, watch, None, None)
+    depth = _Depth(embed, (), 2 * params.verified_first)
+    decisions = _decisions(query, sure, [], params, watch, None, depth)
     copies = [(label, d) for label, d in decisions.items() if d.match in COPY_TIERS]
     return max(copies, key=lambda copy: copy[1].strength, default=None)
 
@@ -197,10 +204,20 @@ def _search_index(
     query, sure, details = gather_candidates(
         index, picture, lambda: embedder.embed([picture])[0], params, watch.lap, jpeg=jpeg
     )
-    decisions = _decisions(query, sure, details, params, watch, same_bytes, embedder.embed)
+    depth = _Depth(embedder.embed, params.grid, params.verified)
+    decisions = _decisions(query, sure, details, params, watch, same_bytes, depth)
     hits = _rank(query, decisions, k, category, active, copies_ref, params)
     watch.lap("rank")
     return hits, _suggested_regions(query, decisions, params)
+
+
+@dataclass(frozen=True)
+class _Depth:
+    """How far `_decisions` looks past the whole picture's best candidates."""
+
+    embed: Callable[[list[PILImage.Image]], np.ndarray] | None  # the regions' (None: no regions)
+    grid: tuple[tuple[float, int], ...]  # () : the content box and framed pictures only
+    verified: int  # candidates verified in all
 
 
 def _decisions(
@@ -210,23 +227,23 @@ def _decisions(
     params: RetrievalParams,
     watch: _Stopwatch,
     same_bytes: int | None,
-    embed: Callable[[list[PILImage.Image]], np.ndarray] | None,
+    depth: _Depth,
 ) -> dict[int, Decision]:
     """Every candidate classified: the best ones verified unless a copy is sure by its hash;
-    unless one is a copy then, the picture's regions searched (with `embed`) and the next
-    candidates verified; still no copy, the pixel checks."""
+    unless one is a copy then, the picture's regions searched and the next candidates
+    verified; still no copy, the pixel checks."""
     verified: dict[int, Verification | None] = {}
     if not sure:
         # The best whole-picture candidates first: a verified copy needs no region search.
         checker = Verifier(query, params)
         verified = checker.best(params.verified_first, details)
         watch.lap("verify")
-        if embed is not None and not any(
+        if depth.embed is not None and not any(
             verified_copy(v, query.candidates[la].copy_cosine, params.copies) for la, v in verified.items()
         ):
-            _search_regions(query, embed, params)
+            _search_regions(query, depth.embed, depth.grid, params)
             watch.lap("regions")
-            verified |= checker.best(params.verified - len(verified))
+            verified |= checker.best(depth.verified - len(verified))
             watch.lap("verify")
     whole = _whole(query, same_bytes, params)
     evidence = {
@@ -258,9 +275,12 @@ def _check_pixels(
 
 
 def _search_regions(
-    query: Query, embed: Callable[[list[PILImage.Image]], np.ndarray], params: RetrievalParams
+    query: Query,
+    embed: Callable[[list[PILImage.Image]], np.ndarray],
+    grid: tuple[tuple[float, int], ...],
+    params: RetrievalParams,
 ) -> None:
-    boxes = region_tools.proposals(query.picture, scales=params.grid)
+    boxes = region_tools.proposals(query.picture, scales=grid)
     if not boxes:
         return
     vectors = embed([b.crop(query.picture) for b in boxes])

@@ -10,7 +10,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.db import transaction
 from django.utils import timezone
 
-from ..embedders import copy_model
+from ..embedders import copy_model, torch_free_embedder
 from ..imaging import ImageRejected
 from ..models import DuplicateGroupRow, DuplicateScan, Embedding, Image
 from ..selectors.index_journal import index_current
@@ -79,12 +79,16 @@ def near_duplicates_note(index: SearchIndex, image_ids: list[int]) -> int:
     that cannot be read is logged and left unnoted. Returns the copies noted."""
     if len(index) == 0:
         return 0
+    ref = copy_model()
     images = Image.objects.filter(pk__in=image_ids).in_bulk()
-    rows = Embedding.objects.filter(image_id__in=list(images), model_name=copy_model().name)
+    rows = Embedding.objects.filter(image_id__in=list(images), model_name=ref.name)
+    embedder = torch_free_embedder(ref)  # this process never loads torch: no graph, no regions
+    embed = embedder.embed if embedder is not None else None
     noted = 0
     for image_id, vector in rows.values_list("image_id", "vector"):
         try:
-            found = upload_copy_of(index, images[image_id], np.frombuffer(bytes(vector), dtype=np.float32))
+            stored = np.frombuffer(bytes(vector), dtype=np.float32)
+            found = upload_copy_of(index, images[image_id], stored, embed)
         except (OSError, ImageRejected) as exc:
             logger.warning("no copy note for image %s: its file cannot be read (%s)", image_id, exc)
             continue
