@@ -449,12 +449,14 @@ def _notes_of(
     titles: dict[int, str] = {}
     noted: dict[str, list[bool]] = {}
     examples: list[str] = []
+    originals = {image_id: right for image_id, _, right in uploaded}  # a copy of a copy is right too
     for image_id, kind, right in uploaded:
         detail = api.image(image_id)
         of = detail.get("near_duplicate_of")
         if of is not None and of not in titles:
             titles[of] = api.image(of)["title"]
-        ok = (of is None) if kind == "held_back" else (of is not None and titles[of] in right)
+        copied = of is not None and (titles[of] in right or bool(originals.get(of, set()) & right))
+        ok = (of is None) if kind == "held_back" else copied
         noted.setdefault(kind, []).append(ok)
         if not ok and len(examples) < 12:
             why = detail.get("near_duplicate_explanation")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import pickle
 import sys
 from collections import Counter
 from typing import Any
@@ -47,6 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--set", action="append", default=[], metavar="NAME=VALUE", help="a CopyThresholds field to try"
     )
+    parser.add_argument("--dump", default="", help="also pickle the recorded evidence to this file")
     h.common_arguments(parser, redis_db=6)
     args = parser.parse_args(argv)
     args.limit, args.outside = 0, 1  # robust.load_catalogue / load_outside read these
@@ -147,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         app.setup_django()
         settings = parse_settings(args.set)
         record_evidence(items + negatives)
+    if args.dump:
+        with open(args.dump, "wb") as fh:
+            pickle.dump({"items": items, "negatives": negatives}, fh)
     rows = {"as is": classified(items, negatives, {})}
     rows |= {f"{k}={v}": classified(items, negatives, {k: v}) for k, v in settings.items()}
     if len(settings) > 1:
