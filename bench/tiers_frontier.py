@@ -97,7 +97,17 @@ def record_evidence(items: list[dict[str, Any]]) -> None:
 
 
 def classified(items: list[dict[str, Any]], negatives: list[dict[str, Any]], over: dict[str, float]) -> dict:
-    from gallery.retrieval.tiers import COPY_TIERS, CopyThresholds, classify  # Django is set up by then
+    from gallery.retrieval.tiers import (  # Django is set up by then
+        COPY_TIERS,
+        CopyThresholds,
+        classify,
+        contested,
+    )
+
+    def decided(evidence: dict[int, Any], t: CopyThresholds) -> dict[int, Any]:
+        decisions = {pk: classify(e, t) for pk, e in evidence.items()}
+        contested(decisions, evidence, t)
+        return decisions
 
     t = dataclasses.replace(CopyThresholds(), **over)  # type: ignore[arg-type]
     first: Counter[str] = Counter()
@@ -105,16 +115,14 @@ def classified(items: list[dict[str, Any]], negatives: list[dict[str, Any]], ove
     for q in items:
         group = "held_out" if q["kind"] in edits.HELD_OUT_KINDS else "tuning"
         counted[group] += 1
-        decisions = {pk: classify(e, t) for pk, e in q["evidence"].items()}
+        decisions = decided(q["evidence"], t)
         copies = sorted(
             (pk for pk, d in decisions.items() if d.match in COPY_TIERS),
             key=lambda pk: -decisions[pk].strength,
         )
         first[group] += bool(copies) and copies[0] == q["target"]
     labelled = [
-        q["name"]
-        for q in negatives
-        if any(classify(e, t).match in COPY_TIERS for e in q["evidence"].values())
+        q["name"] for q in negatives if any(d.match in COPY_TIERS for d in decided(q["evidence"], t).values())
     ]
     return {
         "labelled_first": {g: round(first[g] / counted[g], 4) for g in counted},

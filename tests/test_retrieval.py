@@ -377,6 +377,39 @@ def test_a_photo_mostly_under_marks_with_a_clear_lead_is_not_a_copy_but_leads_th
         assert classify(Evidence(cosine=0.4, pixels={PixelCheck.OVERLAID: other}), t).strength < 1.0
 
 
+def test_a_copy_by_local_features_that_another_item_matches_nearly_as_well_is_a_look_alike():
+    """The same model in the same pose in another shirt matches every photo of that shot:
+    a ratio test between items. A copy its hash confirms, or two photos that are both
+    copies (one picture listed twice), are not contested."""
+    from gallery.retrieval.tiers import contested
+    from gallery.retrieval.verify import Verification
+
+    t = CopyThresholds()
+
+    def checked(inliers: int, agreement: float) -> Verification:
+        return Verification(inliers, Box(0, 0, 60, 80), False, 0.0, 1.0, 1.0, agreement)
+
+    def decide(evidence: dict[int, Evidence]) -> dict[int, Decision]:
+        decisions = {label: classify(e, t) for label, e in evidence.items()}
+        contested(decisions, evidence, t)
+        return decisions
+
+    shot = {1: Evidence(cosine=0.96, verification=checked(24, 0.75))}
+    assert decide(shot)[1].match == Match.NEAR_DUPLICATE
+    rival = Evidence(cosine=0.97, verification=checked(20, 0.6))  # not a copy itself
+    decided = decide(shot | {2: rival})
+    assert decided[1].match == Match.SIMILAR and decided[2].match == Match.SIMILAR
+    assert decided[1].strength > 1.0 > decided[2].strength  # still the likeliest look-alike
+    assert (
+        decide(shot | {2: Evidence(cosine=0.97, verification=checked(12, 0.6))})[1].match
+        == Match.NEAR_DUPLICATE
+    )
+    twice = {1: shot[1], 2: Evidence(cosine=0.97, verification=checked(23, 0.8))}
+    assert all(d.match == Match.NEAR_DUPLICATE for d in decide(twice).values())
+    hashed = {1: Evidence(cosine=0.96, hash_distance=10, verification=checked(24, 0.75)), 2: rival}
+    assert decide(hashed)[1].match == Match.NEAR_DUPLICATE
+
+
 def test_a_query_is_black_and_white_only_when_no_part_of_it_has_colour():
     """A red tie on a white page is mostly white, yet a colour photo: a copy of its catalogue
     photo is not explained as "in black and white"; the grey copy of any photo is."""

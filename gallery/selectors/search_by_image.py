@@ -33,6 +33,7 @@ from ..retrieval.tiers import (
     Decision,
     Evidence,
     classify,
+    contested,
     same_shape,
     verified_copy,
 )
@@ -250,10 +251,12 @@ def _decisions(
         label: _evidence(c, label, whole, verified.get(label)) for label, c in query.candidates.items()
     }
     decisions = {label: classify(e, params.copies) for label, e in evidence.items()}
+    contested(decisions, evidence, params.copies)
     if not any(d.match in COPY_TIERS for d in decisions.values()):
         # No copy yet: is the picture part of a candidate's photo, or all of it smaller or
         # under marks?
         _check_pixels(query, evidence, decisions, params, whole)
+        contested(decisions, evidence, params.copies)
         watch.lap("pixels")
     return decisions
 
