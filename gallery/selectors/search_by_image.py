@@ -8,8 +8,10 @@
    each embedded and searched, and the next candidates verified;
 4. still no copy: the picture's pixels looked for in the best candidates' photos (a close-up
    of a detail, a smaller copy of the whole photo, or the photo under marks: `retrieval.pixels`);
-5. every candidate classified `exact` / `near_duplicate` / `similar` (`retrieval.tiers`);
-   copies first, then look-alikes by the active model's similarity."""
+5. every candidate classified `exact` / `near_duplicate` / `similar` (`retrieval.tiers`; a
+   copy by local features that another item matches nearly as well is a look-alike);
+   copies first, then look-alikes by the active model's similarity.
+A new upload is checked for the item it copies by the same stages (`upload_copy_of`)."""
 
 from __future__ import annotations
 
