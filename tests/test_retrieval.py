@@ -24,7 +24,7 @@ from gallery.retrieval.pixels import (
     item_pixels,
     laid_colour_agreement,
 )
-from gallery.retrieval.recolouring import recolouring
+from gallery.retrieval.recolouring import Recolouring, recolouring
 from gallery.retrieval.regions import Box
 from gallery.retrieval.tiers import (
     CopyThresholds,
@@ -408,6 +408,10 @@ def test_a_copy_by_local_features_that_another_item_matches_nearly_as_well_is_a_
     assert all(d.match == Match.NEAR_DUPLICATE for d in decide(twice).values())
     hashed = {1: Evidence(cosine=0.96, hash_distance=10, verification=checked(24, 0.75)), 2: rival}
     assert decide(hashed)[1].match == Match.NEAR_DUPLICATE
+    variant = checked(30, 0.6)  # the same shot in another colour: its colours tell it apart
+    variant.recolouring = Recolouring(kept=0.2, changed=0.5, same_detail=0.8)
+    assert colour_variant(variant, t)
+    assert decide(shot | {2: Evidence(cosine=0.97, verification=variant)})[1].match == Match.NEAR_DUPLICATE
 
 
 def test_a_query_is_black_and_white_only_when_no_part_of_it_has_colour():

@@ -250,11 +250,14 @@ def contested(decisions: dict[int, Decision], evidence: dict[int, Evidence], t: 
     """Copies by local features alone that another candidate, not a copy, matches nearly as
     well (`CopyThresholds.rival_inliers`) become the likeliest look-alike instead: first
     among look-alikes, not labelled a copy. Copies of one picture listed twice in the
-    catalogue are both copies, and rival neither."""
+    catalogue are both copies, and rival neither; nor does another colour of the same shot
+    (`colour_variant`): the colours already tell the two apart."""
     rivals = {
         label: e.verification.inliers
         for label, e in evidence.items()
-        if e.verification is not None and decisions[label].match not in COPY_TIERS
+        if e.verification is not None
+        and decisions[label].match not in COPY_TIERS
+        and not colour_variant(e.verification, t)
     }
     for label, d in list(decisions.items()):
         rival = max((n for other, n in rivals.items() if other != label), default=0)
