@@ -408,6 +408,8 @@ def test_a_copy_by_local_features_that_another_item_matches_nearly_as_well_is_a_
     assert all(d.match == Match.NEAR_DUPLICATE for d in decide(twice).values())
     hashed = {1: Evidence(cosine=0.96, hash_distance=10, verification=checked(24, 0.75)), 2: rival}
     assert decide(hashed)[1].match == Match.NEAR_DUPLICATE
+    beside = Verification(20, Box(100, 0, 60, 80), False, 0.0, 1.0, 0.4, 0.6)  # another part of it
+    assert decide(shot | {2: Evidence(cosine=0.97, verification=beside)})[1].match == Match.NEAR_DUPLICATE
     variant = checked(30, 0.6)  # the same shot in another colour: its colours tell it apart
     variant.recolouring = Recolouring(kept=0.2, changed=0.5, same_detail=0.8)
     assert colour_variant(variant, t)

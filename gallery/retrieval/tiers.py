@@ -248,22 +248,26 @@ def classify(evidence: Evidence, thresholds: CopyThresholds) -> Decision:
 
 def contested(decisions: dict[int, Decision], evidence: dict[int, Evidence], t: CopyThresholds) -> None:
     """Copies by local features alone that another candidate, not a copy, matches nearly as
-    well (`CopyThresholds.rival_inliers`) become the likeliest look-alike instead: first
-    among look-alikes, not labelled a copy. Copies of one picture listed twice in the
-    catalogue are both copies, and rival neither; nor does another colour of the same shot
-    (`colour_variant`): the colours already tell the two apart."""
-    rivals = {
-        label: e.verification.inliers
+    well (`CopyThresholds.rival_inliers`) in the same part of the picture become the
+    likeliest look-alike instead: first among look-alikes, not labelled a copy. Copies of one
+    picture listed twice in the catalogue are both copies, and rival neither; nor does
+    another colour of the same shot (`colour_variant`: its colours tell the two apart), nor
+    an item found in another part of the picture (two items side by side)."""
+    rivals = [
+        e.verification
         for label, e in evidence.items()
         if e.verification is not None
         and decisions[label].match not in COPY_TIERS
         and not colour_variant(e.verification, t)
-    }
+    ]
     for label, d in list(decisions.items()):
-        rival = max((n for other, n in rivals.items() if other != label), default=0)
-        if d.inliers and d.match in COPY_TIERS and rival >= t.rival_inliers * d.inliers:
+        v = evidence[label].verification
+        if not d.inliers or d.match not in COPY_TIERS or v is None:
+            continue
+        rival = max((r.inliers for r in rivals if r is not v and r.box.iou(v.box) >= 0.5), default=0)
+        if rival >= t.rival_inliers * d.inliers:
             words = "much like this photo, and others shot the same way"
-            decisions[label] = Decision(Match.SIMILAR, words, None, 1.0 + evidence[label].cosine)
+            decisions[label] = Decision(Match.SIMILAR, words, d.box, 1.0 + evidence[label].cosine)
 
 
 def _geometric_explanation(v: Verification, e: Evidence) -> str:
