@@ -37,6 +37,7 @@ from gallery.retrieval.tiers import (
 )
 from gallery.retrieval.verify import (
     Detector,
+    features,
     item_features,
     mirrored_query_features,
     query_features,
@@ -115,6 +116,27 @@ def test_each_detector_verifies_a_copy_on_a_canvas_and_not_another_item(detector
     )  # pixels of the 512-wide query
     wrong = verify(query, None, item_features(other, detector))
     assert wrong is None or wrong.inliers < 15 or wrong.agreement < 0.3
+
+
+@pytest.mark.parametrize("detector", list(Detector))
+def test_an_item_s_features_are_kept_small_and_verify_exactly_as_the_full_ones(detector):
+    """A process caches thousands of items' features: the compact ones (the grey photo at
+    its own size, SIFT's descriptors as bytes) must give the very same verification."""
+    item = _products(1)[0]
+    canvas = PILImage.new("RGB", (1024, 768), (240, 240, 235))
+    canvas.paste(item.rotate(6, expand=True, fillcolor=(240, 240, 235)).resize((430, 570)), (300, 90))
+    query = query_features(canvas.resize((512, 384)), detector)
+    compact = item_features(item, detector)
+    full = features(item, detector.item_side, detector)
+
+    def kept(f):
+        return sum(a.nbytes for a in (f.points, f.descriptors, f._grey) if a is not None)
+
+    assert kept(compact) * 3 < kept(full)
+    assert np.array_equal(compact.grey, full.grey)
+    a, b = verify(query, None, compact), verify(query, None, full)
+    assert a is not None and b is not None and a.inliers >= 15
+    assert (a.inliers, a.box, a.agreement) == (b.inliers, b.box, b.agreement)
 
 
 def test_a_close_up_s_pixels_are_found_in_its_photo_and_lead_the_other_candidates():

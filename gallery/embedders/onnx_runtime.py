@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from django.conf import settings
 
-from .onnx_query import QueryPreprocessing, safe_name, session, write_manifest
+from .onnx_query import GraphSessions, QueryPreprocessing, safe_name, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -113,17 +113,13 @@ def fast_forward(
         with _lock:
             if not path.exists():
                 _export(module, path, image_size)
-        sessions = [session(ort, path, 1), session(ort, path, max(1, settings.TORCH_THREADS))]
+        sessions = GraphSessions(ort, path, settings.TORCH_THREADS)
     except Exception as exc:  # an operator the exporter or ORT lacks: eager PyTorch serves
         logger.warning("%s runs in eager PyTorch: no ONNX graph (%s: %s)", name, type(exc).__name__, exc)
         return eager, f"torch (export failed: {type(exc).__name__})"
 
     def run(x: torch.Tensor) -> np.ndarray:
-        # One query on the calling thread (a web process serves several at once, one per
-        # core); a batch (the workers) on TORCH_THREADS threads.
-        session = sessions[0] if len(x) <= 2 else sessions[1]
-        out: np.ndarray = session.run(None, {"pixels": np.ascontiguousarray(x.numpy(), dtype=np.float32)})[0]
-        return out
+        return sessions.run(np.ascontiguousarray(x.numpy(), dtype=np.float32))
 
     probe = probe_batch(image_size)
     difference = max(largest_difference(run(batch), eager(batch)) for batch in (probe, probe[:1]))

@@ -53,13 +53,33 @@ _matchers = {Detector.ORB: cv2.BFMatcher(cv2.NORM_HAMMING), Detector.SIFT: cv2.B
 class Features:
     detector: Detector
     points: np.ndarray  # n x 2, pixels of the original picture
-    descriptors: np.ndarray | None  # n x 128 float32 (SIFT), n x 32 uint8 (ORB)
+    # n x 32 uint8 (ORB); n x 128 (SIFT: OpenCV's values are whole numbers 0-255, kept as
+    # uint8 when `compact`, a quarter of float32's memory)
+    descriptors: np.ndarray | None
     size: tuple[int, int]  # the original picture's width, height
-    grey: np.ndarray  # the picture in grey at the features' scale (for the pixel check)
     scale: float  # feature pixels per original pixel
+    # The picture in grey at the features' scale, or None when `source` makes it on demand
+    _grey: np.ndarray | None = None
+    source: Image.Image | None = None  # the picture in grey at its own (smaller) size
 
     def __len__(self) -> int:
         return len(self.points)
+
+    @property
+    def grey(self) -> np.ndarray:
+        """The picture in grey at the features' scale (for the pixel check)."""
+        if self._grey is not None:
+            return self._grey
+        assert self.source is not None
+        return np.asarray(_resized(self.source, self.scale))
+
+    def float_descriptors(self) -> np.ndarray:
+        """The descriptors as the matcher takes them (SIFT's as float32); there must be some."""
+        if self.descriptors is None:
+            raise ValueError("no descriptors to match")
+        if self.detector is Detector.SIFT:
+            return self.descriptors.astype(np.float32, copy=False)
+        return self.descriptors
 
     @cached_property
     def edges(self) -> np.ndarray:
@@ -67,15 +87,29 @@ class Features:
         return _edges(self.grey)
 
 
-def features(image: Image.Image, side: int, detector: Detector = Detector.SIFT) -> Features:
+def features(
+    image: Image.Image, side: int, detector: Detector = Detector.SIFT, *, compact: bool = False
+) -> Features:
+    """`compact`: kept small for a cache (the grey picture at its own size when that is
+    smaller, remade when the pixel check needs it; SIFT descriptors as uint8): an item's
+    features 100 kB -> about 25 kB, the same matches."""
     grey = image.convert("L")
     scale = side / max(grey.size)
-    resized = grey.resize(
-        (max(1, round(grey.width * scale)), max(1, round(grey.height * scale))), Image.Resampling.BICUBIC
-    )
+    resized = _resized(grey, scale)
     keypoints, descriptors = _detectors[detector].detectAndCompute(np.asarray(resized), None)
     points = np.array([k.pt for k in keypoints], dtype=np.float32).reshape(-1, 2) / scale
-    return Features(detector, points, descriptors, image.size, np.asarray(resized), scale)
+    if not compact:
+        return Features(detector, points, descriptors, image.size, scale, np.asarray(resized))
+    if descriptors is not None and detector is Detector.SIFT:
+        descriptors = descriptors.astype(np.uint8)
+    if scale > 1:  # enlarged: its own size is the smaller one to keep
+        return Features(detector, points, descriptors, image.size, scale, source=grey)
+    return Features(detector, points, descriptors, image.size, scale, np.asarray(resized))
+
+
+def _resized(grey: Image.Image, scale: float) -> Image.Image:
+    size = (max(1, round(grey.width * scale)), max(1, round(grey.height * scale)))
+    return grey.resize(size, Image.Resampling.BICUBIC)
 
 
 def query_features(image: Image.Image, detector: Detector) -> Features:
@@ -88,7 +122,7 @@ def mirrored_query_features(image: Image.Image, detector: Detector) -> Features:
 
 
 def item_features(image: Image.Image, detector: Detector) -> Features:
-    return features(image, detector.item_side, detector)
+    return features(image, detector.item_side, detector, compact=True)
 
 
 @dataclass
@@ -113,7 +147,7 @@ def _homography(query: Features, item: Features) -> tuple[np.ndarray, np.ndarray
         return None
     if query.detector is not item.detector:
         raise ValueError("features of different detectors do not match")
-    pairs = _matchers[item.detector].knnMatch(query.descriptors, item.descriptors, k=2)
+    pairs = _matchers[item.detector].knnMatch(query.float_descriptors(), item.float_descriptors(), k=2)
     good = [m for m, n in (p for p in pairs if len(p) == 2) if m.distance < RATIO * n.distance]
     if len(good) < 6:
         return None
@@ -190,8 +224,9 @@ def agreement(h: np.ndarray, query: Features, item: Features) -> float:
         to_query = np.linalg.inv(to_item)
     except np.linalg.LinAlgError:
         return 0.0
-    warped = cv2.warpPerspective(item.grey, to_query, (qw, qh), flags=cv2.INTER_LINEAR)
-    inside = cv2.warpPerspective(np.full(item.grey.shape, 255, np.uint8), to_query, (qw, qh)) > 250
+    grey = item.grey
+    warped = cv2.warpPerspective(grey, to_query, (qw, qh), flags=cv2.INTER_LINEAR)
+    inside = cv2.warpPerspective(np.full(grey.shape, 255, np.uint8), to_query, (qw, qh)) > 250
     if inside.sum() < 400:
         return 0.0
     a = query.edges[inside]
