@@ -26,13 +26,10 @@ def post_worker_init(worker):
     from PIL import Image
 
     from gallery.embedders import get_embedder
-    from gallery.selectors import index_reader
+    from gallery.selectors import index_readers_warm
 
     get_embedder().embed([Image.new("RGB", (64, 64))])
-    try:
-        index_reader().get()  # a bad index must not stop a worker: readers rebuild and retry
-    except Exception:
-        worker.log.exception("the index could not be loaded at start")
+    index_readers_warm()  # every served index, caught up: the first searches see every item
 
 
 def child_exit(server, worker):

@@ -15,10 +15,11 @@ logger = logging.getLogger(__name__)
 
 
 class IndexReader:
-    """A process's view of one index: the snapshot loaded once, then the journal's changes
-    applied as they come (a few inline on `get`, a backlog in a background thread). A new
-    snapshot is loaded only for a rebuild (new generation) or when this reader fell behind the
-    pruned journal, in the background; searches keep the index they have meanwhile.
+    """A process's view of one index: the snapshot loaded once and the journal's backlog
+    applied before it is first served, then the journal's changes applied as they come (a
+    few inline on `get`, a backlog in a background thread). A new snapshot is loaded only
+    for a rebuild (new generation) or when this reader fell behind the pruned journal, in
+    the background; searches keep the index they have meanwhile.
 
     With `follow` (seconds), a thread applies the journal instead, searches or not: a web
     process that no search reached for a while is not thousands of changes behind when one
@@ -106,7 +107,13 @@ class IndexReader:
         loaded = self._load()  # nothing to serve meanwhile (or no journal to follow): load now
         if loaded is not None:
             if self.journal is not None:
-                loaded.catch_up(self.journal, limit=self.INLINE_CHANGES)
+                # All of it: served with part of the backlog, a process's first searches
+                # missed the newest items (after an import of 6,000 photos into a new app,
+                # a web process's first 25 searches for one the API called indexed answered
+                # "similar": its snapshot was thousands of changes behind the journal until
+                # the follower caught up).
+                with self._applying:  # (on the caller's thread: its connections stay)
+                    loaded.catch_up(self.journal)
             with self._lock:
                 self._index = loaded
 

@@ -54,6 +54,7 @@ from .search import (
     image_vector,
     index_reader,
     index_readers_forget,
+    index_readers_warm,
     search_vector,
 )
 from .search_by_image import image_search_by_image
@@ -83,6 +84,7 @@ __all__ = [
     "index_current",
     "index_reader",
     "index_readers_forget",
+    "index_readers_warm",
     "model_activation_percent",
     "model_evaluation_rows",
     "model_training_percent",

@@ -6,6 +6,7 @@ Search by image (the retrieval pipeline) is in `search_by_image`."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ from ..retrieval.regions import Box
 from ..retrieval.tiers import Evidence, Match, classify, same_shape
 from .index_journal import DATABASE_JOURNAL
 
+logger = logging.getLogger(__name__)
 _readers: dict[str, IndexReader | PgVectorReader] = {}
 Hits = list[tuple[int, float]]  # (label, cosine similarity), best first
 
@@ -75,6 +77,17 @@ def pgvector_index(ref: ModelRef) -> PgVectorIndex:
             ef_construction=settings.INDEX_EF_CONSTRUCTION,
         )
     return _pg_indexes[ref.name]
+
+
+def index_readers_warm() -> None:
+    """Every served model's index loaded and caught up with the journal at a web process's
+    start, the copy model's details included (else loaded by the first search that needs
+    them). A bad index does not stop the others: its reader rebuilds and retries."""
+    for ref in served_models():
+        try:
+            index_reader(ref).get()
+        except Exception:
+            logger.exception("the index of %s could not be loaded at start", ref.name)
 
 
 def index_readers_forget() -> None:

@@ -90,6 +90,36 @@ def test_changes_reach_readers_through_the_journal_without_a_new_snapshot(clean_
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_new_reader_serves_every_change_after_its_snapshot_from_its_first_search(
+    clean_index, settings, monkeypatch
+):
+    """A web process's first searches must see every indexed item: a reader applies the whole
+    journal after its snapshot before serving it, not the few a search applies inline (the
+    rest by a thread, meanwhile missing). Every served model's index, details included, is
+    loaded so at a web process's start."""
+    from gallery.index import IndexReader
+    from gallery.selectors import search as search_module
+
+    settings.INDEX_SNAPSHOT_CHANGES, settings.INDEX_FOLLOW_SECONDS = 1000, 60.0  # no follower help
+    settings.COPY_DETAILS = True
+    monkeypatch.setattr(IndexReader, "INLINE_CHANGES", 2)
+    first = [services.image_create(data=make_image_bytes(seed))[0] for seed in range(60, 62)]
+    embed_and_index(*(im.pk for im in first))
+    more = [services.image_create(data=make_image_bytes(seed))[0] for seed in range(62, 68)]
+    embed_and_index(*(im.pk for im in more))
+    wanted = {im.pk for im in first + more}
+    selectors.index_readers_forget()
+    selectors.index_readers_warm()
+    refs = served_models()
+    assert len(refs) == 2  # the default model and its details
+    for ref in refs:
+        held = search_module._readers[str(ref.index_dir)]._index
+        assert held is not None and held.labels() == wanted, ref.name
+    result = selectors.image_search_by_image(make_image_bytes(66), k=1)
+    assert result.hits[0].image.pk == more[4].pk
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_reader_follows_the_journal_between_searches(clean_index, settings):
     """A web process that no search reaches keeps its index current (its follower thread
     applies the journal and prepares the hash lookups), so the next search has nothing to
