@@ -314,7 +314,8 @@ def measure(app: h.BenchApp, query: bytes, *, clients: int, requests: int, warmu
         elapsed = time.perf_counter() - t0
         if not body["results"]:
             raise h.ApiError("no results")
-        return elapsed, body["took_ms"], body.get("stages_ms", {})
+        first = body["results"][0]
+        return elapsed, body["took_ms"], body.get("stages_ms", {}), f"{first['id']}:{first.get('match')}"
 
     try:
         h.run_concurrent(clients, max(warmup, clients), one)  # warm-up: opens every connection
@@ -338,6 +339,13 @@ def measure(app: h.BenchApp, query: bytes, *, clients: int, requests: int, warmu
         for stage, ms in r[2].items():
             stages[stage] = stages.get(stage, 0.0) + ms / len(ok)
     figures["stages_mean_ms"] = {stage: round(ms, 2) for stage, ms in stages.items()}
+    # The same query each time: a search that had to look at regions, or a first result that
+    # changes, is the pipeline being unsure of it, not load.
+    figures["region_searches"] = sum(1 for r in ok if "regions" in r[2])
+    firsts: dict[str, int] = {}
+    for r in ok:
+        firsts[r[3]] = firsts.get(r[3], 0) + 1
+    figures["first_results"] = firsts
     if errors:
         figures["first_error"] = repr(errors[0])[:300]
     return figures
@@ -371,6 +379,7 @@ def run_levels(app, query, args, label: str) -> dict:
             "  stages (mean ms, share): "
             + ", ".join(f"{s} {ms:.1f} ({ms / total:.0%})" for s, ms in f["stages_mean_ms"].items())
         )
+        h.log(f"  searched regions: {f['region_searches']} requests; first results: {f['first_results']}")
     return levels
 
 
