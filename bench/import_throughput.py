@@ -10,7 +10,10 @@ distinct CIFAR-10 `train/` photos, uploaded one after the other into the importe
 
 The selected `test/` files are written to a temporary folder `<class>/<name>.jpg` (so the
 class becomes the category). One upload before the import warms the workers up (model loaded,
-index created); it is not counted.
+index created); it is not counted. In the same run, two baselines import the same files: the
+app at the commit whose import the issue quotes (`--then`, a git worktree beside this checkout
+sharing its .venv), and this app on the eager path (`--baseline`: INFERENCE=torch, one
+embedding process, three views).
 
 `--admin` measures the admin's bulk import instead: the whole `cifar10-jpg.zip` (60,000
 files) uploaded through the form at /admin/gallery/importjob/add/ by a staff user, on a freshly
@@ -577,6 +580,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "run, for the ratio",
     )
     parser.add_argument(
+        "--then",
+        default=THEN_COMMIT,
+        help="also import the same files with the app at this commit (a worktree beside this "
+        "checkout), in the same run: 'today' of the issue (default: %(default)s; '' skips)",
+    )
+    parser.add_argument(
         "--limit",
         type=int,
         default=0,
@@ -832,6 +841,33 @@ def eager_baseline_import(args, blobs: dict[str, bytes], fresh: list[tuple[str, 
         }
 
 
+# The code whose import the issue quotes (27.4 img/s, bench/results.jsonl on 2026-11-23): the
+# app as it was, not only its inference path, for "x times today" in the same run.
+THEN_COMMIT = "b6929b3"
+
+
+def then_import(args, blobs: dict[str, bytes], fresh: list[tuple[str, bytes]]) -> dict:
+    """The same files imported by the app at `args.then` (its own defaults, a checkout beside
+    this one), until searchable, after one warm-up upload of a `fresh` photo."""
+    with h.checkout_at(args.then) as root, h.BenchApp("import-then", args, root=root) as app:
+        app.prepare()
+        folder = write_class_folders(app.tmp / "cifar-test", blobs)
+        app.start()
+        api = h.Api(app.base_url)
+        warm_up(api, list(fresh), args)
+        api.close()
+        h.log(f"The app at {args.then}: importing the same {len(blobs)} images ...")
+        before = cpu_by_role(app)
+        imported = app.import_images(folder)
+        processed = len(blobs) - imported.get("refused", 0)
+        return {
+            "commit": args.then,
+            "seconds": round(imported["seconds"], 2),
+            "images_per_s": round(processed / imported["seconds"], 2),
+            "cpu_seconds": cpu_spent(before, cpu_by_role(app)),
+        }
+
+
 def cpu_by_role(app: h.BenchApp) -> dict[str, float]:
     """CPU seconds so far of each role's processes, and of this process's finished children
     (`import_images` runs as one)."""
@@ -894,7 +930,18 @@ def run_import(args) -> int:
         figures["ratio_import_over_eager_baseline"] = round(
             figures["import"]["images_per_s"] / figures["eager_baseline"]["images_per_s"], 2
         )
+    if args.then:
+        figures["then"] = then_import(args, blobs, uploads)
+        figures["ratio_import_over_then"] = round(
+            figures["import"]["images_per_s"] / figures["then"]["images_per_s"], 2
+        )
     log_import_summary(figures, args)
+    if args.then:
+        t = figures["then"]
+        h.log(
+            f"The app at {t['commit']} (the import the issue quotes): {t['images_per_s']:.1f} img/s; "
+            f"this import is {figures['ratio_import_over_then']:.2f}x it (issue 16: >= 3.5x today)"
+        )
     if args.baseline:
         b = figures["eager_baseline"]
         h.log(
@@ -909,6 +956,7 @@ def run_import(args) -> int:
         "poll": args.poll,
         "seed": args.seed,
         "dataset": DATASET,
+        "then": args.then or None,
     }
     h.write_result(
         args.results,

@@ -17,13 +17,14 @@ Modules, each importing only those listed before it:
               a private PostgreSQL with pgvector (pgserver)
     http      multipart encoding, Api (the JSON API), Session (cookies, CSRF, admin pages)
     memory    MemorySampler (peak memory of the app's processes by role)
-    app       BenchApp (the throw-away app instance), venv_python
+    app       BenchApp (the throw-away app instance, of this checkout or another: checkout_at),
+              venv_python
 
 The scripts use it as `import harness as h` (bench/ is on sys.path when they run)."""
 
 from __future__ import annotations
 
-from .app import BenchApp, venv_python
+from .app import BenchApp, checkout_at, venv_python
 from .datasets import IMAGE_EXTENSIONS, pixel_groups, require_dataset, write_subset_zip, zip_image_names
 from .http import Api, ApiError, Session, content_type, encode_multipart, upload_until_searchable
 from .memory import MemorySampler, pss_by_role
@@ -66,6 +67,7 @@ __all__ = [
     "BenchApp",
     "MemorySampler",
     "Session",
+    "checkout_at",
     "common_arguments",
     "content_type",
     "descendants",

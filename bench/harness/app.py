@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,8 +82,11 @@ class BenchApp:
     # stopped, Redis db flushed, temp dir removed (unless --keep)
     """
 
-    def __init__(self, name: str, args: argparse.Namespace) -> None:
+    def __init__(self, name: str, args: argparse.Namespace, root: Path | None = None) -> None:
+        """`root`: the checkout whose app runs (this one by default; `checkout_at` makes
+        another, e.g. the code an issue measured, for a baseline in the same run)."""
         self.name = name
+        self.root = root or PROJECT_ROOT
         self.keep = args.keep
         self.tmp = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
         self.var_dir = self.tmp / "var"
@@ -168,7 +172,7 @@ class BenchApp:
         cmd = [venv_python(), "manage.py", *argv]
         proc = subprocess.Popen(
             cmd,
-            cwd=PROJECT_ROOT,
+            cwd=self.root,
             env={**self.env, **(env or {})},
             start_new_session=True,
             stdout=subprocess.PIPE,
@@ -194,7 +198,7 @@ class BenchApp:
         started = time.perf_counter()
         proc = subprocess.Popen(
             cmd,
-            cwd=PROJECT_ROOT,
+            cwd=self.root,
             env=self.env,
             start_new_session=True,
             stdout=subprocess.PIPE,
@@ -234,7 +238,7 @@ class BenchApp:
         log(f"Starting the app on {self.base_url} (log: {self.log_path})")
         self.proc = subprocess.Popen(
             [venv_python(), "manage.py", "runapp", "--port", str(self.port)],
-            cwd=PROJECT_ROOT,
+            cwd=self.root,
             env=self.env,
             stdout=self._log_fh,
             stderr=subprocess.STDOUT,
@@ -289,7 +293,7 @@ class BenchApp:
         try:
             out = subprocess.run(
                 [*cmd, "-t", str(timeout)],
-                cwd=PROJECT_ROOT,
+                cwd=self.root,
                 env=self.env,
                 capture_output=True,
                 text=True,
@@ -441,3 +445,21 @@ class BenchApp:
 
         django.setup()
         self._django = True
+
+
+@contextlib.contextmanager
+def checkout_at(rev: str) -> Iterator[Path]:
+    """A throw-away checkout of this repository at `rev` (a git worktree sharing this
+    checkout's .venv), removed afterwards: an older version of the app, run beside this one."""
+    where = Path(tempfile.mkdtemp(prefix="bench-checkout-")) / "app"
+    subprocess.run(
+        ["git", "-C", str(PROJECT_ROOT), "worktree", "add", "--detach", "-q", str(where), rev], check=True
+    )
+    try:
+        (where / ".venv").symlink_to(PROJECT_ROOT / ".venv")
+        yield where
+    finally:
+        subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "worktree", "remove", "--force", str(where)], check=False
+        )
+        shutil.rmtree(where.parent, ignore_errors=True)
