@@ -4,7 +4,7 @@ sent while an import's batches wait is embedded and indexed next, by the real wo
 import time
 
 from gallery import queues, services
-from gallery.models import Image, ImportItem
+from gallery.models import Embedding, Image, ImportItem
 from gallery.services import dispatch
 from tests.conftest import wait_for_status
 from tests.images import make_image_bytes
@@ -47,18 +47,22 @@ def test_an_upload_overtakes_an_import_queued_before_it(pipeline, tmp_path, sett
 def test_a_bulk_batch_hands_over_to_an_upload_that_waits(pipeline, settings):
     """A bulk batch takes its worker process for seconds: between parts of BULK_CHUNK images it
     looks for a waiting upload, and if one waits sends the rest back to the bulk queue."""
-    settings.EMBED_BATCH_SIZE = 48  # one task for the whole batch
+    settings.EMBED_BATCH_SIZE = 96  # one task for the whole batch: 12 parts
     batch = [
         services.image_create(data=make_image_bytes(4000 + n), title=f"bulk {n}", enqueue=False)[0].pk
-        for n in range(48)
+        for n in range(96)
     ]
     dispatch.images_embed(batch, bulk=True)
-    time.sleep(0.3)  # the worker has taken the batch
+    # The upload comes once the worker has stored the batch's first part (waiting a fixed
+    # time instead, a fast machine had embedded most of the batch before the upload came).
+    deadline = time.monotonic() + 60
+    while not Embedding.objects.filter(image_id__in=batch).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
     upload, _ = services.image_create(data=make_image_bytes(9998), title="a visitor's photo")
     wait_for_status([upload.pk])
     wait_for_status(batch)
     upload.refresh_from_db()
-    # Without the hand-over the upload came after all 48 (and its index update took them all).
+    # Without the hand-over the upload came after all 96 (and its index update took them all).
     later = Image.objects.filter(pk__in=batch, indexed_at__gt=upload.indexed_at).count()
-    assert later >= 24, f"only {later} of 48 were indexed after the upload"
+    assert later >= 48, f"only {later} of 96 were indexed after the upload"
     assert not Image.objects.filter(pk__in=batch, embed_attempts__gt=1).exists()  # not counted twice
