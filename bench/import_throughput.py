@@ -819,26 +819,10 @@ EAGER_BASELINE_ENV = {
 
 
 def eager_baseline_import(args, blobs: dict[str, bytes], fresh: list[tuple[str, bytes]]) -> dict:
-    """The same files imported by a fresh app on the eager path, until searchable (after one
-    warm-up upload of a `fresh` photo)."""
+    """The same files imported by a fresh app on the eager path, until searchable."""
     with h.BenchApp("import-eager-baseline", args) as app:
         app.env.update(EAGER_BASELINE_ENV)
-        app.prepare()
-        folder = write_class_folders(app.tmp / "cifar-test", blobs)
-        app.start()
-        api = h.Api(app.base_url)
-        warm_up(api, list(fresh), args)
-        api.close()
-        h.log(f"Eager baseline: importing the same {len(blobs)} images ...")
-        before = cpu_by_role(app)
-        imported = app.import_images(folder)
-        processed = len(blobs) - imported.get("refused", 0)
-        return {
-            "env": EAGER_BASELINE_ENV,
-            "seconds": round(imported["seconds"], 2),
-            "images_per_s": round(processed / imported["seconds"], 2),
-            "cpu_seconds": cpu_spent(before, cpu_by_role(app)),
-        }
+        return {"env": EAGER_BASELINE_ENV, **baseline_import(app, args, blobs, fresh, "Eager baseline")}
 
 
 # The code whose import the issue quotes (27.4 img/s, bench/results.jsonl on 2026-11-23): the
@@ -848,24 +832,31 @@ THEN_COMMIT = "b6929b3"
 
 def then_import(args, blobs: dict[str, bytes], fresh: list[tuple[str, bytes]]) -> dict:
     """The same files imported by the app at `args.then` (its own defaults, a checkout beside
-    this one), until searchable, after one warm-up upload of a `fresh` photo."""
+    this one), until searchable."""
     with h.checkout_at(args.then) as root, h.BenchApp("import-then", args, root=root) as app:
-        app.prepare()
-        folder = write_class_folders(app.tmp / "cifar-test", blobs)
-        app.start()
-        api = h.Api(app.base_url)
-        warm_up(api, list(fresh), args)
-        api.close()
-        h.log(f"The app at {args.then}: importing the same {len(blobs)} images ...")
-        before = cpu_by_role(app)
-        imported = app.import_images(folder)
-        processed = len(blobs) - imported.get("refused", 0)
-        return {
-            "commit": args.then,
-            "seconds": round(imported["seconds"], 2),
-            "images_per_s": round(processed / imported["seconds"], 2),
-            "cpu_seconds": cpu_spent(before, cpu_by_role(app)),
-        }
+        return {"commit": args.then, **baseline_import(app, args, blobs, fresh, f"The app at {args.then}")}
+
+
+def baseline_import(
+    app: h.BenchApp, args, blobs: dict[str, bytes], fresh: list[tuple[str, bytes]], what: str
+) -> dict:
+    """The files imported by a fresh `app` until searchable, after one warm-up upload of a
+    `fresh` photo: seconds, img/s, CPU seconds by role."""
+    app.prepare()
+    folder = write_class_folders(app.tmp / "cifar-test", blobs)
+    app.start()
+    api = h.Api(app.base_url)
+    warm_up(api, list(fresh), args)
+    api.close()
+    h.log(f"{what}: importing the same {len(blobs)} images ...")
+    before = cpu_by_role(app)
+    imported = app.import_images(folder)
+    processed = len(blobs) - imported.get("refused", 0)
+    return {
+        "seconds": round(imported["seconds"], 2),
+        "images_per_s": round(processed / imported["seconds"], 2),
+        "cpu_seconds": cpu_spent(before, cpu_by_role(app)),
+    }
 
 
 def cpu_by_role(app: h.BenchApp) -> dict[str, float]:
