@@ -9,6 +9,9 @@ Measured with 1, 8 and 16 concurrent clients (threads, one keep-alive connection
     while the app runs as a new generation (which the web process loads in the background, as
     after a rebuild; the searches made meanwhile are timed). One synthetic item (the probe)
     gets the query's own vector, so the run knows when the web process serves the new index.
+After (a)'s levels, `--varied` searches by one client, each with another catalogue photo made
+into a query the same way: latency over different queries, how often the photo's own item
+comes first, and the web process's memory once many items' features are cached.
 Beside it, in the same run, the embedder alone: decode + embed of the same query in-process,
 as the web process does it, so that the HTTP/search overhead shows as a ratio.
 
@@ -383,6 +386,45 @@ def run_levels(app, query, args, label: str) -> dict:
     return levels
 
 
+def varied_queries(app, fashion: Path, names: list[str], count: int, seed: int, k: int) -> dict:
+    """`count` searches from one client, each with another catalogue photo made into a query
+    the same way: latency over different queries (the repeated one measures the machine),
+    how often the photo's own item comes first, and the web processes' memory after (their
+    caches filled with many items' local features, ONNX Runtime runs of many sizes)."""
+    picks = random.Random(seed + 1).sample(names, min(count, len(names)))
+    api = h.Api(app.base_url)
+    latencies, first, regions = [], 0, 0
+    try:
+        with zipfile.ZipFile(fashion) as zf:
+            for name in picks:
+                query = make_query(zf.read(name), seed)
+                t0 = time.perf_counter()
+                body = api.search(query, "query.jpg", k=k)
+                latencies.append(time.perf_counter() - t0)
+                top = body["results"][0] if body["results"] else {}
+                first += top.get("title") == Path(name).stem  # titles are the files' names
+                regions += "regions" in body.get("stages_ms", {})
+    finally:
+        api.close()
+    sampled = h.MemorySampler(app).sample()
+    figures = {
+        "queries": len(picks),
+        "latency": h.summarize_ms(latencies),
+        "first_is_its_item": round(first / len(picks), 4),
+        "region_searches": regions,
+        "resident_mib": {role: round(v["rss_kb"] / 1024, 1) for role, v in sampled.items()},
+        "largest_process_mib": {role: round(v["largest_rss_kb"] / 1024, 1) for role, v in sampled.items()},
+    }
+    h.log(
+        f"  {len(picks)} different photos: client {h.fmt_summary(figures['latency'])}; its item first "
+        f"{figures['first_is_its_item']:.3f}; searched regions {regions}"
+    )
+    h.log(
+        f"  resident after: {figures['resident_mib']} MiB (largest process: {figures['largest_process_mib']})"
+    )
+    return figures
+
+
 def report(label: str, items: int, levels: dict, baseline: dict) -> dict:
     base = baseline["decode_embed"]["p50_ms"]
     h.log(f"\n{label}: {items} items")
@@ -438,6 +480,12 @@ def main(argv=None) -> int:
         default=200_000,
         help="size of index (b), real items included; 0 skips (b) (default: %(default)s)",
     )
+    parser.add_argument(
+        "--varied",
+        type=int,
+        default=300,
+        help="then N searches of (a) by one client, each with another catalogue photo (0 skips)",
+    )
     parser.add_argument("--skip-gallery", action="store_true", help="skip (a): no fashion import")
     parser.add_argument(
         "--limit", type=int, default=0, help="import only N fashion photos for (a) (seeded sample)"
@@ -481,6 +529,12 @@ def main(argv=None) -> int:
                 "imported": imported.get("new"),
                 "levels": run_levels(app, query, args, "gallery"),
             }
+            if args.varied:
+                h.log(f"[gallery] {args.varied} searches by one client, each with another photo ...")
+                gallery_names = subset if 0 < args.limit < len(names) else names
+                figures["gallery"]["varied"] = varied_queries(
+                    app, fashion, gallery_names, args.varied, args.seed, args.k
+                )
         if args.synthetic:
             if app.proc is None:  # --skip-gallery: build first, the web loads it at start-up
                 synth = fill_synthetic(args.synthetic, query_vector, small, args.seed)
@@ -542,6 +596,7 @@ def main(argv=None) -> int:
         "skip_gallery": args.skip_gallery,
         "limit": args.limit or None,
         "baseline_reps": args.baseline_reps,
+        "varied": args.varied,
         "seed": args.seed,
     }
     full = not args.skip_gallery and not args.limit and args.synthetic >= 200_000 and args.requests >= 300
