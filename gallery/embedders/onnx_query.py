@@ -90,10 +90,12 @@ def session(ort: Any, path: Path, threads: int) -> Any:
 
 # Images per run in a web process. ORT keeps, per session, an arena as large as the largest
 # run it has made: after batches of 2 to 39 windows (region searches) one session of the
-# default graph held 392 MB resident against 113 after single queries; at most 8 a run,
-# 184 MB, and 40 windows took 85 ms against 92 in one run (one thread; the arena turned off
-# instead kept 110 MB but a batch of 24 took 137 ms against 57).
-QUERY_RUN_LARGEST = 8
+# default graph held 392 MB resident against 113 after single queries; at most 4 a run,
+# 163 MB, and 40 windows took 90 ms against 92 in one run (one thread; the arena turned off
+# instead kept 110 MB but a batch of 24 took 137 ms against 57). A web process after 300
+# searches with different photos (8 threads): 424 MB with runs of up to 8 and two sessions,
+# 330 with runs of up to 4, one session and MALLOC_ARENA_MAX=2 (`runapp`).
+QUERY_RUN_LARGEST = 4
 
 
 class GraphSessions:
@@ -102,7 +104,9 @@ class GraphSessions:
     run when given (the arena's size follows the largest run)."""
 
     def __init__(self, ort: Any, path: Path, threads: int, largest: int | None = None) -> None:
-        self._single, self._batch = session(ort, path, 1), session(ort, path, max(1, threads))
+        self._single = session(ort, path, 1)
+        # One thread for batches too (the web): the same session, one arena instead of two.
+        self._batch = session(ort, path, threads) if threads > 1 else self._single
         self._largest = largest
 
     def run(self, x: np.ndarray) -> np.ndarray:

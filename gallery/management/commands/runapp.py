@@ -51,7 +51,15 @@ class Command(BaseCommand):
         env["CELERY_BROKER_URL"] = self.choose_broker(env)
         python = sys.executable
         bindir = Path(python).parent
-        web_env = {**env, "TORCH_THREADS": env.get("WEB_TORCH_THREADS", "1")}  # one query, many threads
+        web_env = {
+            **env,
+            "TORCH_THREADS": env.get("WEB_TORCH_THREADS", "1"),  # one query, many threads
+            # glibc gives each thread that allocates its own arena (up to 8 per core): a web
+            # process's 8 threads kept freed pages of each. After 300 searches with different
+            # photos the largest web process held 357 MB with 2 arenas, 526 MB with 16, and 8
+            # clients were no slower (bench/search_latency.py --varied, the same hour).
+            "MALLOC_ARENA_MAX": env.get("MALLOC_ARENA_MAX", "2"),
+        }
         if int(env.get("WEB_WORKERS", "2")) > 1 and not env.get("PROMETHEUS_MULTIPROC_DIR"):
             # Several web processes: /metrics counts every one's requests (emptied per start).
             metrics_dir = Path(settings.VAR_DIR) / "prometheus"
