@@ -29,6 +29,7 @@ class RetrievalParams:
     sift_top: int = 5
     sift_orb_inliers: int = 6
     verified_first: int = 3  # ...these before the region search (a copy found stops it)
+    verified_whole: int = 10  # ...then the whole picture's next ones, before the region search
     pixel_candidates: int = 100  # best candidates whose photos are screened for a close-up's pixels
     pixel_region_candidates: int = 30  # ...and the regions' best candidates besides
     pixel_checked: int = 10  # ...of which the best are searched fully (`retrieval.pixels`)

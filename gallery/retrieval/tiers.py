@@ -264,10 +264,16 @@ def contested(decisions: dict[int, Decision], evidence: dict[int, Evidence], t: 
         v = evidence[label].verification
         if not d.inliers or d.match not in COPY_TIERS or v is None:
             continue
-        rival = max((r.inliers for r in rivals if r is not v and r.box.iou(v.box) >= 0.5), default=0)
-        if rival >= t.rival_inliers * d.inliers:
+        if rivalled(v, d.inliers, rivals, t):
             words = "much like this photo, and others shot the same way"
             decisions[label] = Decision(Match.SIMILAR, words, d.box, 1.0 + evidence[label].cosine)
+
+
+def rivalled(v: Verification, inliers: int, others: list[Verification], t: CopyThresholds) -> bool:
+    """Another item matches the same part of the picture with nearly as many consistent
+    matches (`CopyThresholds.rival_inliers`): the ratio test between items."""
+    rival = max((r.inliers for r in others if r is not v and r.box.iou(v.box) >= 0.5), default=0)
+    return rival >= t.rival_inliers * inliers
 
 
 def _geometric_explanation(v: Verification, e: Evidence) -> str:
