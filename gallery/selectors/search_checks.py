@@ -138,9 +138,11 @@ class Verifier:
         )[: max(0, count)]
         return ranked + [label for label in also if label not in self.done and label not in ranked]
 
-    def best(self, count: int, also: Sequence[int] = ()) -> dict[int, Verification | None]:
+    def best(
+        self, count: int, also: Sequence[int] = (), sift_top: int | None = None
+    ) -> dict[int, Verification | None]:
         """The `count` best candidates not checked yet, and those of `also` (the nearest
-        details) not among them."""
+        details) not among them; SIFT for the first `sift_top` (default: the parameter's)."""
         ranked = self._ranked(count, also)
         if not ranked:
             return {}
@@ -148,7 +150,7 @@ class Verifier:
         names = {label: rows[label].file.name for label in ranked if label in rows}
         found: dict[int, Verification | None] = dict.fromkeys(names)
         orb_inliers: dict[tuple[int, bool], int] = {}
-        sift_always = set(ranked[: self.params.sift_top])
+        sift_always = set(ranked[: self.params.sift_top if sift_top is None else sift_top])
         for detector, mirrored in _PASSES:
             if mirrored and detector is Detector.SIFT and self._matched_as_is:
                 break  # something matched as it is: the costly mirror pass is not needed
