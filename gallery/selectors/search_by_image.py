@@ -4,8 +4,9 @@
    of the catalogue photos' details (a close-up of part of an item), and the picture's PDQ
    hashes (with mirrors and turns), looked up by Hamming distance;
 3. unless a copy is already sure by its hash: local-feature verification of the best
-   candidates; unless one is a copy, the picture's regions (content box, multi-scale grid),
-   each embedded and searched, and the next candidates verified;
+   candidates, then of the whole picture's next ones; unless one is a copy no other verified
+   item rivals, the picture's regions (content box, multi-scale grid), each embedded and
+   searched, and the next candidates verified;
 4. still no copy: the picture's pixels looked for in the best candidates' photos (a close-up
    of a detail, a smaller copy of the whole photo, or the photo under marks: `retrieval.pixels`);
 5. every candidate classified `exact` / `near_duplicate` / `similar` (`retrieval.tiers`; a
@@ -235,9 +236,9 @@ def _decisions(
     same_bytes: int | None,
     depth: _Depth,
 ) -> dict[int, Decision]:
-    """Every candidate classified: the best ones verified unless a copy is sure by its hash;
-    unless one is a copy then, the picture's regions searched and the next candidates
-    verified; still no copy, the pixel checks."""
+    """Every candidate classified: the best ones verified unless a copy is sure by its hash,
+    then the whole picture's next ones; unless one is an unrivalled copy then, the picture's
+    regions searched and the next candidates verified; still no copy, the pixel checks."""
     verified: dict[int, Verification | None] = {}
 
     def copy_verified() -> bool:
