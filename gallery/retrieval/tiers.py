@@ -5,6 +5,7 @@ alike? Decided from the evidence gathered for it, with thresholds set on held-ou
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -253,13 +254,9 @@ def contested(decisions: dict[int, Decision], evidence: dict[int, Evidence], t: 
     picture listed twice in the catalogue are both copies, and rival neither; nor does
     another colour of the same shot (`colour_variant`: its colours tell the two apart), nor
     an item found in another part of the picture (two items side by side)."""
-    rivals = [
-        e.verification
-        for label, e in evidence.items()
-        if e.verification is not None
-        and decisions[label].match not in COPY_TIERS
-        and not colour_variant(e.verification, t)
-    ]
+    rivals = possible_rivals(
+        ((e.verification, decisions[label].match in COPY_TIERS) for label, e in evidence.items()), t
+    )
     for label, d in list(decisions.items()):
         v = evidence[label].verification
         if not d.inliers or d.match not in COPY_TIERS or v is None:
@@ -267,6 +264,21 @@ def contested(decisions: dict[int, Decision], evidence: dict[int, Evidence], t: 
         if rivalled(v, d.inliers, rivals, t):
             words = "much like this photo, and others shot the same way"
             decisions[label] = Decision(Match.SIMILAR, words, d.box, 1.0 + evidence[label].cosine)
+
+
+def unrivalled_copy(checked: list[tuple[Verification | None, bool]], t: CopyThresholds) -> bool:
+    """Of these verifications, each with whether it makes a copy: one copy that no other
+    rivals (what `contested` would leave a copy)."""
+    others = possible_rivals(checked, t)
+    return any(copy and v is not None and not rivalled(v, v.inliers, others, t) for v, copy in checked)
+
+
+def possible_rivals(
+    checked: Iterable[tuple[Verification | None, bool]], t: CopyThresholds
+) -> list[Verification]:
+    """The verifications that may rival a copy: not copies themselves, nor another colour of
+    the same shot (`colour_variant`: its colours tell the two apart)."""
+    return [v for v, copy in checked if v is not None and not copy and not colour_variant(v, t)]
 
 
 def rivalled(v: Verification, inliers: int, others: list[Verification], t: CopyThresholds) -> bool:

@@ -36,10 +36,9 @@ from ..retrieval.tiers import (
     Decision,
     Evidence,
     classify,
-    colour_variant,
     contested,
-    rivalled,
     same_shape,
+    unrivalled_copy,
     verified_copy,
 )
 from ..retrieval.verify import Verification
@@ -246,8 +245,7 @@ def _decisions(
         rivalled one a look-alike: the search goes on for the photo itself)."""
         t = params.copies
         checked = [(v, verified_copy(v, query.candidates[la].copy_cosine, t)) for la, v in verified.items()]
-        others = [v for v, copy in checked if v is not None and not copy and not colour_variant(v, t)]
-        return any(copy and v is not None and not rivalled(v, v.inliers, others, t) for v, copy in checked)
+        return unrivalled_copy(checked, t)
 
     if not sure:
         # The best whole-picture candidates first, then its next ones: a verified copy needs
