@@ -494,3 +494,24 @@ def _jpeg_round_trip(image: PILImage.Image) -> PILImage.Image:
     out = io.BytesIO()
     image.save(out, "JPEG", quality=85)
     return PILImage.open(io.BytesIO(out.getvalue())).convert("RGB")
+
+
+def test_a_large_stored_jpeg_is_decoded_at_a_reduced_scale_for_the_checks():
+    """A query's checks open hundreds of candidates' photos: a large JPEG is decoded at the
+    smallest scale that still gives every check the side it looks at."""
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    from gallery.selectors.search_checks import CHECKED_SIDE, _stored_photo
+
+    photo = _products(1)[0].resize((2600, 2000), PILImage.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    photo.save(buffer, "JPEG", quality=90)
+    name = default_storage.save("images/test/large.jpg", ContentFile(buffer.getvalue()))
+    try:
+        opened = _stored_photo(name)
+    finally:
+        default_storage.delete(name)
+    assert opened is not None and opened.mode == "RGB"
+    assert min(opened.size) >= CHECKED_SIDE
+    assert opened.size == (650, 500)  # an eighth would be smaller than CHECKED_SIDE: a quarter
