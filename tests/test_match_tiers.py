@@ -233,6 +233,37 @@ def test_a_close_up_s_item_is_searched_for_its_pixels_before_candidates_of_regio
     assert close == [image.pk], found
 
 
+def test_a_large_catalogue_photo_is_screened_for_a_close_up_s_pixels_in_its_thumbnail(products, settings):
+    """The pixel checks read up to 280 photos a query: a photo larger than its thumbnail is
+    read as the thumbnail (when that is still twice their side), and a close-up of it is found."""
+    from gallery.embedders import copy_model, get_embedder
+    from gallery.retrieval.hashes import pdq_dihedral
+    from gallery.retrieval.params import RetrievalParams
+    from gallery.selectors.search import index_reader
+    from gallery.selectors.search_checks import Candidate, Query, _pixel_source, match_pixels
+
+    _, data = products[17]
+    large = _open(data).resize((1200, 1600), PILImage.Resampling.BICUBIC)
+    image, _ = services.image_create(data=_jpeg(large), title="large", category="products")
+    assert _pixel_source(image.file.name, image.thumbnail.name, 1600) == image.thumbnail.name
+    assert _pixel_source("a.jpg", "t.jpg", 300) == "a.jpg"  # no larger than its thumbnail
+    settings.THUMBNAIL_SIZE = 160
+    assert _pixel_source("a.jpg", "t.jpg", 1600) == "a.jpg"  # too small a thumbnail for the checks
+    settings.THUMBNAIL_SIZE = 320
+    w, h = round(large.width * 0.4), round(large.height * 0.4)
+    x, y = round(large.width * 0.2), round(large.height * 0.4)
+    close_up = _open(_jpeg(large.crop((x, y, x + w, y + h)).resize((360, 480)), quality=75))
+    index = index_reader(copy_model()).get()
+    assert index is not None
+    query = Query(close_up, index, get_embedder(copy_model()).embed([close_up])[0], pdq_dihedral(close_up)[0])
+    query.candidates[image.pk] = Candidate(cosine=0.2)
+    for other, _ in products[20:24]:
+        query.candidates[other.pk] = Candidate(cosine=0.5)
+    params = RetrievalParams(pixel_candidates=5, pixel_region_candidates=0, pixel_nearest_checked=0)
+    found = match_pixels(query, params)
+    assert [label for label, m in found if m.check == "close_up"] == [image.pk], found
+
+
 @pytest.fixture
 def details_kept(settings):
     settings.COPY_DETAILS = True

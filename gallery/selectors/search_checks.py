@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
+from django.conf import settings
 from django.core.files.storage import default_storage
 from PIL import Image as PILImage
 
 from ..imaging import JpegTables, flatten
 from ..models import Image
 from ..retrieval.params import RetrievalParams
+from ..retrieval.pixels import ITEM_SIDE as ITEM_PIXELS_SIDE
 from ..retrieval.pixels import (
     PixelMatch,
     QueryPixels,
@@ -237,7 +239,8 @@ def match_pixels(query: Query, params: RetrievalParams) -> list[tuple[int, Pixel
     whole = [label for label in by_cosine if candidates[label].region is None]
     ranked = list(dict.fromkeys(whole + list(nearest)))[: params.pixel_candidates]
     ranked += [label for label in by_cosine if label not in ranked][: params.pixel_region_candidates]
-    names = dict(Image.objects.filter(pk__in=ranked).values_list("pk", "file"))
+    rows = Image.objects.filter(pk__in=ranked).values_list("pk", "file", "thumbnail", "width", "height")
+    names = {pk: _pixel_source(file, thumbnail, max(w, h)) for pk, file, thumbnail, w, h in rows}
     photos = {
         label: p
         for label in ranked
@@ -267,6 +270,14 @@ def match_pixels(query: Query, params: RetrievalParams) -> list[tuple[int, Pixel
         if label not in candidates:
             candidates[label] = Candidate(cosine=nearest.get(label, -1.0))
     return found
+
+
+def _pixel_source(file: str, thumbnail: str, side: int) -> str:
+    """The stored file the pixel checks read for an item: its thumbnail when the photo is
+    larger and the thumbnail still twice their side: a query reads up to 280 of them, and a
+    320-pixel thumbnail takes 0.8 ms, a 1200x1600 photo 2.9 even at a reduced scale."""
+    small = min(side, settings.THUMBNAIL_SIZE)
+    return thumbnail if thumbnail and small < side and small >= 2 * ITEM_PIXELS_SIDE else file
 
 
 @lru_cache(maxsize=4096)
