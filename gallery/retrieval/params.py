@@ -37,6 +37,11 @@ class RetrievalParams:
     # the other kinds and the held-back products unchanged; screening costs 0.25 ms a photo.
     pixel_candidates: int = 250
     pixel_region_candidates: int = 30  # ...and the regions' best candidates besides
+    # ...of which the first are compared whole, under marks: stickers over 20 % of a photo move
+    # its vector far (its item 50th-1,600th) while most of its pixels stay. 30 -> 250: on 80
+    # stickered copies (seeds other than bench/robust.py's) first 0.75 -> 0.85 (strong 0.55 ->
+    # 0.75), 340 copies of other kinds 1 more first, held-back products' labels unchanged.
+    overlaid_candidates: int = 250
     pixel_checked: int = 10  # ...of which the best are searched fully (`retrieval.pixels`)
     pixel_nearest_checked: int = 3  # ...and the picture's nearest by its vector, however screened
     detail_candidates: int = 10  # items taken from the details index (nearest detail first)

@@ -144,6 +144,7 @@ class QueryPixels:
         self.colour = np.asarray(colour, dtype=np.uint8)
         self.pixels = np.asarray(colour.convert("L"), dtype=np.uint8)
         self._templates: dict[tuple[int, int], np.ndarray | None] = {}
+        self._full_sizes: dict[tuple[int, int], np.ndarray] = {}
         self._halved: QueryPixels | None = None
 
     def _template(self, w: int, h: int) -> np.ndarray | None:
@@ -206,13 +207,22 @@ class QueryPixels:
         qh, qw = self.full.shape[:2]
         if abs((qw / qh) / (iw / ih) - 1.0) > SAME_SHAPE:
             return None
-        query = cv2.resize(self.full, (iw, ih), interpolation=cv2.INTER_AREA).astype(np.int16)
+        query = self._full_at(iw, ih)
         photo = item_colour.astype(np.int16)
         shown = _detailed(item_colour)
         if shown.sum() < 0.1 * shown.size:
             return None
         agree = np.abs(query - photo).max(axis=2) <= AGREE_LEVELS
         return float(agree[shown].mean())
+
+    def _full_at(self, w: int, h: int) -> np.ndarray:
+        """The query as it came, at a photo's size (made once per size: catalogue photos
+        often share theirs)."""
+        if (w, h) not in self._full_sizes:
+            self._full_sizes[w, h] = cv2.resize(self.full, (w, h), interpolation=cv2.INTER_AREA).astype(
+                np.int16
+            )
+        return self._full_sizes[w, h]
 
     def halved(self) -> QueryPixels:
         """The query at half the resolution (for screening many candidates)."""

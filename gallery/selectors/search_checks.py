@@ -255,8 +255,8 @@ def match_pixels(query: Query, params: RetrievalParams) -> list[tuple[int, Pixel
     def colour_of(label: int) -> np.ndarray | None:
         return stored_colour(label, names[label])
 
-    first = [label for label in ranked[: params.candidates] if label in photos]
-    colours = {label: c for label in first if (c := colour_of(label)) is not None}
+    compared = [label for label in ranked[: params.overlaid_candidates] if label in photos]
+    colours = {label: c for label in compared if (c := colour_of(label)) is not None}
     found = [
         m
         for m in (
@@ -280,18 +280,24 @@ def _pixel_source(file: str, thumbnail: str, side: int) -> str:
     return thumbnail if thumbnail and small < side and small >= 2 * ITEM_PIXELS_SIDE else file
 
 
-@lru_cache(maxsize=4096)
 def _item_pixels(label: int, file_name: str) -> np.ndarray | None:
-    """An item's photo for pixel matching (at most 96 pixels a side: 9 kB each, kept per process)."""
-    photo = _stored_photo(file_name)
-    return item_pixels(photo) if photo is not None else None
+    """An item's photo for pixel matching, grey (at most 96 pixels a side)."""
+    photo = _item_photo(label, file_name)
+    return photo[0] if photo is not None else None
 
 
-@lru_cache(maxsize=1024)
 def stored_colour(label: int, file_name: str) -> np.ndarray | None:
-    """An item's photo in colour for pixel matching (the best few candidates' only)."""
+    """An item's photo for pixel matching, in colour (at most 96 pixels a side)."""
+    photo = _item_photo(label, file_name)
+    return photo[1] if photo is not None else None
+
+
+@lru_cache(maxsize=2048)
+def _item_photo(label: int, file_name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """An item's photo for pixel matching, grey and in colour, from one decode (29 kB, kept
+    per process: the same items come back for many queries)."""
     photo = _stored_photo(file_name)
-    return item_colour(photo) if photo is not None else None
+    return (item_pixels(photo), item_colour(photo)) if photo is not None else None
 
 
 # The largest side the checks look at an item's photo at (ORB's; SIFT 240, pixels 96).
