@@ -188,7 +188,7 @@ class Verifier:
         t = self.params.copies
         if v.homography is None or v.inliers < min(t.inliers, t.coloured_inliers):
             return v
-        colour = stored_colour(label, name)
+        colour = stored_colour(label, name) if name else None
         if colour is None:
             return v
         # Before any copy is taken: another colour of the same shot is not one.
