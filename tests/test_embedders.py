@@ -119,13 +119,31 @@ def test_the_registry_needs_no_torch_and_inference_no_training_loop():
 def test_the_default_embedder_runs_through_onnx_runtime_with_the_same_vectors(settings):
     pictures = [make_picture(seed) for seed in range(5)]
     fast = EfficientNetLiteEmbedder()
-    vectors = fast.embed(pictures)
+    vectors, gallery = fast.embed(pictures), fast.embed_gallery(pictures)  # 15 views: several ORT runs
     assert fast.runtime == "onnxruntime"
     assert list(settings.ONNX_DIR.glob("*.onnx"))  # exported once, kept for every process
     settings.INFERENCE = "torch"
     eager = EfficientNetLiteEmbedder()
     assert np.abs(eager.embed(pictures) - vectors).max() < 1e-5
+    assert np.abs(eager.embed_gallery(pictures) - gallery).max() < 1e-5
     assert eager.runtime.startswith("torch")
+
+
+def test_the_blur_is_pillows_gaussian_blur():
+    """The inputs' blur (OpenCV, one pass) gives Pillow's `GaussianBlur` pixels within its
+    rounding, on a picture with sharp edges."""
+    from PIL import ImageFilter
+
+    from gallery.embedders.transforms import gaussian_blur
+
+    photo = make_picture(3).convert("RGB").resize((128, 128))
+    for radius in (1.0, 2.0):
+        theirs = np.asarray(photo.filter(ImageFilter.GaussianBlur(radius)), dtype=int)
+        ours = gaussian_blur(np.asarray(photo), radius).astype(int)
+        assert ours.shape == theirs.shape
+        assert np.abs(ours - theirs)[4:-4, 4:-4].max() <= 3
+        # it does blur: it moves pixels five times more than it differs from Pillow
+        assert np.abs(ours - np.asarray(photo, dtype=int)).mean() > 5 * np.abs(ours - theirs).mean()
 
 
 class _CountsItsCalls(torch.nn.Module):
