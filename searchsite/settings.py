@@ -174,6 +174,13 @@ WORKER_NICE = env.int("WORKER_NICE", default=0)
 # when its vectors agree with eager PyTorch's within ONNX_TOLERANCE; `torch`: eager PyTorch.
 INFERENCE = env("INFERENCE", default="onnx")
 ONNX_TOLERANCE = env.float("ONNX_TOLERANCE", default=1e-3)
+# The agreed graph then runs on OpenVINO's CPU plugin (`gallery/embedders/openvino_runtime.py`)
+# in this precision: `bf16` (where the CPU computes it natively, else f32; accepted when its
+# vectors are within cosine OPENVINO_MIN_COSINE of eager PyTorch's), `f32`, or `off`.
+OPENVINO = env("OPENVINO", default="bf16")
+if OPENVINO not in ("bf16", "f32", "off"):
+    raise ImproperlyConfigured("OPENVINO must be bf16, f32 or off")
+OPENVINO_MIN_COSINE = env.float("OPENVINO_MIN_COSINE", default=0.99)
 # Embed queries with the agreed ONNX graphs alone, never importing torch (about 700 MB less per
 # process): set for the web by searchsite/gunicorn.conf.py; the workers keep torch.
 TORCH_FREE_QUERIES = env.bool("TORCH_FREE_QUERIES", default=False)

@@ -117,6 +117,7 @@ def test_the_registry_needs_no_torch_and_inference_no_training_loop():
 
 @pytest.mark.django_db
 def test_the_default_embedder_runs_through_onnx_runtime_with_the_same_vectors(settings):
+    settings.OPENVINO = "off"
     pictures = [make_picture(seed) for seed in range(5)]
     fast = EfficientNetLiteEmbedder()
     vectors, gallery = fast.embed(pictures), fast.embed_gallery(pictures)  # 15 views: several ORT runs
@@ -127,6 +128,45 @@ def test_the_default_embedder_runs_through_onnx_runtime_with_the_same_vectors(se
     assert np.abs(eager.embed(pictures) - vectors).max() < 1e-5
     assert np.abs(eager.embed_gallery(pictures) - gallery).max() < 1e-5
     assert eager.runtime.startswith("torch")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("precision", ["bf16", "f32"])
+def test_the_default_embedder_runs_on_openvino_with_vectors_that_agree(settings, precision):
+    """bf16 where this CPU computes it (the runtime names what it computes in): vectors
+    within the cosine the setting allows; f32: the same vectors."""
+    settings.OPENVINO = precision
+    pictures = [make_picture(seed) for seed in range(5)]
+    fast = EfficientNetLiteEmbedder()
+    vectors, gallery = fast.embed(pictures), fast.embed_gallery(pictures)  # 15 views: two runs
+    assert fast.runtime.startswith("openvino (")
+    settings.INFERENCE = "torch"
+    eager = EfficientNetLiteEmbedder()
+    eager_vectors, eager_gallery = eager.embed(pictures), eager.embed_gallery(pictures)
+    if fast.runtime == "openvino (f32)":
+        assert np.abs(eager_vectors - vectors).max() < 1e-5
+        assert np.abs(eager_gallery - gallery).max() < 1e-5
+    else:
+        assert fast.runtime == "openvino (bf16)"
+        assert (eager_vectors * vectors).sum(axis=1).min() >= settings.OPENVINO_MIN_COSINE
+        assert (eager_gallery * gallery).sum(axis=1).min() >= settings.OPENVINO_MIN_COSINE
+        assert np.abs(eager_vectors - vectors).max() > 1e-5  # it did compute in bf16
+
+
+def test_openvino_that_disagrees_with_pytorch_is_not_used(settings, tmp_path):
+    """A bf16 model held to a cosine no reduced precision reaches: ONNX Runtime serves."""
+    from gallery.embedders.onnx_runtime import fast_forward
+
+    settings.ONNX_DIR = tmp_path
+    settings.OPENVINO_MIN_COSINE = 1.0 + 1e-6
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3), torch.nn.ReLU(), torch.nn.Conv2d(64, 8, 3))
+    _, runtime = fast_forward(conv, name="conv", image_size=16, bf16=True)
+    assert runtime in ("onnxruntime", "openvino (f32)")  # f32 where the CPU has no bf16
+    settings.OPENVINO_MIN_COSINE = 0.99
+    _, runtime = fast_forward(conv, name="conv", image_size=16, bf16=True)
+    assert runtime.startswith("openvino (")
+    _, runtime = fast_forward(conv, name="conv", image_size=16)  # not measured in bf16
+    assert runtime == "openvino (f32)"
 
 
 def test_the_blur_is_pillows_gaussian_blur():
@@ -163,6 +203,7 @@ def test_a_graph_that_disagrees_with_pytorch_is_not_used(settings, tmp_path):
     from gallery.embedders.onnx_runtime import fast_forward
 
     settings.ONNX_DIR = tmp_path
+    settings.OPENVINO = "off"
     forward, runtime = fast_forward(_CountsItsCalls(), name="counts", image_size=8)
     assert runtime.startswith("torch (ONNX differs by")
     assert list(tmp_path.glob("counts-8-*.onnx"))  # exported, checked, and set aside
@@ -189,7 +230,8 @@ def test_the_copy_models_details_are_served_only_when_kept(settings):
 
 
 def test_a_learned_lite0_network_runs_through_onnx_runtime_with_the_same_vectors(tmp_path, settings):
-    """The trained stages' small-map depthwise layers export as the convolutions they stand for."""
+    """The trained stages' small-map depthwise layers export as the convolutions they stand for;
+    OpenVINO runs the graph in f32 (a trained model's codes were not measured in bf16)."""
     from gallery.embedders.learned import LearnedEmbedder
     from gallery.learning.model_io import save_model
     from gallery.learning.networks import SmallMapDepthwise, build_network
@@ -203,7 +245,7 @@ def test_a_learned_lite0_network_runs_through_onnx_runtime_with_the_same_vectors
     save_model(tmp_path / "model.pt", net, spec, {})
     pictures = [make_picture(seed) for seed in range(3)]
     fast = LearnedEmbedder("metric-test", tmp_path / "model.pt")
-    assert fast.runtime == "onnxruntime"
+    assert fast.runtime == "openvino (f32)"
     settings.INFERENCE = "torch"
     eager = LearnedEmbedder("metric-test", tmp_path / "model.pt")
     assert np.abs(fast.embed(pictures) - eager.embed(pictures)).max() < 1e-4
@@ -220,6 +262,7 @@ rng = np.random.default_rng(1)
 pictures = [Image.fromarray(rng.integers(0, 255, (90, 70, 3), dtype=np.uint8)) for _ in range(11)]  # runs of 8 and 3 in a web process
 embedder = get_embedder(copy_model())
 np.save(sys.argv[1], embedder.embed(pictures))
+print(embedder.runtime)
 print(type(embedder).__name__, "torch" in sys.modules)
 """
 
@@ -247,10 +290,14 @@ def test_a_web_process_embeds_queries_without_torch(tmp_path):
             text=True,
             check=True,
         )
-        return out.stdout.strip().splitlines()[-1], np.load(tmp_path / f"{name}.npy")
+        return " | ".join(out.stdout.strip().splitlines()[-2:]), np.load(tmp_path / f"{name}.npy")
 
     first, with_torch = run("first")
-    assert first == "EfficientNetLiteEmbedder True"  # nothing recorded yet: torch, which records
+    assert (
+        first == "openvino (bf16) | EfficientNetLiteEmbedder True"
+    )  # nothing recorded yet: torch, which records
     second, without_torch = run("second")
-    assert second == "OnnxQueryEmbedder False"
+    assert (
+        second == "openvino (bf16, without torch) | OnnxQueryEmbedder False"
+    )  # what the torch process agreed
     assert np.abs(with_torch - without_torch).max() < 1e-5

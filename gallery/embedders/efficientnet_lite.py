@@ -59,6 +59,7 @@ class EfficientNetLiteEmbedder(TorchEmbedder):
     gallery_brightness = 1.2
     blur_radius = 1.0
     dim = LITE0_DIM
+    bf16 = True  # recall of edited copies by the vector unchanged (`openvino_runtime`)
 
     def __init__(
         self,

@@ -27,6 +27,7 @@ from PIL import Image
 
 from . import transforms
 from .interface import Embedder
+from .openvino_runtime import openvino_run
 
 logger = logging.getLogger(__name__)
 
@@ -52,19 +53,22 @@ def manifest_path(name: str) -> Path:
     return Path(settings.ONNX_DIR) / f"{safe_name(name)}.json"
 
 
-def write_manifest(name: str, graph: Path, query: QueryPreprocessing) -> None:
-    """Record an agreed graph for torch-free queries (written beside, then renamed)."""
+def write_manifest(name: str, graph: Path, query: QueryPreprocessing, openvino: str = "") -> None:
+    """Record an agreed graph for torch-free queries (written beside, then renamed), and the
+    precision OpenVINO agreed to run it in (empty: ONNX Runtime runs it)."""
     path = manifest_path(name)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"graph": graph.name, **asdict(query)}))
+    tmp.write_text(json.dumps({"graph": graph.name, "openvino": openvino, **asdict(query)}))
     os.replace(tmp, path)
 
 
-def read_manifest(name: str, weights_mtime_ns: int = 0) -> tuple[Path, QueryPreprocessing] | None:
-    """The agreed graph of `name` and its preprocessing, when there is one for these weights."""
+def read_manifest(name: str, weights_mtime_ns: int = 0) -> tuple[Path, QueryPreprocessing, str] | None:
+    """The agreed graph of `name`, its preprocessing and OpenVINO's precision (or empty),
+    when there is one for these weights."""
     try:
         data = json.loads(manifest_path(name).read_text())
         graph = Path(settings.ONNX_DIR) / data.pop("graph")
+        openvino = str(data.pop("openvino", ""))
         query = QueryPreprocessing(
             **{**data, "mean": tuple(data["mean"]), "std": tuple(data["std"])}  # JSON lists
         )
@@ -72,7 +76,7 @@ def read_manifest(name: str, weights_mtime_ns: int = 0) -> tuple[Path, QueryPrep
         return None
     if not graph.exists() or query.weights_mtime_ns != weights_mtime_ns:
         return None
-    return graph, query
+    return graph, query, openvino
 
 
 def session(ort: Any, path: Path, threads: int) -> Any:
@@ -122,14 +126,29 @@ class OnnxQueryEmbedder(Embedder):
     """A model's query vectors from its agreed ONNX graph, without torch."""
 
     def __init__(
-        self, name: str, graph: Path, query: QueryPreprocessing, full: Callable[[], Embedder]
+        self,
+        name: str,
+        graph: Path,
+        query: QueryPreprocessing,
+        openvino: str,
+        full: Callable[[], Embedder],
     ) -> None:
-        import onnxruntime as ort  # late: only processes that embed load it
-
         self.name, self.dim, self.query = name, query.dim, query
         self.norm = transforms.Normalisation(query.mean, query.std)
-        self.runtime = "onnxruntime (without torch)"
-        self._sessions = GraphSessions(ort, graph, settings.TORCH_THREADS, largest=QUERY_RUN_LARGEST)
+        # The runtime the torch process agreed on, so that queries get the gallery's vectors.
+        found = (
+            openvino_run(graph, settings.TORCH_THREADS, openvino, largest=QUERY_RUN_LARGEST)
+            if openvino
+            else None
+        )
+        if found is not None:
+            self._run, precision = found
+            self.runtime = f"openvino ({precision}, without torch)"
+        else:
+            import onnxruntime as ort  # late: only processes that embed load it
+
+            self._run = GraphSessions(ort, graph, settings.TORCH_THREADS, largest=QUERY_RUN_LARGEST).run
+            self.runtime = "onnxruntime (without torch)"
         self._full_factory = full
         self._full: Embedder | None = None
         self._lock = threading.Lock()
@@ -138,7 +157,7 @@ class OnnxQueryEmbedder(Embedder):
         q = self.query
         batch = np.stack([transforms.pixels(im, q.image_size, q.blur_radius) for im in images])
         x = transforms.to_array(batch, self.norm)
-        out = self._sessions.run(x)
+        out = self._run(x)
         out = out.reshape(len(x), -1).astype(np.float32)
         normalised: np.ndarray = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return normalised

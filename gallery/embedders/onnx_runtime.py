@@ -32,6 +32,7 @@ import torch
 from django.conf import settings
 
 from .onnx_query import GraphSessions, QueryPreprocessing, safe_name, write_manifest
+from .openvino_runtime import lowest_cosine, openvino_run
 
 logger = logging.getLogger(__name__)
 
@@ -110,11 +111,18 @@ def batch_run_largest(threads: int) -> int:
 
 
 def fast_forward(
-    module: torch.nn.Module, *, name: str, image_size: int, query: QueryPreprocessing | None = None
+    module: torch.nn.Module,
+    *,
+    name: str,
+    image_size: int,
+    query: QueryPreprocessing | None = None,
+    bf16: bool = False,
 ) -> tuple[Forward, str]:
     """The fastest forward pass of `module` that agrees with it, and what it is
-    (`onnxruntime` or `torch`, with the reason). An agreed graph is recorded for torch-free
-    queries (`onnx_query`) when `query` says how its query pixels are made."""
+    (`openvino (bf16|f32)`, `onnxruntime` or `torch`, with the reason). An agreed graph is
+    recorded for torch-free queries (`onnx_query`) when `query` says how its query pixels are
+    made. `bf16`: the model's retrieval was measured unchanged in bfloat16 (else OpenVINO
+    runs it in f32 at most)."""
     module = module.eval()
     eager = _torch_forward(module)
     if settings.INFERENCE != "onnx":
@@ -147,9 +155,40 @@ def fast_forward(
             settings.ONNX_TOLERANCE,
         )
         return eager, f"torch (ONNX differs by {difference:.2g})"
+    precision = settings.OPENVINO if bf16 or settings.OPENVINO == "off" else "f32"
+    forward, openvino = _openvino_forward(path, name, probe, eager, precision) or (run, "")
     if query is not None:
         try:
-            write_manifest(name, path, query)
+            write_manifest(name, path, query, openvino)
         except OSError as exc:  # a read-only ONNX_DIR: queries keep needing torch
             logger.warning("%s: no manifest for torch-free queries (%s)", name, exc)
-    return run, "onnxruntime"
+    return forward, f"openvino ({openvino})" if openvino else "onnxruntime"
+
+
+def _openvino_forward(
+    path: Path, name: str, probe: torch.Tensor, eager: Forward, precision: str
+) -> tuple[Forward, str] | None:
+    """The agreed graph on OpenVINO in `precision` (or off) and the precision it computes in,
+    when it agrees with eager PyTorch: within `ONNX_TOLERANCE` in f32, cosine
+    `OPENVINO_MIN_COSINE` in bf16."""
+    if precision == "off":
+        return None
+    found = openvino_run(path, settings.TORCH_THREADS, precision)
+    if found is None:
+        return None
+    ov_run, precision = found
+
+    def run(x: torch.Tensor) -> np.ndarray:
+        return ov_run(np.ascontiguousarray(x.numpy(), dtype=np.float32))
+
+    pairs = [(run(batch), eager(batch)) for batch in (probe, probe[:1])]
+    if precision == "f32":
+        difference = max(largest_difference(ours, theirs) for ours, theirs in pairs)
+        agrees, measure = difference <= settings.ONNX_TOLERANCE, f"differs by {difference:.2g}"
+    else:
+        cosine = min(lowest_cosine(ours, theirs) for ours, theirs in pairs)
+        agrees, measure = cosine >= settings.OPENVINO_MIN_COSINE, f"cosine {cosine:.4f}"
+    if not agrees:
+        logger.warning("%s runs on ONNX Runtime: OpenVINO %s %s", name, precision, measure)
+        return None
+    return run, precision
