@@ -1,11 +1,13 @@
-"""Embedding speed: eager PyTorch and the optimised path (ONNX Runtime, `INFERENCE=onnx`) side
-by side in one run, for each model the app serves: the default embedder (a query's vector, and a
+"""Embedding speed: eager PyTorch and the optimised paths (ONNX Runtime: `OPENVINO=off`; and
+OpenVINO, the default: bf16 for the default embedder, f32 for trained models) side by side in
+one run, for each model the app serves: the default embedder (a query's vector, and a
 gallery item's views, `EMBEDDER_GALLERY_VIEWS`), the copy model's detail views, and one network
 of each learned kind
 (random weights: speed does not depend on them; a 48-bit hash head where the kind learns one).
 
 For each: images per second at batch 1 and batch 32, milliseconds per query (batch 1, p50), and
-the largest difference of the vectors between the two paths on the same photos (product photos
+the largest difference of the vectors (and their lowest cosine) between eager PyTorch and each
+optimised path on the same photos (product photos
 of fashion-products-6k.zip). In-process, TORCH_THREADS threads (the workers' setting).
 
     .venv/bin/python bench/embed_speed.py
@@ -83,6 +85,10 @@ def build(name: str, files: dict[str, Path]):
     return embedder, embedder.embed
 
 
+# (key, INFERENCE, OPENVINO): eager PyTorch, ONNX Runtime, OpenVINO at the app's precision.
+RUNTIMES = (("torch", "torch", "off"), ("onnx", "onnx", "off"), ("openvino", "onnx", "bf16"))
+
+
 def measure(embed, pictures: list, batch: int, seconds: float) -> dict:
     embed(pictures[:batch])  # warm-up (the first ONNX run allocates)
     times = []
@@ -124,25 +130,33 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         row: dict[str, object] = {}
         vectors = {}
-        for runtime in ("torch", "onnx"):
-            settings.INFERENCE = runtime
+        for runtime, inference, openvino in RUNTIMES:
+            settings.INFERENCE, settings.OPENVINO = inference, openvino
             embedder, embed = build(name, files)
             vectors[runtime] = embed(pictures[:32])
             row[f"{runtime}_runtime"] = getattr(embedder, "runtime", runtime)
             for batch in (1, 32):
                 row[f"{runtime}_batch{batch}"] = measure(embed, pictures, batch, args.seconds)
-        row["max_vector_difference"] = float(np.abs(vectors["onnx"] - vectors["torch"]).max())
-        for batch in (1, 32):
-            eager = row[f"torch_batch{batch}"]["img_per_s"]  # type: ignore[index]
-            fast = row[f"onnx_batch{batch}"]["img_per_s"]  # type: ignore[index]
-            row[f"speedup_batch{batch}"] = round(fast / eager, 2)
+        for runtime in ("onnx", "openvino"):
+            prefix = "" if runtime == "onnx" else "openvino_"
+            row[f"{prefix}max_vector_difference"] = float(np.abs(vectors[runtime] - vectors["torch"]).max())
+            row[f"{prefix}lowest_cosine"] = round(
+                float((vectors[runtime] * vectors["torch"]).sum(axis=1).min()), 5
+            )
+            for batch in (1, 32):
+                eager = row[f"torch_batch{batch}"]["img_per_s"]  # type: ignore[index]
+                fast = row[f"{runtime}_batch{batch}"]["img_per_s"]  # type: ignore[index]
+                row[f"{prefix}speedup_batch{batch}"] = round(fast / eager, 2)
         figures[name] = row
         h.log(
             f"{name:28s} batch 1: torch {row['torch_batch1']['ms_p50']:7.2f} ms, "  # type: ignore[index]
-            f"onnx {row['onnx_batch1']['ms_p50']:7.2f} ms ({row['speedup_batch1']}x) | "  # type: ignore[index]
+            f"onnx {row['onnx_batch1']['ms_p50']:7.2f} ms ({row['speedup_batch1']}x), "  # type: ignore[index]
+            f"openvino {row['openvino_batch1']['ms_p50']:7.2f} ms ({row['openvino_speedup_batch1']}x) | "  # type: ignore[index]
             f"batch 32: torch {row['torch_batch32']['img_per_s']:6.1f} img/s, "  # type: ignore[index]
-            f"onnx {row['onnx_batch32']['img_per_s']:6.1f} img/s ({row['speedup_batch32']}x) | "  # type: ignore[index]
-            f"max diff {row['max_vector_difference']:.1e} [{row['onnx_runtime']}]"
+            f"onnx {row['onnx_batch32']['img_per_s']:6.1f} ({row['speedup_batch32']}x), "  # type: ignore[index]
+            f"openvino {row['openvino_batch32']['img_per_s']:6.1f} ({row['openvino_speedup_batch32']}x) | "  # type: ignore[index]
+            f"max diff {row['max_vector_difference']:.1e} / {row['openvino_max_vector_difference']:.1e}, "
+            f"lowest cosine {row['openvino_lowest_cosine']} [{row['openvino_runtime']}]"
         )
     h.write_result(
         h.RESULTS_FILE,
