@@ -1,9 +1,11 @@
-"""Queries embedded by ONNX Runtime alone, without PyTorch: what a web process needs. Importing
-torch and timm costs a process about 700 MB resident; the web only embeds queries.
+"""Queries embedded by OpenVINO or ONNX Runtime alone, without PyTorch: what a web process
+needs. Importing torch and timm costs a process about 700 MB resident; the web only embeds
+queries.
 
 When a network's exported graph has passed the agreement check (`onnx_runtime.fast_forward`),
 a manifest beside it (`ONNX_DIR/<model>.json`) records the graph and the query's preprocessing
-(input size, normalisation, blur). A process with `TORCH_FREE_QUERIES` (the web: set by
+(input size, normalisation, blur) and the runtime it agreed on (OpenVINO's precision, or ONNX
+Runtime). A process with `TORCH_FREE_QUERIES` (the web: set by
 `searchsite/gunicorn.conf.py`) builds its query embedders from the manifest: the same pixels
 (`transforms.pixels`, `transforms.to_array`), the same graph, the same vectors. Without a
 manifest yet (a fresh install, before a worker has embedded anything) it loads the torch
