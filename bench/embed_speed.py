@@ -85,13 +85,6 @@ def build(name: str, files: dict[str, Path]):
     return embedder, embedder.embed
 
 
-def lowest_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Per item, over its whole row (the details' four views together)."""
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return round(float((a * b).sum(axis=1).min()), 5)
-
-
 # (key, INFERENCE, OPENVINO): eager PyTorch, ONNX Runtime, OpenVINO at the app's precision.
 RUNTIMES = (("torch", "torch", "off"), ("onnx", "onnx", "off"), ("openvino", "onnx", "bf16"))
 
@@ -121,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     from django.conf import settings
 
     settings.ONNX_DIR = tmp / "onnx"
+    from gallery.embedders.onnx_runtime import lowest_cosine
+
     pictures = photos(args.datasets)
     files = learned_model_files(tmp)
     views = settings.EMBEDDER_GALLERY_VIEWS
@@ -147,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         for runtime in ("onnx", "openvino"):
             prefix = "" if runtime == "onnx" else "openvino_"
             row[f"{prefix}max_vector_difference"] = float(np.abs(vectors[runtime] - vectors["torch"]).max())
-            row[f"{prefix}lowest_cosine"] = lowest_cosine(vectors[runtime], vectors["torch"])
+            row[f"{prefix}lowest_cosine"] = round(lowest_cosine(vectors[runtime], vectors["torch"]), 5)
             for batch in (1, 32):
                 eager = row[f"torch_batch{batch}"]["img_per_s"]  # type: ignore[index]
                 fast = row[f"{runtime}_batch{batch}"]["img_per_s"]  # type: ignore[index]

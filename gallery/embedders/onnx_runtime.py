@@ -33,7 +33,7 @@ import torch
 from django.conf import settings
 
 from .onnx_query import GraphSessions, QueryPreprocessing, safe_name, write_manifest
-from .openvino_runtime import lowest_cosine, openvino_run
+from .openvino_runtime import openvino_run
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,11 @@ def probe_batch(image_size: int, count: int = 4) -> torch.Tensor:
 def largest_difference(a: np.ndarray, b: np.ndarray) -> float:
     """Largest absolute difference of the L2-normalised vectors."""
     return float(np.abs(_normalised(a) - _normalised(b)).max())
+
+
+def lowest_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The lowest cosine between two passes' vectors of the same inputs (whole rows)."""
+    return float((_normalised(a) * _normalised(b)).sum(axis=1).min())
 
 
 def batch_run_largest(threads: int) -> int:

@@ -11,8 +11,9 @@ was 1.8x faster moved vectors to cosine 0.87 and lost copies; bf16 keeps fp32's 
 
 bfloat16 only for a model whose retrieval was measured so (`TorchEmbedder.bf16`: the default
 embedder); the others, trained models whose hash codes are signs that a small change flips,
-run in f32. A compiled model is accepted only when its vectors agree with eager PyTorch's on the probe
-batch: within `ONNX_TOLERANCE` in f32, cosine at least `OPENVINO_MIN_COSINE` in bf16."""
+run in f32. A compiled model is accepted only when its vectors agree with eager PyTorch's on
+the probe batch (`onnx_runtime.fast_forward`): within `ONNX_TOLERANCE` in f32, cosine at
+least `OPENVINO_MIN_COSINE` in bf16."""
 
 from __future__ import annotations
 
@@ -80,11 +81,3 @@ class _PerThreadRequests:
             for i in range(0, len(x), self._largest)
         ]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
-def lowest_cosine(ours: np.ndarray, eager: np.ndarray) -> float:
-    """The lowest cosine between two passes' vectors of the same inputs (rows)."""
-    a, b = (v.reshape(len(v), -1) for v in (ours, eager))
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return float((a * b).sum(axis=1).min())
