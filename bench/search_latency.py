@@ -27,7 +27,9 @@ from __future__ import annotations
 import argparse
 import gc
 import io
+import os
 import random
+import resource
 import secrets
 import sys
 import time
@@ -322,7 +324,9 @@ def measure(app: h.BenchApp, query: bytes, *, clients: int, requests: int, warmu
 
     try:
         h.run_concurrent(clients, max(warmup, clients), one)  # warm-up: opens every connection
+        cpu_before = cpu_now(app)
         results, wall = h.run_concurrent(clients, requests, one)
+        cpu = cpu_spent(cpu_before, cpu_now(app), requests)
     finally:
         for api in apis:
             api.close()
@@ -336,6 +340,7 @@ def measure(app: h.BenchApp, query: bytes, *, clients: int, requests: int, warmu
         "throughput_rps": round(len(ok) / wall, 2) if wall else None,
         "latency": h.summarize_ms([r[0] for r in ok]),
         "server_took": h.summarize_ms([r[1] / 1000 for r in ok]),
+        "cpu_ms_per_request": cpu,
     }
     stages: dict[str, float] = {}
     for r in ok:
@@ -351,6 +356,32 @@ def measure(app: h.BenchApp, query: bytes, *, clients: int, requests: int, warmu
     figures["first_results"] = firsts
     if errors:
         figures["first_error"] = repr(errors[0])[:300]
+    return figures
+
+
+def cpu_now(app: h.BenchApp) -> dict[str, float]:
+    """CPU seconds so far: the web processes', this client process's, and the machine's busy
+    and idle time (/proc/stat: every process, the workers and the database included)."""
+    with open("/proc/stat") as fh:
+        ticks = [int(v) for v in fh.readline().split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    web = app.app_processes().get("web", [])
+    return {
+        "web": sum(h.proc_cpu_seconds(pid) or 0.0 for pid, _, _ in web),
+        "client": usage.ru_utime + usage.ru_stime,
+        "idle": (ticks[3] + ticks[4]) / tick,  # idle + iowait
+        "busy": (sum(ticks[:8]) - ticks[3] - ticks[4]) / tick,
+    }
+
+
+def cpu_spent(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, float]:
+    """Milliseconds of CPU per request by whom, and the cores left idle: one client's
+    requests take a core each in turn, so eight clients can only beat it by the idle share
+    and by doing less work per request."""
+    spent = {k: after[k] - before[k] for k in before}
+    figures = {k: round(spent[k] * 1000 / requests, 2) for k in ("web", "client", "busy")}
+    figures["idle_share"] = round(spent["idle"] / max(spent["idle"] + spent["busy"], 1e-9), 3)
     return figures
 
 
@@ -371,6 +402,7 @@ def run_levels(app, query, args, label: str) -> dict:
             f"  {f['throughput_rps']:.1f} req/s, errors {f['errors']}; client {h.fmt_summary(f['latency'])}"
         )
         h.log(f"  server took_ms: {h.fmt_summary(f['server_took'])}")
+        h.log(f"  CPU ms per request: {f['cpu_ms_per_request']}")
         sampled = h.MemorySampler(app).sample()
         f["resident_mib"] = {  # each role's processes, after the level (the web's: TORCH_FREE_QUERIES)
             role: round(v["rss_kb"] / 1024, 1) for role, v in sampled.items()

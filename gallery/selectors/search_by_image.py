@@ -403,9 +403,10 @@ def _rank(
             h.image.pk: h.score for h in alike_hits
         }
     order = list(dict.fromkeys(copies + alike))
-    rows = Image.objects.searchable().filter(category=category) if category else Image.objects.searchable()
+    rows = Image.objects.searchable().order_by()
+    rows = rows.filter(category=category) if category else rows
     hits: list[SearchHit] = []
-    step = max(2 * k, 20)  # rows read a slice at a time: most searches need only the first
+    step = k + 5  # rows read a slice at a time: most searches need only the first
     for start in range(0, len(order), step):
         found = rows.in_bulk(order[start : start + step])
         for label in order[start : start + step]:

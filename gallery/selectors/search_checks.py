@@ -148,8 +148,8 @@ class Verifier:
         ranked = self._ranked(count, also)
         if not ranked:
             return {}
-        rows = Image.objects.in_bulk(ranked)
-        names = {label: rows[label].file.name for label in ranked if label in rows}
+        files = dict(Image.objects.filter(pk__in=ranked).order_by().values_list("pk", "file"))
+        names = {label: files[label] for label in ranked if label in files}
         found: dict[int, Verification | None] = dict.fromkeys(names)
         orb_inliers: dict[tuple[int, bool], int] = {}
         sift_always = set(ranked[: self.params.sift_top if sift_top is None else sift_top])
