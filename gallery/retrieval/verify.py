@@ -47,9 +47,6 @@ _detectors = {
     Detector.ORB: cv2.ORB.create(nfeatures=1000, edgeThreshold=15, patchSize=15, fastThreshold=10),
     Detector.SIFT: cv2.SIFT.create(nfeatures=500, contrastThreshold=0.02),
 }
-# Exact nearest neighbours by faiss: ORB's Hamming distances 5x faster than OpenCV's
-# brute-force matcher (12.6 -> 2.5 ms for 900 x 800 features) with the same pairs, ties
-# included (60 catalogue photos' features, ORB and SIFT).
 
 
 @dataclass
@@ -164,7 +161,9 @@ def _homography(query: Features, item: Features) -> tuple[np.ndarray, np.ndarray
 
 def _ratio_matches(query: Features, item: Features) -> tuple[np.ndarray, np.ndarray]:
     """(query features, their item features) whose nearest item feature is clearly nearer
-    than the second (Lowe's ratio test)."""
+    than the second (Lowe's ratio test). The nearest two by faiss's exact search: the pairs
+    of OpenCV's brute-force matcher, ties included, 5x faster for ORB (12.6 -> 2.5 ms for
+    900 x 800 features; checked on 60 catalogue photos for both detectors)."""
     descriptors = item.float_descriptors()
     index: faiss.IndexBinaryFlat | faiss.IndexFlatL2
     if item.detector is Detector.ORB:
