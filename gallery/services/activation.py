@@ -62,7 +62,9 @@ def model_activate(version_id: int, *, batch_size: int = 64) -> ModelVersion:
         ModelVersion.objects.select_for_update().filter(is_active=True).update(
             is_active=False, activation=ModelVersion.Activation.NONE
         )
-        ModelVersion.objects.filter(pk=version_id).update(
+        model_version_log(
+            version_id,
+            f"activated: {count} images in its index",
             is_active=True,
             activation=ModelVersion.Activation.ACTIVE,
             activated_at=timezone.now(),
@@ -71,7 +73,6 @@ def model_activate(version_id: int, *, batch_size: int = 64) -> ModelVersion:
         started = version.activation_started_at or timezone.now()
         transaction.on_commit(lambda: _after_switch(started), robust=True)
     forget_active_model()
-    model_version_log(version_id, f"activated: {count} images in its index")
     return ModelVersion.objects.get(pk=version_id)
 
 

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F, TextField, Value
+from django.db.models.functions import Concat, Right
 from django.utils import timezone
 
 from ..embedders import get_embedder, model_ref, pretrained_ref
@@ -123,11 +125,20 @@ def model_train_start(version: ModelVersion) -> None:
     dispatch.model_train(version.pk)
 
 
-def model_version_log(version_id: int, line: str) -> None:
-    """One time-stamped line of the version's log (the admin page shows the last 20,000 characters)."""
+LOG_KEPT = 20_000  # characters of a version's log kept (the admin page shows them)
+
+
+def model_version_log(version_id: int, line: str, **fields: Any) -> None:
+    """One time-stamped line at the end of the version's log, with `fields` set in the same
+    statement. Appended by the database: a resumed run's first line does not overwrite the
+    cancelled run's last one (read and written back by each, one was lost), and whoever sees
+    the new state (ready, cancelled, failed) sees the line that says so."""
     stamp = timezone.now().strftime("%H:%M:%S")
-    version = ModelVersion.objects.get(pk=version_id)
-    ModelVersion.objects.filter(pk=version_id).update(log=(version.log + f"{stamp} {line}\n")[-20000:])
+    text = TextField()
+    appended = Right(
+        Concat(F("log"), Value(f"{stamp} {line}\n"), output_field=text), LOG_KEPT, output_field=text
+    )
+    ModelVersion.objects.filter(pk=version_id).update(log=appended, **fields)
 
 
 class _TrainingWatch:
@@ -209,30 +220,31 @@ def model_train(version_id: int, *, on_progress: ProgressCallback | None = None)
         )
         result = trainer.run()
     except Cancelled:
-        ModelVersion.objects.filter(pk=version_id).update(
-            state=ModelVersion.State.CANCELLED, finished_at=timezone.now()
+        model_version_log(
+            version_id, "cancelled", state=ModelVersion.State.CANCELLED, finished_at=timezone.now()
         )
-        model_version_log(version_id, "cancelled")
         return ModelVersion.objects.get(pk=version_id)
     except Exception as exc:
         log.exception("Training of model %s failed", version_id)
-        ModelVersion.objects.filter(pk=version_id).update(
+        model_version_log(
+            version_id,
+            f"failed: {exc}",
             state=ModelVersion.State.FAILED,
             error=f"{type(exc).__name__}: {exc}"[:2000],
             finished_at=timezone.now(),
         )
-        model_version_log(version_id, f"failed: {exc}")
         return ModelVersion.objects.get(pk=version_id)
     history = result.pop("history")
     _draw_loss_curve(version, history)
-    ModelVersion.objects.filter(pk=version_id).update(
+    model_version_log(
+        version_id,
+        f"done: {result['epochs']} epochs in {result['train_seconds']} s",
         state=ModelVersion.State.READY,
         metrics=result,
         history=history,
         spec=trainer.spec,
         finished_at=timezone.now(),
     )
-    model_version_log(version_id, f"done: {result['epochs']} epochs in {result['train_seconds']} s")
     return ModelVersion.objects.get(pk=version_id)
 
 

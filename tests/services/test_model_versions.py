@@ -17,6 +17,22 @@ from tests.images import make_category_folder, make_picture
 pytestmark = pytest.mark.django_db
 
 
+def test_a_log_line_lands_with_its_state_and_the_log_keeps_its_tail():
+    """Whoever sees a run cancelled (or ready, or failed) sees the line that says so: they are
+    one statement. Lines are appended by the database (a resumed run's first line used to
+    overwrite the cancelled run's last one, each read and written back by its own process)."""
+    version = services.model_version_create("metric", start=False)
+    services.model_version_log(version.pk, "training started")
+    services.model_version_log(version.pk, "cancelled", state=ModelVersion.State.CANCELLED)
+    version.refresh_from_db()
+    assert version.state == ModelVersion.State.CANCELLED
+    assert [line.split(" ", 1)[1] for line in version.log.splitlines()] == ["training started", "cancelled"]
+    for n in range(700):
+        services.model_version_log(version.pk, f"line {n} " + "x" * 30)
+    version.refresh_from_db()
+    assert len(version.log) == 20_000 and version.log.endswith("line 699 " + "x" * 30 + "\n")
+
+
 def test_create_validates_and_names_versions(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         services.model_version_create("metric", data=str(tmp_path / "missing.zip"), start=False)
