@@ -5,6 +5,7 @@ Broker: CELERY_BROKER_URL / REDIS_URL when reachable; otherwise a private `redis
 when one is installed (REDIS_SERVER names the binary; empty disables it); otherwise Kombu's
 filesystem transport (embedded, no server)."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -184,12 +185,19 @@ class Command(BaseCommand):
             time.sleep(0.5)
 
     def stop_all(self):
+        """SIGTERM to each child's main process only: a Celery worker then stops its own pool
+        (SIGTERM to the whole group killed the pool processes, and the worker forked and warmed
+        new ones during its warm shutdown), and gunicorn its workers. Whatever is left after
+        15 s is killed with its whole group, and every child is reaped before we exit."""
         for _, proc in reversed(self.children):
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
+                proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 15
-        for _, proc in reversed(self.children):
+        for name, proc in reversed(self.children):
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                self.stderr.write(f"{name} did not stop within 15 s of SIGTERM; killing it.")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the child, if still there, and any orphan of it
+            proc.wait()
