@@ -274,6 +274,32 @@ def test_a_close_up_is_told_apart_from_a_colour_variant_of_its_photo_by_its_colo
     assert label == 1 and match.correlation >= 0.98 and match.gap >= 0.02
 
 
+def test_a_crop_of_most_of_a_photo_is_a_copy_by_its_pixels_only_when_its_local_features_agree():
+    """Pixels alone matched another item of the same cut and tone (a wallet, 0.987): a crop
+    that shows most of the photo keeps its local features, so they must agree too."""
+    thresholds = CopyThresholds()
+    photos = _products(12)
+    items = {n: item_pixels(p) for n, p in enumerate(photos)}
+    copies = 0
+    for n, photo in enumerate(photos):
+        w, h = photo.size
+        crop = photo.crop((w // 12, h // 12, w - w // 16, h - h // 20)).resize((w * 2, h * 2))
+        found = best_pixel_match(QueryPixels(crop), items)
+        assert found is not None
+        label, match = found
+        assert match.share >= thresholds.pixel_crop_share
+        if label != n or match.correlation < thresholds.pixel_correlation:
+            continue
+        assert not pixel_copy(match, thresholds)  # its pixels alone are not enough...
+        item = photo.convert("RGB")
+        v = verify(query_features(crop, Detector.ORB), None, item_features(item, Detector.ORB))
+        if v is not None and v.inliers >= thresholds.pixel_crop_inliers:
+            copies += pixel_copy(match, thresholds, v)  # ...with its local features they are
+        lone = Evidence(cosine=0.9, pixels={match.check: match})
+        assert classify(lone, thresholds).match == Match.SIMILAR
+    assert copies >= 6
+
+
 def _marked(photo: PILImage.Image, colour: tuple[int, int, int]) -> PILImage.Image:
     """The photo enlarged 4x under a banner across the bottom quarter and a round sticker."""
     big = photo.resize((photo.width * 4, photo.height * 4), PILImage.Resampling.BICUBIC)

@@ -37,6 +37,7 @@ from ..retrieval.tiers import (
     Evidence,
     classify,
     contested,
+    crop_needs_features,
     same_shape,
     unrivalled_copy,
     verified_copy,
@@ -239,6 +240,7 @@ def _decisions(
     then the whole picture's next ones; unless one is an unrivalled copy then, the picture's
     regions searched and the next candidates verified; still no copy, the pixel checks."""
     verified: dict[int, Verification | None] = {}
+    checker = Verifier(query, params)
 
     def copy_verified() -> bool:
         """A verified copy that no other verified item rivals (`tiers.contested` would make a
@@ -252,7 +254,6 @@ def _decisions(
         # no region search (a product photo on a larger canvas: its own photo 4th-25th by
         # its vector among look-alikes shot the same way, half of them verified in 40-60 ms
         # by the next 10, where the region search and the rest took about 300).
-        checker = Verifier(query, params)
         verified = checker.best(params.verified_first, details)
         watch.lap("verify")
         if depth.whole and not copy_verified():
@@ -274,7 +275,7 @@ def _decisions(
     if not any(d.match in COPY_TIERS for d in decisions.values()):
         # No copy yet: is the picture part of a candidate's photo, or all of it smaller or
         # under marks?
-        _check_pixels(query, evidence, decisions, params, whole)
+        _check_pixels(query, evidence, decisions, params, whole, checker)
         contested(decisions, evidence, params.copies)
         watch.lap("pixels")
     return decisions
@@ -286,14 +287,18 @@ def _check_pixels(
     decisions: dict[int, Decision],
     params: RetrievalParams,
     whole: _Whole,
+    checker: Verifier,
 ) -> None:
-    """The candidates' photos searched for the picture's pixels (`search_checks.match_pixels`);
-    what matches is decided again with that evidence."""
+    """The candidates' photos searched for the picture's pixels (`search_checks.match_pixels`),
+    and decided again; a crop of most of a photo is verified now (`tiers.crop_needs_features`)."""
     for label, pixels in match_pixels(query, params):
         if label not in evidence:  # found by its pixels alone (further down the vector's list)
             evidence[label] = _evidence(query.candidates[label], label, whole, None)
-        evidence[label].pixels[pixels.check] = pixels
-        decisions[label] = classify(evidence[label], params.copies)
+        e = evidence[label]
+        e.pixels[pixels.check] = pixels
+        if e.verification is None and crop_needs_features(pixels, params.copies):
+            e.verification = checker.best(0, also=[label]).get(label)
+        decisions[label] = classify(e, params.copies)
 
 
 def _search_regions(
