@@ -88,6 +88,7 @@ def record_evidence(items: list[dict[str, Any]]) -> None:
             result = search_by_image.image_search_by_image(item["data"], k=10)
             titles = {hit.image.pk: hit.image.title for hit in result.hits}
             item["evidence"] = {pk: recorded[pk] for pk in titles if pk in recorded}
+            item["titles"] = titles  # (in --dump: which photo each candidate is)
             item["target"] = next((pk for pk, t in titles.items() if t == item.get("stem")), None)
             if n % 100 == 0:
                 h.log(f"  {n}/{len(items)} searched")

@@ -6,6 +6,7 @@ product photos (and CIFAR-10 as backgrounds and outside photos)."""
 import io
 import zipfile
 
+import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
@@ -14,6 +15,8 @@ from PIL import ImageDraw, ImageOps
 
 from gallery import selectors, services
 from gallery.models import Image
+from gallery.retrieval.hashes import pdq_hash
+from gallery.retrieval.tiers import CopyThresholds
 from tests.conftest import dataset
 from tests.helpers import embed_and_index
 
@@ -120,6 +123,18 @@ def test_the_same_picture_in_other_colours_is_a_near_duplicate_not_the_same_pict
         first = _search(client, _jpeg(picture, quality=95))["results"][0]
         assert first["id"] == image.pk and first["match"] == "near_duplicate", (words, first)
         assert words in first["explanation"], first
+    # Smaller and re-compressed too, its hash further from the photo's: still told in words.
+    swapped = changed["colours changed"]
+    small = _jpeg(swapped.resize((swapped.width // 2, swapped.height // 2)), quality=25)
+    distance = int(
+        np.bitwise_count(
+            np.frombuffer(pdq_hash(_open(small))[0], np.uint8) ^ np.frombuffer(pdq_hash(photo)[0], np.uint8)
+        ).sum()
+    )
+    assert distance > CopyThresholds().exact_hash_distance
+    first = _search(client, small)["results"][0]
+    assert first["id"] == image.pk and first["match"] == "near_duplicate", first
+    assert "colours changed" in first["explanation"], (distance, first)
     for picture in (photo, photo.resize((photo.width * 2, photo.height * 2), PILImage.Resampling.BICUBIC)):
         first = _search(client, _jpeg(picture, quality=92))["results"][0]
         assert first["id"] == image.pk and first["match"] == "exact", first

@@ -339,7 +339,7 @@ def _whole(query: Query, same_bytes: int | None, params: RetrievalParams) -> _Wh
     for pk, width, height, name in rows if hashed else ():
         if not same_shape(query.picture.size, (width, height)):
             stretched.add(pk)
-        elif (hashed[pk] or 0) <= params.copies.exact_hash_distance and not colours_kept(
+        elif (hashed[pk] or 0) <= params.copies.loose_hash_distance and not colours_kept(
             query.picture, stored_colour(pk, name)
         ):
             recoloured.add(pk)
