@@ -300,6 +300,24 @@ def test_a_crop_of_most_of_a_photo_is_a_copy_by_its_pixels_only_when_its_local_f
     assert copies >= 6
 
 
+def test_a_mirrored_copy_verifies_with_sift_features_mirrored_from_the_query_s_own():
+    """`mirrored_sift` spares the mirror image's detection: its features verify mirrored
+    copies as the mirror's own detection does, and the query as it is does not verify."""
+    direct, derived = [], []
+    for photo in _products(60)[::5]:
+        w, h = photo.size
+        query = ImageOps.mirror(photo).crop((w // 20, h // 25, w - w // 30, h))
+        query = _jpeg_thumbnail(query.resize((round(w * 1.6), round(h * 1.6))), 1.0, 75).convert("RGB")
+        item = item_features(photo, Detector.SIFT)
+        own = query_features(query, Detector.SIFT)
+        mirrored = mirrored_query_features(query, Detector.SIFT, own)
+        assert len(mirrored) == len(own) and mirrored.grey.shape == own.grey.shape
+        for found, made in ((direct, mirrored_query_features(query, Detector.SIFT)), (derived, mirrored)):
+            v = verify(None, made, item)
+            found.append(v is not None and v.mirrored and v.inliers >= 15 and v.agreement >= 0.72)
+    assert sum(derived) >= sum(direct) - 1 and sum(derived) >= 10, (direct, derived)
+
+
 def _marked(photo: PILImage.Image, colour: tuple[int, int, int]) -> PILImage.Image:
     """The photo enlarged 4x under a banner across the bottom quarter and a round sticker."""
     big = photo.resize((photo.width * 4, photo.height * 4), PILImage.Resampling.BICUBIC)

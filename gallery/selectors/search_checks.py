@@ -116,8 +116,12 @@ class Verifier:
     def _query_features(self, detector: Detector, mirrored: bool) -> Features:
         key = (detector, mirrored)
         if key not in self._features:
-            make = mirrored_query_features if mirrored else query_features
-            self._features[key] = make(self.query.picture, detector)
+            picture = self.query.picture
+            if not mirrored:
+                self._features[key] = query_features(picture, detector)
+            else:  # SIFT's from the picture's own (`verify.mirrored_sift`)
+                own = self._query_features(detector, False) if detector is Detector.SIFT else None
+                self._features[key] = mirrored_query_features(picture, detector, own)
         return self._features[key]
 
     def _copy_among(self, found: dict[int, Verification | None]) -> bool:
