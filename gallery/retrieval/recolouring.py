@@ -98,14 +98,18 @@ def _edges(rgb: np.ndarray) -> np.ndarray:
 KEPT_COLOURS = 15.0
 
 
-def colours_kept(picture: Image.Image, photo: np.ndarray | None) -> bool:
-    """The picture shows the photo's colours (`pixels.item_colour`) everywhere, for a picture
-    whose hash says it is the photo; None (not known): kept."""
+def colour_thumbnail(picture: Image.Image) -> np.ndarray:
+    """A picture's 8x8 colours (CIELAB), made once per query for `colours_kept`."""
+    return _lab(np.asarray(picture.convert("RGB").resize((8, 8), Image.Resampling.BOX)))
+
+
+def colours_kept(thumbnail: np.ndarray, photo: np.ndarray | None) -> bool:
+    """The picture (its `colour_thumbnail`) shows the photo's colours (`pixels.item_colour`)
+    everywhere, for a picture whose hash says it is the photo; None (not known): kept."""
     if photo is None:
         return True
-    ours = _lab(np.asarray(Image.fromarray(photo).resize((8, 8), Image.Resampling.BOX)))
-    theirs = _lab(np.asarray(picture.convert("RGB").resize((8, 8), Image.Resampling.BOX)))
-    apart = np.hypot(ours[..., 1] - theirs[..., 1], ours[..., 2] - theirs[..., 2])
+    ours = colour_thumbnail(Image.fromarray(photo))
+    apart = np.hypot(ours[..., 1] - thumbnail[..., 1], ours[..., 2] - thumbnail[..., 2])
     return float(apart.max()) <= KEPT_COLOURS
 
 

@@ -29,7 +29,7 @@ from ..imaging import JpegTables, decode_image, flatten, sha256_of
 from ..models import Image
 from ..retrieval import regions as region_tools
 from ..retrieval.params import RetrievalParams, retrieval_params
-from ..retrieval.recolouring import colours_kept
+from ..retrieval.recolouring import colour_thumbnail, colours_kept
 from ..retrieval.regions import Box
 from ..retrieval.tiers import (
     COPY_TIERS,
@@ -335,13 +335,13 @@ def _whole(query: Query, same_bytes: int | None, params: RetrievalParams) -> _Wh
     "the same picture". The candidates found by their hash are read once for both."""
     hashed = {label: c.hash_distance for label, c in query.candidates.items() if c.hash_distance is not None}
     rows = Image.objects.filter(pk__in=list(hashed)).values_list("pk", "width", "height", "file")
+    near = {pk for pk, distance in hashed.items() if (distance or 0) <= params.copies.loose_hash_distance}
+    thumbnail = colour_thumbnail(query.picture) if near else None  # the picture's colours, once
     stretched, recoloured = set(), set()
     for pk, width, height, name in rows if hashed else ():
         if not same_shape(query.picture.size, (width, height)):
             stretched.add(pk)
-        elif (hashed[pk] or 0) <= params.copies.loose_hash_distance and not colours_kept(
-            query.picture, stored_colour(pk, name)
-        ):
+        elif thumbnail is not None and pk in near and not colours_kept(thumbnail, stored_colour(pk, name)):
             recoloured.add(pk)
     return _Whole(same_bytes, is_grayscale(query.picture), stretched, recoloured)
 
