@@ -329,6 +329,27 @@ def test_photos_from_outside_the_gallery_are_never_labelled_copies(client, produ
         assert all(r["match"] == "similar" for r in results), results[0]
 
 
+def _gradient(top: tuple[int, int, int], bottom: tuple[int, int, int]) -> PILImage.Image:
+    t = np.linspace(0.0, 1.0, 1024)[:, None, None]
+    colours = (1 - t) * np.array(top) + t * np.array(bottom)
+    return PILImage.fromarray(np.repeat(colours, 768, axis=1).astype(np.uint8))
+
+
+def test_a_picture_without_detail_of_its_own_is_no_close_up_of_a_smooth_photo(client, clean_index):
+    """A gradient correlates with any smooth part of a photo (this bottle's shading at 0.986):
+    its pixels identify nothing, so it is no copy; the bottle's own close-up still is."""
+    with zipfile.ZipFile(dataset("fashion-products-6k.zip")) as zf:
+        bottle = zf.read("other/1554.jpg")
+    image, _ = services.image_create(data=bottle, title="bottle", category="products")
+    embed_and_index(image.pk)
+    results = _search(client, _jpeg(_gradient((0, 0, 255), (255, 128, 0))))["results"]
+    assert results and all(r["match"] == "similar" for r in results), results[0]
+    photo = _open(bottle)
+    close_up = photo.crop((8, 30, 44, 78)).resize((540, 720), PILImage.Resampling.BICUBIC)
+    first = _search(client, _jpeg(close_up))["results"][0]
+    assert first["match"] == "near_duplicate", first
+
+
 def test_an_item_inside_a_scene_is_found_with_the_visitors_box_and_suggested_without(client, products):
     image, data = products[11]
     scene, (x, y, w, h) = _scene(_open(data), 0.4)

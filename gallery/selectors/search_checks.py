@@ -230,7 +230,10 @@ def match_pixels(query: Query, params: RetrievalParams) -> list[tuple[int, Pixel
     vector's next neighbours included: a close-up's item is often far down), the one most
     like them as a whole photo at the picture's size (when it is smaller), and the one the
     picture shows unchanged in most places (under marks). A new candidate that matches joins
-    the query's candidates."""
+    the query's candidates. A picture with no detail of its own (a gradient) matches none."""
+    pixels = QueryPixels(query.picture, query.jpeg)
+    if not pixels.has_own_detail():
+        return []
     candidates = query.candidates
     by_cosine = sorted(candidates, key=lambda label: -candidates[label].copy_cosine)
     nearest = dict(query.neighbours(query.vector, params.pixel_candidates))
@@ -250,7 +253,6 @@ def match_pixels(query: Query, params: RetrievalParams) -> list[tuple[int, Pixel
         for label in ranked
         if label in names and (p := _item_pixels(label, names[label])) is not None
     }
-    pixels = QueryPixels(query.picture, query.jpeg)
     # The screening at half resolution misses a detailed close-up at times: the whole
     # picture's nearest few are always searched fully.
     nearest_few = [label for label in nearest if label in photos][: params.pixel_nearest_checked]
