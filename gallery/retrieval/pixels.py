@@ -118,6 +118,7 @@ class PixelMatch:
     share: float  # the query's longer side as a share of the photo's
     gap: float = 0.0  # agreement above the best other candidate's
     check: PixelCheck = PixelCheck.CLOSE_UP
+    detail: float = 1.0  # a close-up's `QueryPixels.detail_agreement`
 
 
 def item_pixels(image: Image.Image) -> np.ndarray:
@@ -157,7 +158,7 @@ class QueryPixels:
 
     def has_own_detail(self) -> bool:
         """Whether the picture has detail beyond a smooth surface (see OWN_DETAIL_SHARE)."""
-        residual = _beyond_smooth_surface(self.pixels)
+        residual = float(_less_smooth_surface(self.pixels).std())
         return residual >= OWN_DETAIL_LEVELS and residual >= OWN_DETAIL_SHARE * float(self.pixels.std())
 
     def _template(self, w: int, h: int) -> np.ndarray | None:
@@ -243,6 +244,21 @@ class QueryPixels:
             self._halved = QueryPixels(Image.fromarray(halve(self.pixels)))
         return self._halved
 
+    def detail_agreement(self, item: np.ndarray, share: float) -> float:
+        """Where the query, at `share` of the photo's longer side, matches the photo best: the
+        correlation of their detail (each less its smooth surface). A ramp or soft shading in
+        the query correlates with any smooth part of a photo, whatever its caption or marks;
+        the photo's own close-up keeps its detail too (`CopyThresholds.pixel_detail`)."""
+        ih, iw = item.shape
+        qh, qw = self.pixels.shape
+        f = share * max(iw, ih) / max(qw, qh)
+        w, h = min(iw, max(1, round(qw * f))), min(ih, max(1, round(qh * f)))
+        template = cv2.resize(self.pixels, (w, h), interpolation=cv2.INTER_AREA)
+        _, _, _, (x, y) = cv2.minMaxLoc(cv2.matchTemplate(item, template, cv2.TM_CCOEFF_NORMED))
+        ours, theirs = _less_smooth_surface(template), _less_smooth_surface(item[y : y + h, x : x + w])
+        denominator = float(np.sqrt((ours * ours).sum() * (theirs * theirs).sum()))
+        return float((ours * theirs).sum()) / denominator if denominator > 0 else 0.0
+
     def match(
         self, item: np.ndarray, shares: tuple[float, ...] = COARSE_SHARES, min_side: int = MIN_SIDE
     ) -> PixelMatch | None:
@@ -307,15 +323,17 @@ def laid_over_photo(
     return laid, inside
 
 
-def _beyond_smooth_surface(grey: np.ndarray) -> float:
-    """The standard deviation of grey levels around their best quadratic surface in x and y."""
+def _less_smooth_surface(grey: np.ndarray) -> np.ndarray:
+    """Grey levels less their best quadratic surface in x and y (a flat colour, a ramp,
+    shading): the detail left."""
     h, w = grey.shape
     y, x = np.mgrid[0:h, 0:w]
     x, y = x.ravel() / w - 0.5, y.ravel() / h - 0.5
     surface = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=1)
     levels = grey.ravel().astype(np.float64)
     coefficients, *_ = np.linalg.lstsq(surface, levels, rcond=None)
-    return float((levels - surface @ coefficients).std())
+    detail: np.ndarray = levels - surface @ coefficients
+    return detail
 
 
 def _detailed(colour: np.ndarray) -> np.ndarray:
@@ -397,7 +415,9 @@ def best_pixel_match(
         return None
     colours = _colour_scores(query, _best(found, lambda m: m.correlation), found, colour_of)
     label, gap = _leader({la: m.correlation for la, m in found.items()}, colours)
-    return label, PixelMatch(found[label].correlation, found[label].share, gap)
+    best = found[label]
+    detail = query.detail_agreement(items[label], best.share)
+    return label, PixelMatch(best.correlation, best.share, gap, detail=detail)
 
 
 def _best(found: Mapping[int, _T], score: Callable[[_T], float]) -> list[int]:
