@@ -11,9 +11,11 @@ Imports the 6,000 product photos of fashion-products-6k.zip (a seeded sample of 
   letterbox),
   the same picture again with the item's box (`box=x,y,w,h`, as a visitor draws it), and
   whether the answer's suggested `regions` cover the item;
-- photos that are not in the gallery: CIFAR-10 `test/` images, and the held-back product
-  photos (a harder set: other items of the same catalogue, shot the same way): how many get a
-  result labelled `exact` or `near_duplicate` (should be none);
+- photos that are not in the gallery: CIFAR-10 `test/` images, plain pictures
+  (`harness/plain_pictures.py`: gradients, soft edges, stripes, a photo blurred to nothing, a
+  caption on a gradient...: little detail of their own) and the held-back product photos (a
+  harder set: other items of the same catalogue, shot the same way): how many get a result
+  labelled `exact` or `near_duplicate` (should be none);
 - upload dedupe at the end (--uploads per kind and strength): edited copies and as many
   held-back photos uploaded through `POST /api/images`; how many copies are noted
   (`near_duplicate_of`) as copies of their original, and held-back photos as copies at all.
@@ -42,6 +44,7 @@ from typing import Any
 import harness as h
 import numpy as np
 from harness import edits
+from harness.plain_pictures import plain_pictures
 from PIL import Image
 
 DATASET = "fashion-products-6k.zip"
@@ -68,6 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--outside", type=int, default=500, help="CIFAR-10 test photos asked as outside photos"
+    )
+    parser.add_argument(
+        "--plain", type=int, default=132, help="plain pictures asked as outside photos (11 kinds in turn)"
     )
     parser.add_argument("--kinds", default="", help="comma-separated edit kinds (default: all)")
     parser.add_argument("--k", type=int, default=10, help="results asked per query")
@@ -204,16 +210,17 @@ def run_queries(api: h.Api, queries: list[dict], same: dict[str, set[str]], k: i
             h.log(f"  [{label}] {n}/{len(queries)} queries, {time.perf_counter() - started:.0f} s")
 
 
-def outside_labelled(api: h.Api, photos: list[bytes], k: int) -> tuple[int, list[str]]:
-    """How many photos that are not in the gallery get a copy tier anywhere in their results."""
+def outside_labelled(api: h.Api, photos: list[tuple[str, bytes]], k: int) -> tuple[int, list[str]]:
+    """How many photos that are not in the gallery (name, bytes) get a copy tier anywhere in
+    their results."""
     flagged, examples = 0, []
-    for n, data in enumerate(photos):
+    for n, (name, data) in enumerate(photos):
         results = ask(api, data, f"outside-{n}.jpg", k)["results"]
         labelled = [r for r in results if r.get("match") in COPY_TIERS]
         if labelled:
             flagged += 1
             examples.append(
-                f"{n}: {labelled[0]['title']} {labelled[0]['match']} ({labelled[0].get('explanation')})"
+                f"{n} {name}: {labelled[0]['title']} {labelled[0]['match']} ({labelled[0].get('explanation')})"
             )
     return flagged, examples
 
@@ -305,7 +312,7 @@ def measure(app: h.BenchApp, args, queries, same, negatives, outside_photos, lab
     figures = figures_of(queries)
     log_figures(f"Edited copies ({label})", figures)
     outside = {}
-    for name, photos in (("cifar10", outside_photos), ("held_back_products", list(negatives.values()))):
+    for name, photos in (*outside_photos.items(), ("held_back_products", list(negatives.items()))):
         flagged, examples = outside_labelled(api, photos, args.k)
         outside[name] = {
             "n": len(photos),
@@ -327,13 +334,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     h.install_signal_handlers()
     gallery, negatives = load_catalogue(args)
-    backgrounds, outside_photos = load_outside(args)
+    backgrounds, cifar = load_outside(args)
+    outside_photos = {
+        "cifar10": [(f"cifar-{n}", data) for n, data in enumerate(cifar)],
+        "plain_pictures": plain_pictures(args.plain, args.seed + 13, backgrounds),
+    }
     kinds = [k for k in args.kinds.split(",") if k] or list(edits.KINDS)
     queries = make_queries(gallery, kinds, args.per, backgrounds, args.seed + 1)
     same = h.pixel_groups(gallery)
     h.log(
         f"Gallery {len(gallery)} photos, {len(negatives)} held back; {len(queries)} edited queries over "
-        f"{len(kinds)} kinds x {len(edits.STRENGTHS)} strengths; {len(outside_photos)} CIFAR-10 outside photos."
+        f"{len(kinds)} kinds x {len(edits.STRENGTHS)} strengths; {len(cifar)} CIFAR-10 and "
+        f"{args.plain} plain pictures as outside photos."
     )
     results: dict[str, Any] = {}
     with h.BenchApp("robust", args) as app:
@@ -355,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         "kinds": kinds,
         "held_out_kinds": list(edits.HELD_OUT_KINDS),
         "negatives": len(negatives),
-        "outside": len(outside_photos),
+        "outside": len(cifar),
+        "plain": args.plain,
         "k": args.k,
         "seed": args.seed,
         "metric_minutes": args.metric_minutes,

@@ -15,6 +15,7 @@ from PIL import ImageDraw, ImageOps
 from gallery.imaging import JpegTables, decode_image
 from gallery.retrieval import regions
 from gallery.retrieval.hashes import HashIndex, hamming, pdq_hash
+from gallery.retrieval.laid_over import laid_colour_agreement
 from gallery.retrieval.params import RetrievalParams
 from gallery.retrieval.pixels import (
     QueryPixels,
@@ -24,7 +25,6 @@ from gallery.retrieval.pixels import (
     compressed_like,
     item_colour,
     item_pixels,
-    laid_colour_agreement,
 )
 from gallery.retrieval.recolouring import Recolouring, recolouring
 from gallery.retrieval.regions import Box

@@ -62,19 +62,12 @@ import numpy as np
 from PIL import Image
 
 from ..imaging import JpegTables
+from .plain import detail_agreement, has_own_detail, one_way
 
 ITEM_SIDE = 96  # the catalogue photo's longer side for the search (small photos kept as they are)
 QUERY_SIDE = 128  # the query is shrunk to this first: templates are at most ITEM_SIDE
 MIN_SIDE = 8  # templates smaller than this say nothing
 MIN_CONTRAST = 4.0  # grey levels (standard deviation): a flat template matches anywhere
-# A picture with no detail of its own (a flat colour, a gradient, soft shading: its grey
-# levels, beyond a smooth surface, a quadratic in x and y, vary by this share of their spread
-# or less, or by fewer levels) correlates with any smooth part of a photo: a blue-to-orange
-# gradient was "a close-up" of a bottle's shading at 0.986. Its pixels identify nothing.
-# Edited copies keep 0.36 or more (a strong vignette), those its pixels found 0.47 (777
-# labelled copies of all kinds, seeds 777-783, two splits); gradients 0.01.
-OWN_DETAIL_SHARE = 0.15
-OWN_DETAIL_LEVELS = 2.0
 # The query's longer side as a share of the photo's: a coarse geometric sweep, then a finer
 # one around the best share for the best few candidates.
 COARSE_SHARES = tuple(float(s) for s in np.geomspace(0.25, 1.0, 12))
@@ -97,11 +90,6 @@ SAME_SHAPE = 0.08  # a smaller copy's aspect ratio is the photo's within this sh
 AGREE_LEVELS = 24
 DETAIL_LEVELS = 20
 _SQUARE = np.ones((3, 3), np.uint8)
-# A verified copy's colours are compared after one gain and offset (brightness, contrast),
-# fitted twice on the share of pixel values that fit best, the gain within these bounds.
-TONE_FITS = 2
-TONE_KEPT = 0.7
-TONE_GAINS = (0.6, 1.6)
 
 _T = TypeVar("_T")
 
@@ -119,6 +107,7 @@ class PixelMatch:
     gap: float = 0.0  # agreement above the best other candidate's
     check: PixelCheck = PixelCheck.CLOSE_UP
     detail: float = 1.0  # a close-up's `QueryPixels.detail_agreement`
+    one_way: float = 0.0  # a close-up's `QueryPixels.one_way`
 
 
 def item_pixels(image: Image.Image) -> np.ndarray:
@@ -157,9 +146,8 @@ class QueryPixels:
         self._halved: QueryPixels | None = None
 
     def has_own_detail(self) -> bool:
-        """Whether the picture has detail beyond a smooth surface (see OWN_DETAIL_SHARE)."""
-        residual = float(_less_smooth_surface(self.pixels).std())
-        return residual >= OWN_DETAIL_LEVELS and residual >= OWN_DETAIL_SHARE * float(self.pixels.std())
+        """Whether the picture has detail beyond a smooth surface (`plain.has_own_detail`)."""
+        return has_own_detail(self.pixels)
 
     def _template(self, w: int, h: int) -> np.ndarray | None:
         if (w, h) not in self._templates:
@@ -223,7 +211,7 @@ class QueryPixels:
             return None
         query = self._full_at(iw, ih)
         photo = item_colour.astype(np.int16)
-        shown = _detailed(item_colour)
+        shown = detailed(item_colour)
         if shown.sum() < 0.1 * shown.size:
             return None
         agree = np.abs(query - photo).max(axis=2) <= AGREE_LEVELS
@@ -245,19 +233,25 @@ class QueryPixels:
         return self._halved
 
     def detail_agreement(self, item: np.ndarray, share: float) -> float:
-        """Where the query, at `share` of the photo's longer side, matches the photo best: the
-        correlation of their detail (each less its smooth surface). A ramp or soft shading in
-        the query correlates with any smooth part of a photo, whatever its caption or marks;
-        the photo's own close-up keeps its detail too (`CopyThresholds.pixel_detail`)."""
+        """`plain.detail_agreement` of the query, at `share` of the photo's longer side, with
+        the part of the photo it matches best."""
+        template = self._template_at(item, share)
+        h, w = template.shape
+        _, _, _, (x, y) = cv2.minMaxLoc(cv2.matchTemplate(item, template, cv2.TM_CCOEFF_NORMED))
+        return detail_agreement(template, item[y : y + h, x : x + w])
+
+    def one_way(self, item: np.ndarray, share: float) -> float:
+        """`plain.one_way` of the query at `share` of the photo's longer side."""
+        return one_way(self._template_at(item, share))
+
+    def _template_at(self, item: np.ndarray, share: float) -> np.ndarray:
+        """The query in grey at `share` of the photo's longer side (within the photo)."""
         ih, iw = item.shape
         qh, qw = self.pixels.shape
         f = share * max(iw, ih) / max(qw, qh)
         w, h = min(iw, max(1, round(qw * f))), min(ih, max(1, round(qh * f)))
-        template = cv2.resize(self.pixels, (w, h), interpolation=cv2.INTER_AREA)
-        _, _, _, (x, y) = cv2.minMaxLoc(cv2.matchTemplate(item, template, cv2.TM_CCOEFF_NORMED))
-        ours, theirs = _less_smooth_surface(template), _less_smooth_surface(item[y : y + h, x : x + w])
-        denominator = float(np.sqrt((ours * ours).sum() * (theirs * theirs).sum()))
-        return float((ours * theirs).sum()) / denominator if denominator > 0 else 0.0
+        template: np.ndarray = cv2.resize(self.pixels, (w, h), interpolation=cv2.INTER_AREA)
+        return template
 
     def match(
         self, item: np.ndarray, shares: tuple[float, ...] = COARSE_SHARES, min_side: int = MIN_SIDE
@@ -281,84 +275,12 @@ class QueryPixels:
         return best
 
 
-def laid_colour_agreement(
-    query: np.ndarray, item_colour: np.ndarray, to_item: np.ndarray, mirrored: bool = False
-) -> float | None:
-    """The share of the photo's detailed pixels (as in `QueryPixels.overlaid_copy`) that the
-    query, laid over the photo by `to_item` (a homography from the query's pixels, of its
-    mirror image when `mirrored`, to the photo as a unit square), shows in the same colours
-    (after one brightness and contrast change, `_tone_fitted`); None when they hardly
-    overlap. An edited copy keeps most of them outside its marks; another colour of the same
-    shot, or another photo of a look-alike, few."""
-    laid, inside = laid_over_photo(query, item_colour, to_item, mirrored)
-    shown = _detailed(item_colour) & inside
-    if shown.sum() < 0.05 * shown.size:
-        return None
-    seen = laid[shown].astype(np.float32)
-    fitted = _tone_fitted(item_colour[shown].astype(np.float32), seen)
-    agree = np.abs(fitted - seen).max(axis=1) <= AGREE_LEVELS
-    return float(agree.mean())
-
-
-def laid_over_photo(
-    query: np.ndarray, photo: np.ndarray, to_item: np.ndarray, mirrored: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """The query's RGB pixels laid over the photo's by `to_item` (a homography from the
-    query's pixels, of its mirror image when `mirrored`, to the photo as a unit square), at
-    the photo's size, and where the query covers the photo."""
-    ih, iw = photo.shape[:2]
-    if mirrored:
-        query = np.ascontiguousarray(query[:, ::-1])
-    to_photo = np.diag([float(iw), float(ih), 1.0]) @ to_item
-    scale = float(np.sqrt(abs(np.linalg.det(to_photo[:2, :2] / to_photo[2, 2]))))
-    if scale < 1.0:  # shrink the query first: sampling it sparsely would alias
-        qh, qw = query.shape[:2]
-        size = (max(1, round(qw * scale)), max(1, round(qh * scale)))
-        query = cv2.resize(query, size, interpolation=cv2.INTER_AREA)
-        to_photo = to_photo @ np.diag([qw / size[0], qh / size[1], 1.0])
-    laid: np.ndarray = cv2.warpPerspective(query, to_photo, (iw, ih), flags=cv2.INTER_LINEAR)
-    inside: np.ndarray = (
-        cv2.warpPerspective(np.full(query.shape[:2], 255, np.uint8), to_photo, (iw, ih)) > 250
-    )
-    return laid, inside
-
-
-def _less_smooth_surface(grey: np.ndarray) -> np.ndarray:
-    """Grey levels less their best quadratic surface in x and y (a flat colour, a ramp,
-    shading): the detail left."""
-    h, w = grey.shape
-    y, x = np.mgrid[0:h, 0:w]
-    x, y = x.ravel() / w - 0.5, y.ravel() / h - 0.5
-    surface = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=1)
-    levels = grey.ravel().astype(np.float64)
-    coefficients, *_ = np.linalg.lstsq(surface, levels, rcond=None)
-    detail: np.ndarray = levels - surface @ coefficients
-    return detail
-
-
-def _detailed(colour: np.ndarray) -> np.ndarray:
+def detailed(colour: np.ndarray) -> np.ndarray:
     """Where a photo has detail (edges, texture): its grey levels change by DETAIL_LEVELS
     within 3x3 pixels. Flat backgrounds, white or coloured, agree with anything flat."""
     grey = cv2.cvtColor(colour, cv2.COLOR_RGB2GRAY)
     detailed: np.ndarray = cv2.morphologyEx(grey, cv2.MORPH_GRADIENT, _SQUARE) >= DETAIL_LEVELS
     return detailed
-
-
-def _tone_fitted(photo: np.ndarray, seen: np.ndarray) -> np.ndarray:
-    """The photo's colours (n x 3) with the query's brightness and contrast: one gain and
-    offset for all channels, fitted on the pixels that fit best (marks over some are left
-    out). A gain per channel would turn an item of one colour on white into any other colour."""
-    x, y = photo.ravel(), seen.ravel()
-    kept = np.ones(len(x), bool)
-    gain, offset = 1.0, 0.0
-    for _ in range(TONE_FITS):
-        design = np.stack([x[kept], np.ones(int(kept.sum()), np.float32)], axis=1)
-        (gain, offset), *_ = np.linalg.lstsq(design, y[kept], rcond=None)
-        gain = float(np.clip(gain, *TONE_GAINS))
-        residual = np.abs(gain * x + offset - y)
-        kept = residual <= np.quantile(residual, TONE_KEPT)
-    fitted: np.ndarray = gain * photo + offset
-    return fitted
 
 
 def compressed_like(pixels: np.ndarray, jpeg: JpegTables) -> np.ndarray:
@@ -416,8 +338,14 @@ def best_pixel_match(
     colours = _colour_scores(query, _best(found, lambda m: m.correlation), found, colour_of)
     label, gap = _leader({la: m.correlation for la, m in found.items()}, colours)
     best = found[label]
-    detail = query.detail_agreement(items[label], best.share)
-    return label, PixelMatch(best.correlation, best.share, gap, detail=detail)
+    photo = items[label]
+    return label, PixelMatch(
+        best.correlation,
+        best.share,
+        gap,
+        detail=query.detail_agreement(photo, best.share),
+        one_way=query.one_way(photo, best.share),
+    )
 
 
 def _best(found: Mapping[int, _T], score: Callable[[_T], float]) -> list[int]:

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .pixels import laid_over_photo
+from .laid_over import laid_over_photo
 
 CHROMA = 16.0  # CIELAB chroma from which a pixel has a colour (skin, not white or grey)
 SAME_COLOUR = 6.0  # CIELAB a*b* distance within which a colour is kept
@@ -51,7 +51,7 @@ def recolouring(
     query: np.ndarray, photo: np.ndarray, to_item: np.ndarray, mirrored: bool
 ) -> Recolouring | None:
     """The query (RGB pixels) laid over the photo (RGB, `pixels.item_colour`) by a verified
-    homography (see `pixels.laid_over_photo`); None when too few pixels have a colour."""
+    homography (see `laid_over.laid_over_photo`); None when too few pixels have a colour."""
     laid, inside = laid_over_photo(query, photo, to_item, mirrored)
     ours = cv2.GaussianBlur(np.ascontiguousarray(photo, dtype=np.uint8), (0, 0), 1.0)
     theirs = cv2.GaussianBlur(np.ascontiguousarray(laid, dtype=np.uint8), (0, 0), 1.0)

@@ -44,7 +44,7 @@ class CopyThresholds:
     inlier_cosine: float = 0.55  # ...and the copy model's vectors agree at least this much
     # Fewer matches and a lower pixel agreement (marks over it, turned and re-compressed) will
     # do when the laid-over photo's detailed pixels keep their colours
-    # (`pixels.laid_colour_agreement`): another colour of the same shot, or a look-alike in
+    # (`laid_over.laid_colour_agreement`): another colour of the same shot, or a look-alike in
     # the same pose, keeps few. Set on the verifications of 216 edited copies of the tuning
     # kinds (two seeds other than bench/robust.py's): of 121 originals 94 -> 103 verified, of
     # 195 other items 2 -> 3 (the third a catalogue's near-identical photo of the same item).
@@ -75,6 +75,15 @@ class CopyThresholds:
     # product photos that matched at 0.98 kept 0.93 or more; gradients with a caption, taken
     # for close-ups of smooth photos at 0.98, kept 0.33 and 0.80.
     pixel_detail: float = 0.85
+    # ...and, when it shows less than this share of the photo's longer side (a template under
+    # 24 pixels a side: 18x24 of a 60x80 photo), whose detail does not all run one way
+    # (`PixelMatch.one_way`): pictures as simple as two colours meeting along a soft line, or
+    # bands, match some photo's small part that well (5 of 132 plain pictures of
+    # `bench/harness/plain_pictures.py`, at shares 0.23-0.28, one way 0.93-1.0). Of 176
+    # random close-ups of 22-32 % of each side that matched their photo at 0.98, 11 % run one
+    # way by 0.9 or more: those still come first ("much like part of this photo"), unlabelled.
+    pixel_small_share: float = 0.3
+    pixel_small_one_way: float = 0.9
     # A crop showing this share of the photo's longer side or more keeps most of its local
     # features: its pixels are a copy's only with this many geometrically consistent matches
     # too (its verification, run for it when the pixels found it). Pixels alone matched another
@@ -200,7 +209,12 @@ def pixel_copy(m: PixelMatch | None, t: CopyThresholds, verification: Verificati
         return m.correlation >= t.smaller_correlation and m.gap >= t.smaller_gap
     if m.check == PixelCheck.OVERLAID:
         return m.correlation >= t.overlaid_agreement and m.gap >= t.overlaid_gap
-    return m.correlation >= t.pixel_correlation and m.gap >= t.pixel_gap and m.detail >= t.pixel_detail
+    return (
+        m.correlation >= t.pixel_correlation
+        and m.gap >= t.pixel_gap
+        and m.detail >= t.pixel_detail
+        and (m.share >= t.pixel_small_share or m.one_way < t.pixel_small_one_way)
+    )
 
 
 def crop_needs_features(m: PixelMatch, t: CopyThresholds) -> bool:

@@ -164,7 +164,7 @@ class Verification:
     agreement: float = 0.0  # pixel correlation of the item's photo laid over the query (1: same pixels)
     # query pixels (of its mirror image when `mirrored`) -> the item's photo as a unit square
     homography: np.ndarray | None = None
-    colour_agreement: float | None = None  # `pixels.laid_colour_agreement`, when it was needed
+    colour_agreement: float | None = None  # `laid_over.laid_colour_agreement`, when it was needed
     recolouring: Recolouring | None = None  # `recolouring.recolouring`, when it could be a copy
 
 

@@ -16,6 +16,7 @@ from PIL import Image as PILImage
 
 from ..imaging import JpegTables, flatten
 from ..models import Image
+from ..retrieval.laid_over import laid_colour_agreement
 from ..retrieval.params import RetrievalParams
 from ..retrieval.pixels import ITEM_SIDE as ITEM_PIXELS_SIDE
 from ..retrieval.pixels import (
@@ -26,7 +27,6 @@ from ..retrieval.pixels import (
     best_smaller_copy,
     item_colour,
     item_pixels,
-    laid_colour_agreement,
     screened,
 )
 from ..retrieval.recolouring import recolouring
