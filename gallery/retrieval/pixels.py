@@ -189,16 +189,12 @@ class QueryPixels:
         """The best correlation of the query in colour, at one share, anywhere in the item's
         colour photo (`item_colour`): tells apart colour variants of one shot, alike in grey.
         `whole`: the photo shrunk to the query's size instead (`smaller_copy`)."""
-        ih, iw = item.shape[:2]
-        qh, qw = self.pixels.shape
         if whole:
             return max(
                 float(cv2.matchTemplate(photo, self.colour, cv2.TM_CCOEFF_NORMED).max())
                 for photo in self._like_query(item)
             )
-        f = share * max(iw, ih) / max(qw, qh)
-        w, h = min(iw, max(1, round(qw * f))), min(ih, max(1, round(qh * f)))
-        template = cv2.resize(self.colour, (w, h), interpolation=cv2.INTER_AREA)
+        template = cv2.resize(self.colour, self._size_within(item, share), interpolation=cv2.INTER_AREA)
         return float(cv2.matchTemplate(item, template, cv2.TM_CCOEFF_NORMED).max())
 
     def overlaid_copy(self, item_colour: np.ndarray) -> float | None:
@@ -246,12 +242,22 @@ class QueryPixels:
 
     def _template_at(self, item: np.ndarray, share: float) -> np.ndarray:
         """The query in grey at `share` of the photo's longer side (within the photo)."""
-        ih, iw = item.shape
+        size = self._size_within(item, share)
+        template: np.ndarray = cv2.resize(self.pixels, size, interpolation=cv2.INTER_AREA)
+        return template
+
+    def _size_at(self, item: np.ndarray, share: float) -> tuple[int, int]:
+        """The query's width and height when its longer side is `share` of the photo's."""
+        ih, iw = item.shape[:2]
         qh, qw = self.pixels.shape
         f = share * max(iw, ih) / max(qw, qh)
-        w, h = min(iw, max(1, round(qw * f))), min(ih, max(1, round(qh * f)))
-        template: np.ndarray = cv2.resize(self.pixels, (w, h), interpolation=cv2.INTER_AREA)
-        return template
+        return round(qw * f), round(qh * f)
+
+    def _size_within(self, item: np.ndarray, share: float) -> tuple[int, int]:
+        """`_size_at`, at least a pixel and at most the photo's own size."""
+        ih, iw = item.shape[:2]
+        w, h = self._size_at(item, share)
+        return min(iw, max(1, w)), min(ih, max(1, h))
 
     def match(
         self, item: np.ndarray, shares: tuple[float, ...] = COARSE_SHARES, min_side: int = MIN_SIDE
@@ -259,11 +265,9 @@ class QueryPixels:
         """The best correlation of the query, at each share of the item's longer side, anywhere
         in the item's photo."""
         ih, iw = item.shape
-        qh, qw = self.pixels.shape
         best: PixelMatch | None = None
         for share in shares:
-            f = share * max(iw, ih) / max(qw, qh)
-            w, h = round(qw * f), round(qh * f)
+            w, h = self._size_at(item, share)
             if w > iw or h > ih or min(w, h) < min_side:
                 continue
             template = self._template(w, h)
@@ -279,8 +283,8 @@ def detailed(colour: np.ndarray) -> np.ndarray:
     """Where a photo has detail (edges, texture): its grey levels change by DETAIL_LEVELS
     within 3x3 pixels. Flat backgrounds, white or coloured, agree with anything flat."""
     grey = cv2.cvtColor(colour, cv2.COLOR_RGB2GRAY)
-    detailed: np.ndarray = cv2.morphologyEx(grey, cv2.MORPH_GRADIENT, _SQUARE) >= DETAIL_LEVELS
-    return detailed
+    mask: np.ndarray = cv2.morphologyEx(grey, cv2.MORPH_GRADIENT, _SQUARE) >= DETAIL_LEVELS
+    return mask
 
 
 def compressed_like(pixels: np.ndarray, jpeg: JpegTables) -> np.ndarray:
