@@ -417,6 +417,42 @@ def test_an_item_inside_a_scene_is_found_with_the_visitors_box_and_suggested_wit
             assert whole["regions"][0]["box"] == found["box"], whole["regions"]
 
 
+def _listing_page(photos: list[PILImage.Image]) -> tuple[PILImage.Image, list[tuple[int, int, int, int]]]:
+    """A shop's listing page: a title bar, then the photos three to a row on white, each
+    enlarged into a 150x200 cell with a caption and a price under it."""
+    rows = (len(photos) + 2) // 3
+    page = PILImage.new("RGB", (3 * 150 + 4 * 14, 44 + rows * 236), "white")
+    draw = ImageDraw.Draw(page)
+    draw.rectangle((0, 0, page.width, 32), fill=(120, 40, 70))
+    draw.text((10, 10), "Shop - New arrivals", fill="white")
+    boxes = []
+    for i, photo in enumerate(photos):
+        scale = min(150 / photo.width, 200 / photo.height)
+        w, h = round(photo.width * scale), round(photo.height * scale)
+        x = 14 + (i % 3) * 164 + (150 - w) // 2
+        y = 44 + (i // 3) * 236 + (200 - h) // 2
+        page.paste(photo.resize((w, h), PILImage.Resampling.BICUBIC), (x, y))
+        draw.text((14 + (i % 3) * 164, 44 + (i // 3) * 236 + 206), f"Item {i + 1}  $19.99", fill="black")
+        boxes.append((x, y, w, h))
+    return page, boxes
+
+
+def test_every_product_on_a_listing_page_is_found_labelled_where_it_is(client, products):
+    """Several catalogue photos on one page (a screenshot of a shop, a collage): each comes
+    back a copy with its outline, not only the first one found; no other item is a copy."""
+    chosen = [products[i] for i in (2, 9, 15, 21, 28, 36)]
+    page, boxes = _listing_page([_open(data) for _, data in chosen])
+    answer = _search(client, _jpeg(page))
+    found = {r["id"]: r for r in answer["results"]}
+    for (image, _), box in zip(chosen, boxes):
+        hit = found.get(image.pk)
+        assert hit is not None and hit["match"] == "near_duplicate", (image.title, hit)
+        assert hit["explanation"] == "this photo, inside a larger picture"
+        assert _iou(hit["box"], box) >= 0.5, (image.title, hit["box"], box)
+    wanted = {image.pk for image, _ in chosen}
+    assert [r["id"] for r in answer["results"] if r["match"] in COPY and r["id"] not in wanted] == []
+
+
 def _iou(a, b) -> float:
     ax, ay, aw, ah = a
     bx, by, bw, bh = b

@@ -48,8 +48,8 @@ from gallery.retrieval.verify import (
     verify,
 )
 from gallery.selectors.search import RegionScore
-from gallery.selectors.search_by_image import _suggested_regions
 from gallery.selectors.search_checks import Candidate, Query
+from gallery.selectors.search_ranking import suggested_regions
 from tests.conftest import dataset
 
 
@@ -503,6 +503,15 @@ def test_a_copy_by_local_features_that_another_item_matches_nearly_as_well_is_a_
     variant.recolouring = Recolouring(kept=0.2, changed=0.5, same_detail=0.8)
     assert colour_variant(variant, t)
     assert decide(shot | {2: Evidence(cosine=0.97, verification=variant)})[1].match == Match.NEAR_DUPLICATE
+    # Two copies in one place: the one with far fewer matches is another photo of the shot
+    # (a watch's gold version beside its own photo), not a second copy.
+    strong = {1: Evidence(cosine=0.98, verification=checked(121, 0.87))}
+    weaker = Evidence(cosine=0.93, verification=checked(46, 0.77))
+    decided = decide(strong | {2: weaker})
+    assert decided[1].match == Match.NEAR_DUPLICATE and decided[2].match == Match.SIMILAR
+    elsewhere = Verification(46, Box(200, 0, 60, 80), False, 0.0, 1.0, 0.3, 0.77)  # another object
+    decided = decide(strong | {2: Evidence(cosine=0.93, verification=elsewhere)})
+    assert decided[2].match == Match.NEAR_DUPLICATE
 
 
 def test_a_query_is_black_and_white_only_when_no_part_of_it_has_colour():
@@ -536,7 +545,7 @@ def test_a_copy_s_outline_is_the_first_region_suggested_before_look_alikes_regio
     outline = Box(120, 130, 150, 210)
     query.candidates[9] = Candidate(cosine=0.4)
     decisions[9] = Decision(Match.NEAR_DUPLICATE, "this photo, inside a larger picture", outline, 140.0)
-    shown = _suggested_regions(query, decisions, RetrievalParams())
+    shown = suggested_regions(query, decisions, RetrievalParams())
     assert shown[0].box == outline
     assert [r.box for r in shown[1:3]] == windows[:2]  # then the look-alikes, best first
 
@@ -555,6 +564,31 @@ def test_a_photo_pasted_into_a_scene_is_framed_by_the_first_box_and_a_plain_scen
     assert framed >= 10, framed
     plain = [regions.framed_boxes(s.resize((256, 256), PILImage.Resampling.BICUBIC)) for s in scenes[12:]]
     assert sum(len(b) for b in plain) <= 6, plain
+
+
+def test_separate_objects_on_a_plain_background_are_boxed_and_one_photo_is_not():
+    """A collage of product photos on a white or coloured page gives one box per photo (a
+    pair of shoes is one object); a single product on a canvas, a scene and a plain picture
+    give none."""
+    photos = _products(8)
+    for colour in ((255, 255, 255), (230, 214, 190)):
+        page = PILImage.new("RGB", (4 * 130 + 30, 2 * 170 + 30), colour)
+        truth = []
+        for n, photo in enumerate(photos):
+            item = photo.resize((photo.width * 2, photo.height * 2), PILImage.Resampling.BICUBIC)
+            x, y = 10 + (n % 4) * 135, 10 + (n // 4) * 175
+            page.paste(item, (x, y))
+            truth.append(Box(x, y, item.width, item.height))
+        boxes = regions.object_boxes(_jpeg_round_trip(page))
+        found = [t for t in truth if any(b.iou(t) >= 0.5 or t.covers(b, 0.9) for b in boxes)]
+        assert len(found) >= 7, (colour, boxes)
+        assert len(boxes) <= 10
+    canvas = PILImage.new("RGB", (400, 400), "white")
+    canvas.paste(photos[0].resize((180, 240)), (150, 80))
+    assert regions.object_boxes(_jpeg_round_trip(canvas)) == []
+    scene = _products(1, "cifar10-jpg.zip")[0].resize((384, 384), PILImage.Resampling.BICUBIC)
+    assert regions.object_boxes(scene) == []
+    assert regions.object_boxes(PILImage.new("RGB", (300, 200), (40, 90, 200))) == []
 
 
 def _jpeg_round_trip(image: PILImage.Image) -> PILImage.Image:

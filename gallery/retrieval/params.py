@@ -28,6 +28,7 @@ class RetrievalParams:
     # and photos not in the catalogue took 534 ms at p50 instead of 657 (this machine, slow).
     sift_top: int = 5
     sift_orb_inliers: int = 6
+    verified_per_object: int = 4  # ...and these more for each object on a plain background
     verified_first: int = 3  # ...these before the region search (a copy found stops it)
     verified_whole: int = 10  # ...then the whole picture's next ones, before the region search
     # Best candidates whose photos are screened for a close-up's pixels. A zoom on 40 % of each

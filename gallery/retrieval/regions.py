@@ -2,6 +2,8 @@
 
 - the content box: the picture without the plain margins around it (a product placed on a
   canvas, a letterboxed screenshot, a photo with a frame);
+- separate objects on a plain background (a shop's listing page, a collage of photos): each
+  one's outline, so every item on the page is searched on its own;
 - a fixed multi-scale grid of overlapping windows (R-MAC's idea, with crops instead of pooled
   feature maps: on these small catalogue photos a crop embedded on its own matched 2-3x more
   often than the same window pooled from one larger feature map);
@@ -73,11 +75,19 @@ class Box:
     def crop(self, image: Image.Image) -> Image.Image:
         return image.crop((self.x, self.y, self.x + self.w, self.y + self.h))
 
-    def iou(self, other: Box) -> float:
+    def overlap(self, other: Box) -> int:
+        """The area the two boxes share."""
         ix = max(0, min(self.x + self.w, other.x + other.w) - max(self.x, other.x))
         iy = max(0, min(self.y + self.h, other.y + other.h) - max(self.y, other.y))
-        inter = ix * iy
+        return ix * iy
+
+    def iou(self, other: Box) -> float:
+        inter = self.overlap(other)
         return inter / float(self.area + other.area - inter) if inter else 0.0
+
+    def covers(self, other: Box, share: float = 0.7) -> bool:
+        """This box holds at least `share` of the other's area."""
+        return self.overlap(other) >= share * other.area
 
     def within(self, outer: Box) -> Box:
         """This box, given in pixels of `outer`'s crop, in pixels of the whole picture."""
@@ -107,6 +117,33 @@ def content_box(image: Image.Image, *, tolerance: int = 18, min_share: float = 0
         round(left * scale), round(top * scale), round((right - left) * scale), round((bottom - top) * scale)
     )
     return Box.parse(",".join(str(v) for v in box.as_list()), image) if box.w >= 8 and box.h >= 8 else None
+
+
+def object_boxes(image: Image.Image, *, tolerance: int = 10) -> list[Box]:
+    """Separate objects on a plain background (a shop's listing page, a collage of product
+    photos, a flat lay on a table): the outlines of the picture's parts that differ from the
+    colour of its border, parts close together joined (a pair of shoes is one object). Only
+    object-like parts count: 1-60 % of the picture, not a line of text or a bar. Empty unless
+    there are two or more: one object is the content box's."""
+    small = flatten(image)
+    scale = max(1.0, max(small.size) / 256)
+    if scale > 1:
+        small = small.resize((max(1, round(small.width / scale)), max(1, round(small.height / scale))))
+    pixels = np.asarray(small, dtype=np.int16)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    differs = (np.abs(pixels - np.median(border, axis=0)).max(axis=2) > tolerance).astype(np.uint8)
+    reach = max(2, round(0.015 * min(differs.shape)))
+    joined = cv2.dilate(differs, np.ones((reach, reach), np.uint8))
+    count, _, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
+    height, width = differs.shape
+    boxes = []
+    for x, y, w, h, area in stats[1:count]:
+        share = w * h / float(width * height)
+        if 0.01 <= share <= 0.6 and max(w, h) <= 3.5 * min(w, h) and area >= 0.3 * w * h:
+            box = Box(*(round(float(v) * scale) for v in (x, y, w, h)))
+            if box.w >= 8 and box.h >= 8:
+                boxes.append(Box.parse(",".join(str(v) for v in box.as_list()), image))
+    return boxes if len(boxes) >= 2 else []
 
 
 def framed_boxes(image: Image.Image, *, limit: int = 2) -> list[Box]:

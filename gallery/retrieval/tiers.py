@@ -296,11 +296,12 @@ def contested(decisions: dict[int, Decision], evidence: dict[int, Evidence], t: 
     rivals = possible_rivals(
         ((e.verification, decisions[label].match in COPY_TIERS) for label, e in evidence.items()), t
     )
+    copies = [e.verification for label, e in evidence.items() if decisions[label].match in COPY_TIERS]
     for label, d in list(decisions.items()):
         v = evidence[label].verification
         if not d.inliers or d.match not in COPY_TIERS or v is None:
             continue
-        if rivalled(v, d.inliers, rivals, t):
+        if rivalled(v, d.inliers, rivals, t) or outmatched(v, copies, t):
             words = "much like this photo, and others shot the same way"
             decisions[label] = Decision(Match.SIMILAR, words, d.box, 1.0 + evidence[label].cosine)
 
@@ -325,6 +326,18 @@ def rivalled(v: Verification, inliers: int, others: list[Verification], t: CopyT
     matches (`CopyThresholds.rival_inliers`): the ratio test between items."""
     rival = max((r.inliers for r in others if r is not v and r.box.iou(v.box) >= 0.5), default=0)
     return rival >= t.rival_inliers * inliers
+
+
+def outmatched(v: Verification, copies: Iterable[Verification | None], t: CopyThresholds) -> bool:
+    """Another copy in the same part of the picture has far more consistent matches (this one
+    has under `rival_inliers` of them): one place shows one photo, and the other is it. A
+    catalogue's other colour of the same shot verifies too, with a third to half the matches
+    (a watch in a listing page: 121 for its photo, 46 and 35 for its gold versions); one
+    picture listed twice matches both alike."""
+    best = max(
+        (c.inliers for c in copies if c is not None and c is not v and c.box.iou(v.box) >= 0.5), default=0
+    )
+    return v.inliers < t.rival_inliers * best
 
 
 def _geometric_explanation(v: Verification, e: Evidence) -> str:

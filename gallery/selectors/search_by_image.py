@@ -6,7 +6,9 @@
 3. unless a copy is already sure by its hash: local-feature verification of the best
    candidates, then of the whole picture's next ones; unless one is a copy no other verified
    item rivals, the picture's regions (content box, multi-scale grid), each embedded and
-   searched, and the next candidates verified;
+   searched, and the next candidates verified. Several objects on a plain background (a
+   listing page, a collage) are searched whatever was found: each is a region, its
+   candidates verified on it alone, and every copy among them is kept;
 4. still no copy: the picture's pixels looked for in the best candidates' photos (a close-up
    of a detail, a smaller copy of the whole photo, or the photo under marks: `retrieval.pixels`);
 5. every candidate classified `exact` / `near_duplicate` / `similar` (`retrieval.tiers`; a
@@ -54,6 +56,7 @@ from .search import (
 )
 from .search_candidates import gather_candidates
 from .search_checks import Candidate, Query, Verifier, match_pixels, stored_colour
+from .search_ranking import ranked_hits, suggested_regions
 from .search_slots import search_slot
 
 
@@ -212,9 +215,9 @@ def _search_index(
     )
     depth = _Depth(embedder.embed, params.grid, params.verified_whole, params.verified)
     decisions = _decisions(query, sure, details, params, watch, same_bytes, depth)
-    hits = _rank(query, decisions, k, category, active, copies_ref, params)
+    hits = ranked_hits(query, decisions, k, category, active, copies_ref, params)
     watch.lap("rank")
-    return hits, _suggested_regions(query, decisions, params)
+    return hits, suggested_regions(query, decisions, params)
 
 
 @dataclass(frozen=True)
@@ -253,18 +256,25 @@ def _decisions(
         # The best whole-picture candidates first, then its next ones: a verified copy needs
         # no region search (a product photo on a larger canvas: its own photo 4th-25th by
         # its vector among look-alikes shot the same way, half of them verified in 40-60 ms
-        # by the next 10, where the region search and the rest took about 300).
+        # by the next 10, where the region search and the rest took about 300). Several
+        # objects on a plain background (a listing page, a collage) are each searched and
+        # verified alone, whatever the first check found.
         verified = checker.best(params.verified_first, details)
         watch.lap("verify")
-        if depth.whole and not copy_verified():
+        if depth.grid and depth.embed is not None:
+            query.objects = region_tools.object_boxes(query.picture)
+        several = bool(query.objects)
+        if depth.whole and (several or not copy_verified()):
             # SIFT only where ORB saw part of the photo: on 30 canvas queries that needed
             # this step the same 15 verified, without 5 more SIFT runs (~100 ms) for others.
             verified |= checker.best(depth.whole, sift_top=0)
             watch.lap("verify")
-        if depth.embed is not None and not copy_verified():
+        if depth.embed is not None and (several or not copy_verified()):
             _search_regions(query, depth.embed, depth.grid, params)
             watch.lap("regions")
-            verified |= checker.best(depth.verified - len(verified))
+            # (a few more for each object: its own candidates lead its verification)
+            more = depth.verified - len(verified) + params.verified_per_object * len(query.objects)
+            verified |= checker.best(more, every_copy=several)
             watch.lap("verify")
     whole = _whole(query, same_bytes, params)
     evidence = {
@@ -307,7 +317,11 @@ def _search_regions(
     grid: tuple[tuple[float, int], ...],
     params: RetrievalParams,
 ) -> None:
-    boxes = region_tools.proposals(query.picture, scales=grid)
+    boxes = query.objects + [
+        b
+        for b in region_tools.proposals(query.picture, scales=grid)
+        if all(b.iou(other) < 0.8 for other in query.objects)
+    ]
     if not boxes:
         return
     vectors = embed([b.crop(query.picture) for b in boxes])
@@ -368,83 +382,3 @@ def is_grayscale(picture: PILImage.Image) -> bool:
     small = np.asarray(picture.convert("RGB").resize((64, 64), PILImage.Resampling.BOX), dtype=np.int16)
     colour = np.abs(small - small.mean(axis=2, keepdims=True)).max(axis=2)
     return bool((colour > 12).mean() < 0.005)
-
-
-def _rank(
-    query: Query,
-    decisions: dict[int, Decision],
-    k: int,
-    category: str,
-    active: ModelRef,
-    copies_ref: ModelRef,
-    params: RetrievalParams,
-) -> list[SearchHit]:
-    """Copies first (most evidence first), then look-alikes: by the copy model's evidence
-    when it is the active model; else by the active model's similarity, led by the copy
-    model's closest look-alike when it is very close or its hash is by far the nearest (a
-    copy too changed to be labelled one is still found first, whichever model serves
-    similarity)."""
-    copies = sorted(
-        (label for label, d in decisions.items() if d.match in COPY_TIERS),
-        key=lambda la: -decisions[la].strength,
-    )
-    closest = sorted(
-        (label for label, d in decisions.items() if d.match not in COPY_TIERS),
-        key=lambda la: -decisions[la].strength,
-    )
-    if active.name == copies_ref.name:
-        alike = closest
-        scores = {label: query.candidates[label].cosine for label in decisions}
-    else:
-        semantic = get_embedder(active).embed([query.picture])[0]
-        alike_hits = search_vector(semantic, k + len(copies), category=category, ref=active)
-        lead = [
-            la
-            for la in closest
-            if decisions[la].strength >= params.lead_cosine or decisions[la].distinct_hash
-        ][:1]
-        alike = lead + [h.image.pk for h in alike_hits]
-        scores = {label: query.candidates[label].cosine for label in copies + lead} | {
-            h.image.pk: h.score for h in alike_hits
-        }
-    order = list(dict.fromkeys(copies + alike))
-    rows = Image.objects.searchable().order_by()
-    rows = rows.filter(category=category) if category else rows
-    hits: list[SearchHit] = []
-    step = k + 5  # rows read a slice at a time: most searches need only the first
-    for start in range(0, len(order), step):
-        found = rows.in_bulk(order[start : start + step])
-        for label in order[start : start + step]:
-            if label not in found:
-                continue
-            decision = decisions.get(label)
-            hit = SearchHit(found[label], max(-1.0, min(1.0, scores.get(label, 0.0))))
-            if decision is not None:
-                hit.match, hit.explanation, hit.box = decision.match.value, decision.explanation, decision.box
-            hits.append(hit)
-            if len(hits) == k:
-                return hits
-    return hits
-
-
-def _suggested_regions(
-    query: Query, decisions: dict[int, Decision], params: RetrievalParams
-) -> list[RegionScore]:
-    """Where the items may be: copies' outlines (most evidence first), then the look-alikes'
-    regions, then the best regions searched, without overlapping ones. Copies lead: a
-    look-alike found in a grid window must not push a copy's exact outline off the list."""
-    boxed = sorted(
-        ((label, d) for label, d in decisions.items() if d.box is not None),
-        key=lambda item: (item[1].match not in COPY_TIERS, -item[1].strength),
-    )
-    candidates = [
-        RegionScore(d.box, query.candidates[label].cosine) for label, d in boxed if d.box is not None
-    ]
-    candidates += sorted(query.regions, key=lambda r: -r.score)
-    chosen: list[RegionScore] = []
-    for region in candidates:
-        if all(region.box.iou(other.box) < 0.5 for other in chosen):
-            chosen.append(region)
-        if len(chosen) == params.regions_shown:
-            break
-    return chosen
