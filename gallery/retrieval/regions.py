@@ -123,7 +123,8 @@ def object_boxes(image: Image.Image, *, tolerance: int = 10) -> list[Box]:
     """Separate objects on a plain background (a shop's listing page, a collage of product
     photos, a flat lay on a table): the outlines of the picture's parts that differ from the
     colour of its border, parts close together joined (a pair of shoes is one object). Only
-    object-like parts count: 1-60 % of the picture, not a line of text or a bar. Empty unless
+    object-like parts count: 1-60 % of the picture (6 % when cut by its edge), not a line of
+    text. Empty unless
     there are two or more: one object is the content box's."""
     small = flatten(image)
     scale = max(1.0, max(small.size) / 256)
@@ -139,9 +140,12 @@ def object_boxes(image: Image.Image, *, tolerance: int = 10) -> list[Box]:
     boxes = []
     for x, y, w, h, area in stats[1:count]:
         share = w * h / float(width * height)
+        cut = x == 0 or y == 0 or x + w == width or y + h == height  # by the picture's edge
+        if cut and share < 0.06:
+            continue  # a piece of something larger: a watermark's letters, a dark corner
         if 0.01 <= share <= 0.6 and max(w, h) <= 3.5 * min(w, h) and area >= 0.3 * w * h:
             box = Box(*(round(float(v) * scale) for v in (x, y, w, h)))
-            if box.w >= 8 and box.h >= 8:
+            if min(box.w, box.h) >= 40:  # smaller: a letter, a logo (and too few features)
                 boxes.append(Box.parse(",".join(str(v) for v in box.as_list()), image))
     return boxes if len(boxes) >= 2 else []
 

@@ -133,6 +133,7 @@ class Evidence:
     hash_variant: int = 0  # which variant matched: 0 as is, 1-3 turned, 4-7 mirrored
     hash_gap: int = 0  # bits nearer than any other item's hash (0: not the nearest)
     detail_cosine: float = -1.0  # the query to the item's nearest detail view (a close-up?)
+    object_cosine: float = -1.0  # one of several objects in the query to the item
     # What the pixel checks found in this photo (each check's best candidate only)
     pixels: dict[PixelCheck, PixelMatch] = field(default_factory=dict)
     same_aspect: bool = False
@@ -234,7 +235,7 @@ def classify(evidence: Evidence, thresholds: CopyThresholds) -> Decision:
     ):
         return Decision(Match.EXACT, "the same picture", None, 1000.0)
     v = e.verification
-    verified = verified_copy(v, max(e.cosine, e.detail_cosine), t)
+    verified = verified_copy(v, max(e.cosine, e.detail_cosine, e.object_cosine), t)
     variant = colour_variant(v, t)
     contradicted = v is not None and (v.agreement < t.hash_agreement or variant)
     hashed = (

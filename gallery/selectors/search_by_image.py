@@ -318,9 +318,7 @@ def _search_regions(
     params: RetrievalParams,
 ) -> None:
     boxes = query.objects + [
-        b
-        for b in region_tools.proposals(query.picture, scales=grid)
-        if all(b.iou(other) < 0.8 for other in query.objects)
+        b for b in region_tools.proposals(query.picture, scales=grid) if b not in query.objects
     ]
     if not boxes:
         return
@@ -369,6 +367,7 @@ def _evidence(c: Candidate, label: int, whole: _Whole, verification: Verificatio
         hash_variant=c.hash_variant,
         hash_gap=c.hash_gap,
         detail_cosine=c.detail_cosine,
+        object_cosine=c.object_cosine,
         same_aspect=label not in whole.stretched,
         same_colours=label not in whole.recoloured,
         verification=verification,

@@ -53,13 +53,22 @@ class Candidate:
     hash_variant: int = 0
     hash_gap: int = 0  # bits closer than any other item (set for the nearest hash only)
     detail_cosine: float = -1.0  # the picture's detail view to the item's nearest detail
-    object: Box | None = None  # the query's object (`Query.objects`) nearest to it, if any
+    # The query's object (`Query.objects`) nearest to it, if any, and how near: apart from
+    # `cosine`, which ranks look-alikes (a single earring of a pair, cropped tight, is nearer
+    # to other single earrings than the pair's own photo is to the picture).
+    object: Box | None = None
     object_cosine: float = -1.0
 
     @property
+    def shown_cosine(self) -> float:
+        """The cosine a result shows: of the whole picture, a region or an object of it."""
+        return max(self.cosine, self.object_cosine)
+
+    @property
     def copy_cosine(self) -> float:
-        """The vectors' agreement a verified copy needs: of the whole photo or of a detail."""
-        return max(self.cosine, self.detail_cosine)
+        """The vectors' agreement a verified copy needs: of the whole photo, a detail, or an
+        object of the picture."""
+        return max(self.cosine, self.detail_cosine, self.object_cosine)
 
 
 @dataclass
@@ -85,10 +94,11 @@ class Query:
         if label == self.exclude:
             return
         candidate = self.candidates.setdefault(label, Candidate())
-        if cosine > candidate.cosine:
+        if region is not None and region in self.objects:
+            if cosine > candidate.object_cosine:
+                candidate.object, candidate.object_cosine = region, cosine
+        elif cosine > candidate.cosine:
             candidate.cosine, candidate.region = cosine, region
-        if region is not None and region in self.objects and cosine > candidate.object_cosine:
-            candidate.object, candidate.object_cosine = region, cosine
 
 
 def neighbours(
@@ -162,7 +172,7 @@ class Verifier:
         candidates = self.query.candidates
         ranked = sorted(
             (label for label in candidates if label not in self.done),
-            key=lambda label: (not self._hash_matched(candidates[label]), -candidates[label].cosine),
+            key=lambda label: (not self._hash_matched(candidates[label]), -candidates[label].copy_cosine),
         )[: max(0, count)]
         return ranked + [label for label in also if label not in self.done and label not in ranked]
 
@@ -285,7 +295,9 @@ def match_pixels(query: Query, params: RetrievalParams) -> list[tuple[int, Pixel
     # close-ups of the 5,750-photo gallery (33-60 % of each side, enlarged 2-4x by 4 filters,
     # JPEG 70-95; seeds other than bench/robust.py's) first 0.71 -> 0.80, with the tie rule
     # of `tiers.classify`; wrongly labelled 3 -> 1 (a near-identical photo of the same shirt).
-    whole = [label for label in by_cosine if candidates[label].region is None]
+    whole = [
+        label for label in by_cosine if candidates[label].region is None and candidates[label].cosine >= 0
+    ]
     ranked = list(dict.fromkeys(whole + list(nearest)))[: params.pixel_candidates]
     ranked += [label for label in by_cosine if label not in ranked][: params.pixel_region_candidates]
     rows = Image.objects.filter(pk__in=ranked).values_list("pk", "file", "thumbnail", "width", "height")

@@ -47,7 +47,7 @@ def ranked_hits(
     )
     if active.name == copies_ref.name:
         alike = closest
-        scores = {label: query.candidates[label].cosine for label in decisions}
+        scores = {label: query.candidates[label].shown_cosine for label in decisions}
     else:
         semantic = get_embedder(active).embed([query.picture])[0]
         alike_hits = search_vector(semantic, k + len(copies), category=category, ref=active)
@@ -57,7 +57,7 @@ def ranked_hits(
             if decisions[la].strength >= params.lead_cosine or decisions[la].distinct_hash
         ][:1]
         alike = lead + [h.image.pk for h in alike_hits]
-        scores = {label: query.candidates[label].cosine for label in copies + lead} | {
+        scores = {label: query.candidates[label].shown_cosine for label in copies + lead} | {
             h.image.pk: h.score for h in alike_hits
         }
     order = list(dict.fromkeys(copies + alike))
@@ -91,7 +91,7 @@ def suggested_regions(
         key=lambda item: (item[1].match not in COPY_TIERS, -item[1].strength),
     )
     candidates = [
-        RegionScore(d.box, query.candidates[label].cosine) for label, d in boxed if d.box is not None
+        RegionScore(d.box, query.candidates[label].shown_cosine) for label, d in boxed if d.box is not None
     ]
     candidates += sorted(query.regions, key=lambda r: -r.score)
     chosen: list[RegionScore] = []
