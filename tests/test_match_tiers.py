@@ -453,6 +453,28 @@ def test_every_product_on_a_listing_page_is_found_labelled_where_it_is(client, p
     assert [r["id"] for r in answer["results"] if r["match"] in COPY and r["id"] not in wanted] == []
 
 
+def test_a_product_photo_small_in_a_desktop_screenshot_is_found_labelled_where_it_is(client, products):
+    """A screenshot of a shop's product page on a desktop: the photo is a small part of a
+    wide page under a header bar (no plain margin around the picture), beside text."""
+    for image, data in (products[17], products[31]):
+        photo = _open(data)
+        page = PILImage.new("RGB", (1920, 1080), "white")
+        draw = ImageDraw.Draw(page)
+        draw.rectangle((0, 0, 1920, 60), fill=(20, 70, 150))
+        draw.text((20, 22), "MyShop   Men  Women  Kids  Sale", fill="white")
+        h = 260
+        w = round(h * photo.width / photo.height)
+        page.paste(photo.resize((w, h), PILImage.Resampling.BICUBIC), (300, 180))
+        for line in range(12):
+            words = "Cotton slim fit, free delivery  Rs. 1299"
+            draw.text((300 + w + 60, 120 + 28 * line), words, fill=(30, 30, 30))
+        draw.rectangle((300 + w + 60, 800, 300 + w + 260, 850), fill=(230, 60, 90))
+        first = _search(client, _jpeg(page, quality=80))["results"][0]
+        assert first["id"] == image.pk and first["match"] == "near_duplicate", (image.title, first)
+        assert first["explanation"] == "this photo, inside a larger picture"
+        assert _iou(first["box"], (300, 180, w, h)) >= 0.5, first["box"]
+
+
 def _iou(a, b) -> float:
     ax, ay, aw, ah = a
     bx, by, bw, bh = b

@@ -120,12 +120,11 @@ def content_box(image: Image.Image, *, tolerance: int = 18, min_share: float = 0
 
 
 def object_boxes(image: Image.Image, *, tolerance: int = 10) -> list[Box]:
-    """Separate objects on a plain background (a shop's listing page, a collage of product
-    photos, a flat lay on a table): the outlines of the picture's parts that differ from the
-    colour of its border, parts close together joined (a pair of shoes is one object). Only
-    object-like parts count: 1-60 % of the picture (6 % when cut by its edge), not a line of
-    text. Empty unless
-    there are two or more: one object is the content box's."""
+    """Separate objects on a plain background (a product photo small in a page's screenshot,
+    a shop's listing page, a collage of product photos, a flat lay on a table): the outlines
+    of the picture's parts that differ from the colour of its border, parts close together
+    joined (a pair of shoes is one object). Only object-like parts count: 1-60 % of the
+    picture (6 % when cut by its edge), 40 pixels a side or more, not a line of text."""
     small = flatten(image)
     scale = max(1.0, max(small.size) / 256)
     if scale > 1:
@@ -147,7 +146,7 @@ def object_boxes(image: Image.Image, *, tolerance: int = 10) -> list[Box]:
             box = Box(*(round(float(v) * scale) for v in (x, y, w, h)))
             if min(box.w, box.h) >= 40:  # smaller: a letter, a logo (and too few features)
                 boxes.append(Box.parse(",".join(str(v) for v in box.as_list()), image))
-    return boxes if len(boxes) >= 2 else []
+    return boxes
 
 
 def framed_boxes(image: Image.Image, *, limit: int = 2) -> list[Box]:

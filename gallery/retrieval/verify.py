@@ -254,14 +254,14 @@ def verify(query: Features | None, mirrored: Features | None, item: Features) ->
     return best
 
 
-def in_whole_picture(v: Verification, part: Box, size: tuple[int, int]) -> Verification:
+def in_whole_picture(v: Verification, to_part: np.ndarray, size: tuple[int, int]) -> Verification:
     """A verification made on a part of a picture (not mirrored), described in the whole
-    picture of `size`: the photo's outline there (not cut off at the part's edges), the share
-    of it the item fills, the homography from its pixels."""
+    picture of `size` (`to_part`: its pixels to the part's): the photo's outline there (not
+    cut off at the part's edges), the share of it the item fills, the homography from its
+    pixels."""
     if v.homography is None or v.mirrored:
         raise ValueError("only an unmirrored verification with its homography moves")
-    shift = np.array([[1.0, 0.0, -part.x], [0.0, 1.0, -part.y], [0.0, 0.0, 1.0]])
-    h = v.homography @ shift  # whole-picture pixels -> the item's photo as a unit square
+    h = v.homography @ to_part  # whole-picture pixels -> the item's photo as a unit square
     whole = _describe(h, v.inliers, False, size, (1, 1))
     whole.agreement, whole.homography = v.agreement, h
     return whole

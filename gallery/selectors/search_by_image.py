@@ -101,6 +101,7 @@ def _search_by_image(
             f"{wanted.x / scale},{wanted.y / scale},{wanted.w / scale},{wanted.h / scale}", picture
         )
         picture = offset.crop(picture)
+    detailed = picture
     picture, shrink = _at_pipeline_size(picture, params)
     watch.lap("decode")
     same_bytes = (
@@ -108,7 +109,8 @@ def _search_by_image(
     )
     as_stored = not box and shrink == 1.0 and picture.size == (decoded.width, decoded.height)
     jpeg = decoded.jpeg if as_stored else None
-    hits, regions = _search_picture(picture, clamp_k(k), category, params, watch, same_bytes, jpeg)
+    query = _QueryPicture(picture, jpeg, detailed if shrink > 1.0 else None)
+    hits, regions = _search_picture(query, clamp_k(k), category, params, watch, same_bytes)
 
     def to_upload(b: Box) -> Box:
         inner = Box(round(b.x * shrink), round(b.y * shrink), round(b.w * shrink), round(b.h * shrink))
@@ -173,14 +175,20 @@ def upload_copy_of(
     return max(copies, key=lambda copy: copy[1].strength, default=None)
 
 
+@dataclass(frozen=True)
+class _QueryPicture:
+    picture: PILImage.Image  # at the pipeline's working size
+    jpeg: JpegTables | None  # its compression, while it is as stored
+    detailed: PILImage.Image | None  # the picture as decoded, when larger
+
+
 def _search_picture(
-    picture: PILImage.Image,
+    query: _QueryPicture,
     k: int,
     category: str,
     params: RetrievalParams,
     watch: _Stopwatch,
     same_bytes: int | None,
-    jpeg: JpegTables | None = None,
 ) -> tuple[list[SearchHit], list[RegionScore]]:
     copies_ref, active = copy_model(), active_model()
     index = index_reader(copies_ref).get()
@@ -188,31 +196,32 @@ def _search_picture(
     if index is None:
         # No index this process can load (the writer is rebuilding it): look-alikes by an
         # exact scan of the database's vectors meanwhile; copies wait for the index.
-        vector = get_embedder(active).embed([picture])[0]
+        vector = get_embedder(active).embed([query.picture])[0]
         watch.lap("embed")
         return search_vector(vector, k, category=category, ref=active), []
     if len(index) == 0:
         return [], []
     with index.searching():  # the follower's changes wait for this search's lookups
-        return _search_index(index, copies_ref, active, picture, k, category, params, watch, same_bytes, jpeg)
+        return _search_index(index, copies_ref, active, query, k, category, params, watch, same_bytes)
 
 
 def _search_index(
     index: SearchIndex,
     copies_ref: ModelRef,
     active: ModelRef,  # read once per search: a switch during it does not mix two models
-    picture: PILImage.Image,
+    asked: _QueryPicture,
     k: int,
     category: str,
     params: RetrievalParams,
     watch: _Stopwatch,
     same_bytes: int | None,
-    jpeg: JpegTables | None,
 ) -> tuple[list[SearchHit], list[RegionScore]]:
     embedder = get_embedder(copies_ref)
+    picture = asked.picture
     query, sure, details = gather_candidates(
-        index, picture, lambda: embedder.embed([picture])[0], params, watch.lap, jpeg=jpeg
+        index, picture, lambda: embedder.embed([picture])[0], params, watch.lap, jpeg=asked.jpeg
     )
+    query.detailed = asked.detailed
     depth = _Depth(embedder.embed, params.grid, params.verified_whole, params.verified)
     decisions = _decisions(query, sure, details, params, watch, same_bytes, depth)
     hits = ranked_hits(query, decisions, k, category, active, copies_ref, params)
@@ -263,7 +272,7 @@ def _decisions(
         watch.lap("verify")
         if depth.grid and depth.embed is not None:
             query.objects = region_tools.object_boxes(query.picture)
-        several = bool(query.objects)
+        several = query.several_objects
         if depth.whole and (several or not copy_verified()):
             # SIFT only where ORB saw part of the photo: on 30 canvas queries that needed
             # this step the same 15 verified, without 5 more SIFT runs (~100 ms) for others.

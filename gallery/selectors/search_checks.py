@@ -82,10 +82,13 @@ class Query:
     candidates: dict[int, Candidate] = field(default_factory=dict)
     regions: list[RegionScore] = field(default_factory=list)
     # Separate objects on a plain background (`regions.object_boxes`): each is searched and
-    # its candidates verified on it alone, a copy of one does not end the search.
+    # its candidates verified on it alone; a copy of one of several does not end the search.
     objects: list[Box] = field(default_factory=list)
     jpeg: JpegTables | None = None  # the query's compression, while `picture` is as stored
     exclude: int | None = None  # an item that is the picture itself (a new upload's own)
+    # The picture as decoded, when `picture` is it made smaller: objects are verified on
+    # their own pixels there (a product photo in a desktop screenshot keeps its detail)
+    detailed: PILImage.Image | None = None
 
     def neighbours(self, vector: np.ndarray, count: int) -> list[tuple[int, float]]:
         return neighbours(self.index, vector, count, self.exclude)
@@ -97,8 +100,14 @@ class Query:
         if region is not None and region in self.objects:
             if cosine > candidate.object_cosine:
                 candidate.object, candidate.object_cosine = region, cosine
-        elif cosine > candidate.cosine:
+            if self.several_objects:
+                return  # one of several: its nearness does not rank look-alikes
+        if cosine > candidate.cosine:
             candidate.cosine, candidate.region = cosine, region
+
+    @property
+    def several_objects(self) -> bool:
+        return len(self.objects) >= 2
 
 
 def neighbours(
@@ -242,16 +251,23 @@ class Verifier:
         return v
 
     def _verify_object(self, item: Features, detector: Detector, box: Box) -> Verification | None:
-        """A candidate found by one object of several checked on that object alone, at the
-        query's full feature size: the other objects' features take none of its matches, and
-        a small object keeps as many features as a whole picture (on 120 products in 20
+        """A candidate found by an object checked on that object alone, cut from the picture as
+        decoded, at the query's full feature size: the other objects' features take none of
+        its matches, and a small object keeps as many features as a whole picture (on 120 products in 20
         listing pages, ORB's inliers with the true outline 16-61 on the whole page, 67-111 on
         the product's own part). Its outline and homography in pixels of the whole picture."""
+        picture = self.query.picture
+        source = self.query.detailed or picture
+        k = source.width / picture.width  # the object cut from the picture as decoded
+        part = Box(round(box.x * k), round(box.y * k), round(box.w * k), round(box.h * k))
         key = (detector, box)
         if key not in self._object_features:
-            self._object_features[key] = query_features(box.crop(self.query.picture), detector)
+            self._object_features[key] = query_features(part.crop(source), detector)
         v = verify(self._object_features[key], None, item)
-        return in_whole_picture(v, box, self.query.picture.size) if v is not None else None
+        if v is None:
+            return None
+        to_part = np.array([[k, 0.0, -part.x], [0.0, k, -part.y], [0.0, 0.0, 1.0]])
+        return in_whole_picture(v, to_part, picture.size)
 
     def _colours(self) -> np.ndarray:
         """The query's RGB pixels (made once)."""
