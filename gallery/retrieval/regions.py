@@ -94,24 +94,30 @@ class Box:
         return Box(self.x + outer.x, self.y + outer.y, self.w, self.h)
 
 
-def content_box(image: Image.Image, *, tolerance: int = 18, min_share: float = 0.05) -> Box | None:
-    """The picture without plain margins of the colour of its border, or None when there
-    are none worth cutting (or nothing but margin)."""
+def _off_border_colour(image: Image.Image, tolerance: int) -> tuple[np.ndarray, float]:
+    """Where the picture (at most 256 pixels a side) differs from its border's colour (the
+    median), and how many of its pixels one of those is a side."""
     small = flatten(image)
     scale = max(1.0, max(small.size) / 256)
     if scale > 1:
         small = small.resize((max(1, round(small.width / scale)), max(1, round(small.height / scale))))
     pixels = np.asarray(small, dtype=np.int16)
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    background = np.median(border, axis=0)
-    differs = np.abs(pixels - background).max(axis=2) > tolerance
+    differs: np.ndarray = np.abs(pixels - np.median(border, axis=0)).max(axis=2) > tolerance
+    return differs, scale
+
+
+def content_box(image: Image.Image, *, tolerance: int = 18, min_share: float = 0.05) -> Box | None:
+    """The picture without plain margins of the colour of its border, or None when there
+    are none worth cutting (or nothing but margin)."""
+    differs, scale = _off_border_colour(image, tolerance)
     rows, cols = np.flatnonzero(differs.any(axis=1)), np.flatnonzero(differs.any(axis=0))
     if not len(rows) or not len(cols):
         return None
     top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    if (bottom - top) * (right - left) < min_share * pixels.shape[0] * pixels.shape[1]:
+    if (bottom - top) * (right - left) < min_share * differs.size:
         return None
-    if (bottom - top) * (right - left) > 0.85 * pixels.shape[0] * pixels.shape[1]:
+    if (bottom - top) * (right - left) > 0.85 * differs.size:
         return None  # barely any margin: the whole picture already says it
     box = Box(
         round(left * scale), round(top * scale), round((right - left) * scale), round((bottom - top) * scale)
@@ -125,15 +131,9 @@ def object_boxes(image: Image.Image, *, tolerance: int = 10) -> list[Box]:
     of the picture's parts that differ from the colour of its border, parts close together
     joined (a pair of shoes is one object). Only object-like parts count: 1-60 % of the
     picture (6 % when cut by its edge), 40 pixels a side or more, not a line of text."""
-    small = flatten(image)
-    scale = max(1.0, max(small.size) / 256)
-    if scale > 1:
-        small = small.resize((max(1, round(small.width / scale)), max(1, round(small.height / scale))))
-    pixels = np.asarray(small, dtype=np.int16)
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    differs = (np.abs(pixels - np.median(border, axis=0)).max(axis=2) > tolerance).astype(np.uint8)
+    differs, scale = _off_border_colour(image, tolerance)
     reach = max(2, round(0.015 * min(differs.shape)))
-    joined = cv2.dilate(differs, np.ones((reach, reach), np.uint8))
+    joined = cv2.dilate(differs.astype(np.uint8), np.ones((reach, reach), np.uint8))
     count, _, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
     height, width = differs.shape
     boxes = []
