@@ -133,7 +133,7 @@ class Evidence:
     hash_variant: int = 0  # which variant matched: 0 as is, 1-3 turned, 4-7 mirrored
     hash_gap: int = 0  # bits nearer than any other item's hash (0: not the nearest)
     detail_cosine: float = -1.0  # the query to the item's nearest detail view (a close-up?)
-    object_cosine: float = -1.0  # one of several objects in the query to the item
+    object_cosine: float = -1.0  # an object of the query (on a plain background) to the item
     # What the pixel checks found in this photo (each check's best candidate only)
     pixels: dict[PixelCheck, PixelMatch] = field(default_factory=dict)
     same_aspect: bool = False

@@ -249,8 +249,9 @@ def _decisions(
     depth: _Depth,
 ) -> dict[int, Decision]:
     """Every candidate classified: the best ones verified unless a copy is sure by its hash,
-    then the whole picture's next ones; unless one is an unrivalled copy then, the picture's
-    regions searched and the next candidates verified; still no copy, the pixel checks."""
+    then the whole picture's next ones; unless one is an unrivalled copy then (or whatever
+    was found, when the picture holds several objects), the picture's regions searched and
+    the next candidates verified; still no copy, the pixel checks."""
     verified: dict[int, Verification | None] = {}
     checker = Verifier(query, params)
 

@@ -158,7 +158,7 @@ class Verifier:
             verified_copy(v, candidates[la].copy_cosine, self.params.copies) for la, v in found.items()
         )
 
-    def _settled(self, found: dict[int, Verification | None]) -> set[int | Box | None]:
+    def _settled(self, found: dict[int, Verification | None]) -> set[int | Box]:
         """With several objects: the candidates already verified as copies, and the objects
         a copy fills (its outline covers most of the object). Later, costlier passes skip
         them and the candidates found in those objects."""
@@ -251,11 +251,12 @@ class Verifier:
         return v
 
     def _verify_object(self, item: Features, detector: Detector, box: Box) -> Verification | None:
-        """A candidate found by an object checked on that object alone, cut from the picture as
-        decoded, at the query's full feature size: the other objects' features take none of
-        its matches, and a small object keeps as many features as a whole picture (on 120 products in 20
-        listing pages, ORB's inliers with the true outline 16-61 on the whole page, 67-111 on
-        the product's own part). Its outline and homography in pixels of the whole picture."""
+        """A candidate found by an object checked on that object alone, cut from the picture
+        as decoded, at the query's full feature size: the other objects' features take none
+        of its matches, and a small object keeps as many features as a whole picture (on 120
+        products in 20 listing pages, ORB's inliers with the true outline 16-61 on the whole
+        page, 67-111 on the product's own part). Its outline and homography in pixels of the
+        whole picture."""
         picture = self.query.picture
         source = self.query.detailed or picture
         k = source.width / picture.width  # the object cut from the picture as decoded
@@ -311,8 +312,8 @@ def match_pixels(query: Query, params: RetrievalParams) -> list[tuple[int, Pixel
     # close-ups of the 5,750-photo gallery (33-60 % of each side, enlarged 2-4x by 4 filters,
     # JPEG 70-95; seeds other than bench/robust.py's) first 0.71 -> 0.80, with the tie rule
     # of `tiers.classify`; wrongly labelled 3 -> 1 (a near-identical photo of the same shirt).
-    whole = [
-        label for label in by_cosine if candidates[label].region is None and candidates[label].cosine >= 0
+    whole = [  # (cosine -1: found by an object of several alone)
+        label for label in by_cosine if candidates[label].region is None and candidates[label].cosine > -1.0
     ]
     ranked = list(dict.fromkeys(whole + list(nearest)))[: params.pixel_candidates]
     ranked += [label for label in by_cosine if label not in ranked][: params.pixel_region_candidates]
