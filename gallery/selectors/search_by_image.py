@@ -262,6 +262,14 @@ def _decisions(
         checked = [(v, verified_copy(v, query.candidates[la].copy_cosine, t)) for la, v in verified.items()]
         return unrivalled_copy(checked, t)
 
+    def filled_by_copy() -> bool:
+        """A verified copy fills most of the picture: it holds no other objects."""
+        t = params.copies
+        return any(
+            v is not None and v.fills >= 0.7 and verified_copy(v, query.candidates[la].copy_cosine, t)
+            for la, v in verified.items()
+        )
+
     if not sure:
         # The best whole-picture candidates first, then its next ones: a verified copy needs
         # no region search (a product photo on a larger canvas: its own photo 4th-25th by
@@ -271,7 +279,7 @@ def _decisions(
         # verified alone, whatever the first check found.
         verified = checker.best(params.verified_first, details)
         watch.lap("verify")
-        if depth.grid and depth.embed is not None:
+        if depth.grid and depth.embed is not None and not filled_by_copy():
             query.objects = region_tools.object_boxes(query.picture)
         several = query.several_objects
         if depth.whole and (several or not copy_verified()):
