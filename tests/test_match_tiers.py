@@ -451,6 +451,8 @@ def test_every_product_on_a_listing_page_is_found_labelled_where_it_is(client, p
         assert _iou(hit["box"], box) >= 0.5, (image.title, hit["box"], box)
     wanted = {image.pk for image, _ in chosen}
     assert [r["id"] for r in answer["results"] if r["match"] in COPY and r["id"] not in wanted] == []
+    for box in boxes:  # each product is a region the visitor can pick
+        assert any(_iou(region["box"], box) >= 0.5 for region in answer["regions"]), (box, answer["regions"])
 
 
 def test_a_product_photo_small_in_a_desktop_screenshot_is_found_labelled_where_it_is(client, products):

@@ -85,7 +85,8 @@ def suggested_regions(
 ) -> list[RegionScore]:
     """Where the items may be: copies' outlines (most evidence first), then the look-alikes'
     regions, then the best regions searched, without overlapping ones. Copies lead: a
-    look-alike found in a grid window must not push a copy's exact outline off the list."""
+    look-alike found in a grid window must not push a copy's exact outline off the list;
+    every copy's outline is shown (six products of a listing page are six regions)."""
     boxed = sorted(
         ((label, d) for label, d in decisions.items() if d.box is not None),
         key=lambda item: (item[1].match not in COPY_TIERS, -item[1].strength),
@@ -94,10 +95,11 @@ def suggested_regions(
         RegionScore(d.box, query.candidates[label].shown_cosine) for label, d in boxed if d.box is not None
     ]
     candidates += sorted(query.regions, key=lambda r: -r.score)
+    shown = max(params.regions_shown, sum(d.match in COPY_TIERS for _, d in boxed))
     chosen: list[RegionScore] = []
     for region in candidates:
         if all(region.box.iou(other.box) < 0.5 for other in chosen):
             chosen.append(region)
-        if len(chosen) == params.regions_shown:
+        if len(chosen) == shown:
             break
     return chosen
