@@ -253,10 +253,11 @@ class Verifier:
     def _verify_object(self, item: Features, detector: Detector, box: Box) -> Verification | None:
         """A candidate found by an object checked on that object alone, cut from the picture
         as decoded, at the query's full feature size: the other objects' features take none
-        of its matches, and a small object keeps as many features as a whole picture (on 120
-        products in 20 listing pages, ORB's inliers with the true outline 16-61 on the whole
-        page, 67-111 on the product's own part). Its outline and homography in pixels of the
-        whole picture."""
+        of its matches, and a small object keeps as many features as a whole picture (the six
+        products of a listing page: ORB's inliers 16-61 on the whole page, 67-111 on each
+        product's own part; the page's products labelled 0.36 -> 0.86 in bench/multi_item.py
+        with the other changes for several objects). Its outline and homography in pixels of
+        the whole picture."""
         picture = self.query.picture
         source = self.query.detailed or picture
         k = source.width / picture.width  # the object cut from the picture as decoded
