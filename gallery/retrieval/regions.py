@@ -89,6 +89,13 @@ class Box:
         """This box holds at least `share` of the other's area."""
         return self.overlap(other) >= share * other.area
 
+    def clipped(self, image: Image.Image) -> Box | None:
+        """This box clipped to the picture, or None when under 8 pixels a side there."""
+        try:
+            return Box.parse(",".join(str(v) for v in self.as_list()), image)
+        except ValueError:
+            return None
+
     def within(self, outer: Box) -> Box:
         """This box, given in pixels of `outer`'s crop, in pixels of the whole picture."""
         return Box(self.x + outer.x, self.y + outer.y, self.w, self.h)
@@ -122,7 +129,7 @@ def content_box(image: Image.Image, *, tolerance: int = 18, min_share: float = 0
     box = Box(
         round(left * scale), round(top * scale), round((right - left) * scale), round((bottom - top) * scale)
     )
-    return Box.parse(",".join(str(v) for v in box.as_list()), image) if box.w >= 8 and box.h >= 8 else None
+    return box.clipped(image)
 
 
 def object_boxes(image: Image.Image, *, tolerance: int = 10) -> list[Box]:
@@ -144,8 +151,9 @@ def object_boxes(image: Image.Image, *, tolerance: int = 10) -> list[Box]:
             continue  # a piece of something larger: a watermark's letters, a dark corner
         if 0.01 <= share <= 0.6 and max(w, h) <= 3.5 * min(w, h) and area >= 0.3 * w * h:
             box = Box(*(round(float(v) * scale) for v in (x, y, w, h)))
-            if min(box.w, box.h) >= 40:  # smaller: a letter, a logo (and too few features)
-                boxes.append(Box.parse(",".join(str(v) for v in box.as_list()), image))
+            inside = box.clipped(image)
+            if inside is not None and min(inside.w, inside.h) >= 40:  # smaller: a letter, a logo
+                boxes.append(inside)
     return boxes
 
 

@@ -20,8 +20,8 @@ def ranked_hits(
     copies_ref: ModelRef,
     params: RetrievalParams,
 ) -> list[SearchHit]:
-    """Copies first (the one covering most of the picture first, then most evidence first), then look-alikes: by the copy model's evidence
-    when it is the active model; else by the active model's similarity, led by the copy
+    """Copies first (the one covering most of the picture first, then most evidence first),
+    then look-alikes: by the copy model's evidence when it is the active model; else by the active model's similarity, led by the copy
     model's closest look-alike when it is very close or its hash is by far the nearest (a
     copy too changed to be labelled one is still found first, whichever model serves
     similarity)."""
