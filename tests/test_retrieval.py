@@ -49,7 +49,7 @@ from gallery.retrieval.verify import (
 )
 from gallery.selectors.search import RegionScore
 from gallery.selectors.search_checks import Candidate, Query
-from gallery.selectors.search_ranking import suggested_regions
+from gallery.selectors.search_ranking import ordered_copies, suggested_regions
 from tests.conftest import dataset
 
 
@@ -512,6 +512,51 @@ def test_a_copy_by_local_features_that_another_item_matches_nearly_as_well_is_a_
     elsewhere = Verification(46, Box(200, 0, 60, 80), False, 0.0, 1.0, 0.3, 0.77)  # another object
     decided = decide(strong | {2: Evidence(cosine=0.93, verification=elsewhere)})
     assert decided[2].match == Match.NEAR_DUPLICATE
+    # A look-alike with many matches whose homography lays its pixels far worse than the
+    # copy's (a phone screenshot of a dress: 37 matches at 0.97, another dress 29 at 0.40)
+    # is no rival; one laying them nearly as well is.
+    fitted = {1: Evidence(cosine=0.9, verification=checked(37, 0.8))}
+    assert decide(fitted | {2: Evidence(cosine=0.9, verification=checked(29, 0.4))})[1].match == (
+        Match.NEAR_DUPLICATE
+    )
+    assert decide(fitted | {2: Evidence(cosine=0.9, verification=checked(29, 0.6))})[1].match == (
+        Match.SIMILAR
+    )
+
+
+def test_a_copy_whose_detail_keeps_its_colours_is_not_taken_for_another_colour_of_the_shot():
+    """Coloured text over a photo changes many coloured pixels along its detail, as another
+    colour of the shot would; the photo's detailed pixels measured apart mostly keep their
+    colours (`Verification.colour_agreement`), and settle it."""
+    from gallery.retrieval.verify import Verification
+
+    t = CopyThresholds()
+    v = Verification(55, Box(0, 0, 60, 80), False, 0.0, 1.0, 1.0, 0.55)
+    v.recolouring = Recolouring(kept=0.18, changed=0.44, same_detail=0.89)
+    v.colour_agreement = 0.6
+    assert colour_variant(v, t)
+    assert classify(Evidence(cosine=0.93, verification=v), t).match == Match.SIMILAR
+    v.colour_agreement = 0.84
+    assert not colour_variant(v, t)
+    assert classify(Evidence(cosine=0.93, verification=v), t).match == Match.NEAR_DUPLICATE
+
+
+def test_copies_in_one_part_of_the_picture_are_ordered_by_evidence_and_parts_by_their_share():
+    """A padded photo verifies against its own photo and the catalogue's other colour of it,
+    their outlines a pixel apart: the one with more evidence first, not the one whose
+    outline rounds to a larger share. A photo's subject still leads a small pasted item."""
+
+    def near(box: Box | None, strength: float) -> Decision:
+        return Decision(Match.NEAR_DUPLICATE, "a copy", box, strength)
+
+    area = 100.0 * 100.0
+    own, other_colour = near(Box(13, 0, 74, 100), 182.0), near(Box(12, 0, 76, 100), 172.0)
+    assert round(own.box.area / area, 1) < round(other_colour.box.area / area, 1)  # (the trap)
+    assert ordered_copies({1: other_colour, 2: own}, area) == [2, 1]
+    subject, pasted = near(None, 120.0), near(Box(70, 70, 25, 25), 190.0)
+    assert ordered_copies({1: pasted, 2: subject}, area) == [2, 1]
+    exact = Decision(Match.EXACT, "the same picture", None, 1000.0)
+    assert ordered_copies({1: subject, 2: pasted, 3: exact}, area)[0] == 3
 
 
 def test_a_query_is_black_and_white_only_when_no_part_of_it_has_colour():

@@ -65,7 +65,11 @@ class CopyThresholds:
     nearest_hash_bonus: float = 0.1
     nearest_copy_distance: int = 60
     nearest_copy_gap: int = 24
-    nearest_copy_cosine: float = 0.8  # and its vector agrees this much
+    # ...and its vector agrees this much: heavy blur, noise or a vignette lower a copy's
+    # cosine to 0.75-0.8 while its hash stays by far the nearest (AugLy's blur at radius 2-3:
+    # 16 bits, 60 nearer than any other item's); the held-back products with a hash that much
+    # nearer than the next (4 of 475, two splits) had cosines of 0.94 or more.
+    nearest_copy_cosine: float = 0.75
     # A close-up whose pixels are part of the photo's (`retrieval.pixels`), clearly more than
     # any other candidate's (set on random close-ups and outside pictures, not the bench's).
     pixel_correlation: float = 0.98
@@ -120,6 +124,12 @@ class CopyThresholds:
     # photos labelled 18 -> 10, no edited copy lost, at any ratio from 0.55 to 0.7 (copies'
     # largest 0.62); set on one split, the other confirmed it.
     rival_inliers: float = 0.65
+    # ...and lays the photo's pixels over the picture nearly as well (its `agreement` at most
+    # this much lower): items shot the same way lay theirs alike (held-back products: the
+    # copy's 0.54-0.74, its rivals' 0.43-0.63), while a copy's own photo lays them far better
+    # than look-alikes that happen to match many corners (a phone screenshot of a dress: its
+    # photo's 37 matches at 0.97, two others' 29 and 25 at 0.40 and 0.27).
+    rival_agreement_gap: float = 0.25
 
 
 @dataclass
@@ -179,8 +189,12 @@ def verified_copy(v: Verification | None, cosine: float, t: CopyThresholds) -> b
 
 def colour_variant(v: Verification | None, t: CopyThresholds) -> bool:
     """Laid over the photo, the query keeps part of its colours and shows another part, with
-    the same detail, in other colours: another colour of the same shot, not an edit."""
-    r = v.recolouring if v is not None else None
+    the same detail, in other colours: another colour of the same shot, not an edit. Not when
+    the photo's detailed pixels, measured apart (`Verification.colour_agreement`), mostly keep
+    their colours: coloured text over a photo changes many coloured pixels along the detail."""
+    if v is None or (v.colour_agreement or 0.0) >= t.colour_agreement:
+        return False  # (most of its detail keeps its colours)
+    r = v.recolouring
     return (
         r is not None
         and r.kept >= t.variant_kept
@@ -324,8 +338,16 @@ def possible_rivals(
 
 def rivalled(v: Verification, inliers: int, others: list[Verification], t: CopyThresholds) -> bool:
     """Another item matches the same part of the picture with nearly as many consistent
-    matches (`CopyThresholds.rival_inliers`): the ratio test between items."""
-    rival = max((r.inliers for r in others if r is not v and r.box.iou(v.box) >= 0.5), default=0)
+    matches (`CopyThresholds.rival_inliers`), laying its pixels nearly as well
+    (`rival_agreement_gap`): the ratio test between items."""
+    rival = max(
+        (
+            r.inliers
+            for r in others
+            if r is not v and r.box.iou(v.box) >= 0.5 and r.agreement >= v.agreement - t.rival_agreement_gap
+        ),
+        default=0,
+    )
     return rival >= t.rival_inliers * inliers
 
 

@@ -25,22 +25,7 @@ def ranked_hits(
     model's closest look-alike when it is very close or its hash is by far the nearest (a
     copy too changed to be labelled one is still found first, whichever model serves
     similarity)."""
-    area = float(query.picture.width * query.picture.height)
-
-    def covered(d: Decision) -> float:
-        """The share of the picture a copy covers, to a tenth: of several items in one
-        picture, the one that fills most of it is its subject (a photo with another pasted
-        over a corner); alike shares go by evidence."""
-        return 1.0 if d.box is None else round(d.box.area / area, 1)
-
-    copies = sorted(
-        (label for label, d in decisions.items() if d.match in COPY_TIERS),
-        key=lambda la: (
-            decisions[la].match is not Match.EXACT,
-            -covered(decisions[la]),
-            -decisions[la].strength,
-        ),
-    )
+    copies = ordered_copies(decisions, float(query.picture.width * query.picture.height))
     closest = sorted(
         (label for label, d in decisions.items() if d.match not in COPY_TIERS),
         key=lambda la: -decisions[la].strength,
@@ -78,6 +63,42 @@ def ranked_hits(
             if len(hits) == k:
                 return hits
     return hits
+
+
+def ordered_copies(decisions: dict[int, Decision], area: float) -> list[int]:
+    """The copies in the order shown: those found in one part of the picture (their boxes
+    overlapping by half) are one group, led by the most evidence (a photo and the catalogue's
+    other colour of it, both verified); exact first, then the group covering most of the
+    picture, to a tenth (of several items in one picture, the one that fills most of it is
+    its subject: a photo with another pasted over a corner), then the most evidence."""
+
+    def covered(d: Decision) -> float:
+        return 1.0 if d.box is None else round(d.box.area / area, 1)
+
+    def same_part(a: Decision, b: Decision) -> bool:
+        return (a.box is None and b.box is None) or (
+            a.box is not None and b.box is not None and a.box.iou(b.box) >= 0.5
+        )
+
+    by_evidence = sorted(
+        (label for label, d in decisions.items() if d.match in COPY_TIERS),
+        key=lambda la: (decisions[la].match is not Match.EXACT, -decisions[la].strength),
+    )
+    groups: list[list[int]] = []
+    for label in by_evidence:
+        group = next((g for g in groups if same_part(decisions[g[0]], decisions[label])), None)
+        if group is None:
+            groups.append([label])
+        else:
+            group.append(label)
+    groups.sort(
+        key=lambda g: (
+            decisions[g[0]].match is not Match.EXACT,
+            -covered(decisions[g[0]]),
+            -decisions[g[0]].strength,
+        )
+    )
+    return [label for g in groups for label in g]
 
 
 def suggested_regions(
