@@ -477,6 +477,27 @@ def test_a_product_photo_small_in_a_desktop_screenshot_is_found_labelled_where_i
         assert _iou(first["box"], (300, 180, w, h)) >= 0.5, first["box"]
 
 
+def test_a_photo_of_two_objects_on_a_canvas_ends_the_search_at_its_copy(client, products):
+    """A catalogue photo of a pair (two objects on white), fitted into a larger canvas: its
+    copy, verified first, holds both objects; no region search follows."""
+    pictures = [
+        _open(data).resize((128, 128), PILImage.Resampling.BICUBIC)
+        for _, data in (_zip_pictures("cifar10-jpg.zip", 40, 2))
+    ]
+    pair = PILImage.new("RGB", (360, 200), "white")
+    pair.paste(pictures[0], (24, 36))
+    pair.paste(pictures[1], (208, 36))
+    image, _ = services.image_create(data=_jpeg(pair), title="pair", category="products")
+    embed_and_index(image.pk)
+    canvas = PILImage.new("RGB", (1024, 768), "white")
+    canvas.paste(pair.resize((720, 400), PILImage.Resampling.BICUBIC), (200, 180))
+    answer = _search(client, _jpeg(canvas))
+    first = answer["results"][0]
+    assert first["id"] == image.pk and first["match"] == "near_duplicate", first
+    assert first["explanation"] == "this photo, inside a larger picture"
+    assert "regions" not in answer["stages_ms"], answer["stages_ms"]
+
+
 def _iou(a, b) -> float:
     ax, ay, aw, ah = a
     bx, by, bw, bh = b

@@ -250,8 +250,8 @@ def _decisions(
 ) -> dict[int, Decision]:
     """Every candidate classified: the best ones verified unless a copy is sure by its hash,
     then the whole picture's next ones; unless one is an unrivalled copy then (or whatever
-    was found, when the picture holds several objects), the picture's regions searched and
-    the next candidates verified; still no copy, the pixel checks."""
+    was found, when the picture holds several objects not all inside a copy), the picture's
+    regions searched and the next candidates verified; still no copy, the pixel checks."""
     verified: dict[int, Verification | None] = {}
     checker = Verifier(query, params)
 
@@ -270,6 +270,12 @@ def _decisions(
             for la, v in verified.items()
         )
 
+    def explained_by_copies() -> bool:
+        """Every object lies inside a verified copy (a pair of shoes in its own photo)."""
+        t, found = params.copies, query.candidates
+        outlines = [v.box for la, v in verified.items() if v and verified_copy(v, found[la].copy_cosine, t)]
+        return all(any(b.covers(o) for b in outlines) for o in query.objects)
+
     if not sure:
         # The best whole-picture candidates first, then its next ones: a verified copy needs
         # no region search (a product photo on a larger canvas: its own photo 4th-25th by
@@ -281,7 +287,7 @@ def _decisions(
         watch.lap("verify")
         if depth.grid and depth.embed is not None and not filled_by_copy():
             query.objects = region_tools.object_boxes(query.picture)
-        several = query.several_objects
+        several = query.several_objects and not explained_by_copies()
         if depth.whole and (several or not copy_verified()):
             # SIFT only where ORB saw part of the photo: on 30 canvas queries that needed
             # this step the same 15 verified, without 5 more SIFT runs (~100 ms) for others.
