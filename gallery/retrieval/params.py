@@ -37,6 +37,9 @@ class RetrievalParams:
     # find it. 100 -> 250: zooms first 0.84 -> 0.90 (strong 0.73 -> 0.80), 560 edited copies of
     # the other kinds and the held-back products unchanged; screening costs 0.25 ms a photo.
     pixel_candidates: int = 250
+    # Best candidates whose photos' content is compared with the picture's before any
+    # verification (`retrieval.content`: a photo fitted into a larger canvas; ~1 ms each).
+    content_checked: int = 10
     pixel_region_candidates: int = 30  # ...and the regions' best candidates besides
     # ...of which the first are compared whole, under marks: stickers over 20 % of a photo move
     # its vector far (its item 50th-1,600th) while most of its pixels stay. 30 -> 250: on 80

@@ -63,6 +63,7 @@ from PIL import Image
 
 from ..imaging import JpegTables
 from .plain import detail_agreement, has_own_detail, one_way
+from .regions import Box
 
 ITEM_SIDE = 96  # the catalogue photo's longer side for the search (small photos kept as they are)
 QUERY_SIDE = 128  # the query is shrunk to this first: templates are at most ITEM_SIDE
@@ -98,6 +99,7 @@ class PixelCheck(StrEnum):
     CLOSE_UP = "close_up"  # the query is part of the photo, enlarged
     SMALLER = "smaller"  # the query is the whole photo, smaller (compared at the query's size)
     OVERLAID = "overlaid"  # the query is the whole photo with marks over part of it
+    CONTENT = "content"  # the query's content is the photo's, at another size (`retrieval.content`)
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ class PixelMatch:
     check: PixelCheck = PixelCheck.CLOSE_UP
     detail: float = 1.0  # a close-up's `QueryPixels.detail_agreement`
     one_way: float = 0.0  # a close-up's `QueryPixels.one_way`
+    box: Box | None = None  # where the photo is in the query (a content match inside a larger picture)
 
 
 def item_pixels(image: Image.Image) -> np.ndarray:

@@ -132,6 +132,18 @@ def content_box(image: Image.Image, *, tolerance: int = 18, min_share: float = 0
     return box.clipped(image)
 
 
+def with_margins(image: Image.Image, box: Box, share: float) -> Image.Image:
+    """The box's part of the picture on plain margins of `share` of its sides, of the colour
+    of the picture's border: framed as catalogue photos frame an item."""
+    pixels = np.asarray(flatten(image), dtype=np.uint8)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    colour = tuple(int(v) for v in np.median(border, axis=0))
+    dx, dy = round(box.w * share), round(box.h * share)
+    framed = Image.new("RGB", (box.w + 2 * dx, box.h + 2 * dy), colour)
+    framed.paste(box.crop(image).convert("RGB"), (dx, dy))
+    return framed
+
+
 def object_boxes(image: Image.Image, *, tolerance: int = 10) -> list[Box]:
     """Separate objects on a plain background (a product photo small in a page's screenshot,
     a shop's listing page, a collage of product photos, a flat lay on a table): the outlines

@@ -3,7 +3,8 @@
 2. the copy model's vector of the whole picture, searched in the copy index and in the index
    of the catalogue photos' details (a close-up of part of an item), and the picture's PDQ
    hashes (with mirrors and turns), looked up by Hamming distance;
-3. unless a copy is already sure by its hash: local-feature verification of the best
+3. unless a copy is already sure by its hash, or by its content's pixels (a photo fitted into
+   a larger canvas: `retrieval.content`): local-feature verification of the best
    candidates, then of the whole picture's next ones; unless one is a copy no other verified
    item rivals, the picture's regions (content box, multi-scale grid), each embedded and
    searched, and the next candidates verified. Several objects on a plain background (a
@@ -31,6 +32,7 @@ from ..imaging import JpegTables, decode_image, flatten, sha256_of
 from ..models import Image
 from ..retrieval import regions as region_tools
 from ..retrieval.params import RetrievalParams, retrieval_params
+from ..retrieval.pixels import PixelCheck, PixelMatch
 from ..retrieval.recolouring import colour_thumbnail, colours_kept
 from ..retrieval.regions import Box
 from ..retrieval.tiers import (
@@ -55,7 +57,7 @@ from .search import (
     search_vector,
 )
 from .search_candidates import gather_candidates
-from .search_checks import Candidate, Query, Verifier, match_pixels, stored_colour
+from .search_checks import Candidate, Query, Verifier, content_copy, match_pixels, stored_colour
 from .search_ranking import ranked_hits, suggested_regions
 from .search_slots import search_slot
 
@@ -276,6 +278,8 @@ def _decisions(
         outlines = [v.box for la, v in verified.items() if v and verified_copy(v, found[la].copy_cosine, t)]
         return all(any(b.covers(o) for b in outlines) for o in query.objects)
 
+    content = _content_copy(query, params, depth.embed) if depth.embed and depth.grid and not sure else None
+    sure = sure or content is not None
     if not sure:
         # The best whole-picture candidates first, then its next ones: a verified copy needs
         # no region search (a product photo on a larger canvas: its own photo 4th-25th by
@@ -304,6 +308,8 @@ def _decisions(
     evidence = {
         label: _evidence(c, label, whole, verified.get(label)) for label, c in query.candidates.items()
     }
+    if content is not None:
+        evidence[content[0]].pixels[PixelCheck.CONTENT] = content[1]
     decisions = {label: classify(e, params.copies) for label, e in evidence.items()}
     contested(decisions, evidence, params.copies)
     if not any(d.match in COPY_TIERS for d in decisions.values()):
@@ -313,6 +319,19 @@ def _decisions(
         contested(decisions, evidence, params.copies)
         watch.lap("pixels")
     return decisions
+
+
+def _content_copy(
+    query: Query, params: RetrievalParams, embed: Callable[[list[PILImage.Image]], np.ndarray]
+) -> tuple[int, PixelMatch] | None:
+    """A photo fitted into a larger canvas: its content is the photo's content
+    (`search_checks.content_copy`); nothing to verify."""
+    found = content_copy(query, params, embed)
+    if found is None:
+        return None
+    label, match, cosine = found
+    query.candidates.setdefault(label, Candidate(cosine=cosine))
+    return label, match
 
 
 def _check_pixels(
