@@ -255,15 +255,15 @@ def test_a_large_catalogue_photo_is_screened_for_a_close_up_s_pixels_in_its_thum
     from gallery.retrieval.hashes import pdq_dihedral
     from gallery.retrieval.params import RetrievalParams
     from gallery.selectors.search import index_reader
-    from gallery.selectors.search_checks import Candidate, Query, _pixel_source, match_pixels
+    from gallery.selectors.search_checks import Candidate, Query, match_pixels, pixel_source
 
     _, data = products[17]
     large = _open(data).resize((1200, 1600), PILImage.Resampling.BICUBIC)
     image, _ = services.image_create(data=_jpeg(large), title="large", category="products")
-    assert _pixel_source(image.file.name, image.thumbnail.name, 1600) == image.thumbnail.name
-    assert _pixel_source("a.jpg", "t.jpg", 300) == "a.jpg"  # no larger than its thumbnail
+    assert pixel_source(image.file.name, image.thumbnail.name, 1600) == image.thumbnail.name
+    assert pixel_source("a.jpg", "t.jpg", 300) == "a.jpg"  # no larger than its thumbnail
     settings.THUMBNAIL_SIZE = 160
-    assert _pixel_source("a.jpg", "t.jpg", 1600) == "a.jpg"  # too small a thumbnail for the checks
+    assert pixel_source("a.jpg", "t.jpg", 1600) == "a.jpg"  # too small a thumbnail for the checks
     settings.THUMBNAIL_SIZE = 320
     w, h = round(large.width * 0.4), round(large.height * 0.4)
     x, y = round(large.width * 0.2), round(large.height * 0.4)

@@ -57,7 +57,8 @@ from .search import (
     search_vector,
 )
 from .search_candidates import gather_candidates
-from .search_checks import Candidate, Query, Verifier, content_copy, match_pixels, stored_colour
+from .search_checks import Candidate, Query, Verifier, match_pixels, stored_colour
+from .search_content import content_copy
 from .search_ranking import ranked_hits, suggested_regions
 from .search_slots import search_slot
 
@@ -325,7 +326,7 @@ def _content_copy(
     query: Query, params: RetrievalParams, embed: Callable[[list[PILImage.Image]], np.ndarray]
 ) -> tuple[int, PixelMatch] | None:
     """A photo fitted into a larger canvas: its content is the photo's content
-    (`search_checks.content_copy`); nothing to verify."""
+    (`search_content.content_copy`); nothing to verify."""
     found = content_copy(query, params, embed)
     if found is None:
         return None

@@ -5,7 +5,7 @@ process for each."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -16,13 +16,10 @@ from PIL import Image as PILImage
 
 from ..imaging import JpegTables, flatten
 from ..models import Image
-from ..retrieval import regions as region_tools
-from ..retrieval.content import content_correlation
 from ..retrieval.laid_over import laid_colour_agreement
 from ..retrieval.params import RetrievalParams
 from ..retrieval.pixels import ITEM_SIDE as ITEM_PIXELS_SIDE
 from ..retrieval.pixels import (
-    PixelCheck,
     PixelMatch,
     QueryPixels,
     best_overlaid_copy,
@@ -34,7 +31,7 @@ from ..retrieval.pixels import (
 )
 from ..retrieval.recolouring import recolouring
 from ..retrieval.regions import Box
-from ..retrieval.tiers import coloured_candidate, distinct_nearest_hash, pixel_copy, verified_copy
+from ..retrieval.tiers import coloured_candidate, distinct_nearest_hash, verified_copy
 from ..retrieval.verify import (
     Detector,
     Features,
@@ -322,7 +319,7 @@ def match_pixels(query: Query, params: RetrievalParams) -> list[tuple[int, Pixel
     ranked = list(dict.fromkeys(whole + list(nearest)))[: params.pixel_candidates]
     ranked += [label for label in by_cosine if label not in ranked][: params.pixel_region_candidates]
     rows = Image.objects.filter(pk__in=ranked).values_list("pk", "file", "thumbnail", "width", "height")
-    names = {pk: _pixel_source(file, thumbnail, max(w, h)) for pk, file, thumbnail, w, h in rows}
+    names = {pk: pixel_source(file, thumbnail, max(w, h)) for pk, file, thumbnail, w, h in rows}
     photos = {
         label: p
         for label in ranked
@@ -353,59 +350,7 @@ def match_pixels(query: Query, params: RetrievalParams) -> list[tuple[int, Pixel
     return found
 
 
-def content_copy(
-    query: Query, params: RetrievalParams, embed: Callable[[list[PILImage.Image]], np.ndarray]
-) -> tuple[int, PixelMatch, float] | None:
-    """The candidate whose photo's content the picture's content is (`retrieval.content`),
-    clearly more than any other's (`tiers.pixel_copy`), with its cosine; None when the
-    picture has no plain margins or none is. Compared: the whole picture's best candidates,
-    then those of its content framed as a catalogue photo (a tenth of margin; 150 photos
-    fitted into 1024x768: their own first by the whole picture 0.73 of the time, by the
-    framed content 0.88). Its box: where the content is in the picture, when the picture
-    shows more around it than the photo does."""
-    box = region_tools.content_box(query.picture)
-    if box is None:
-        return None
-    content = np.asarray(box.crop(query.picture).convert("RGB"))
-    candidates = query.candidates
-    best_first = sorted(candidates, key=lambda label: -candidates[label].copy_cosine)
-    scores = _content_scores(content, best_first[: params.content_checked])
-    near: dict[int, float] = {}
-    for stage in range(2):
-        if stage:  # (the whole picture's candidates did not hold it)
-            framed = region_tools.with_margins(query.picture, box, 0.1)
-            near = dict(query.neighbours(embed([framed])[0], params.content_checked))
-            scores |= _content_scores(content, [label for label in near if label not in scores])
-        if not scores:
-            continue
-        best = max(scores, key=lambda label: scores[label][0])
-        correlation, photo_share = scores[best]
-        runner_up = max((c for label, (c, _) in scores.items() if label != best), default=-1.0)
-        inside = box.area / float(query.picture.width * query.picture.height) < 0.7 * photo_share
-        match = PixelMatch(
-            correlation, 1.0, correlation - runner_up, PixelCheck.CONTENT, box=box if inside else None
-        )
-        if pixel_copy(match, params.copies):
-            return (
-                best,
-                match,
-                max(near.get(best, -1.0), candidates[best].cosine if best in candidates else -1.0),
-            )
-    return None
-
-
-def _content_scores(content: np.ndarray, labels: list[int]) -> dict[int, tuple[float, float]]:
-    """`retrieval.content.content_correlation` of the picture's content with each item's photo."""
-    rows = Image.objects.filter(pk__in=labels).values_list("pk", "file", "thumbnail", "width", "height")
-    scores = {}
-    for pk, file, thumbnail, w, h in rows:
-        colour = stored_colour(pk, _pixel_source(file, thumbnail, max(w, h)))
-        if colour is not None and (found := content_correlation(content, colour)) is not None:
-            scores[pk] = found
-    return scores
-
-
-def _pixel_source(file: str, thumbnail: str, side: int) -> str:
+def pixel_source(file: str, thumbnail: str, side: int) -> str:
     """The stored file the pixel checks read for an item: its thumbnail when the photo is
     larger and the thumbnail still twice their side: a query reads up to 280 of them, and a
     320-pixel thumbnail takes 0.8 ms, a 1200x1600 photo 2.9 even at a reduced scale."""
