@@ -513,6 +513,9 @@ def test_a_product_photo_fitted_into_a_larger_canvas_is_found_by_its_content_unv
         bx, _, bw, _ = first["box"]
         assert x - 8 <= bx and bx + bw <= x + w + 8, (first["box"], x, w)  # within the photo's place
         unverified += "verify" not in answer["stages_ms"]
+        assert any(_iou(region["box"], first["box"]) >= 0.9 for region in answer["regions"]), answer[
+            "regions"
+        ]
     assert unverified >= 4, unverified
 
 

@@ -110,7 +110,7 @@ class PixelMatch:
     check: PixelCheck = PixelCheck.CLOSE_UP
     detail: float = 1.0  # a close-up's `QueryPixels.detail_agreement`
     one_way: float = 0.0  # a close-up's `QueryPixels.one_way`
-    box: Box | None = None  # where the photo is in the query (a content match inside a larger picture)
+    box: Box | None = None  # where the photo's content is in the query (a content match)
 
 
 def item_pixels(image: Image.Image) -> np.ndarray:

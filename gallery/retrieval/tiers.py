@@ -288,7 +288,8 @@ def classify(evidence: Evidence, thresholds: CopyThresholds) -> Decision:
         return Decision(Match.SIMILAR, "the same shot in another colour", None, 1.0 + e.cosine)
     for m in e.pixels.values():
         if pixel_copy(m, t, v):
-            return Decision(Match.NEAR_DUPLICATE, _pixel_explanation(m), m.box, 100.0)
+            inside = m.check == PixelCheck.CONTENT and m.share < INSIDE
+            return Decision(Match.NEAR_DUPLICATE, _pixel_explanation(m), m.box if inside else None, 100.0)
     close_up = e.pixels.get(PixelCheck.CLOSE_UP)
     if close_up is not None and close_up.correlation >= t.pixel_correlation:
         # Part of this photo, and nearly as much of a look-alike's (another colour of the
@@ -370,8 +371,13 @@ def outmatched(v: Verification, copies: Iterable[Verification | None], t: CopyTh
     return v.inliers < t.rival_inliers * best
 
 
+# A copy filling less of the picture than this share of what its photo fills is "inside a
+# larger picture" (its outline is then the hit's box).
+INSIDE = 0.7
+
+
 def _geometric_explanation(v: Verification, e: Evidence) -> str:
-    if v.fills < 0.7:
+    if v.fills < INSIDE:
         return "this photo, inside a larger picture"
     if v.mirrored:
         return "a mirrored copy of this photo"
@@ -390,7 +396,11 @@ def _pixel_explanation(m: PixelMatch) -> str:
     if m.check == PixelCheck.OVERLAID:
         return "this photo, with marks or text over part of it"
     if m.check == PixelCheck.CONTENT:
-        return "this photo, inside a larger picture" if m.box else "the same photo, re-compressed or resized"
+        return (
+            "this photo, inside a larger picture"
+            if m.share < INSIDE
+            else "the same photo, re-compressed or resized"
+        )
     if m.share < 0.6:
         return "a close-up of part of this photo"
     return "a crop of this photo"

@@ -279,7 +279,9 @@ def _decisions(
         outlines = [v.box for la, v in verified.items() if v and verified_copy(v, found[la].copy_cosine, t)]
         return all(any(b.covers(o) for b in outlines) for o in query.objects)
 
-    content = _content_copy(query, params, depth.embed) if depth.embed and depth.grid and not sure else None
+    content = (
+        _content_copy(query, params, depth.embed, watch) if depth.embed and depth.grid and not sure else None
+    )
     sure = sure or content is not None
     if not sure:
         # The best whole-picture candidates first, then its next ones: a verified copy needs
@@ -323,15 +325,21 @@ def _decisions(
 
 
 def _content_copy(
-    query: Query, params: RetrievalParams, embed: Callable[[list[PILImage.Image]], np.ndarray]
+    query: Query,
+    params: RetrievalParams,
+    embed: Callable[[list[PILImage.Image]], np.ndarray],
+    watch: _Stopwatch,
 ) -> tuple[int, PixelMatch] | None:
     """A photo fitted into a larger canvas: its content is the photo's content
     (`search_content.content_copy`); nothing to verify."""
     found = content_copy(query, params, embed)
+    watch.lap("content")
     if found is None:
         return None
     label, match, cosine = found
     query.candidates.setdefault(label, Candidate(cosine=cosine))
+    if match.box is not None:  # (where it is: a region the answer suggests)
+        query.regions.append(RegionScore(match.box, cosine))
     return label, match
 
 

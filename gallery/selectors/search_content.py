@@ -27,8 +27,8 @@ def content_copy(
     picture has no plain margins or none is. Compared: the whole picture's best candidates,
     then those of its content framed as a catalogue photo (a tenth of margin; 150 photos
     fitted into 1024x768: their own first by the whole picture 0.73 of the time, by the
-    framed content 0.88). Its box: where the content is in the picture, when the picture
-    shows more around it than the photo does."""
+    framed content 0.88). Its box: where the content is in the picture; its share: how much
+    of the picture the content fills, over how much of its photo it fills."""
     box = region_tools.content_box(query.picture)
     if box is None:
         return None
@@ -59,10 +59,9 @@ def _content_leader(
     best = max(scores, key=lambda label: scores[label][0])
     correlation, photo_share = scores[best]
     runner_up = max((c for label, (c, _) in scores.items() if label != best), default=-1.0)
-    inside = box.area / float(picture.width * picture.height) < 0.7 * photo_share
-    match = PixelMatch(
-        correlation, 1.0, correlation - runner_up, PixelCheck.CONTENT, box=box if inside else None
-    )
+    # (its share: how much of the picture the content fills, over how much of the photo)
+    share = box.area / float(picture.width * picture.height) / photo_share
+    match = PixelMatch(correlation, share, correlation - runner_up, PixelCheck.CONTENT, box=box)
     return (best, match) if pixel_copy(match, params.copies) else None
 
 
