@@ -22,13 +22,19 @@ MAX_SHAPE_APART = 0.1
 MIN_SIDE = 8
 
 
-def content_correlation(content: np.ndarray, photo: np.ndarray) -> tuple[float, float] | None:
-    """(the colour correlation of a picture's content (RGB) with the photo's content (RGB,
-    without its plain margins) at the photo's content size, the photo's share its content
-    covers); None when their shapes differ or the photo's content is tiny."""
+def photo_content(photo: np.ndarray) -> tuple[np.ndarray, float]:
+    """A catalogue photo's content (RGB, without its plain margins) and the share of the
+    photo it covers: made once per item (`search_content`)."""
     image = Image.fromarray(photo)
     box = content_box(image, min_share=0.0) or Box.whole(image)
     part = np.asarray(box.crop(image).convert("RGB"), dtype=np.float32)
+    return part - part.mean(), box.area / float(image.width * image.height)
+
+
+def content_correlation(content: np.ndarray, part: np.ndarray) -> float | None:
+    """The colour correlation of a picture's content (RGB) with a photo's content
+    (`photo_content`) at the photo's content size; None when their shapes differ or either
+    is tiny."""
     h, w = part.shape[:2]
     qh, qw = content.shape[:2]
     if min(w, h) < MIN_SIDE or min(qw, qh) < MIN_SIDE:
@@ -37,7 +43,5 @@ def content_correlation(content: np.ndarray, photo: np.ndarray) -> tuple[float, 
         return None
     ours = cv2.resize(content, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
     ours -= ours.mean()
-    part -= part.mean()
     norm = math.sqrt(float((ours * ours).sum()) * float((part * part).sum()))
-    correlation = float((ours * part).sum()) / norm if norm > 0 else 0.0
-    return correlation, box.area / float(image.width * image.height)
+    return float((ours * part).sum()) / norm if norm > 0 else 0.0

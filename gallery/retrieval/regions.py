@@ -109,9 +109,15 @@ def _off_border_colour(image: Image.Image, tolerance: int) -> tuple[np.ndarray, 
     if scale > 1:
         small = small.resize((max(1, round(small.width / scale)), max(1, round(small.height / scale))))
     pixels = np.asarray(small, dtype=np.int16)
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    differs: np.ndarray = np.abs(pixels - np.median(border, axis=0)).max(axis=2) > tolerance
+    differs: np.ndarray = np.abs(pixels - _border_colour(pixels)).max(axis=2) > tolerance
     return differs, scale
+
+
+def _border_colour(pixels: np.ndarray) -> np.ndarray:
+    """The median colour of a picture's (h x w x 3) outermost rows and columns."""
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    colour: np.ndarray = np.median(border, axis=0)
+    return colour
 
 
 def content_box(image: Image.Image, *, tolerance: int = 18, min_share: float = 0.05) -> Box | None:
@@ -135,9 +141,7 @@ def content_box(image: Image.Image, *, tolerance: int = 18, min_share: float = 0
 def with_margins(image: Image.Image, box: Box, share: float) -> Image.Image:
     """The box's part of the picture on plain margins of `share` of its sides, of the colour
     of the picture's border: framed as catalogue photos frame an item."""
-    pixels = np.asarray(flatten(image), dtype=np.uint8)
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    colour = tuple(int(v) for v in np.median(border, axis=0))
+    colour = tuple(int(v) for v in _border_colour(np.asarray(flatten(image), dtype=np.uint8)))
     dx, dy = round(box.w * share), round(box.h * share)
     framed = Image.new("RGB", (box.w + 2 * dx, box.h + 2 * dy), colour)
     framed.paste(box.crop(image).convert("RGB"), (dx, dy))

@@ -288,8 +288,8 @@ def classify(evidence: Evidence, thresholds: CopyThresholds) -> Decision:
         return Decision(Match.SIMILAR, "the same shot in another colour", None, 1.0 + e.cosine)
     for m in e.pixels.values():
         if pixel_copy(m, t, v):
-            inside = m.check == PixelCheck.CONTENT and m.share < INSIDE
-            return Decision(Match.NEAR_DUPLICATE, _pixel_explanation(m), m.box if inside else None, 100.0)
+            box = m.box if _content_inside(m) else None
+            return Decision(Match.NEAR_DUPLICATE, _pixel_explanation(m), box, 100.0)
     close_up = e.pixels.get(PixelCheck.CLOSE_UP)
     if close_up is not None and close_up.correlation >= t.pixel_correlation:
         # Part of this photo, and nearly as much of a look-alike's (another colour of the
@@ -376,6 +376,12 @@ def outmatched(v: Verification, copies: Iterable[Verification | None], t: CopyTh
 INSIDE = 0.7
 
 
+def _content_inside(m: PixelMatch) -> bool:
+    """A content match (`retrieval.content`) whose content fills much less of the picture
+    than of its photo: the photo inside a larger picture."""
+    return m.check == PixelCheck.CONTENT and m.share < INSIDE
+
+
 def _geometric_explanation(v: Verification, e: Evidence) -> str:
     if v.fills < INSIDE:
         return "this photo, inside a larger picture"
@@ -398,7 +404,7 @@ def _pixel_explanation(m: PixelMatch) -> str:
     if m.check == PixelCheck.CONTENT:
         return (
             "this photo, inside a larger picture"
-            if m.share < INSIDE
+            if _content_inside(m)
             else "the same photo, re-compressed or resized"
         )
     if m.share < 0.6:

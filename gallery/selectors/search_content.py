@@ -5,13 +5,14 @@ between gathering candidates and verifying them."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image as PILImage
 
 from ..models import Image
 from ..retrieval import regions as region_tools
-from ..retrieval.content import content_correlation
+from ..retrieval.content import content_correlation, photo_content
 from ..retrieval.params import RetrievalParams
 from ..retrieval.pixels import PixelCheck, PixelMatch
 from ..retrieval.regions import Box
@@ -66,11 +67,20 @@ def _content_leader(
 
 
 def _content_scores(content: np.ndarray, labels: list[int]) -> dict[int, tuple[float, float]]:
-    """`retrieval.content.content_correlation` of the picture's content with each item's photo."""
+    """`retrieval.content.content_correlation` of the picture's content with each item's
+    photo's, and the share of its photo that content covers."""
     rows = Image.objects.filter(pk__in=labels).values_list("pk", "file", "thumbnail", "width", "height")
     scores = {}
     for pk, file, thumbnail, w, h in rows:
-        colour = stored_colour(pk, pixel_source(file, thumbnail, max(w, h)))
-        if colour is not None and (found := content_correlation(content, colour)) is not None:
-            scores[pk] = found
+        found = _photo_content(pk, pixel_source(file, thumbnail, max(w, h)))
+        if found is not None and (correlation := content_correlation(content, found[0])) is not None:
+            scores[pk] = (correlation, found[1])
     return scores
+
+
+@lru_cache(maxsize=2048)
+def _photo_content(label: int, file_name: str) -> tuple[np.ndarray, float] | None:
+    """An item's photo's content (`retrieval.content.photo_content`), kept per process as
+    `stored_colour` keeps its photo: the same items come back for many queries."""
+    colour = stored_colour(label, file_name)
+    return photo_content(colour) if colour is not None else None
