@@ -516,7 +516,26 @@ def test_a_product_photo_fitted_into_a_larger_canvas_is_found_by_its_content_unv
         assert any(_iou(region["box"], first["box"]) >= 0.9 for region in answer["regions"]), answer[
             "regions"
         ]
-    assert unverified >= 4, unverified
+    assert unverified >= 5, unverified  # (all 6 on this machine)
+
+
+def test_photos_on_a_backdrop_or_with_thin_margins_fitted_into_a_page_are_found_by_content(client, products):
+    """Photos on a grey studio backdrop (on a white page, the whole photo is the content) and
+    one whose item nearly fills it: found by their content at once, no verification."""
+    with zipfile.ZipFile(dataset("fashion-products-6k.zip")) as zf:
+        added = []
+        for stem in ("7452", "5716", "5137"):
+            data = zf.read(f"topwear/{stem}.jpg")
+            image, _ = services.image_create(data=data, title=stem, category="products")
+            added.append((image, data))
+    embed_and_index(*(image.pk for image, _ in added))
+    for image, data in added:
+        canvas, _ = _fitted_into_page(_open(data))
+        answer = _search(client, _jpeg(canvas))
+        first = answer["results"][0]
+        assert first["id"] == image.pk and first["match"] == "near_duplicate", (image.title, first)
+        assert first["explanation"] == "this photo, inside a larger picture", first
+        assert "verify" not in answer["stages_ms"], (image.title, answer["stages_ms"])
 
 
 def _fitted_into_page(photo: PILImage.Image) -> tuple[PILImage.Image, tuple[int, int]]:

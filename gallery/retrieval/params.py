@@ -40,6 +40,9 @@ class RetrievalParams:
     # Best candidates whose photos' content is compared with the picture's before any
     # verification (`retrieval.content`: a photo fitted into a larger canvas; ~1 ms each).
     content_checked: int = 10
+    # ...and when one of them agrees this well in colour (not as a copy), not those of the
+    # content framed as a catalogue photo (`search_content`).
+    content_settled: float = 0.9
     pixel_region_candidates: int = 30  # ...and the regions' best candidates besides
     # ...of which the first are compared whole, under marks: stickers over 20 % of a photo move
     # its vector far (its item 50th-1,600th) while most of its pixels stay. 30 -> 250: on 80

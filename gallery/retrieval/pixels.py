@@ -111,6 +111,7 @@ class PixelMatch:
     detail: float = 1.0  # a close-up's `QueryPixels.detail_agreement`
     one_way: float = 0.0  # a close-up's `QueryPixels.one_way`
     box: Box | None = None  # where the photo's content is in the query (a content match)
+    inner_detail: float = 1.0  # a content match's detail inside the item's outline
 
 
 def item_pixels(image: Image.Image) -> np.ndarray:
