@@ -456,6 +456,42 @@ def test_every_product_on_a_listing_page_is_found_labelled_where_it_is(client, p
         assert any(_iou(region["box"], box) >= 0.5 for region in answer["regions"]), (box, answer["regions"])
 
 
+def test_products_too_plain_to_verify_on_a_listing_page_are_copies_by_their_content(client, products):
+    """Products with too few local features to verify, small on a listing page (each boxed
+    with its caption by the object search): each object's content, without the caption,
+    is its photo's content; labelled copies where they are."""
+    with zipfile.ZipFile(dataset("fashion-products-6k.zip")) as zf:
+        plain = []
+        for name in ("other/18059.jpg", "topwear/31178.jpg", "other/21611.jpg", "other/55164.jpg"):
+            data = zf.read(name)
+            image, _ = services.image_create(data=data, title=name.rsplit("/", 1)[-1], category="products")
+            plain.append((image, data))
+    embed_and_index(*(image.pk for image, _ in plain))
+    chosen = plain + [products[2], products[9]]
+    page, boxes = _listing_page([_open(data) for _, data in chosen])
+    answer = _search(client, _jpeg(page))
+    found = {r["id"]: r for r in answer["results"]}
+    labelled = 0
+    for (image, _), box in zip(plain, boxes):
+        hit = found.get(image.pk)
+        if hit is not None and hit["match"] == "near_duplicate":
+            assert hit["explanation"] == "this photo, inside a larger picture"
+            assert _inside(hit["box"], box), (image.title, hit["box"], box)  # (its content, or all of it)
+            labelled += 1
+    assert labelled >= 3, [found.get(image.pk) for image, _ in plain]
+    wanted = {image.pk for image, _ in chosen}
+    assert [r["id"] for r in answer["results"] if r["match"] in COPY and r["id"] not in wanted] == []
+
+
+def _inside(inner, outer, slack: int = 8) -> bool:
+    return (
+        inner[0] >= outer[0] - slack
+        and inner[1] >= outer[1] - slack
+        and inner[0] + inner[2] <= outer[0] + outer[2] + slack
+        and inner[1] + inner[3] <= outer[1] + outer[3] + slack
+    )
+
+
 def test_a_product_photo_small_in_a_desktop_screenshot_is_found_labelled_where_it_is(client, products):
     """A screenshot of a shop's product page on a desktop: the photo is a small part of a
     wide page under a header bar (no plain margin around the picture), beside text."""

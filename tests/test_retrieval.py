@@ -729,3 +729,16 @@ def test_a_content_match_needs_fine_detail_and_detail_inside_the_item_s_outline(
     assert not content(0.957, 0.954, 0.43)  # the other wallet
     assert not content(0.968, 0.808, 0.69)  # the other print
     assert not content(0.94, 0.96, 0.95)  # colours apart
+
+
+def test_a_product_boxed_with_its_caption_is_cut_from_the_caption():
+    """A listing page's object search joins a product to the caption under it: the main
+    band of its rows is the product alone; a single band is no cut."""
+    photo = _products(1)[0]
+    cell = PILImage.new("RGB", (180, 260), "white")
+    cell.paste(photo.resize((150, 200)), (15, 10))
+    ImageDraw.Draw(cell).text((15, 228), "Item 316  $61.99", fill="black")
+    product = regions.content_box(photo, min_share=0.0, max_share=1.0)
+    band = regions.main_band(cell)
+    assert band is not None and band.y + band.h <= 215 and band.h >= 0.9 * product.h * 2.5, band
+    assert regions.main_band(photo) is None

@@ -165,6 +165,28 @@ def _margins_cut(
     return box.clipped(image)
 
 
+def main_band(image: Image.Image, *, tolerance: int = 18) -> Box | None:
+    """The picture's content without what lies across a margin above or below it (a product
+    photo on a shop's page, boxed with its caption and price: `object_boxes` joins parts
+    close together): its largest band of rows that differ from the border's colour, between
+    rows that do not; None when there is only one band."""
+    differs, scale = _off_border_colour(image, tolerance)
+    rows = differs.any(axis=1)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], rows.astype(np.int8), [0]])))
+    bands = list(zip(edges[::2], edges[1::2]))  # [start, end) of each run of differing rows
+    if len(bands) < 2:
+        return None
+    top, bottom = max(bands, key=lambda band: int(differs[band[0] : band[1]].sum()))
+    cols = np.flatnonzero(differs[top:bottom].any(axis=0))
+    box = Box(
+        round(cols[0] * scale),
+        round(top * scale),
+        round((cols[-1] + 1 - cols[0]) * scale),
+        round((bottom - top) * scale),
+    )
+    return box.clipped(image)
+
+
 def with_margins(image: Image.Image, box: Box, share: float) -> Image.Image:
     """The box's part of the picture on plain margins of `share` of its sides, of the colour
     of the picture's border: framed as catalogue photos frame an item."""

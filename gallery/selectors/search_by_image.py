@@ -58,7 +58,7 @@ from .search import (
 )
 from .search_candidates import gather_candidates
 from .search_checks import Candidate, Query, Verifier, match_pixels, stored_colour
-from .search_content import content_copy
+from .search_content import content_copy, object_content_copies
 from .search_ranking import ranked_hits, suggested_regions
 from .search_slots import search_slot
 
@@ -282,6 +282,7 @@ def _decisions(
     content = (
         _content_copy(query, params, depth.embed, watch) if depth.embed and depth.grid and not sure else None
     )
+    contents: list[tuple[int, PixelMatch]] = []  # (several objects' own: `object_content_copies`)
     sure = sure or content is not None
     if not sure:
         # The best whole-picture candidates first, then its next ones: a verified copy needs
@@ -307,12 +308,14 @@ def _decisions(
             more = depth.verified - len(verified) + params.verified_per_object * len(query.objects)
             verified |= checker.best(more, every_copy=several)
             watch.lap("verify")
+            contents = object_content_copies(query, params) if several else []
+            watch.lap("content")
     whole = _whole(query, same_bytes, params)
     evidence = {
         label: _evidence(c, label, whole, verified.get(label)) for label, c in query.candidates.items()
     }
-    if content is not None:
-        evidence[content[0]].pixels[PixelCheck.CONTENT] = content[1]
+    for label, match in [content] if content is not None else contents:
+        evidence[label].pixels[PixelCheck.CONTENT] = match
     decisions = {label: classify(e, params.copies) for label, e in evidence.items()}
     contested(decisions, evidence, params.copies)
     if not any(d.match in COPY_TIERS for d in decisions.values()):

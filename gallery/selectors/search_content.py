@@ -57,6 +57,41 @@ def content_copy(
     return label, match, max(near.get(label, -1.0), candidates[label].cosine if label in candidates else -1.0)
 
 
+def object_content_copies(query: Query, params: RetrievalParams) -> list[tuple[int, PixelMatch]]:
+    """Of several objects on a plain background (a shop's listing page, a collage, a product
+    photo in a screenshot: `Query.objects`), each whose content is the content of the photo
+    of one of the candidates its own search found, clearly more than of the others' photos
+    (`content_copy` for the object alone): a copy there even where local features are too
+    few to verify (a plain product, small on the page). Its box: the object's content."""
+    copies = []
+    for found in query.objects:
+        labels = [label for label, c in query.candidates.items() if c.object == found]
+        labels.sort(key=lambda label: -query.candidates[label].object_cosine)
+        matches = []
+        for box in _object_contents(query.picture, found):
+            content = PictureContent(np.asarray(box.crop(query.picture).convert("RGB"), dtype=np.float32))
+            scores = _content_scores(content, labels[: params.content_checked])
+            if (copy := _content_leader(scores, box, query.picture, params)) is not None:
+                matches.append(copy)
+        if matches:
+            copies.append(max(matches, key=lambda copy: copy[1].correlation))
+    return copies
+
+
+def _object_contents(picture: PILImage.Image, found: Box) -> list[Box]:
+    """The object's content, cut again from its neighbourhood at its own size (object boxes
+    are found on the picture at 256 pixels a side, and joined to their near parts), and its
+    main band of rows, without a caption under it (`regions.main_band`)."""
+    grow = max(4, round(0.05 * max(found.w, found.h)))
+    around = Box(found.x - grow, found.y - grow, found.w + 2 * grow, found.h + 2 * grow).clipped(picture)
+    if around is None:
+        return [found]
+    near = around.crop(picture)
+    cuts = [region_tools.content_box(near, min_share=0.0, max_share=1.0), region_tools.main_band(near)]
+    boxes = [cut.within(around) for cut in cuts if cut is not None]
+    return boxes or [found]
+
+
 def _settled(scores: dict[int, ContentAgreement], params: RetrievalParams) -> bool:
     """A candidate's content agrees closely with the picture's (but not as a copy's): the
     picture's item, or a shade of its shot, is among the candidates, and more candidates
