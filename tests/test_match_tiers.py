@@ -467,7 +467,7 @@ def test_products_too_plain_to_verify_on_a_listing_page_are_copies_by_their_cont
             image, _ = services.image_create(data=data, title=name.rsplit("/", 1)[-1], category="products")
             plain.append((image, data))
     embed_and_index(*(image.pk for image, _ in plain))
-    chosen = plain + [products[2], products[9]]
+    chosen = [*plain, products[2], products[9]]
     page, boxes = _listing_page([_open(data) for _, data in chosen])
     answer = _search(client, _jpeg(page))
     found = {r["id"]: r for r in answer["results"]}
