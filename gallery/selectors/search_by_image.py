@@ -9,7 +9,8 @@
    item rivals, the picture's regions (content box, multi-scale grid), each embedded and
    searched, and the next candidates verified. Several objects on a plain background (a
    listing page, a collage) are searched whatever was found: each is a region, its
-   candidates verified on it alone, and every copy among them is kept;
+   candidates verified on it alone or found by its content (`object_content_copies`), and
+   every copy among them is kept;
 4. still no copy: the picture's pixels looked for in the best candidates' photos (a close-up
    of a detail, a smaller copy of the whole photo, or the photo under marks: `retrieval.pixels`);
 5. every candidate classified `exact` / `near_duplicate` / `similar` (`retrieval.tiers`; a

@@ -33,10 +33,10 @@ def content_copy(
     clearly more than any other's (`tiers.pixel_copy`), with its cosine; None when the
     picture has no plain margins or none is. Compared: the whole picture's best candidates,
     then, unless one of those agrees closely (`_settled`), those of its content framed as a
-    catalogue photo (a tenth of margin; 150 photos
-    fitted into 1024x768: their own first by the whole picture 0.73 of the time, by the
-    framed content 0.88). Its box: where the content is in the picture; its share: how much
-    of the picture the content fills, over how much of its photo it fills."""
+    catalogue photo (a tenth of margin; 150 photos fitted into 1024x768: their own first by
+    the whole picture 0.73 of the time, by the framed content 0.88). Its box: where the
+    content is in the picture; its share: how much of the picture the content fills, over
+    how much of its photo it fills."""
     box = region_tools.content_box(query.picture)
     if box is None:
         return None
