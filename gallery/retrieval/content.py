@@ -119,10 +119,12 @@ def content_agreement(content: PictureContent, parts: tuple[ContentPart, ...]) -
     ]
     if not fits:
         return None
-    part, ours = max(fits, key=lambda fit: _correlation(fit[1], fit[0].pixels))
-    if _correlation(ours, part.pixels) >= ALIGN_FROM:
+    colour, part, ours = max(
+        ((_correlation(ours, part.pixels), part, ours) for part, ours in fits), key=lambda f: f[0]
+    )
+    if colour >= ALIGN_FROM:
         ours = _aligned(ours, part.pixels)
-    colour = _correlation(ours, part.pixels)
+        colour = _correlation(ours, part.pixels)
     detail, theirs = _detail(ours), _detail(part.pixels)
     inner = _inside(detail), _inside(theirs)
     return ContentAgreement(colour, _correlation(detail, theirs), _correlation(*inner), part.share)

@@ -177,14 +177,9 @@ def main_band(image: Image.Image, *, tolerance: int = 18) -> Box | None:
     if len(bands) < 2:
         return None
     top, bottom = max(bands, key=lambda band: int(differs[band[0] : band[1]].sum()))
-    cols = np.flatnonzero(differs[top:bottom].any(axis=0))
-    box = Box(
-        round(cols[0] * scale),
-        round(top * scale),
-        round((cols[-1] + 1 - cols[0]) * scale),
-        round((bottom - top) * scale),
-    )
-    return box.clipped(image)
+    band = np.zeros_like(differs)
+    band[top:bottom] = differs[top:bottom]
+    return _margins_cut(band, scale, image, 0.0, 1.0)
 
 
 def with_margins(image: Image.Image, box: Box, share: float) -> Image.Image:
