@@ -12,6 +12,9 @@ Measured with 1, 8 and 16 concurrent clients (threads, one keep-alive connection
 After (a)'s levels, `--varied` searches by one client, each with another catalogue photo made
 into a query the same way: latency over different queries, how often the photo's own item
 comes first, and the web process's memory once many items' features are cached.
+Then `--outside` searches, each with a photo that is not in the catalogue (a CIFAR-10 test/
+photo upscaled to fill 1024x768): the latency of a query with no copy to find, which runs
+every stage (regions, local features, pixels), with each stage's share.
 Beside it, in the same run, the embedder alone: decode + embed of the same query in-process,
 as the web process does it, so that the HTTP/search overhead shows as a ratio.
 
@@ -457,6 +460,66 @@ def varied_queries(app, fashion: Path, names: list[str], count: int, seed: int, 
     return figures
 
 
+def outside_queries(app, cifar: Path, count: int, seed: int, k: int) -> dict:
+    """`count` searches from one client, each with a CIFAR-10 test/ photo upscaled to fill
+    QUERY_SIZE (noise and quality as `make_query`): nothing in the gallery is a copy of them,
+    so every stage runs. Latency, each stage's mean and share, and how many came back
+    labelled a copy (none should)."""
+    with zipfile.ZipFile(cifar) as zf:
+        names = [n for n in zf.namelist() if n.startswith("test/") and n.endswith(".jpg")]
+        picks = random.Random(seed + 2).sample(names, min(count, len(names)))
+        photos = [zf.read(n) for n in picks]
+    api = h.Api(app.base_url)
+    latencies, labelled, stages = [], 0, {}
+    try:
+        for n, small in enumerate(photos):
+            with Image.open(io.BytesIO(small)) as im:
+                big = im.convert("RGB").resize(QUERY_SIZE, Image.Resampling.BICUBIC)
+            pixels = np.asarray(big, dtype=np.float32)
+            noise = np.random.default_rng(seed + n).normal(0.0, 3.0, pixels.shape).astype(np.float32)
+            buf = io.BytesIO()
+            Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+            t0 = time.perf_counter()
+            body = api.search(buf.getvalue(), "query.jpg", k=k)
+            latencies.append(time.perf_counter() - t0)
+            top = body["results"][0] if body["results"] else {}
+            labelled += top.get("match") in ("exact", "near_duplicate")
+            for stage, ms in body.get("stages_ms", {}).items():
+                stages[stage] = stages.get(stage, 0.0) + ms / len(photos)
+    finally:
+        api.close()
+    total = sum(stages.values()) or 1.0
+    latency = h.summarize_ms(latencies)
+    figures = {
+        "queries": len(photos),
+        "latency": latency,
+        "labelled_copy": labelled,
+        "stages_mean_ms": {s: round(ms, 1) for s, ms in stages.items()},
+    }
+    h.log(
+        f"  {len(photos)} photos not in the catalogue: client {h.fmt_summary(latency)}; "
+        f"labelled a copy {labelled}"
+    )
+    h.log(
+        "  stages (mean ms, share): "
+        + ", ".join(f"{s} {ms:.1f} ({ms / total:.0%})" for s, ms in stages.items())
+    )
+    return figures
+
+
+def one_client_traces(app, fashion: Path, gallery_names: list[str], args: argparse.Namespace) -> dict:
+    """After the levels: `--varied` catalogue photos, then `--outside` photos not in it."""
+    traces = {}
+    if args.varied:
+        h.log(f"[gallery] {args.varied} searches by one client, each with another photo ...")
+        traces["varied"] = varied_queries(app, fashion, gallery_names, args.varied, args.seed, args.k)
+    cifar = Path(args.datasets) / CIFAR
+    if args.outside and cifar.exists():
+        h.log(f"[gallery] {args.outside} searches by one client with photos not in the catalogue ...")
+        traces["outside"] = outside_queries(app, cifar, args.outside, args.seed, args.k)
+    return traces
+
+
 def report(label: str, items: int, levels: dict, baseline: dict) -> dict:
     base = baseline["decode_embed"]["p50_ms"]
     h.log(f"\n{label}: {items} items")
@@ -518,6 +581,12 @@ def main(argv=None) -> int:
         default=300,
         help="then N searches of (a) by one client, each with another catalogue photo (0 skips)",
     )
+    parser.add_argument(
+        "--outside",
+        type=int,
+        default=100,
+        help="then N searches of (a) by one client with photos not in the catalogue (0 skips)",
+    )
     parser.add_argument("--skip-gallery", action="store_true", help="skip (a): no fashion import")
     parser.add_argument(
         "--limit", type=int, default=0, help="import only N fashion photos for (a) (seeded sample)"
@@ -561,12 +630,8 @@ def main(argv=None) -> int:
                 "imported": imported.get("new"),
                 "levels": run_levels(app, query, args, "gallery"),
             }
-            if args.varied:
-                h.log(f"[gallery] {args.varied} searches by one client, each with another photo ...")
-                gallery_names = subset if 0 < args.limit < len(names) else names
-                figures["gallery"]["varied"] = varied_queries(
-                    app, fashion, gallery_names, args.varied, args.seed, args.k
-                )
+            gallery_names = subset if 0 < args.limit < len(names) else names
+            figures["gallery"] |= one_client_traces(app, fashion, gallery_names, args)
         if args.synthetic:
             if app.proc is None:  # --skip-gallery: build first, the web loads it at start-up
                 synth = fill_synthetic(args.synthetic, query_vector, small, args.seed)
@@ -629,6 +694,7 @@ def main(argv=None) -> int:
         "limit": args.limit or None,
         "baseline_reps": args.baseline_reps,
         "varied": args.varied,
+        "outside": args.outside,
         "seed": args.seed,
     }
     full = not args.skip_gallery and not args.limit and args.synthetic >= 200_000 and args.requests >= 300
