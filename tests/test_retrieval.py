@@ -427,6 +427,21 @@ def test_another_colour_of_the_same_shot_is_not_a_copy_but_a_hue_turn_or_marks_a
     assert sum(variants) >= 8, variants
 
 
+def test_a_far_but_nearest_hash_makes_a_copy_only_of_a_picture_of_the_photos_shape():
+    """The nearest hash by far, well past the copy radius (a blurred or stickered copy), is a
+    copy; of a picture of another shape it is not: that picture was hashed stretched, and a
+    small item on a page lies as near another item's photo (a pink wallet fitted into a
+    1024x768 page: 58 bits from a black wallet's photo, 26 nearer than any other's)."""
+    from gallery.retrieval.tiers import Evidence, Match, classify
+
+    t = CopyThresholds()
+    far = dict(cosine=0.81, hash_distance=t.nearest_copy_distance - 2, hash_gap=t.nearest_copy_gap + 2)
+    assert classify(Evidence(**far, same_aspect=True), t).match == Match.NEAR_DUPLICATE
+    other_shape = classify(Evidence(**far, same_aspect=False), t)
+    assert other_shape.match == Match.SIMILAR
+    assert other_shape.distinct_hash  # (still the likeliest look-alike: its hash leads)
+
+
 def test_a_close_up_without_a_lead_is_not_a_copy_but_leads_the_look_alikes():
     """Part of this photo and nearly as much of a look-alike's (another colour of one shot):
     not labelled a copy, but ranked above every look-alike by its vectors."""
