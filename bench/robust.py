@@ -45,6 +45,7 @@ from typing import Any
 import harness as h
 import numpy as np
 from harness import edits
+from harness.pages import page_jpeg
 from harness.plain_pictures import plain_pictures
 from PIL import Image
 
@@ -127,28 +128,11 @@ def same_picture_in(photos: dict[str, bytes], gallery: dict[str, bytes], rmse: f
     return {name for name, d in zip(photos, closest) if d <= rmse}
 
 
-PAGE_SIZE = (1024, 768)
-
-
 def on_a_page(photos: dict[str, bytes], seed: int) -> list[tuple[str, bytes]]:
-    """Each photo fitted into a white 1024x768 page, with mild sensor-like noise, JPEG q90."""
-    pages = []
-    for n, (name, data) in enumerate(photos.items()):
-        with Image.open(io.BytesIO(data)) as im:
-            photo = im.convert("RGB")
-        scale = min(PAGE_SIZE[0] / photo.width, PAGE_SIZE[1] / photo.height)
-        size = (round(photo.width * scale), round(photo.height * scale))
-        page = Image.new("RGB", PAGE_SIZE, (255, 255, 255))
-        page.paste(
-            photo.resize(size, Image.Resampling.BICUBIC),
-            ((PAGE_SIZE[0] - size[0]) // 2, (PAGE_SIZE[1] - size[1]) // 2),
-        )
-        noise = np.random.default_rng(seed + n).normal(0.0, 3.0, (PAGE_SIZE[1], PAGE_SIZE[0], 3))
-        noisy = np.clip(np.asarray(page, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(noisy).save(buf, "JPEG", quality=90)
-        pages.append((f"{name} (on a page)", buf.getvalue()))
-    return pages
+    """Each photo fitted into a white 1024x768 page (`harness.pages`), as a shop shows it."""
+    return [
+        (f"{name} (on a page)", page_jpeg(data, seed + n)) for n, (name, data) in enumerate(photos.items())
+    ]
 
 
 def load_outside(args: argparse.Namespace) -> tuple[list[Image.Image], list[bytes]]:

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import harness as h
 import numpy as np
+from harness.pages import noisy_jpeg, page_jpeg
 from harness.synthetic import synthetic_rows
 from PIL import Image
 
@@ -79,19 +80,7 @@ def source_photo(datasets: Path, seed: int) -> tuple[bytes, str]:
 def make_query(small: bytes, seed: int) -> bytes:
     """The photo fitted into 1024x768 on white (product photos have white backgrounds), with
     mild sensor-like noise so the JPEG is as costly to decode as a real photo; quality 90."""
-    with Image.open(io.BytesIO(small)) as im:
-        im = im.convert("RGB")
-    scale = min(QUERY_SIZE[0] / im.width, QUERY_SIZE[1] / im.height)
-    size = (round(im.width * scale), round(im.height * scale))
-    big = im.resize(size, Image.Resampling.BICUBIC)
-    canvas = Image.new("RGB", QUERY_SIZE, (255, 255, 255))
-    canvas.paste(big, ((QUERY_SIZE[0] - size[0]) // 2, (QUERY_SIZE[1] - size[1]) // 2))
-    pixels = np.asarray(canvas, dtype=np.float32)
-    noise = np.random.default_rng(seed).normal(0.0, 3.0, pixels.shape).astype(np.float32)
-    noisy = Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8))
-    buf = io.BytesIO()
-    noisy.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
+    return page_jpeg(small, seed, QUERY_SIZE)
 
 
 # --- in-process baseline ---------------------------------------------------------------------------
@@ -474,13 +463,9 @@ def outside_queries(app, cifar: Path, count: int, seed: int, k: int) -> dict:
     try:
         for n, small in enumerate(photos):
             with Image.open(io.BytesIO(small)) as im:
-                big = im.convert("RGB").resize(QUERY_SIZE, Image.Resampling.BICUBIC)
-            pixels = np.asarray(big, dtype=np.float32)
-            noise = np.random.default_rng(seed + n).normal(0.0, 3.0, pixels.shape).astype(np.float32)
-            buf = io.BytesIO()
-            Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+                query = noisy_jpeg(im.convert("RGB").resize(QUERY_SIZE, Image.Resampling.BICUBIC), seed + n)
             t0 = time.perf_counter()
-            body = api.search(buf.getvalue(), "query.jpg", k=k)
+            body = api.search(query, "query.jpg", k=k)
             latencies.append(time.perf_counter() - t0)
             top = body["results"][0] if body["results"] else {}
             labelled += top.get("match") in ("exact", "near_duplicate")

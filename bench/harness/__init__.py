@@ -12,6 +12,7 @@ Modules, each importing only those listed before it:
 
     results   paths (PROJECT_ROOT, put on sys.path), log, common arguments, the results file
     datasets  the shared datasets: require_dataset, the images of a ZIP, a subset ZIP
+    pages     queries as a page shows them: a photo fitted into 1024x768, noise, JPEG q90
     stats     percentile, duration summaries, run_concurrent
     procs     signal handlers, free ports, the /proc process table, stopping a process group,
               a private PostgreSQL with pgvector (pgserver)
