@@ -11,17 +11,20 @@ from typing import Final
 
 EMBED: Final = "embed"  # storing and embedding what a visitor waits on (the beat runs beside it)
 EMBED_BULK: Final = "embed_bulk"  # import batches, re-embedding, backfill: after `embed`
+# What makes searches faster and none waits on (each stored photo's local features): taken
+# only while `embed` and `embed_bulk` are empty, so an import is searchable as soon as before.
+EMBED_LATER: Final = "embed_later"
 INDEX: Final = "index"  # the single index writer: one process
 INDEX_BULK: Final = "index_bulk"  # imports' index updates and the reconcile: after `index`
 TRAIN: Final = "train"  # long runs (training, evaluation, re-embedding for a new model)
 
 # Each worker's queues, the visitor's first (`celery worker -Q`).
-EMBED_WORKER: Final = (EMBED, EMBED_BULK)
+EMBED_WORKER: Final = (EMBED, EMBED_BULK, EMBED_LATER)
 INDEX_WORKER: Final = (INDEX, INDEX_BULK)
 TRAIN_WORKER: Final = (TRAIN,)
 # One worker that takes every queue (the tests'): a visitor's work first, then index updates
 # (quick, and they make an import's batches searchable as they come), then bulk embedding.
-ALL: Final = (EMBED, INDEX, INDEX_BULK, EMBED_BULK, TRAIN)
+ALL: Final = (EMBED, INDEX, INDEX_BULK, EMBED_BULK, EMBED_LATER, TRAIN)
 BULK_OF: Final[dict[str, str]] = {EMBED: EMBED_BULK, INDEX: INDEX_BULK}
 
 TASK_MODULE: Final = "gallery.tasks"
@@ -32,6 +35,7 @@ TASK_QUEUES: Final[dict[str, str]] = {
     "import_job_process": EMBED_BULK,
     "images_embed": EMBED,
     "images_backfill": EMBED_BULK,
+    "item_features_store": EMBED_LATER,
     "index_sync": INDEX,
     "index_remove": INDEX,
     "index_reconcile": INDEX_BULK,  # seconds at a million items: never ahead of an upload
@@ -51,6 +55,7 @@ TASK_QUEUES: Final[dict[str, str]] = {
 TIME_LIMITS: Final[dict[str, tuple[int, int] | None]] = {
     EMBED: (300, 360),
     EMBED_BULK: (300, 360),
+    EMBED_LATER: (300, 360),
     INDEX: (6 * 3600, 6 * 3600 + 300),
     INDEX_BULK: (6 * 3600, 6 * 3600 + 300),
     TRAIN: None,

@@ -46,6 +46,11 @@ def images_embed(image_ids: list[int], bulk: bool = False) -> int:
     return services.images_embed(image_ids, bulk=bulk)
 
 
+@shared_task(base=PipelineTask)
+def item_features_store(image_ids: list[int]) -> int:
+    return services.item_features_store(image_ids)
+
+
 @shared_task
 def images_backfill() -> int:
     return services.images_backfill()

@@ -35,6 +35,28 @@ def test_uploaded_images_become_searchable(pipeline):
     assert Image.objects.get(pk=ids[3]).indexed_at is not None
 
 
+def test_the_worker_keeps_each_uploaded_photo_s_local_features_after_it_is_searchable(pipeline):
+    """Searchable first; then, from the worker's `embed_later` queue, each photo's features
+    for verification, in the files searches read (`services.item_features`)."""
+    from django.core.files.storage import default_storage
+
+    from gallery.retrieval.features_file import stored_name
+    from gallery.retrieval.verify import Detector
+
+    client = Client()
+    ids = [upload(client, seed).json()["id"] for seed in (11, 12)]
+    wait_for_status(ids)
+    names = [
+        stored_name(name, d)
+        for name in Image.objects.filter(pk__in=ids).values_list("file", flat=True)
+        for d in Detector
+    ]
+    deadline = time.monotonic() + 60
+    while not all(default_storage.exists(n) for n in names) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [n for n in names if not default_storage.exists(n)] == []
+
+
 def test_an_uploaded_copy_is_noted_by_the_index_worker(pipeline):
     """The embed worker asks the index worker, which holds the copy index, to note which
     existing item an upload copies (the embed processes never load that index)."""

@@ -17,8 +17,9 @@ def test_bulk_work_goes_to_the_bulk_queues():
     assert queues.queue_of("import_job_process") == queues.EMBED_BULK
     assert queues.queue_of("model_train", bulk=True) == queues.TRAIN  # a worker of one queue
     for worker in (queues.EMBED_WORKER, queues.INDEX_WORKER):
-        visitor, bulk = worker
+        visitor, bulk = worker[:2]
         assert queues.ALL.index(visitor) < queues.ALL.index(bulk)
+    assert queues.queue_of("item_features_store") == queues.EMBED_WORKER[-1] == queues.EMBED_LATER
 
 
 def test_an_upload_overtakes_an_import_queued_before_it(pipeline, tmp_path, settings):

@@ -13,7 +13,7 @@ from PIL import Image as PILImage
 from PIL import ImageDraw, ImageOps
 
 from gallery.imaging import JpegTables, decode_image
-from gallery.retrieval import regions
+from gallery.retrieval import features_file, regions
 from gallery.retrieval.hashes import HashIndex, hamming, pdq_hash
 from gallery.retrieval.laid_over import laid_colour_agreement
 from gallery.retrieval.params import RetrievalParams
@@ -160,6 +160,37 @@ def test_an_item_s_features_are_kept_small_and_verify_exactly_as_the_full_ones(d
     a, b = verify(query, None, compact), verify(query, None, full)
     assert a is not None and b is not None and a.inliers >= 15
     assert (a.inliers, a.box, a.agreement) == (b.inliers, b.box, b.agreement)
+
+
+@pytest.mark.parametrize("detector", list(Detector))
+def test_an_item_s_features_read_back_from_their_file_verify_exactly_as_computed(detector):
+    """Features are kept in a file when the photo is stored: read back, with the photo opened
+    only when the pixel check needs it, they give the very same verification. A file of
+    another version or detector, or cut short, is not taken for them."""
+    item = _products(1)[0]
+    canvas = PILImage.new("RGB", (1024, 768), (240, 240, 235))
+    canvas.paste(item.rotate(-5, expand=True, fillcolor=(240, 240, 235)).resize((430, 570)), (250, 80))
+    query = query_features(canvas.resize((512, 384)), detector)
+    computed = item_features(item, detector)
+    data = features_file.encode(computed)
+    opened = []
+
+    def photo():
+        opened.append(1)
+        return item
+
+    kept = features_file.decode(data, detector, photo)
+    assert kept is not None and not opened
+    assert np.array_equal(kept.points, computed.points) and np.array_equal(
+        kept.descriptors, computed.descriptors
+    )
+    a, b = verify(query, None, kept), verify(query, None, computed)
+    assert a is not None and b is not None and a.inliers >= 15 and opened
+    assert (a.inliers, a.box, a.agreement) == (b.inliers, b.box, b.agreement)
+    other = Detector.SIFT if detector is Detector.ORB else Detector.ORB
+    assert features_file.decode(data, other, photo) is None
+    assert features_file.decode(data[:-1], detector, photo) is None
+    assert features_file.decode(data[:4] + b"\x09\x00" + data[6:], detector, photo) is None  # version 9
 
 
 def test_a_close_up_s_pixels_are_found_in_its_photo_and_lead_the_other_candidates():
@@ -664,14 +695,14 @@ def test_a_large_stored_jpeg_is_decoded_at_a_reduced_scale_for_the_checks():
     from django.core.files.base import ContentFile
     from django.core.files.storage import default_storage
 
-    from gallery.selectors.search_checks import CHECKED_SIDE, _stored_photo
+    from gallery.selectors.search_checks import CHECKED_SIDE, stored_photo
 
     photo = _products(1)[0].resize((2600, 2000), PILImage.Resampling.BICUBIC)
     buffer = io.BytesIO()
     photo.save(buffer, "JPEG", quality=90)
     name = default_storage.save("images/test/large.jpg", ContentFile(buffer.getvalue()))
     try:
-        opened = _stored_photo(name)
+        opened = stored_photo(name)
     finally:
         default_storage.delete(name)
     assert opened is not None and opened.mode == "RGB"

@@ -209,21 +209,21 @@ class QueryPixels:
         qh, qw = self.full.shape[:2]
         if abs((qw / qh) / (iw / ih) - 1.0) > SAME_SHAPE:
             return None
-        query = self._full_at(iw, ih)
-        photo = item_colour.astype(np.int16)
-        shown = detailed(item_colour)
-        if shown.sum() < 0.1 * shown.size:
+        shown = detailed(item_colour).view(np.uint8)
+        count = cv2.countNonZero(shown)
+        if count < 0.1 * shown.size:
             return None
-        agree = np.abs(query - photo).max(axis=2) <= AGREE_LEVELS
-        return float(agree[shown].mean())
+        # The largest of the channels' differences, by OpenCV: NumPy's max over the channel
+        # axis took 0.23 ms of the 0.27 a photo (250 photos a query).
+        apart = cv2.split(cv2.absdiff(self._full_at(iw, ih), item_colour))
+        agree = (cv2.max(cv2.max(apart[0], apart[1]), apart[2]) <= AGREE_LEVELS).view(np.uint8)
+        return cv2.countNonZero(cv2.bitwise_and(agree, shown)) / count
 
     def _full_at(self, w: int, h: int) -> np.ndarray:
         """The query as it came, at a photo's size (made once per size: catalogue photos
         often share theirs)."""
         if (w, h) not in self._full_sizes:
-            self._full_sizes[w, h] = cv2.resize(self.full, (w, h), interpolation=cv2.INTER_AREA).astype(
-                np.int16
-            )
+            self._full_sizes[w, h] = cv2.resize(self.full, (w, h), interpolation=cv2.INTER_AREA)
         return self._full_sizes[w, h]
 
     def halved(self) -> QueryPixels:

@@ -14,6 +14,7 @@ own size there were a handful)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from functools import cached_property
@@ -61,6 +62,8 @@ class Features:
     # The picture in grey at the features' scale, or None when `source` makes it on demand
     _grey: np.ndarray | None = None
     source: Image.Image | None = None  # the picture in grey at its own (smaller) size
+    # ...or opens the picture (in colour) when it is first needed: features read from a file
+    loader: Callable[[], Image.Image | None] | None = None
 
     def __len__(self) -> int:
         return len(self.points)
@@ -70,6 +73,11 @@ class Features:
         """The picture in grey at the features' scale (for the pixel check)."""
         if self._grey is not None:
             return self._grey
+        if self.source is None and self.loader is not None:
+            picture = self.loader()
+            if picture is None:
+                raise OSError("the item's photo cannot be read")
+            self.source = picture.convert("L")
         assert self.source is not None
         return np.asarray(_resized(self.source, self.scale))
 
@@ -277,9 +285,9 @@ def agreement(h: np.ndarray, query: Features, item: Features) -> float:
     qh, qw = query.grey.shape
     try:
         to_query = np.linalg.inv(to_item)
-    except np.linalg.LinAlgError:
+        grey = item.grey
+    except (np.linalg.LinAlgError, OSError):  # (the item's photo gone since its features were kept)
         return 0.0
-    grey = item.grey
     warped = cv2.warpPerspective(grey, to_query, (qw, qh), flags=cv2.INTER_LINEAR)
     inside = cv2.warpPerspective(np.full(grey.shape, 255, np.uint8), to_query, (qw, qh)) > 250
     if inside.sum() < 400:

@@ -16,6 +16,7 @@ from PIL import Image as PILImage
 
 from ..imaging import JpegTables, flatten
 from ..models import Image
+from ..retrieval.features_file import decode, stored_name
 from ..retrieval.laid_over import laid_colour_agreement
 from ..retrieval.params import RetrievalParams
 from ..retrieval.pixels import ITEM_SIDE as ITEM_PIXELS_SIDE
@@ -288,9 +289,17 @@ def _better(v: Verification, than: Verification | None, cosine: float, params: R
 
 @lru_cache(maxsize=2048)
 def _item_features(label: int, file_name: str, detector: Detector) -> Features | None:
-    """The local features of an item's stored photo (kept per process: the same items come
-    back for many queries)."""
-    photo = _stored_photo(file_name)
+    """The local features of an item's stored photo: as kept when it was embedded
+    (`services.item_features`), else computed from it (kept per process too: the same items
+    come back for many queries)."""
+    try:
+        with default_storage.open(stored_name(file_name, detector)) as fh:
+            kept = decode(fh.read(), detector, lambda: stored_photo(file_name))
+    except OSError:  # not kept (stored before they were)
+        kept = None
+    if kept is not None:
+        return kept
+    photo = stored_photo(file_name)
     return item_features(photo, detector) if photo is not None else None
 
 
@@ -374,7 +383,7 @@ def stored_colour(label: int, file_name: str) -> np.ndarray | None:
 def _item_photo(label: int, file_name: str) -> tuple[np.ndarray, np.ndarray] | None:
     """An item's photo for pixel matching, grey and in colour, from one decode (29 kB, kept
     per process: the same items come back for many queries)."""
-    photo = _stored_photo(file_name)
+    photo = stored_photo(file_name)
     return (item_pixels(photo), item_colour(photo)) if photo is not None else None
 
 
@@ -382,7 +391,7 @@ def _item_photo(label: int, file_name: str) -> tuple[np.ndarray, np.ndarray] | N
 CHECKED_SIDE = max(d.item_side for d in Detector)
 
 
-def _stored_photo(file_name: str) -> PILImage.Image | None:
+def stored_photo(file_name: str) -> PILImage.Image | None:
     """An item's stored photo on white, or None when it cannot be read. A JPEG is decoded at
     the smallest scale that keeps both sides at CHECKED_SIDE or more (a 12-megapixel one in
     9 ms instead of 60): a query may look at hundreds of candidates' photos."""

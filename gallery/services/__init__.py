@@ -49,6 +49,7 @@ from .index_writer import (
     index_sync_models,
 )
 from .inputs import visitor_key
+from .item_features import item_features_store
 from .model_versions import (
     MODEL_KINDS_TRAINED,
     model_evaluate,
@@ -114,6 +115,7 @@ __all__ = [
     "index_snapshot_wait",
     "index_sync",
     "index_sync_models",
+    "item_features_store",
     "model_activate",
     "model_activate_start",
     "model_evaluate",

@@ -42,6 +42,12 @@ def images_embed(image_ids: Sequence[int], *, bulk: bool = False) -> None:
         _after_commit("images_embed", list(image_ids[start : start + size]), bulk, bulk=bulk)
 
 
+def item_features_store(image_ids: Sequence[int]) -> None:
+    """The photos' local features, kept for searches once nothing else waits."""
+    if image_ids:
+        _after_commit("item_features_store", list(image_ids))
+
+
 def index_sync(
     image_ids: Sequence[int] | None = None, *, note_copies: Sequence[int] | None = None, bulk: bool = False
 ) -> None:

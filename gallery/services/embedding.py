@@ -1,6 +1,7 @@
 """Vectors and perceptual hashes for stored images (the embed queue): the database keeps them,
 the index writer picks them up. Each image gets the vector of every served model (the active
-one, and the copy model when that is another) and its PDQ hash."""
+one, and the copy model when that is another) and its PDQ hash; then, once nothing else waits,
+its photo's local features (`item_features`)."""
 
 import logging
 import time
@@ -115,6 +116,7 @@ def images_embed(image_ids: list[int], *, bulk: bool = False) -> int:
         # The index writer notes which existing item an upload copies, with the copy index it
         # holds (this process never loads it).
         dispatch.index_sync(note_copies=None if bulk else [im.pk for im in stored], bulk=bulk)
+        dispatch.item_features_store([im.pk for im in stored])  # (after the index: none waits)
         return len(stored)
     if Image.objects.filter(pk__in=image_ids).processing().complete(names).exists():
         dispatch.index_sync(bulk=bulk)  # embedded earlier, but the index update was lost
@@ -166,6 +168,7 @@ def images_backfill(*, seconds: float = 45.0, batch_size: int = 64) -> int:
             except (OSError, ValueError):
                 unreadable.add(image.pk)
         _store(images, _embed_and_hash(images, pictures, refs))
+        dispatch.item_features_store([im.pk for im in images])
         dispatch.index_sync([im.pk for im in images], bulk=True)
         done += len(images)
     else:  # out of time with some left: this window again

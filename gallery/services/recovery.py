@@ -26,8 +26,9 @@ def queue_has_work(queue: str, broker_url: str | None = None) -> bool:
 
 
 def embedding_has_work() -> bool:
-    """Messages waiting for the embedding worker, in either of its queues."""
-    return any(queue_has_work(queue) for queue in queues.EMBED_WORKER)
+    """Messages waiting for the embedding worker's vectors and hashes (not the features
+    kept after them: an import does not wait on those)."""
+    return any(queue_has_work(queue) for queue in (queues.EMBED, queues.EMBED_BULK))
 
 
 def images_enqueue_pending() -> int:

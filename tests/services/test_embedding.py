@@ -1,5 +1,8 @@
 """Embedding stored images: unreadable files and repeated failures end with the reason recorded."""
 
+import zipfile
+
+import numpy as np
 import pytest
 from django.core.files.storage import default_storage
 
@@ -78,3 +81,34 @@ def test_the_backfill_looks_at_a_window_of_ids_per_run_and_covers_the_gallery(cl
         services.images_backfill()
         filled.append(hashed())
     assert filled == [0, 3, 6, 7, 7]
+
+
+def test_an_embedded_photo_keeps_its_local_features_and_verification_reads_them():
+    """After embedding, each detector's features of the photo are kept in a file (`services.item_features`);
+    verification then reads them instead of computing them: they are the features computed
+    from the photo, and are found even once the photo itself cannot be read."""
+    from gallery.retrieval.features_file import stored_name
+    from gallery.retrieval.verify import Detector, item_features
+    from gallery.selectors.search_checks import _item_features, stored_photo
+    from tests.conftest import dataset
+
+    with zipfile.ZipFile(dataset("fashion-products-6k.zip")) as zf:
+        first = sorted(n for n in zf.namelist() if n.endswith(".jpg"))[0]
+        image, _ = services.image_create(data=zf.read(first))
+    services.images_embed([image.pk])
+    assert services.item_features_store([image.pk]) == 2  # (queued after embedding: run here)
+    name = image.file.name
+    photo = stored_photo(name)
+    assert photo is not None
+    for detector in Detector:
+        assert default_storage.exists(stored_name(name, detector))
+        _item_features.cache_clear()
+        kept = _item_features(image.pk, name, detector)
+        computed = item_features(photo, detector)
+        assert kept is not None and len(kept) > 20
+        assert np.array_equal(kept.points, computed.points)
+        assert np.array_equal(kept.descriptors, computed.descriptors)
+    default_storage.delete(name)
+    _item_features.cache_clear()
+    assert stored_photo(name) is None and _item_features(image.pk, name, Detector.ORB) is not None
+    assert services.item_features_store([image.pk]) == 0  # kept already: nothing computed again
