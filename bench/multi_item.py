@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             h.require_dataset(args.datasets, robust.DATASET), sorted(gallery), app.tmp / "gallery.zip"
         )
         app.import_images(source)
+        h.log(f"    then {app.wait_until_settled():.0f} s until the photos' features were kept")
         api = h.Api(app.base_url)
         started = time.perf_counter()
         figures = measure(api, pictures, same)

@@ -112,6 +112,7 @@ def main(argv=None) -> int:
             f"(new {imported.get('new')}, already present {imported.get('duplicates')}, "
             f"refused {imported.get('refused')}, failed {imported.get('failed')})."
         )
+        h.log(f"    then {app.wait_until_settled():.0f} s until the photos' features were kept")
 
         index_meta = index_built(app, args.compact)
 

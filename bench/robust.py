@@ -369,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         imported = app.import_images(source)
         h.log(f"Import: {imported['seconds']:.1f} s until searchable ({imported.get('new')} new).")
+        h.log(f"    then {app.wait_until_settled():.0f} s until the photos' features were kept")
         results["default"] = measure(app, args, queries, same, negatives, outside_photos, "default model")
         if args.metric_minutes:
             results["metric"] = with_metric_model(app, args, queries, same, negatives, outside_photos)

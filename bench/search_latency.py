@@ -610,6 +610,7 @@ def main(argv=None) -> int:
             h.log(f"(a) importing {count} fashion photos ...")
             imported = app.import_images(src)
             h.log(f"    {imported['seconds']:.1f} s until searchable")
+            h.log(f"    then {app.wait_until_settled():.0f} s until the photos' features were kept")
             figures["gallery"] = {
                 "import_seconds": round(imported["seconds"], 2),
                 "imported": imported.get("new"),

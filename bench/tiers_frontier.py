@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             h.require_dataset(args.datasets, DATASET), sorted(gallery), app.tmp / "g.zip"
         )
         app.import_images(source)
+        h.log(f"    then {app.wait_until_settled():.0f} s until the photos' features were kept")
         app.stop()
         app.setup_django()
         settings = parse_settings(args.set)

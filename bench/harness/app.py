@@ -25,6 +25,7 @@ from .procs import (
     proc_alive,
     proc_argv,
     proc_cmd_name,
+    proc_cpu_seconds,
     proc_table,
     stop_process_group,
 )
@@ -276,6 +277,25 @@ class BenchApp:
             time.sleep(0.3)
         self._remember_children()
         log("App ready (web + embed worker + index worker).")
+
+    def wait_until_settled(self, timeout: float = 900, quiet_cpu: float = 0.15) -> float:
+        """Wait until the work an import leaves behind is done: the embed worker's queues are
+        empty (`embed_later` keeps each photo's local features after it is searchable) and the
+        app's processes used under `quiet_cpu` CPU seconds in the last second. Searches
+        measured meanwhile would share the cores with it. Returns the seconds waited."""
+        from gallery import queues  # late: the harness imports no app code at module level
+
+        started = time.monotonic()
+        client, cpu = self._redis(), None
+        while time.monotonic() - started < timeout:
+            waiting = sum(int(client.llen(q)) for q in queues.EMBED_WORKER)
+            pids = list(descendants(self.proc.pid)) if self.proc is not None else []
+            now = sum(proc_cpu_seconds(pid) or 0.0 for pid in pids)
+            if not waiting and cpu is not None and now - cpu < quiet_cpu:
+                break
+            cpu = now
+            time.sleep(1.0)
+        return time.monotonic() - started
 
     def _remember_children(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -12,18 +12,27 @@ from __future__ import annotations
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
+from .. import queues
 from ..models import Image
 from ..retrieval.features_file import encode, stored_name
 from ..retrieval.verify import Detector, item_features
+from ..selectors.operations import queue_depth
 from ..selectors.search_checks import stored_photo
+from . import dispatch
 
 
 def item_features_store(image_ids: list[int]) -> int:
     """Compute and keep the features the images lack; returns how many files were written.
     Idempotent. A photo that cannot be read is skipped (verification then finds no
-    features for it, as at search time)."""
+    features for it, as at search time). When embedding work comes in meanwhile (an upload,
+    an import's next batch), the rest goes back to the queue: it waited 1-1.5 s for a batch
+    of 32 otherwise."""
     written = 0
-    for file_name in Image.objects.filter(pk__in=image_ids).values_list("file", flat=True):
+    files = list(Image.objects.filter(pk__in=image_ids).values_list("pk", "file"))
+    for n, (_, file_name) in enumerate(files):
+        if n and _embedding_waits():
+            dispatch.item_features_store([pk for pk, _ in files[n:]])
+            break
         missing = [d for d in Detector if not default_storage.exists(stored_name(file_name, d))]
         photo = stored_photo(file_name) if file_name and missing else None
         if photo is None:
@@ -32,6 +41,14 @@ def item_features_store(image_ids: list[int]) -> int:
             _keep(stored_name(file_name, detector), encode(item_features(photo, detector)))
             written += 1
     return written
+
+
+def _embedding_waits() -> bool:
+    """Vectors or hashes wait in the embed worker's queues (taken before these features)."""
+    try:
+        return any(queue_depth(queue) > 0 for queue in (queues.EMBED, queues.EMBED_BULK))
+    except Exception:  # the broker cannot be asked: go on
+        return False
 
 
 def _keep(name: str, data: bytes) -> None:

@@ -112,3 +112,29 @@ def test_an_embedded_photo_keeps_its_local_features_and_verification_reads_them(
     _item_features.cache_clear()
     assert stored_photo(name) is None and _item_features(image.pk, name, Detector.ORB) is not None
     assert services.item_features_store([image.pk]) == 0  # kept already: nothing computed again
+
+
+def test_keeping_features_gives_way_to_embedding_work_that_comes_in(
+    redis_url, django_capture_on_commit_callbacks
+):
+    """Features wait on nothing: when an upload's embedding is queued meanwhile, the rest go
+    back to their queue after the photo at hand (a batch took 1-1.5 s)."""
+    import redis
+
+    from gallery import queues
+    from gallery.services import dispatch
+
+    broker = redis.Redis.from_url(redis_url)
+    ids = [services.image_create(data=make_image_bytes(seed))[0].pk for seed in (60, 61, 62)]
+    broker.delete(queues.EMBED, queues.EMBED_LATER)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            dispatch.images_embed([ids[0]])
+        assert broker.llen(queues.EMBED) == 1
+        with django_capture_on_commit_callbacks(execute=True):
+            assert services.item_features_store(ids) == 2  # the first photo's two files only
+        assert broker.llen(queues.EMBED_LATER) == 1  # the other two, queued again
+        broker.delete(queues.EMBED)
+        assert services.item_features_store(ids) == 4
+    finally:
+        broker.delete(queues.EMBED, queues.EMBED_LATER)
