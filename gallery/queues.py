@@ -5,7 +5,8 @@ anywhere, Django settings included.
 The embedding and the index worker each take two queues: the one a visitor waits on (an
 upload, a moderation decision) and a bulk one (import batches, backfill, recovery), in that
 order with the broker's `queue_order_strategy` "priority" (settings): an upload sent while an
-import of 10,000 photos is queued is taken next, not after the import."""
+import of 10,000 photos is queued is taken next, not after the import. The embedding worker
+takes a third queue last, `embed_later`: work no one waits on (each photo's local features)."""
 
 from typing import Final
 

@@ -165,6 +165,11 @@ if EMBEDDER_GALLERY_VIEWS not in (1, 2, 3):
 # zoom of 24 (recall@1 0.54 -> 0.58; the detail candidates rarely pass verification) for 2.3x
 # the embedding work.
 COPY_DETAILS = env.bool("COPY_DETAILS", default=False)
+# Keep each catalogue photo's local features (ORB and SIFT) in the media storage after it is
+# embedded (`gallery/services/item_features.py`): about 56 kB a product photo; a search that
+# verifies it reads them instead of computing them (photos not in the catalogue: p50 762 ->
+# 624 ms, bench/search_latency.py --outside). Off: computed per web process, as before.
+ITEM_FEATURES_KEPT = env.bool("ITEM_FEATURES_KEPT", default=True)
 EMBEDDER_WEIGHTS_DIR = env("EMBEDDER_WEIGHTS_DIR", default=str(VAR_DIR / "weights"))
 TORCH_THREADS = env.int("TORCH_THREADS", default=2)
 # OpenCV's threads per process (0: one per core). A search's local features and pixel checks

@@ -43,8 +43,9 @@ def images_embed(image_ids: Sequence[int], *, bulk: bool = False) -> None:
 
 
 def item_features_store(image_ids: Sequence[int]) -> None:
-    """The photos' local features, kept for searches once nothing else waits."""
-    if image_ids:
+    """The photos' local features, kept for searches once nothing else waits (unless the
+    settings keep none)."""
+    if image_ids and settings.ITEM_FEATURES_KEPT:
         _after_commit("item_features_store", list(image_ids))
 
 

@@ -137,4 +137,29 @@ def test_keeping_features_gives_way_to_embedding_work_that_comes_in(
         broker.delete(queues.EMBED)
         assert services.item_features_store(ids) == 4
     finally:
-        broker.delete(queues.EMBED, queues.EMBED_LATER)
+        broker.delete(*queues.ALL)
+
+
+def test_no_features_are_queued_when_the_settings_keep_none(
+    redis_url, settings, django_capture_on_commit_callbacks
+):
+    import redis
+
+    from gallery import queues
+
+    broker = redis.Redis.from_url(redis_url)
+    image, _ = services.image_create(data=make_image_bytes(63))
+    broker.delete(queues.EMBED_LATER)
+    try:
+        settings.ITEM_FEATURES_KEPT = False
+        with django_capture_on_commit_callbacks(execute=True):
+            services.images_embed([image.pk])
+        assert broker.llen(queues.EMBED_LATER) == 0
+        settings.ITEM_FEATURES_KEPT = True
+        Image.objects.filter(pk=image.pk).update(status=Image.Status.PROCESSING)
+        image.embeddings.all().delete()
+        with django_capture_on_commit_callbacks(execute=True):
+            services.images_embed([image.pk])
+        assert broker.llen(queues.EMBED_LATER) == 1
+    finally:
+        broker.delete(*queues.ALL)  # (the index updates too: no later worker takes them)
