@@ -163,3 +163,27 @@ def test_no_features_are_queued_when_the_settings_keep_none(
         assert broker.llen(queues.EMBED_LATER) == 1
     finally:
         broker.delete(*queues.ALL)  # (the index updates too: no later worker takes them)
+
+
+def test_features_are_computed_in_a_thread_of_their_own_at_the_lowest_priority():
+    """Work none waits on gives the cores to uploads and imports: a thread at nice 19 that
+    ends with it (the worker process keeps its priority), its errors raised to the caller."""
+    import os
+    import threading
+
+    from gallery.services.item_features import LOWEST_PRIORITY, at_lowest_priority
+
+    def own_priority() -> tuple[int, int]:
+        tid = threading.get_native_id()
+        return os.getpriority(os.PRIO_PROCESS, tid), tid
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    priority, tid = at_lowest_priority(own_priority)
+    assert priority == LOWEST_PRIORITY != before and tid != threading.get_native_id()
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+
+    def broken() -> None:
+        raise ValueError("a photo that breaks the detector")
+
+    with pytest.raises(ValueError, match="breaks the detector"):
+        at_lowest_priority(broken)
