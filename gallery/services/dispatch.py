@@ -14,12 +14,14 @@ from django.db import transaction
 from .. import queues
 
 
-def _send(task: str, *args: object, bulk: bool = False) -> None:
-    current_app.send_task(queues.task_path(task), args=list(args), queue=queues.queue_of(task, bulk=bulk))
+def _send(task: str, *args: object, bulk: bool = False, countdown: float | None = None) -> None:
+    current_app.send_task(
+        queues.task_path(task), args=list(args), queue=queues.queue_of(task, bulk=bulk), countdown=countdown
+    )
 
 
-def _after_commit(task: str, *args: object, bulk: bool = False) -> None:
-    transaction.on_commit(lambda: _send(task, *args, bulk=bulk), robust=True)
+def _after_commit(task: str, *args: object, bulk: bool = False, countdown: float | None = None) -> None:
+    transaction.on_commit(lambda: _send(task, *args, bulk=bulk, countdown=countdown), robust=True)
 
 
 def import_batches(job_id: int, item_ids: Sequence[int]) -> None:
@@ -42,11 +44,11 @@ def images_embed(image_ids: Sequence[int], *, bulk: bool = False) -> None:
         _after_commit("images_embed", list(image_ids[start : start + size]), bulk, bulk=bulk)
 
 
-def item_features_store(image_ids: Sequence[int]) -> None:
+def item_features_store(image_ids: Sequence[int], *, countdown: float | None = None) -> None:
     """The photos' local features, kept for searches once nothing else waits (unless the
-    settings keep none)."""
+    settings keep none); `countdown`: not before so many seconds."""
     if image_ids and settings.ITEM_FEATURES_KEPT:
-        _after_commit("item_features_store", list(image_ids))
+        _after_commit("item_features_store", list(image_ids), countdown=countdown)
 
 
 def index_sync(

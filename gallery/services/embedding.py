@@ -3,10 +3,12 @@ the index writer picks them up. Each image gets the vector of every served model
 one, and the copy model when that is another) and its PDQ hash; then, once nothing else waits,
 its photo's local features (`item_features`)."""
 
+import contextlib
 import logging
 import time
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import close_old_connections, transaction
 from django.db.models import F
 from PIL import Image as PILImage
@@ -109,6 +111,7 @@ def images_embed(image_ids: list[int], *, bulk: bool = False) -> int:
                 _hand_over([im.pk for im in ready[start:]])
                 break
             part = ready[start : start + chunk]
+            embedding_mark_busy()
             rows = _embed_and_hash(part, pictures[start : start + chunk], refs)
             with transaction.atomic():
                 _store(part, rows)
@@ -121,6 +124,25 @@ def images_embed(image_ids: list[int], *, bulk: bool = False) -> int:
     if Image.objects.filter(pk__in=image_ids).processing().complete(names).exists():
         dispatch.index_sync(bulk=bulk)  # embedded earlier, but the index update was lost
     return 0
+
+
+# Set while a process embeds (and for a moment after): the features kept after embedding
+# (`item_features`) wait meanwhile, as they wait for queued embedding work.
+EMBEDDING_BUSY_KEY = "gallery:embedding-busy"
+EMBEDDING_BUSY_SECONDS = 2
+
+
+def embedding_mark_busy() -> None:
+    with contextlib.suppress(Exception):  # (no cache: the features only wait for queued work)
+        cache.set(EMBEDDING_BUSY_KEY, 1, timeout=EMBEDDING_BUSY_SECONDS)
+
+
+def embedding_busy() -> bool:
+    """A process embeds, or did a moment ago (`embedding_mark_busy`)."""
+    try:
+        return cache.get(EMBEDDING_BUSY_KEY) is not None
+    except Exception:
+        return False
 
 
 def _a_visitor_waits() -> bool:
